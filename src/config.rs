@@ -1,0 +1,139 @@
+//! The validated configuration the service runs on: limits, dispatch tuning, storage.
+//!
+//! The CLI (and later the TOML config file) parse user input into these types; the rest
+//! of the program only ever sees validated values. Defaults are those of API.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+
+/// Input limits (API.md "Errors and limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Each body field (email text/html, chat text) at most this many bytes.
+    pub max_body_bytes: usize,
+    /// to + cc + bcc together at most this many addresses.
+    pub max_recipients: usize,
+    /// send_at at most this far in the future.
+    pub max_horizon_days: u32,
+    /// PENDING + DISPATCHING items per account at most.
+    pub max_pending_per_account: u64,
+    /// Entries in one ScheduleBatch at most.
+    pub max_batch_entries: usize,
+    /// page_size above this is lowered to it.
+    pub max_page_size: u32,
+    /// page_size 0 means this.
+    pub default_page_size: u32,
+    /// send_at may lie this far in the past (clock skew between caller and us).
+    pub max_past_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_recipients: 100,
+            max_horizon_days: 1826,
+            max_pending_per_account: 1_000_000,
+            max_batch_entries: 1000,
+            max_page_size: 1000,
+            default_page_size: 100,
+            max_past_ms: 1000,
+        }
+    }
+}
+
+impl Limits {
+    /// The horizon in milliseconds.
+    pub fn max_horizon_ms(&self) -> i64 {
+        i64::from(self.max_horizon_days) * 86_400_000
+    }
+}
+
+/// Delivery tuning (API.md "Dispatch RPC").
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// How long a connector holds a job before it goes to another one.
+    pub lease_ms: i64,
+    /// First retry backoff; doubles each attempt, with jitter.
+    pub retry_base_ms: i64,
+    /// Backoff never exceeds this.
+    pub retry_cap_ms: i64,
+    /// After this many attempts a transient failure becomes FAILED.
+    pub max_attempts: u32,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            lease_ms: 30_000,
+            retry_base_ms: 1_000,
+            retry_cap_ms: 600_000,
+            max_attempts: 10,
+        }
+    }
+}
+
+/// SQLite durability: `FULL` by default; `NORMAL` may lose the last transactions on
+/// power loss (never on a process crash) and is only for benchmarks and tests that say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// Everything `server::start` needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free one (see `RunningServer::local_addr`).
+    pub listen: SocketAddr,
+    /// The SQLite file; created with the schema when missing.
+    pub db_path: PathBuf,
+    pub limits: Limits,
+    pub dispatch: DispatchConfig,
+    pub synchronous: Synchronous,
+    /// Events older than this are pruned.
+    pub event_retention_ms: i64,
+    /// The engine's clock; tests pass a `ManualClock`.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("db_path", &self.db_path)
+            .field("limits", &self.limits)
+            .field("dispatch", &self.dispatch)
+            .field("synchronous", &self.synchronous)
+            .field("event_retention_ms", &self.event_retention_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// The embedded defaults: `./sendlater.db` on 127.0.0.1:50051, system clock.
+    pub fn new(listen: SocketAddr, db_path: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            db_path: db_path.into(),
+            limits: Limits::default(),
+            dispatch: DispatchConfig::default(),
+            synchronous: Synchronous::Full,
+            event_retention_ms: 7 * 86_400_000,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self::new(
+            SocketAddr::from(([127, 0, 0, 1], 50051)),
+            PathBuf::from("./sendlater.db"),
+        )
+    }
+}
