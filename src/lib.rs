@@ -7,6 +7,8 @@
 pub mod clock;
 /// Validated configuration: limits, dispatch tuning, storage.
 pub mod config;
+/// Items, states, transitions, validation, activity rules (pure).
+pub mod domain;
 /// Generated protobuf/gRPC code.
 pub mod pb;
 /// Start and stop the service.

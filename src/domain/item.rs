@@ -1,0 +1,382 @@
+//! The scheduled item and its parts.
+//!
+//! Content types derive `prost::Message`: that is their compact storage encoding in the
+//! `items.content` column, not the wire format (the service converts to and from the
+//! generated gRPC types field by field).
+
+/// SQLite row id of an item; never reused (AUTOINCREMENT).
+pub type ItemId = i64;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+macro_rules! int_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $n:expr => $s:expr),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $v = $n),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$v),+];
+
+            /// The integer stored in SQLite (also the proto enum number).
+            pub fn as_i64(self) -> i64 { self as i64 }
+
+            /// The value for a stored integer, if it is one.
+            pub fn from_i64(n: i64) -> Option<Self> {
+                match n { $($n => Some($name::$v),)+ _ => None }
+            }
+
+            /// The short upper-case name used in messages and logs.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$v => $s),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+int_enum!(
+    /// A reply in an existing ticket, or the first message of a ticket created later.
+    Kind { Reply = 1 => "REPLY", NewTicket = 2 => "NEW_TICKET" }
+);
+int_enum!(
+    /// Where the item goes out.
+    Channel { Email = 1 => "EMAIL", Chat = 2 => "CHAT" }
+);
+int_enum!(
+    /// Lifecycle of an item; see `rules` for the allowed transitions.
+    State {
+        Pending = 1 => "PENDING",
+        /// Leased to a connector.
+        Dispatching = 2 => "DISPATCHING",
+        Sent = 3 => "SENT",
+        Failed = 4 => "FAILED",
+        Cancelled = 5 => "CANCELLED",
+        ConvertedToNote = 6 => "CONVERTED_TO_NOTE",
+    }
+);
+int_enum!(
+    /// What happens to a pending reply when the ticket gets new activity first.
+    OnActivity { ConvertToNote = 1 => "CONVERT_TO_NOTE", Keep = 2 => "KEEP", Cancel = 3 => "CANCEL" }
+);
+int_enum!(
+    /// Who wrote a message in the ticket.
+    AuthorKind { Client = 1 => "CLIENT", Staff = 2 => "STAFF" }
+);
+int_enum!(
+    /// What an event in the outbox describes.
+    EventType {
+        Scheduled = 1 => "SCHEDULED",
+        Updated = 2 => "UPDATED",
+        Dispatching = 3 => "DISPATCHING",
+        Retrying = 4 => "RETRYING",
+        Sent = 5 => "SENT",
+        Failed = 6 => "FAILED",
+        Cancelled = 7 => "CANCELLED",
+        ConvertedToNote = 8 => "CONVERTED_TO_NOTE",
+    }
+);
+
+impl State {
+    /// PENDING or DISPATCHING: not yet sent, shown in the deferred-sending view.
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Pending | State::Dispatching)
+    }
+}
+
+/// A reference to a file stored elsewhere; never the bytes.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct Attachment {
+    #[prost(string, tag = "1")]
+    pub filename: String,
+    #[prost(string, tag = "2")]
+    pub content_type: String,
+    #[prost(string, tag = "3")]
+    pub url: String,
+    #[prost(uint64, tag = "4")]
+    pub size_bytes: u64,
+}
+
+/// An email to send.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct EmailContent {
+    /// Empty: the connector's default sender.
+    #[prost(string, tag = "1")]
+    pub from: String,
+    #[prost(string, repeated, tag = "2")]
+    pub to: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    pub cc: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    pub bcc: Vec<String>,
+    #[prost(string, tag = "5")]
+    pub subject: String,
+    #[prost(string, tag = "6")]
+    pub text_body: String,
+    #[prost(string, tag = "7")]
+    pub html_body: String,
+    #[prost(string, tag = "8")]
+    pub in_reply_to: String,
+    #[prost(message, repeated, tag = "9")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A chat message to send.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct ChatContent {
+    #[prost(string, tag = "1")]
+    pub conversation_id: String,
+    #[prost(string, tag = "2")]
+    pub text: String,
+    #[prost(message, repeated, tag = "3")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// The message itself; its variant is the item's channel.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Oneof)]
+pub enum Content {
+    #[prost(message, tag = "1")]
+    Email(EmailContent),
+    #[prost(message, tag = "2")]
+    Chat(ChatContent),
+}
+
+impl Content {
+    /// The channel this content goes out on.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Content::Email(_) => Channel::Email,
+            Content::Chat(_) => Channel::Chat,
+        }
+    }
+
+    /// The storage encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use prost::Message;
+        StoredContent {
+            content: Some(self.clone()),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes the storage encoding.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Content> {
+        use prost::Message;
+        StoredContent::decode(bytes).ok()?.content
+    }
+}
+
+/// Storage envelope of `Content` (prost needs a message around a oneof).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredContent {
+    #[prost(oneof = "Content", tags = "1, 2")]
+    content: Option<Content>,
+}
+
+/// A message reported in a ticket (by the backend, or a send of ours).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub author_kind: AuthorKind,
+    pub message_id: String,
+    pub occurred_at: Millis,
+}
+
+/// A request to schedule something, validated by `validate_new`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NewItem {
+    pub account_id: String,
+    pub ticket_id: String,
+    pub kind: Kind,
+    pub channel: Channel,
+    pub author_id: String,
+    pub content: Content,
+    pub send_at: Millis,
+    pub on_activity: OnActivity,
+    /// The caller's idempotency key; unique per account when present.
+    pub request_id: Option<String>,
+}
+
+impl NewItem {
+    /// A stable fingerprint of every request field, send_at included: a repeated
+    /// request_id with the same fingerprint is the same request (FNV-1a, 64 bit, over a
+    /// length-prefixed canonical encoding; stable across builds and versions).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.str(&self.account_id);
+        h.str(&self.ticket_id);
+        h.u64(self.kind.as_i64() as u64);
+        h.u64(self.channel.as_i64() as u64);
+        h.str(&self.author_id);
+        h.bytes(&self.content.to_bytes());
+        h.u64(self.send_at as u64);
+        h.u64(self.on_activity.as_i64() as u64);
+        h.str(self.request_id.as_deref().unwrap_or(""));
+        h.finish()
+    }
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        for x in v.to_le_bytes() {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A scheduled item as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub id: ItemId,
+    pub account_id: String,
+    pub ticket_id: String,
+    pub kind: Kind,
+    pub channel: Channel,
+    pub author_id: String,
+    pub content: Content,
+    /// When it is due (SendNow moves it to the moment of the call).
+    pub send_at: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub state: State,
+    /// Set when converted: equal to created_at.
+    pub note_at: Option<Millis>,
+    pub converted_by: Option<Activity>,
+    pub on_activity: OnActivity,
+    /// Delivery attempts so far (every lease counts).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When the next retry is due, between attempts.
+    pub next_attempt_at: Option<Millis>,
+    /// The lease deadline while DISPATCHING.
+    pub lease_expires_at: Option<Millis>,
+    pub sent_at: Option<Millis>,
+    pub provider_message_id: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Item {
+    /// The opaque id clients see.
+    pub fn public_id(&self) -> String {
+        format_item_id(self.id)
+    }
+
+    /// The next time this item goes out: the retry time between attempts, else send_at.
+    /// Listings sort and filter on it.
+    pub fn next_send_at(&self) -> Millis {
+        self.next_attempt_at.unwrap_or(self.send_at)
+    }
+
+    /// Where the item sits on the staff timeline: sent_at when sent, note_at for a note,
+    /// otherwise the next send time.
+    pub fn timeline_at(&self) -> Millis {
+        match self.state {
+            State::Sent => self.sent_at.unwrap_or(self.send_at),
+            State::ConvertedToNote => self.note_at.unwrap_or(self.created_at),
+            _ => self.next_send_at(),
+        }
+    }
+}
+
+const ITEM_ID_PREFIX: &str = "itm_";
+
+/// The opaque string form of an item id (`itm_42`).
+pub fn format_item_id(id: ItemId) -> String {
+    format!("{ITEM_ID_PREFIX}{id}")
+}
+
+/// Parses `itm_42`; anything else is `None` (the caller answers NOT_FOUND: an id we
+/// never issued does not exist).
+pub fn parse_item_id(s: &str) -> Option<ItemId> {
+    let digits = s.strip_prefix(ITEM_ID_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&n: &i64| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_ids_round_trip_and_reject_foreign_forms() {
+        assert_eq!(parse_item_id(&format_item_id(42)), Some(42));
+        for bad in ["", "itm_", "42", "itm_-1", "itm_0", "itm_4x", "itm_+4", "ITM_4"] {
+            assert_eq!(parse_item_id(bad), None, "{bad:?} must not parse");
+        }
+        assert_eq!(parse_item_id("itm_99999999999999999999"), None);
+    }
+
+    #[test]
+    fn content_storage_encoding_round_trips() {
+        let c = Content::Email(EmailContent {
+            to: vec!["a@example.com".into()],
+            subject: "Hi".into(),
+            text_body: "body".into(),
+            attachments: vec![Attachment {
+                filename: "a.pdf".into(),
+                url: "https://x/a.pdf".into(),
+                size_bytes: 10,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(Content::from_bytes(&c.to_bytes()), Some(c));
+        let chat = Content::Chat(ChatContent {
+            text: "hello".into(),
+            ..Default::default()
+        });
+        assert_eq!(Content::from_bytes(&chat.to_bytes()), Some(chat));
+    }
+
+    #[test]
+    fn fingerprint_changes_with_any_field_and_is_stable_otherwise() {
+        let a = NewItem {
+            account_id: "acme".into(),
+            ticket_id: "T1".into(),
+            kind: Kind::Reply,
+            channel: Channel::Chat,
+            author_id: "u1".into(),
+            content: Content::Chat(ChatContent {
+                text: "hi".into(),
+                ..Default::default()
+            }),
+            send_at: 1000,
+            on_activity: OnActivity::ConvertToNote,
+            request_id: Some("r1".into()),
+        };
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        let mut b = a.clone();
+        b.send_at += 1;
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.on_activity = OnActivity::Keep;
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+}

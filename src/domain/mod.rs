@@ -1,0 +1,13 @@
+//! The domain: scheduled items, their states and transitions, validation and the
+//! ticket-activity rule, as plain types and plain functions. No gRPC, no SQLite, no
+//! clock: every function that needs "now" takes it as an argument (UTC milliseconds).
+
+mod error;
+mod item;
+mod rules;
+mod validate;
+
+pub use error::{Error, Result};
+pub use item::*;
+pub use rules::*;
+pub use validate::*;
