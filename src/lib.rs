@@ -9,9 +9,13 @@ pub mod clock;
 pub mod config;
 /// Items, states, transitions, validation, activity rules (pure).
 pub mod domain;
+/// Ties domain, store and wheel together; drives the wheel.
+pub mod engine;
 /// Generated protobuf/gRPC code.
 pub mod pb;
 /// Start and stop the service.
 pub mod server;
+/// SQLite: schema, group-commit writer, read pool.
+pub mod store;
 /// The hierarchical timing wheel (pure, synchronous).
 pub mod wheel;

@@ -327,7 +327,9 @@ mod tests {
     #[test]
     fn item_ids_round_trip_and_reject_foreign_forms() {
         assert_eq!(parse_item_id(&format_item_id(42)), Some(42));
-        for bad in ["", "itm_", "42", "itm_-1", "itm_0", "itm_4x", "itm_+4", "ITM_4"] {
+        for bad in [
+            "", "itm_", "42", "itm_-1", "itm_0", "itm_4x", "itm_+4", "ITM_4",
+        ] {
             assert_eq!(parse_item_id(bad), None, "{bad:?} must not parse");
         }
         assert_eq!(parse_item_id("itm_99999999999999999999"), None);

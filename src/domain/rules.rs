@@ -126,6 +126,50 @@ pub fn retry_backoff_ms(attempt: u32, base_ms: i64, cap_ms: i64, jitter_unit: f6
     half + ((nominal - half) as f64 * jitter_unit.clamp(0.0, 1.0)) as i64
 }
 
+/// A ticket's timeline from all its items.
+///
+/// Staff see every item but the cancelled ones, each at [`Item::timeline_at`]. The
+/// client sees SENT items only, with internal fields cleared; a ticket that holds an
+/// unsent (or cancelled) NEW_TICKET and nothing sent does not exist for the client.
+///
+/// # Errors
+/// `NotFound` for the client in that last case.
+pub fn timeline(mut items: Vec<Item>, for_client: bool) -> Result<Vec<Item>> {
+    if for_client {
+        let any_sent = items.iter().any(|i| i.state == State::Sent);
+        let hidden_ticket = items
+            .iter()
+            .any(|i| i.kind == Kind::NewTicket && i.state != State::Sent);
+        if !any_sent && hidden_ticket {
+            return Err(Error::NotFound("ticket not found".into()));
+        }
+        items.retain(|i| i.state == State::Sent);
+        for i in &mut items {
+            clear_internal(i);
+        }
+    } else {
+        items.retain(|i| i.state != State::Cancelled);
+    }
+    items.sort_by_key(|i| (i.timeline_at(), i.id));
+    Ok(items)
+}
+
+/// Clears what a client must never see: bcc, author, idempotency key, delivery
+/// bookkeeping, policy.
+pub fn clear_internal(item: &mut Item) {
+    if let super::Content::Email(e) = &mut item.content {
+        e.bcc.clear();
+    }
+    item.author_id.clear();
+    item.request_id = None;
+    item.attempts = 0;
+    item.last_error = None;
+    item.next_attempt_at = None;
+    item.lease_expires_at = None;
+    item.on_activity = OnActivity::ConvertToNote;
+    item.converted_by = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +242,14 @@ mod tests {
         use State::*;
         // (state, kind, created_at, policy, activity at, expected)
         let table = [
-            (Pending, Kind::Reply, 100, ConvertToNote, 200, Some(ConvertedToNote)),
+            (
+                Pending,
+                Kind::Reply,
+                100,
+                ConvertToNote,
+                200,
+                Some(ConvertedToNote),
+            ),
             (Pending, Kind::Reply, 100, Cancel, 200, Some(Cancelled)),
             (Pending, Kind::Reply, 100, Keep, 200, None),
             (Pending, Kind::Reply, 200, ConvertToNote, 200, None), // same instant: knew of it
@@ -231,6 +282,63 @@ mod tests {
         assert_eq!(it.note_at, Some(100));
         assert_eq!(it.converted_by, Some(a));
         assert_eq!(it.timeline_at(), 100);
+    }
+
+    #[test]
+    fn client_timeline_shows_only_sent_items_without_internal_fields() {
+        let mut sent = item(State::Sent, Kind::Reply, 100, OnActivity::Keep);
+        sent.sent_at = Some(500);
+        sent.author_id = "agent".into();
+        sent.attempts = 2;
+        let pending = Item {
+            id: 8,
+            ..item(State::Pending, Kind::Reply, 50, OnActivity::Keep)
+        };
+        let got = timeline(vec![pending, sent], true).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].author_id, "");
+        assert_eq!(got[0].attempts, 0);
+    }
+
+    #[test]
+    fn an_unsent_new_ticket_does_not_exist_for_the_client() {
+        let t = item(State::Pending, Kind::NewTicket, 100, OnActivity::Keep);
+        assert!(matches!(
+            timeline(vec![t.clone()], true),
+            Err(Error::NotFound(_))
+        ));
+        let c = Item {
+            state: State::Cancelled,
+            ..t.clone()
+        };
+        assert!(matches!(
+            timeline(vec![c.clone()], true),
+            Err(Error::NotFound(_))
+        ));
+        // Staff see the pending one, not the cancelled one.
+        assert_eq!(timeline(vec![t], false).unwrap().len(), 1);
+        assert!(timeline(vec![c], false).unwrap().is_empty());
+        // A ticket with nothing at all is just empty.
+        assert!(timeline(vec![], true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn staff_timeline_orders_by_sent_note_or_send_time() {
+        let mut sent = item(State::Sent, Kind::Reply, 10, OnActivity::Keep);
+        sent.sent_at = Some(300);
+        let mut note = Item {
+            id: 8,
+            ..item(State::Pending, Kind::Reply, 20, OnActivity::ConvertToNote)
+        };
+        apply_activity(&mut note, State::ConvertedToNote, &activity(400), 400);
+        let pending = Item {
+            id: 9,
+            send_at: 200,
+            ..item(State::Pending, Kind::Reply, 30, OnActivity::Keep)
+        };
+        let got = timeline(vec![sent, pending, note], false).unwrap();
+        let ids: Vec<_> = got.iter().map(|i| i.id).collect();
+        assert_eq!(ids, vec![8, 9, 7]); // note at 20, pending at 200, sent at 300
     }
 
     #[test]

@@ -44,10 +44,7 @@ pub fn validate_send_at(send_at: Millis, now: Millis, limits: &Limits) -> Result
     if send_at > now.saturating_add(limits.max_horizon_ms()) {
         return Err(Error::invalid(
             "send_at",
-            format!(
-                "is beyond the horizon of {} days",
-                limits.max_horizon_days
-            ),
+            format!("is beyond the horizon of {} days", limits.max_horizon_days),
         ));
     }
     Ok(())
@@ -143,7 +140,10 @@ fn validate_email(e: &EmailContent, limits: &Limits) -> Result<()> {
         return Err(Error::invalid("email.subject", "must be one line"));
     }
     if e.in_reply_to.contains(['\r', '\n']) || e.in_reply_to.len() > 998 {
-        return Err(Error::invalid("email.in_reply_to", "must be one short line"));
+        return Err(Error::invalid(
+            "email.in_reply_to",
+            "must be one short line",
+        ));
     }
     validate_attachments("email.attachments", &e.attachments)
 }
@@ -290,10 +290,17 @@ mod tests {
 
     #[test]
     fn address_forms() {
-        for ok in ["a@b.c", "Ann <ann@example.com>", "x+tag@sub.example.org", "u@localhost"] {
+        for ok in [
+            "a@b.c",
+            "Ann <ann@example.com>",
+            "x+tag@sub.example.org",
+            "u@localhost",
+        ] {
             assert!(is_valid_address(ok), "{ok}");
         }
-        for bad in ["", "a", "@b.c", "a@", "a b@c.d", "a@b..c", "a@.b", "<a@b.c", "a@b.c>", "a@b@c"] {
+        for bad in [
+            "", "a", "@b.c", "a@", "a b@c.d", "a@b..c", "a@.b", "<a@b.c", "a@b.c>", "a@b@c",
+        ] {
             assert!(!is_valid_address(bad), "{bad}");
         }
     }

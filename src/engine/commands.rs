@@ -1,0 +1,347 @@
+//! The Scheduler's writes: each is one closure run by the store's writer inside the
+//! group transaction, re-reading the row it changes, applying a domain rule, writing
+//! the row and its event, and recording the timer change for after the commit.
+
+use rusqlite::params;
+
+use super::Engine;
+use crate::domain::{
+    self, activity_effect, apply_activity, cancel, require_pending, validate_content, validate_new,
+    validate_send_at, Activity, CancelOutcome, Content, Error, EventType, Item, ItemId, Kind,
+    Millis, NewItem, OnActivity, State,
+};
+use crate::store::rows::{
+    find_by_request, get_item, insert_item, item_from_row, update_item, ITEM_COLUMNS,
+};
+use crate::store::Tx;
+
+/// A Reschedule request: each part optional.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub send_at: Option<Millis>,
+    pub content: Option<Content>,
+    pub on_activity: Option<OnActivity>,
+}
+
+fn not_found(id: ItemId) -> Error {
+    Error::NotFound(format!("item {} not found", domain::format_item_id(id)))
+}
+
+fn load(tx: &Tx<'_>, account: &str, id: ItemId) -> domain::Result<Item> {
+    get_item(tx.conn, account, id)?.ok_or_else(|| not_found(id))
+}
+
+impl Engine {
+    /// Creates one item (ScheduleMessage / ScheduleTicket).
+    ///
+    /// # Errors
+    /// Validation (`InvalidArgument`), `AlreadyExists` for a reused request_id with other
+    /// content, `ResourceExhausted` over the account's pending quota.
+    pub async fn schedule(&self, new: NewItem) -> domain::Result<Item> {
+        validate_new(&new, self.inner.clock.now_ms(), &self.inner.limits)?;
+        let me = self.clone();
+        self.inner
+            .store
+            .write(move |tx| me.insert_one(tx, &new).map(|(item, _)| item))
+            .await
+    }
+
+    /// Creates up to `max_batch_entries` items, all or nothing.
+    ///
+    /// # Errors
+    /// As [`Engine::schedule`], with the field path prefixed by `entries[i].`; any
+    /// error commits nothing.
+    pub async fn schedule_batch(&self, batch: Vec<NewItem>) -> domain::Result<Vec<Item>> {
+        let max = self.inner.limits.max_batch_entries;
+        if batch.is_empty() {
+            return Err(Error::invalid("entries", "must hold at least one entry"));
+        }
+        if batch.len() > max {
+            return Err(Error::invalid(
+                "entries",
+                format!("has {} entries, at most {max} allowed", batch.len()),
+            ));
+        }
+        let now = self.inner.clock.now_ms();
+        for (i, n) in batch.iter().enumerate() {
+            validate_new(n, now, &self.inner.limits)
+                .map_err(|e| e.in_field(&format!("entries[{i}].")))?;
+        }
+        let me = self.clone();
+        self.inner
+            .store
+            .write(move |tx| {
+                let mut out = Vec::with_capacity(batch.len());
+                let mut inserted: Vec<&str> = Vec::new();
+                for (i, n) in batch.iter().enumerate() {
+                    match me.insert_one(tx, n) {
+                        Ok((item, fresh)) => {
+                            if fresh {
+                                inserted.push(&n.account_id);
+                            }
+                            out.push(item);
+                        }
+                        Err(e) => {
+                            // The savepoint rolls the rows back; undo the quota counts.
+                            for a in inserted {
+                                me.inner.live.sub(a, 1);
+                            }
+                            return Err(e.in_field(&format!("entries[{i}].")));
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Inserts (or finds by request_id) one item inside a write; `true` when inserted.
+    fn insert_one(&self, tx: &mut Tx<'_>, new: &NewItem) -> domain::Result<(Item, bool)> {
+        if let Some(rid) = &new.request_id {
+            if let Some((existing, fp)) = find_by_request(tx.conn, &new.account_id, rid)? {
+                return if fp == new.fingerprint() {
+                    Ok((existing, false))
+                } else {
+                    Err(Error::AlreadyExists(format!(
+                        "request_id: {rid:?} was already used for a different request ({})",
+                        existing.public_id()
+                    )))
+                };
+            }
+        }
+        let max = self.inner.limits.max_pending_per_account;
+        let live = self.inner.live.get(&new.account_id);
+        if live >= max {
+            return Err(Error::ResourceExhausted(format!(
+                "account_id: account {:?} has {live} pending items, the quota is {max}",
+                new.account_id
+            )));
+        }
+        let id = insert_item(tx.conn, new, tx.now)?;
+        let item = Item {
+            id,
+            account_id: new.account_id.clone(),
+            ticket_id: new.ticket_id.clone(),
+            kind: new.kind,
+            channel: new.channel,
+            author_id: new.author_id.clone(),
+            content: new.content.clone(),
+            send_at: new.send_at,
+            created_at: tx.now,
+            updated_at: tx.now,
+            state: State::Pending,
+            note_at: None,
+            converted_by: None,
+            on_activity: new.on_activity,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            lease_expires_at: None,
+            sent_at: None,
+            provider_message_id: None,
+            request_id: new.request_id.clone(),
+        };
+        tx.event(EventType::Scheduled, &item)?;
+        tx.set_timer(id, item.send_at);
+        self.inner.live.add(&item.account_id, 1);
+        Ok((item, true))
+    }
+
+    /// SendNow: a PENDING item becomes due at the moment of the call.
+    ///
+    /// # Errors
+    /// `NotFound`, or `FailedPrecondition` unless PENDING.
+    pub async fn send_now(&self, account: String, id: ItemId) -> domain::Result<Item> {
+        self.inner
+            .store
+            .write(move |tx| {
+                let mut item = load(tx, &account, id)?;
+                require_pending(&item, "send now")?;
+                item.send_at = tx.now;
+                item.next_attempt_at = None;
+                item.updated_at = tx.now;
+                update_item(tx.conn, &item)?;
+                tx.event(EventType::Updated, &item)?;
+                tx.set_timer(id, item.send_at);
+                Ok(item)
+            })
+            .await
+    }
+
+    /// Cancel: PENDING -> CANCELLED; OK again on CANCELLED.
+    ///
+    /// # Errors
+    /// `NotFound`, or `FailedPrecondition` for DISPATCHING, SENT, FAILED, notes.
+    pub async fn cancel(&self, account: String, id: ItemId) -> domain::Result<Item> {
+        let me = self.clone();
+        self.inner
+            .store
+            .write(move |tx| {
+                let mut item = load(tx, &account, id)?;
+                if cancel(&item)? == CancelOutcome::AlreadyCancelled {
+                    return Ok(item);
+                }
+                item.state = State::Cancelled;
+                item.next_attempt_at = None;
+                item.updated_at = tx.now;
+                update_item(tx.conn, &item)?;
+                tx.event(EventType::Cancelled, &item)?;
+                tx.remove_timer(id);
+                me.inner.live.sub(&item.account_id, 1);
+                Ok(item)
+            })
+            .await
+    }
+
+    /// Reschedule: a new send time, content and/or policy for a PENDING item.
+    ///
+    /// # Errors
+    /// Validation of the new parts, `NotFound`, `FailedPrecondition` unless PENDING.
+    pub async fn reschedule(
+        &self,
+        account: String,
+        id: ItemId,
+        changes: Changes,
+    ) -> domain::Result<Item> {
+        let now = self.inner.clock.now_ms();
+        if let Some(at) = changes.send_at {
+            validate_send_at(at, now, &self.inner.limits)?;
+        }
+        if let Some(c) = &changes.content {
+            validate_content(c, &self.inner.limits)?;
+        }
+        self.inner
+            .store
+            .write(move |tx| {
+                let mut item = load(tx, &account, id)?;
+                require_pending(&item, "reschedule")?;
+                if let Some(c) = changes.content {
+                    if c.channel() != item.channel {
+                        let field = match c.channel() {
+                            domain::Channel::Email => "email",
+                            domain::Channel::Chat => "chat",
+                        };
+                        return Err(Error::invalid(
+                            field,
+                            format!("the item goes out by {}", item.channel),
+                        ));
+                    }
+                    item.content = c;
+                }
+                if let Some(at) = changes.send_at {
+                    item.send_at = at;
+                    // A new send time replaces a pending retry time.
+                    item.next_attempt_at = None;
+                }
+                if let Some(p) = changes.on_activity {
+                    item.on_activity = p;
+                }
+                item.updated_at = tx.now;
+                update_item(tx.conn, &item)?;
+                tx.event(EventType::Updated, &item)?;
+                tx.set_timer(id, item.next_send_at());
+                Ok(item)
+            })
+            .await
+    }
+
+    /// RecordTicketActivity: applies each PENDING reply's on_activity policy; returns the
+    /// items converted or cancelled.
+    ///
+    /// # Errors
+    /// Validation of ids.
+    pub async fn record_activity(
+        &self,
+        account: String,
+        ticket: String,
+        activity: Activity,
+    ) -> domain::Result<Vec<Item>> {
+        domain::validate_id("account_id", &account)?;
+        domain::validate_id("ticket_id", &ticket)?;
+        domain::validate_id("message_id", &activity.message_id)?;
+        let me = self.clone();
+        self.inner
+            .store
+            .write(move |tx| {
+                // One of our own sends, reported back by the backend: the rule already
+                // ran when the connector acknowledged it.
+                let ours: bool = tx
+                    .conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM items INDEXED BY items_by_ticket \
+                         WHERE account_id = ?1 AND ticket_id = ?2 \
+                         AND (id = ?3 OR provider_message_id = ?4))",
+                    )?
+                    .query_row(
+                        params![
+                            account,
+                            ticket,
+                            domain::parse_item_id(&activity.message_id).unwrap_or(-1),
+                            activity.message_id
+                        ],
+                        |r| r.get(0),
+                    )?;
+                if ours {
+                    return Ok(Vec::new());
+                }
+                me.apply_activity_rule(tx, &account, &ticket, &activity, None)
+            })
+            .await
+    }
+
+    /// Applies the activity rule to the ticket's PENDING replies created before the
+    /// activity, inside a write; `except` is an item to leave alone (the one being sent).
+    pub(crate) fn apply_activity_rule(
+        &self,
+        tx: &mut Tx<'_>,
+        account: &str,
+        ticket: &str,
+        activity: &Activity,
+        except: Option<ItemId>,
+    ) -> domain::Result<Vec<Item>> {
+        let candidates: Vec<Item> = {
+            let mut st = tx.conn.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_by_ticket \
+                 WHERE account_id = ?1 AND ticket_id = ?2 AND created_at < ?3 \
+                 AND state = ?4 AND kind = ?5 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map(
+                params![
+                    account,
+                    ticket,
+                    activity.occurred_at,
+                    State::Pending.as_i64(),
+                    Kind::Reply.as_i64()
+                ],
+                item_from_row,
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut affected = Vec::new();
+        for mut item in candidates {
+            if Some(item.id) == except {
+                continue;
+            }
+            let Some(to) = activity_effect(&item, activity) else {
+                continue;
+            };
+            apply_activity(&mut item, to, activity, tx.now);
+            update_item(tx.conn, &item)?;
+            let ev = if to == State::Cancelled {
+                EventType::Cancelled
+            } else {
+                EventType::ConvertedToNote
+            };
+            tx.event(ev, &item)?;
+            tx.remove_timer(item.id);
+            self.inner.live.sub(&item.account_id, 1);
+            affected.push(item);
+        }
+        Ok(affected)
+    }
+
+    /// Records that an item left the live states (dispatch outcomes).
+    pub(crate) fn item_finished(&self, account: &str) {
+        self.inner.live.sub(account, 1);
+    }
+}

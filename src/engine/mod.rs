@@ -1,0 +1,211 @@
+//! The engine: ties the domain rules, the store and the timing wheel together.
+//!
+//! Ownership (DESIGN.md principle 7): the wheel sits behind a `std::sync::Mutex` held
+//! only for short, synchronous sections (a few wheel operations), never across an await
+//! or I/O. Chosen over an actor because the writer thread applies committed timer
+//! changes directly (in commit order) and the driver only needs the lock to advance:
+//! an actor would add a channel hop to every schedule for no gain in safety.
+//!
+//! The driver task sleeps until the wheel's next deadline (or until a commit sets an
+//! earlier one and wakes it), advances the wheel, and pushes the due item ids into the
+//! ready queue that dispatch drains. The wheel is only an index of what is due when:
+//! every decision is re-checked against SQLite when the item is leased.
+
+mod commands;
+mod queries;
+mod timers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::clock::Clock;
+use crate::config::{DispatchConfig, Limits, Synchronous};
+use crate::domain::{self, ItemId, Millis};
+use crate::store::{Store, StoreError, WheelOp};
+
+pub use queries::{Audience, DeferredTicket, Event, ListQuery, Order, Page};
+pub use timers::{ReadyQueue, Timers};
+
+/// Live (PENDING + DISPATCHING) item counts per account, for the pending quota.
+/// Updated by write closures on the writer thread as they change states; exact after
+/// start-up, and only ever too high (never too low) if a group commit fails.
+#[derive(Default)]
+pub(crate) struct LiveCounts(Mutex<HashMap<String, u64>>);
+
+impl LiveCounts {
+    fn get(&self, account: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn add(&self, account: &str, n: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(account.to_owned()).or_insert(0) += n;
+    }
+    fn sub(&self, account: &str, n: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get_mut(account) {
+            *c = c.saturating_sub(n);
+        }
+    }
+}
+
+/// The engine handle; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) timers: Arc<Timers>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) limits: Limits,
+    pub(crate) dispatch: DispatchConfig,
+    pub(crate) live: LiveCounts,
+}
+
+/// What start-up recovery found.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// Live items put back on the wheel.
+    pub timers: usize,
+    /// Of those, already due (they fire at once, oldest first).
+    pub overdue: usize,
+    /// Items that were leased (DISPATCHING) when the previous process stopped; they are
+    /// redelivered at once.
+    pub leased: usize,
+}
+
+impl Engine {
+    /// Opens the store, rebuilds the wheel from the live rows, and starts the driver.
+    ///
+    /// # Errors
+    /// The database cannot be opened or read.
+    pub async fn open(
+        path: &std::path::Path,
+        sync: Synchronous,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+        dispatch: DispatchConfig,
+    ) -> Result<(Engine, Recovery), StoreError> {
+        let timers = Arc::new(Timers::new(clock.now_ms()));
+        let hook_timers = timers.clone();
+        let store = Store::open(
+            path,
+            sync,
+            clock.clone(),
+            Box::new(move |ops: &[WheelOp]| hook_timers.apply(ops)),
+        )?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                timers,
+                clock,
+                limits,
+                dispatch,
+                live: LiveCounts::default(),
+            }),
+        };
+        let recovery = engine.recover().await.map_err(|e| StoreError::Unusable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        engine.inner.timers.spawn_driver(engine.inner.clock.clone());
+        Ok((engine, recovery))
+    }
+
+    /// Rebuilds the wheel and the live counts from SQLite: ids and times only, read from
+    /// the partial index `items_live` in due order, so overdue items fire oldest first.
+    async fn recover(&self) -> domain::Result<Recovery> {
+        let now = self.inner.clock.now_ms();
+        let (entries, counts, leased) = self
+            .inner
+            .store
+            .read(move |conn| {
+                let mut st = conn.prepare(
+                    "SELECT id, next_send_at, state FROM items INDEXED BY items_live \
+                     WHERE state IN (1, 2) ORDER BY next_send_at",
+                )?;
+                let mut entries: Vec<(ItemId, Millis)> = Vec::new();
+                let mut leased = 0usize;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let state: i64 = r.get(2)?;
+                    let at: Millis = r.get(1)?;
+                    if state == domain::State::Dispatching.as_i64() {
+                        leased += 1;
+                        // The lease holder is gone with the old process: redeliver now.
+                        entries.push((r.get(0)?, at.min(now)));
+                    } else {
+                        entries.push((r.get(0)?, at));
+                    }
+                }
+                let mut st = conn.prepare(
+                    "SELECT account_id, COUNT(*) FROM items INDEXED BY items_deferred \
+                     WHERE state IN (1, 2) GROUP BY account_id",
+                )?;
+                let counts = st
+                    .query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((entries, counts, leased))
+            })
+            .await?;
+        let overdue = entries.iter().filter(|(_, at)| *at <= now).count();
+        self.inner.timers.load(&entries);
+        for (account, n) in counts {
+            self.inner.live.add(&account, n);
+        }
+        Ok(Recovery {
+            timers: entries.len(),
+            overdue,
+            leased,
+        })
+    }
+
+    /// The store (for dispatch and event streaming).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Dispatch tuning.
+    pub fn dispatch_config(&self) -> &DispatchConfig {
+        &self.inner.dispatch
+    }
+
+    /// The queue of item ids that fell due.
+    pub fn ready(&self) -> &ReadyQueue {
+        &self.inner.timers.ready
+    }
+
+    /// The wheel (dispatch sets lease and retry timers on it directly).
+    pub fn timers(&self) -> &Arc<Timers> {
+        &self.inner.timers
+    }
+
+    /// Pending timers on the wheel.
+    pub fn pending_timers(&self) -> usize {
+        self.inner.timers.len()
+    }
+
+    /// Stops the driver and the store (after queued writes).
+    pub async fn close(&self) {
+        self.inner.timers.stop();
+        self.inner.store.close().await;
+    }
+}

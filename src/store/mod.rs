@@ -1,0 +1,231 @@
+//! Storage: one SQLite file, the source of truth (DESIGN.md principles 1, 5, 6).
+//!
+//! Writes go through one dedicated writer thread that owns the only read-write
+//! connection and does group commit: it takes every queued write (up to
+//! [`MAX_GROUP`]) into one transaction, each inside its own SAVEPOINT so one failing
+//! write rolls back alone, commits once, and only then answers the callers. So an RPC
+//! that answered OK has committed, and a thousand concurrent RPCs cost one fsync.
+//! Reads use a small pool of read-only connections on blocking threads, never the
+//! writer. WAL mode; `synchronous=FULL` unless configured otherwise.
+//!
+//! After a commit the writer hands the timer changes of the committed writes
+//! ([`WheelOp`]) to a hook, in commit order, before answering: the engine's wheel thus
+//! always reflects the latest committed state, and a racing reschedule can never leave
+//! an older deadline behind.
+
+mod reader;
+pub mod rows;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::Synchronous;
+use crate::domain::{self, EventType, Item, ItemId, Millis};
+
+pub use writer::MAX_GROUP;
+
+/// Storage failures; everything else the store reports is a `domain::Error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the database was written by a newer sendlater (schema version {found}, this build \
+         supports up to {supported}); upgrade sendlater or use another --db file"
+    )]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("{path}: not a usable sendlater database: {reason}")]
+    Unusable { path: PathBuf, reason: String },
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl From<StoreError> for domain::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => domain::Error::Unavailable("the service is shutting down".into()),
+            other => {
+                tracing::error!(error = %other, "storage error");
+                domain::Error::Internal("internal storage error".into())
+            }
+        }
+    }
+}
+
+impl From<rusqlite::Error> for domain::Error {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+/// A change to the timing wheel, applied after the write that caused it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WheelOp {
+    /// The item is due at this time (insert or replace its timer).
+    Set(ItemId, Millis),
+    /// The item no longer needs a timer.
+    Remove(ItemId),
+}
+
+/// Called by the writer thread after each commit with the committed timer changes.
+pub type CommitHook = Box<dyn FnMut(&[WheelOp]) + Send>;
+
+/// What a write closure gets: the open transaction, the write's `now`, and ways to
+/// record timer changes and events that take effect only if the write commits.
+pub struct Tx<'a> {
+    /// The connection, inside the group's transaction and this write's savepoint.
+    pub conn: &'a Connection,
+    /// The time of this write (one clock read per write).
+    pub now: Millis,
+    ops: &'a mut Vec<WheelOp>,
+    max_seq: &'a mut u64,
+}
+
+impl Tx<'_> {
+    /// After commit, the item's timer fires at `at`.
+    pub fn set_timer(&mut self, id: ItemId, at: Millis) {
+        self.ops.push(WheelOp::Set(id, at));
+    }
+
+    /// After commit, the item has no timer.
+    pub fn remove_timer(&mut self, id: ItemId) {
+        self.ops.push(WheelOp::Remove(id));
+    }
+
+    /// Records an event for `item` in the same transaction.
+    ///
+    /// # Errors
+    /// A SQLite error.
+    pub fn event(&mut self, kind: EventType, item: &Item) -> domain::Result<u64> {
+        let seq = rows::insert_event(self.conn, kind, item, self.now)?;
+        *self.max_seq = (*self.max_seq).max(seq);
+        Ok(seq)
+    }
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: writer::WriterHandle,
+    readers: Arc<reader::ReadPool>,
+    events: watch::Receiver<u64>,
+    path: PathBuf,
+}
+
+/// Opens the database file read-write, applying pragmas; shared by writer and tools.
+fn open_rw(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
+    let unusable = |e: rusqlite::Error| StoreError::Unusable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unusable)?;
+    // The first statement that reads the file tells a non-database apart.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(unusable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unusable {
+            path: path.to_path_buf(),
+            reason: format!("could not switch to WAL (journal_mode is {mode})"),
+        });
+    }
+    let sync = match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Enough cache for the hot index pages of a few million rows.
+    conn.pragma_update(None, "cache_size", -65536)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating and migrating when needed) the database at `path` and starts the
+    /// writer thread. `hook` receives committed timer changes.
+    ///
+    /// # Errors
+    /// The file is not a database, has a newer schema, or cannot be opened.
+    pub fn open(
+        path: &Path,
+        sync: Synchronous,
+        clock: Arc<dyn Clock>,
+        hook: CommitHook,
+    ) -> Result<Store, StoreError> {
+        let mut conn = open_rw(path, sync)?;
+        schema::migrate(&mut conn).map_err(|e| match e {
+            StoreError::Sqlite(e) => StoreError::Unusable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+            other => other,
+        })?;
+        let last_seq: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        let (events_tx, events) = watch::channel(last_seq as u64);
+        let writer = writer::spawn(conn, hook, events_tx, clock)?;
+        let readers = Arc::new(reader::ReadPool::new(path.to_path_buf(), 4));
+        Ok(Store {
+            writer,
+            readers,
+            events,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer's next group transaction and waits for the commit.
+    /// `f` runs inside its own savepoint: an `Err` rolls back its writes (and its
+    /// timer changes and events) alone.
+    ///
+    /// # Errors
+    /// `f`'s error, or `Unavailable`/`Internal` when the commit failed or the store
+    /// is closed.
+    pub async fn write<T, F>(&self, f: F) -> domain::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread.
+    ///
+    /// # Errors
+    /// `f`'s error, or a storage error.
+    pub async fn read<T, F>(&self, f: F) -> domain::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
+    {
+        self.readers.read(f).await
+    }
+
+    /// The sequence number of the last committed event; changes after each commit
+    /// that wrote events.
+    pub fn event_sequence(&self) -> watch::Receiver<u64> {
+        self.events.clone()
+    }
+
+    /// Stops the writer after the writes already queued; waits for its thread.
+    pub async fn close(&self) {
+        self.writer.close().await;
+    }
+}

@@ -1,0 +1,267 @@
+//! Row <-> domain mapping for `items` and `events`, and the SQL the writer and the
+//! readers share. Every function takes a plain `&Connection` (the writer passes its open
+//! transaction), uses cached statements, and never commits.
+
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::domain::{
+    Activity, AuthorKind, Channel, Content, EventType, Item, ItemId, Kind, Millis, NewItem,
+    OnActivity, State,
+};
+
+use super::StoreError;
+
+/// Columns of `items`, in the order [`item_from_row`] reads them.
+pub const ITEM_COLUMNS: &str = "id, account_id, ticket_id, kind, channel, author_id, content, \
+    send_at, created_at, updated_at, state, on_activity, note_at, conv_author_kind, \
+    conv_message_id, conv_occurred_at, attempts, last_error, next_attempt_at, \
+    lease_expires_at, sent_at, provider_message_id, request_id";
+
+fn bad(col: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        col,
+        rusqlite::types::Type::Integer,
+        format!("invalid stored {what}").into(),
+    )
+}
+
+fn enum_col<T>(row: &Row, i: usize, what: &str, f: fn(i64) -> Option<T>) -> rusqlite::Result<T> {
+    f(row.get(i)?).ok_or_else(|| bad(i, what))
+}
+
+/// Reads an item from a row selected with [`ITEM_COLUMNS`].
+pub fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
+    item_from_row_at(row, 0)
+}
+
+/// Reads an item whose [`ITEM_COLUMNS`] start at column `o`.
+pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
+    let content: Vec<u8> = row.get(o + 6)?;
+    let converted_by = match row.get::<_, Option<i64>>(o + 13)? {
+        Some(k) => Some(Activity {
+            author_kind: AuthorKind::from_i64(k).ok_or_else(|| bad(o + 13, "author kind"))?,
+            message_id: row.get::<_, Option<String>>(o + 14)?.unwrap_or_default(),
+            occurred_at: row.get::<_, Option<i64>>(o + 15)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Item {
+        id: row.get(o + 0)?,
+        account_id: row.get(o + 1)?,
+        ticket_id: row.get(o + 2)?,
+        kind: enum_col(row, o + 3, "kind", Kind::from_i64)?,
+        channel: enum_col(row, o + 4, "channel", Channel::from_i64)?,
+        author_id: row.get(o + 5)?,
+        content: Content::from_bytes(&content).ok_or_else(|| bad(o + 6, "content"))?,
+        send_at: row.get(o + 7)?,
+        created_at: row.get(o + 8)?,
+        updated_at: row.get(o + 9)?,
+        state: enum_col(row, o + 10, "state", State::from_i64)?,
+        on_activity: enum_col(row, o + 11, "on_activity", OnActivity::from_i64)?,
+        note_at: row.get(o + 12)?,
+        converted_by,
+        attempts: row.get(o + 16)?,
+        last_error: row.get(o + 17)?,
+        next_attempt_at: row.get(o + 18)?,
+        lease_expires_at: row.get(o + 19)?,
+        sent_at: row.get(o + 20)?,
+        provider_message_id: row.get(o + 21)?,
+        request_id: row.get(o + 22)?,
+    })
+}
+
+/// Inserts a new PENDING item; returns its id.
+pub fn insert_item(conn: &Connection, n: &NewItem, now: Millis) -> Result<ItemId, StoreError> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO items (account_id, ticket_id, kind, channel, author_id, content, send_at, \
+         next_send_at, created_at, updated_at, state, on_activity, request_id, request_fp) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    st.execute(params![
+        n.account_id,
+        n.ticket_id,
+        n.kind.as_i64(),
+        n.channel.as_i64(),
+        n.author_id,
+        n.content.to_bytes(),
+        n.send_at,
+        now,
+        State::Pending.as_i64(),
+        n.on_activity.as_i64(),
+        n.request_id,
+        n.request_id.as_ref().map(|_| n.fingerprint() as i64),
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The item with this id, if it belongs to the account.
+pub fn get_item(conn: &Connection, account: &str, id: ItemId) -> Result<Option<Item>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1 AND account_id = ?2"
+    ))?;
+    Ok(st
+        .query_row(params![id, account], item_from_row)
+        .optional()?)
+}
+
+/// The item with this id, whatever its account (dispatch path).
+pub fn get_item_any(conn: &Connection, id: ItemId) -> Result<Option<Item>, StoreError> {
+    let mut st = conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))?;
+    Ok(st.query_row(params![id], item_from_row).optional()?)
+}
+
+/// The item holding this idempotency key, with the fingerprint of its request.
+pub fn find_by_request(
+    conn: &Connection,
+    account: &str,
+    request_id: &str,
+) -> Result<Option<(Item, u64)>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS}, request_fp FROM items WHERE account_id = ?1 AND request_id = ?2"
+    ))?;
+    Ok(st
+        .query_row(params![account, request_id], |r| {
+            Ok((item_from_row(r)?, r.get::<_, i64>(23)? as u64))
+        })
+        .optional()?)
+}
+
+/// Writes every mutable field of `item` back (content, times, state, delivery fields).
+pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
+    let mut st = conn.prepare_cached(
+        "UPDATE items SET content = ?2, send_at = ?3, next_send_at = ?4, updated_at = ?5, \
+         state = ?6, on_activity = ?7, note_at = ?8, conv_author_kind = ?9, \
+         conv_message_id = ?10, conv_occurred_at = ?11, attempts = ?12, last_error = ?13, \
+         next_attempt_at = ?14, lease_expires_at = ?15, sent_at = ?16, \
+         provider_message_id = ?17 WHERE id = ?1",
+    )?;
+    let conv = item.converted_by.as_ref();
+    st.execute(params![
+        item.id,
+        item.content.to_bytes(),
+        item.send_at,
+        item.next_send_at(),
+        item.updated_at,
+        item.state.as_i64(),
+        item.on_activity.as_i64(),
+        item.note_at,
+        conv.map(|a| a.author_kind.as_i64()),
+        conv.map(|a| a.message_id.as_str()),
+        conv.map(|a| a.occurred_at),
+        item.attempts,
+        item.last_error,
+        item.next_attempt_at,
+        item.lease_expires_at,
+        item.sent_at,
+        item.provider_message_id,
+    ])?;
+    Ok(())
+}
+
+/// The part of an item an event carries: everything but the content (which is read
+/// from `items` when the event is streamed, so an event costs one small row).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ItemSnapshot {
+    #[prost(int64, tag = "1")]
+    pub send_at: i64,
+    #[prost(int64, tag = "2")]
+    pub updated_at: i64,
+    #[prost(int64, tag = "3")]
+    pub state: i64,
+    #[prost(int64, tag = "4")]
+    pub on_activity: i64,
+    #[prost(int64, optional, tag = "5")]
+    pub note_at: Option<i64>,
+    #[prost(uint32, tag = "6")]
+    pub attempts: u32,
+    #[prost(string, optional, tag = "7")]
+    pub last_error: Option<String>,
+    #[prost(int64, optional, tag = "8")]
+    pub next_attempt_at: Option<i64>,
+    #[prost(int64, optional, tag = "9")]
+    pub lease_expires_at: Option<i64>,
+    #[prost(int64, optional, tag = "10")]
+    pub sent_at: Option<i64>,
+    #[prost(string, optional, tag = "11")]
+    pub provider_message_id: Option<String>,
+    #[prost(int64, optional, tag = "12")]
+    pub conv_author_kind: Option<i64>,
+    #[prost(string, optional, tag = "13")]
+    pub conv_message_id: Option<String>,
+    #[prost(int64, optional, tag = "14")]
+    pub conv_occurred_at: Option<i64>,
+}
+
+impl ItemSnapshot {
+    /// The snapshot of `item`.
+    pub fn of(item: &Item) -> Self {
+        let conv = item.converted_by.as_ref();
+        Self {
+            send_at: item.send_at,
+            updated_at: item.updated_at,
+            state: item.state.as_i64(),
+            on_activity: item.on_activity.as_i64(),
+            note_at: item.note_at,
+            attempts: item.attempts,
+            last_error: item.last_error.clone(),
+            next_attempt_at: item.next_attempt_at,
+            lease_expires_at: item.lease_expires_at,
+            sent_at: item.sent_at,
+            provider_message_id: item.provider_message_id.clone(),
+            conv_author_kind: conv.map(|a| a.author_kind.as_i64()),
+            conv_message_id: conv.map(|a| a.message_id.clone()),
+            conv_occurred_at: conv.map(|a| a.occurred_at),
+        }
+    }
+
+    /// Overlays this snapshot on `item` (whose immutable fields and content are current).
+    pub fn apply_to(&self, item: &mut Item) {
+        item.send_at = self.send_at;
+        item.updated_at = self.updated_at;
+        if let Some(s) = State::from_i64(self.state) {
+            item.state = s;
+        }
+        if let Some(p) = OnActivity::from_i64(self.on_activity) {
+            item.on_activity = p;
+        }
+        item.note_at = self.note_at;
+        item.attempts = self.attempts;
+        item.last_error = self.last_error.clone();
+        item.next_attempt_at = self.next_attempt_at;
+        item.lease_expires_at = self.lease_expires_at;
+        item.sent_at = self.sent_at;
+        item.provider_message_id = self.provider_message_id.clone();
+        item.converted_by = match (
+            self.conv_author_kind.and_then(AuthorKind::from_i64),
+            self.conv_occurred_at,
+        ) {
+            (Some(k), Some(at)) => Some(Activity {
+                author_kind: k,
+                message_id: self.conv_message_id.clone().unwrap_or_default(),
+                occurred_at: at,
+            }),
+            _ => None,
+        };
+    }
+}
+
+/// Appends an event for `item`; returns its sequence number.
+pub fn insert_event(
+    conn: &Connection,
+    kind: EventType,
+    item: &Item,
+    now: Millis,
+) -> Result<u64, StoreError> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO events (account_id, item_id, type, at, snapshot) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    st.execute(params![
+        item.account_id,
+        item.id,
+        kind.as_i64(),
+        now,
+        ItemSnapshot::of(item).encode_to_vec()
+    ])?;
+    Ok(conn.last_insert_rowid() as u64)
+}

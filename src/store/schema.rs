@@ -1,0 +1,118 @@
+//! The schema and its migrations, versioned with `PRAGMA user_version`.
+//!
+//! Each migration runs once, in order, inside one transaction with the version bump.
+//! A file whose version is newer than this build knows is refused (we would not know
+//! what its columns mean), never "downgraded".
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations; index `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: items and the events outbox.
+    r#"
+    CREATE TABLE items (
+        id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id          TEXT    NOT NULL,
+        ticket_id           TEXT    NOT NULL,
+        kind                INTEGER NOT NULL,
+        channel             INTEGER NOT NULL,
+        author_id           TEXT    NOT NULL,
+        content             BLOB    NOT NULL,
+        send_at             INTEGER NOT NULL,
+        -- next_attempt_at between attempts, else send_at: listings sort on it, and it
+        -- is the wheel deadline of a PENDING item.
+        next_send_at        INTEGER NOT NULL,
+        created_at          INTEGER NOT NULL,
+        updated_at          INTEGER NOT NULL,
+        state               INTEGER NOT NULL,
+        on_activity         INTEGER NOT NULL,
+        note_at             INTEGER,
+        conv_author_kind    INTEGER,
+        conv_message_id     TEXT,
+        conv_occurred_at    INTEGER,
+        attempts            INTEGER NOT NULL DEFAULT 0,
+        last_error          TEXT,
+        next_attempt_at     INTEGER,
+        lease_expires_at    INTEGER,
+        sent_at             INTEGER,
+        provider_message_id TEXT,
+        request_id          TEXT,
+        request_fp          INTEGER
+    );
+    -- ListScheduled: one account, one state, in next-send order.
+    CREATE INDEX items_by_state ON items(account_id, state, next_send_at, id);
+    -- Timeline and ticket activity.
+    CREATE INDEX items_by_ticket ON items(account_id, ticket_id, created_at);
+    -- ListDeferredTickets (PENDING + DISPATCHING only, so it stays small).
+    CREATE INDEX items_deferred ON items(account_id, ticket_id, next_send_at)
+        WHERE state IN (1, 2);
+    -- Start-up recovery reads (id, next_send_at) of live items from this index alone.
+    CREATE INDEX items_live ON items(next_send_at) WHERE state IN (1, 2);
+    -- Idempotency keys, one namespace per account.
+    CREATE UNIQUE INDEX items_by_request ON items(account_id, request_id)
+        WHERE request_id IS NOT NULL;
+
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT    NOT NULL,
+        item_id    INTEGER NOT NULL,
+        type       INTEGER NOT NULL,
+        at         INTEGER NOT NULL,
+        -- The item as it was right after the change (encoded ItemSnapshot).
+        snapshot   BLOB    NOT NULL
+    );
+    CREATE INDEX events_by_account ON events(account_id, seq);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`].
+///
+/// # Errors
+/// [`StoreError::NewerSchema`] for a file written by a newer sendlater, or a SQLite error.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_sets_the_version() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c).unwrap();
+        migrate(&mut c).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_error() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = migrate(&mut c).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

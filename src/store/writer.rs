@@ -1,0 +1,209 @@
+//! The writer thread: one read-write connection, group commit.
+//!
+//! Loop: block for one job, then take whatever else is queued (up to [`MAX_GROUP`]),
+//! `BEGIN IMMEDIATE`, run each job inside its own savepoint, `COMMIT`, hand the
+//! committed timer changes to the hook, publish the last event sequence, and only then
+//! answer every job. A failed commit answers every job of the group with an error and
+//! applies none of their timer changes.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::domain;
+
+use super::{CommitHook, StoreError, Tx, WheelOp};
+
+/// Most writes in one transaction: bounds a group's latency and memory.
+pub const MAX_GROUP: usize = 2048;
+
+/// Queue length in front of the writer; senders wait (backpressure) when it is full.
+const QUEUE: usize = 8192;
+
+/// Sends the outcome to the caller once the group's commit is known.
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write: runs in the transaction, says whether it succeeded, returns its completion.
+type Job = Box<dyn FnOnce(&mut Tx<'_>) -> (bool, Completion) + Send>;
+
+enum Msg {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub(super) struct WriterHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+pub(super) fn spawn(
+    conn: Connection,
+    hook: CommitHook,
+    events: watch::Sender<u64>,
+    clock: Arc<dyn Clock>,
+) -> Result<WriterHandle, StoreError> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    std::thread::Builder::new()
+        .name("sendlater-writer".into())
+        .spawn(move || run(conn, rx, hook, events, clock))
+        .map_err(|e| StoreError::Unusable {
+            path: Default::default(),
+            reason: format!("cannot start the writer thread: {e}"),
+        })?;
+    Ok(WriterHandle { tx })
+}
+
+impl WriterHandle {
+    pub(super) async fn write<T, F>(&self, f: F) -> domain::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel::<domain::Result<T>>();
+        let job: Job = Box::new(move |tx: &mut Tx<'_>| {
+            let r = f(tx);
+            let ok = r.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let _ = reply.send(match commit {
+                    Ok(()) => r,
+                    Err(e) => Err(e.into()),
+                });
+            });
+            (ok, done)
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| domain::Error::from(StoreError::Closed))?;
+        rx.await
+            .map_err(|_| domain::Error::from(StoreError::Closed))?
+    }
+
+    pub(super) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Msg>,
+    mut hook: CommitHook,
+    events: watch::Sender<u64>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        match rx.blocking_recv() {
+            Some(Msg::Job(j)) => jobs.push(j),
+            Some(Msg::Close(done)) => closing = Some(done),
+            None => break,
+        }
+        while jobs.len() < MAX_GROUP && closing.is_none() {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => jobs.push(j),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            commit_group(&conn, &mut jobs, &mut hook, &events, clock.now_ms());
+        }
+    }
+    // Writes still queued behind a close are refused: their senders see `Closed`.
+    drop(rx);
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "checkpoint at close failed");
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn commit_group(
+    conn: &Connection,
+    jobs: &mut Vec<Job>,
+    hook: &mut CommitHook,
+    events: &watch::Sender<u64>,
+    now: i64,
+) {
+    let started = std::time::Instant::now();
+    let n = jobs.len();
+    let mut completions: Vec<Completion> = Vec::with_capacity(n);
+    let mut ops: Vec<WheelOp> = Vec::new();
+    let mut max_seq = 0u64;
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
+        // Dropping a job drops its reply sender: the caller sees Unavailable.
+        jobs.clear();
+        return;
+    }
+    for job in jobs.drain(..) {
+        let mut job_ops = Vec::new();
+        let mut job_seq = 0u64;
+        if let Err(e) = conn.execute_batch("SAVEPOINT w") {
+            tracing::error!(error = %e, "savepoint failed");
+            continue; // the dropped job answers Unavailable
+        }
+        let (ok, done) = {
+            let mut tx = Tx {
+                conn,
+                now,
+                ops: &mut job_ops,
+                max_seq: &mut job_seq,
+            };
+            job(&mut tx)
+        };
+        let end = if ok {
+            conn.execute_batch("RELEASE w")
+        } else {
+            conn.execute_batch("ROLLBACK TO w; RELEASE w")
+        };
+        match end {
+            Ok(()) if ok => {
+                ops.extend(job_ops);
+                max_seq = max_seq.max(job_seq);
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "savepoint release failed"),
+        }
+        completions.push(done);
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            if !ops.is_empty() {
+                hook(&ops);
+            }
+            if max_seq > 0 {
+                events.send_if_modified(|last| {
+                    let changed = max_seq > *last;
+                    *last = (*last).max(max_seq);
+                    changed
+                });
+            }
+            tracing::trace!(
+                writes = n,
+                micros = started.elapsed().as_micros() as u64,
+                "group committed"
+            );
+            for done in completions {
+                done(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, writes = n, "group commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            for done in completions {
+                done(Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some(e.to_string()),
+                ))));
+            }
+        }
+    }
+}
