@@ -15,6 +15,8 @@ pub mod engine;
 pub mod pb;
 /// Start and stop the service.
 pub mod server;
+/// gRPC services: Scheduler, Dispatch, conversions.
+pub mod service;
 /// SQLite: schema, group-commit writer, read pool.
 pub mod store;
 /// The hierarchical timing wheel (pure, synchronous).

@@ -23,6 +23,7 @@ use crate::config::{DispatchConfig, Limits, Synchronous};
 use crate::domain::{self, ItemId, Millis};
 use crate::store::{Store, StoreError, WheelOp};
 
+pub use commands::Changes;
 pub use queries::{Audience, DeferredTicket, Event, ListQuery, Order, Page};
 pub use timers::{ReadyQueue, Timers};
 

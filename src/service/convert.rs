@@ -1,0 +1,385 @@
+//! proto <-> domain conversion. Incoming messages become validated-shape domain values
+//! here (`TryFrom`), with `InvalidArgument` errors that name the field; outgoing domain
+//! values become proto messages (`From`).
+
+use prost_types::Timestamp;
+
+use crate::domain::{
+    self, Activity, Attachment, AuthorKind, Channel, ChatContent, Content, EmailContent, Error,
+    EventType, Item, Kind, Millis, NewItem, OnActivity, State,
+};
+use crate::engine::{Audience, DeferredTicket, Event, Order};
+use crate::pb;
+
+/// Milliseconds to a protobuf timestamp.
+pub fn ts(ms: Millis) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A protobuf timestamp to milliseconds (sub-millisecond parts are truncated).
+///
+/// # Errors
+/// `InvalidArgument` on `field` for out-of-range nanos or seconds.
+pub fn ms(field: &str, t: &Timestamp) -> domain::Result<Millis> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Error::invalid(field, "nanos must be in 0..1e9"));
+    }
+    // Year 1 .. 9999, as google.protobuf.Timestamp specifies.
+    if !(-62_135_596_800..=253_402_300_799).contains(&t.seconds) {
+        return Err(Error::invalid(field, "is out of the timestamp range"));
+    }
+    Ok(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
+fn required_ms(field: &str, t: Option<&Timestamp>) -> domain::Result<Millis> {
+    ms(
+        field,
+        t.ok_or_else(|| Error::invalid(field, "is required"))?,
+    )
+}
+
+fn opt_ms(field: &str, t: Option<&Timestamp>) -> domain::Result<Option<Millis>> {
+    t.map(|t| ms(field, t)).transpose()
+}
+
+fn enum_value<T>(field: &str, v: i32, from: fn(i64) -> Option<T>) -> domain::Result<Option<T>> {
+    if v == 0 {
+        return Ok(None);
+    }
+    from(i64::from(v))
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, format!("unknown value {v}")))
+}
+
+/// Parses the optional `channel` enum (0 = unspecified).
+pub fn channel(field: &str, v: i32) -> domain::Result<Option<Channel>> {
+    enum_value(field, v, Channel::from_i64)
+}
+
+/// Parses the optional `state` enum.
+pub fn state(field: &str, v: i32) -> domain::Result<Option<State>> {
+    enum_value(field, v, State::from_i64)
+}
+
+/// Parses the optional `kind` enum.
+pub fn kind(field: &str, v: i32) -> domain::Result<Option<Kind>> {
+    enum_value(field, v, Kind::from_i64)
+}
+
+/// Parses the optional `on_activity` enum.
+pub fn on_activity(field: &str, v: i32) -> domain::Result<Option<OnActivity>> {
+    enum_value(field, v, OnActivity::from_i64)
+}
+
+/// Parses `order`.
+pub fn order(v: i32) -> domain::Result<Order> {
+    match pb::Order::try_from(v) {
+        Ok(pb::Order::SendAtAsc) => Ok(Order::Asc),
+        Ok(pb::Order::SendAtDesc) => Ok(Order::Desc),
+        Err(_) => Err(Error::invalid("order", format!("unknown value {v}"))),
+    }
+}
+
+/// Parses `audience` (unspecified = staff).
+pub fn audience(v: i32) -> domain::Result<Audience> {
+    match pb::Audience::try_from(v) {
+        Ok(pb::Audience::Unspecified | pb::Audience::Staff) => Ok(Audience::Staff),
+        Ok(pb::Audience::Client) => Ok(Audience::Client),
+        Err(_) => Err(Error::invalid("audience", format!("unknown value {v}"))),
+    }
+}
+
+fn attachment(a: pb::Attachment) -> Attachment {
+    Attachment {
+        filename: a.filename,
+        content_type: a.content_type,
+        url: a.url,
+        size_bytes: a.size_bytes,
+    }
+}
+
+fn attachment_pb(a: Attachment) -> pb::Attachment {
+    pb::Attachment {
+        filename: a.filename,
+        content_type: a.content_type,
+        url: a.url,
+        size_bytes: a.size_bytes,
+    }
+}
+
+/// Email content from the wire.
+pub fn email(e: pb::EmailContent) -> Content {
+    Content::Email(EmailContent {
+        from: e.from,
+        to: e.to,
+        cc: e.cc,
+        bcc: e.bcc,
+        subject: e.subject,
+        text_body: e.text_body,
+        html_body: e.html_body,
+        in_reply_to: e.in_reply_to,
+        attachments: e.attachments.into_iter().map(attachment).collect(),
+    })
+}
+
+/// Chat content from the wire.
+pub fn chat(c: pb::ChatContent) -> Content {
+    Content::Chat(ChatContent {
+        conversation_id: c.conversation_id,
+        text: c.text,
+        attachments: c.attachments.into_iter().map(attachment).collect(),
+    })
+}
+
+/// The flat fields of a schedule request, shared by ScheduleMessage/Ticket and batch
+/// entries.
+pub struct ScheduleFields {
+    pub account_id: String,
+    pub ticket_id: String,
+    pub channel: i32,
+    pub author_id: String,
+    pub content: Option<Content>,
+    pub send_at: Option<Timestamp>,
+    pub on_activity: i32,
+    pub request_id: String,
+}
+
+impl ScheduleFields {
+    /// The domain request (shape checks here; value checks in `domain::validate_new`).
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the field.
+    pub fn into_new_item(self, kind: Kind) -> domain::Result<NewItem> {
+        let content = self
+            .content
+            .ok_or_else(|| Error::invalid("email", "one of email or chat content is required"))?;
+        let channel = channel("channel", self.channel)?.unwrap_or(content.channel());
+        Ok(NewItem {
+            account_id: self.account_id,
+            ticket_id: self.ticket_id,
+            kind,
+            channel,
+            author_id: self.author_id,
+            content,
+            send_at: required_ms("send_at", self.send_at.as_ref())?,
+            on_activity: on_activity("on_activity", self.on_activity)?
+                .unwrap_or(OnActivity::ConvertToNote),
+            request_id: (!self.request_id.is_empty()).then_some(self.request_id),
+        })
+    }
+}
+
+impl From<pb::ScheduleRequest> for ScheduleFields {
+    fn from(r: pb::ScheduleRequest) -> Self {
+        ScheduleFields {
+            account_id: r.account_id,
+            ticket_id: r.ticket_id,
+            channel: r.channel,
+            author_id: r.author_id,
+            content: r.content.map(|c| match c {
+                pb::schedule_request::Content::Email(e) => email(e),
+                pb::schedule_request::Content::Chat(c) => chat(c),
+            }),
+            send_at: r.send_at,
+            on_activity: r.on_activity,
+            request_id: r.request_id,
+        }
+    }
+}
+
+/// A batch entry: its kind and fields.
+///
+/// # Errors
+/// `InvalidArgument` on `kind`.
+pub fn batch_entry(e: pb::BatchEntry) -> domain::Result<(Kind, ScheduleFields)> {
+    let k = kind("kind", e.kind)?.unwrap_or(Kind::Reply);
+    Ok((
+        k,
+        ScheduleFields {
+            account_id: e.account_id,
+            ticket_id: e.ticket_id,
+            channel: e.channel,
+            author_id: e.author_id,
+            content: e.content.map(|c| match c {
+                pb::batch_entry::Content::Email(e) => email(e),
+                pb::batch_entry::Content::Chat(c) => chat(c),
+            }),
+            send_at: e.send_at,
+            on_activity: e.on_activity,
+            request_id: e.request_id,
+        },
+    ))
+}
+
+/// A reported ticket activity.
+///
+/// # Errors
+/// `InvalidArgument` naming the field.
+pub fn activity(r: &pb::RecordTicketActivityRequest) -> domain::Result<Activity> {
+    let author_kind = enum_value("author_kind", r.author_kind, AuthorKind::from_i64)?
+        .ok_or_else(|| Error::invalid("author_kind", "is required (CLIENT or STAFF)"))?;
+    Ok(Activity {
+        author_kind,
+        message_id: r.message_id.clone(),
+        occurred_at: required_ms("occurred_at", r.occurred_at.as_ref())?,
+    })
+}
+
+/// Optional timestamp from the wire.
+///
+/// # Errors
+/// `InvalidArgument` on `field`.
+pub fn optional_ms(field: &str, t: Option<&Timestamp>) -> domain::Result<Option<Millis>> {
+    opt_ms(field, t)
+}
+
+impl From<Item> for pb::ScheduledItem {
+    fn from(i: Item) -> Self {
+        let item_id = i.public_id();
+        let content = Some(match i.content {
+            Content::Email(e) => pb::scheduled_item::Content::Email(pb::EmailContent {
+                from: e.from,
+                to: e.to,
+                cc: e.cc,
+                bcc: e.bcc,
+                subject: e.subject,
+                text_body: e.text_body,
+                html_body: e.html_body,
+                in_reply_to: e.in_reply_to,
+                attachments: e.attachments.into_iter().map(attachment_pb).collect(),
+            }),
+            Content::Chat(c) => pb::scheduled_item::Content::Chat(pb::ChatContent {
+                conversation_id: c.conversation_id,
+                text: c.text,
+                attachments: c.attachments.into_iter().map(attachment_pb).collect(),
+            }),
+        });
+        pb::ScheduledItem {
+            item_id,
+            account_id: i.account_id,
+            ticket_id: i.ticket_id,
+            kind: i.kind.as_i64() as i32,
+            channel: i.channel.as_i64() as i32,
+            author_id: i.author_id,
+            content,
+            send_at: Some(ts(i.send_at)),
+            created_at: Some(ts(i.created_at)),
+            updated_at: Some(ts(i.updated_at)),
+            state: i.state.as_i64() as i32,
+            note_at: i.note_at.map(ts),
+            converted_by: i.converted_by.map(|a| pb::Activity {
+                author_kind: a.author_kind.as_i64() as i32,
+                message_id: a.message_id,
+                occurred_at: Some(ts(a.occurred_at)),
+            }),
+            on_activity: i.on_activity.as_i64() as i32,
+            attempts: i.attempts,
+            last_error: i.last_error.unwrap_or_default(),
+            next_attempt_at: i.next_attempt_at.map(ts),
+            sent_at: i.sent_at.map(ts),
+            provider_message_id: i.provider_message_id.unwrap_or_default(),
+            request_id: i.request_id.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<DeferredTicket> for pb::DeferredTicket {
+    fn from(t: DeferredTicket) -> Self {
+        pb::DeferredTicket {
+            ticket_id: t.ticket_id,
+            next_send_at: Some(ts(t.next_send_at)),
+            pending_count: t.pending_count,
+        }
+    }
+}
+
+impl From<Event> for pb::ItemEvent {
+    fn from(e: Event) -> Self {
+        pb::ItemEvent {
+            sequence: e.sequence,
+            r#type: event_type(e.kind) as i32,
+            item: Some(e.item.into()),
+            at: Some(ts(e.at)),
+        }
+    }
+}
+
+fn event_type(k: EventType) -> pb::EventType {
+    match k {
+        EventType::Scheduled => pb::EventType::Scheduled,
+        EventType::Updated => pb::EventType::Updated,
+        EventType::Dispatching => pb::EventType::Dispatching,
+        EventType::Retrying => pb::EventType::Retrying,
+        EventType::Sent => pb::EventType::Sent,
+        EventType::Failed => pb::EventType::Failed,
+        EventType::Cancelled => pb::EventType::Cancelled,
+        EventType::ConvertedToNote => pb::EventType::ConvertedToNote,
+    }
+}
+
+/// Maps domain errors to gRPC statuses (API.md "Errors and limits"); internal details
+/// were logged where they happened and are not sent.
+pub fn status(e: Error) -> tonic::Status {
+    use tonic::Status;
+    match e {
+        e @ Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        Error::NotFound(m) => Status::not_found(m),
+        Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::AlreadyExists(m) => Status::already_exists(m),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+        Error::Unavailable(m) => Status::unavailable(m),
+        Error::Internal(m) => Status::internal(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_the_epoch() {
+        for v in [0, 1, 999, 1000, -1, -1001, 1_800_000_000_123] {
+            assert_eq!(ms("t", &ts(v)).unwrap(), v, "{v}");
+        }
+    }
+
+    #[test]
+    fn bad_timestamps_name_the_field() {
+        let e = ms(
+            "send_at",
+            &Timestamp {
+                seconds: 0,
+                nanos: -1,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("send_at: "));
+        let e = ms(
+            "send_at",
+            &Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("send_at: "));
+    }
+
+    #[test]
+    fn missing_content_and_send_at_are_named() {
+        let f = ScheduleFields::from(pb::ScheduleRequest::default());
+        let e = f.into_new_item(Kind::Reply).unwrap_err();
+        assert!(e.to_string().starts_with("email: "), "{e}");
+        let f = ScheduleFields::from(pb::ScheduleRequest {
+            content: Some(pb::schedule_request::Content::Chat(
+                pb::ChatContent::default(),
+            )),
+            ..Default::default()
+        });
+        let e = f.into_new_item(Kind::Reply).unwrap_err();
+        assert!(e.to_string().starts_with("send_at: "), "{e}");
+    }
+}

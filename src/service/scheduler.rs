@@ -1,0 +1,301 @@
+//! The `sendlater.v1.Scheduler` gRPC service: thin handlers that convert the request,
+//! call the engine and convert the answer back.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, status, ScheduleFields};
+use crate::domain::{self, parse_item_id, Error, ItemId, Kind};
+use crate::engine::{Changes, Engine, ListQuery};
+use crate::pb;
+
+/// The Scheduler service.
+#[derive(Clone)]
+pub struct SchedulerService {
+    engine: Engine,
+    /// Cancelled at shutdown: event streams end so the server can drain.
+    shutdown: CancellationToken,
+}
+
+impl SchedulerService {
+    pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
+        Self { engine, shutdown }
+    }
+}
+
+fn item_ref(account: &str, item_id: &str) -> Result<(String, ItemId), Status> {
+    domain::validate_id("account_id", account).map_err(status)?;
+    let id = parse_item_id(item_id).ok_or_else(|| {
+        if item_id.is_empty() {
+            status(Error::invalid("item_id", "is required"))
+        } else {
+            Status::not_found(format!("item {item_id} not found"))
+        }
+    })?;
+    Ok((account.to_owned(), id))
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ItemEvent, Status>> + Send>>;
+
+/// Events read from the store per query while streaming.
+const EVENT_BATCH: usize = 512;
+
+#[tonic::async_trait]
+impl pb::scheduler_server::Scheduler for SchedulerService {
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn schedule_message(
+        &self,
+        req: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::ScheduledItem>, Status> {
+        let new = ScheduleFields::from(req.into_inner())
+            .into_new_item(Kind::Reply)
+            .map_err(status)?;
+        let item = self.engine.schedule(new).await.map_err(status)?;
+        Ok(Response::new(item.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn schedule_ticket(
+        &self,
+        req: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::ScheduledItem>, Status> {
+        let new = ScheduleFields::from(req.into_inner())
+            .into_new_item(Kind::NewTicket)
+            .map_err(status)?;
+        let item = self.engine.schedule(new).await.map_err(status)?;
+        Ok(Response::new(item.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(entries = req.get_ref().entries.len()))]
+    async fn schedule_batch(
+        &self,
+        req: Request<pb::ScheduleBatchRequest>,
+    ) -> Result<Response<pb::ScheduleBatchResponse>, Status> {
+        let entries = req.into_inner().entries;
+        let max = self.engine.limits().max_batch_entries;
+        if entries.len() > max {
+            return Err(status(Error::invalid(
+                "entries",
+                format!("has {} entries, at most {max} allowed", entries.len()),
+            )));
+        }
+        let mut batch = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            let prefix = format!("entries[{i}].");
+            let (kind, fields) =
+                convert::batch_entry(e).map_err(|e| status(e.in_field(&prefix)))?;
+            batch.push(
+                fields
+                    .into_new_item(kind)
+                    .map_err(|e| status(e.in_field(&prefix)))?,
+            );
+        }
+        let items = self.engine.schedule_batch(batch).await.map_err(status)?;
+        Ok(Response::new(pb::ScheduleBatchResponse {
+            items: items.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
+    async fn get_item(
+        &self,
+        req: Request<pb::ItemRef>,
+    ) -> Result<Response<pb::ScheduledItem>, Status> {
+        let r = req.into_inner();
+        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
+        let item = self.engine.get(account, id).await.map_err(status)?;
+        Ok(Response::new(item.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
+    async fn send_now(
+        &self,
+        req: Request<pb::ItemRef>,
+    ) -> Result<Response<pb::ScheduledItem>, Status> {
+        let r = req.into_inner();
+        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
+        let item = self.engine.send_now(account, id).await.map_err(status)?;
+        Ok(Response::new(item.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
+    async fn cancel(
+        &self,
+        req: Request<pb::ItemRef>,
+    ) -> Result<Response<pb::ScheduledItem>, Status> {
+        let r = req.into_inner();
+        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
+        let item = self.engine.cancel(account, id).await.map_err(status)?;
+        Ok(Response::new(item.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
+    async fn reschedule(
+        &self,
+        req: Request<pb::RescheduleRequest>,
+    ) -> Result<Response<pb::ScheduledItem>, Status> {
+        let r = req.into_inner();
+        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
+        let changes = Changes {
+            send_at: convert::optional_ms("send_at", r.send_at.as_ref()).map_err(status)?,
+            content: r.content.map(|c| match c {
+                pb::reschedule_request::Content::Email(e) => convert::email(e),
+                pb::reschedule_request::Content::Chat(c) => convert::chat(c),
+            }),
+            on_activity: convert::on_activity("on_activity", r.on_activity).map_err(status)?,
+        };
+        let item = self
+            .engine
+            .reschedule(account, id, changes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(item.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, ticket = %req.get_ref().ticket_id))]
+    async fn record_ticket_activity(
+        &self,
+        req: Request<pb::RecordTicketActivityRequest>,
+    ) -> Result<Response<pb::RecordTicketActivityResponse>, Status> {
+        let r = req.into_inner();
+        let activity = convert::activity(&r).map_err(status)?;
+        let affected = self
+            .engine
+            .record_activity(r.account_id, r.ticket_id, activity)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RecordTicketActivityResponse {
+            affected: affected.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn list_scheduled(
+        &self,
+        req: Request<pb::ListScheduledRequest>,
+    ) -> Result<Response<pb::ListScheduledResponse>, Status> {
+        let r = req.into_inner();
+        let q = ListQuery {
+            state: convert::state("state", r.state).map_err(status)?,
+            ticket_id: (!r.ticket_id.is_empty()).then_some(r.ticket_id),
+            channel: convert::channel("channel", r.channel).map_err(status)?,
+            author_id: (!r.author_id.is_empty()).then_some(r.author_id),
+            kind: convert::kind("kind", r.kind).map_err(status)?,
+            send_at_from: convert::optional_ms("send_at_from", r.send_at_from.as_ref())
+                .map_err(status)?,
+            send_at_to: convert::optional_ms("send_at_to", r.send_at_to.as_ref())
+                .map_err(status)?,
+            order: convert::order(r.order).map_err(status)?,
+            page_size: r.page_size,
+            page_token: r.page_token,
+            account_id: r.account_id,
+        };
+        let page = self.engine.list(q).await.map_err(status)?;
+        Ok(Response::new(pb::ListScheduledResponse {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn list_deferred_tickets(
+        &self,
+        req: Request<pb::ListDeferredTicketsRequest>,
+    ) -> Result<Response<pb::ListDeferredTicketsResponse>, Status> {
+        let r = req.into_inner();
+        let order = convert::order(r.order).map_err(status)?;
+        let page = self
+            .engine
+            .deferred_tickets(r.account_id, order, r.page_size, r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListDeferredTicketsResponse {
+            tickets: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, ticket = %req.get_ref().ticket_id))]
+    async fn get_ticket_timeline(
+        &self,
+        req: Request<pb::GetTicketTimelineRequest>,
+    ) -> Result<Response<pb::GetTicketTimelineResponse>, Status> {
+        let r = req.into_inner();
+        let audience = convert::audience(r.audience).map_err(status)?;
+        let items = self
+            .engine
+            .timeline(r.account_id, r.ticket_id, audience)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetTicketTimelineResponse {
+            items: items.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, after = req.get_ref().after_sequence))]
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let r = req.into_inner();
+        domain::validate_id("account_id", &r.account_id).map_err(status)?;
+        let (tx, rx) = mpsc::channel(EVENT_BATCH);
+        let engine = self.engine.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            stream_events(engine, r.account_id, r.after_sequence, tx, shutdown).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams the backlog after `after`, then live events, with no gap and no duplicate
+/// at the switch-over: there is no switch-over. Every event is read from the table by
+/// sequence; the commit notification only says "read again". A notification that comes
+/// while reading is kept (`borrow_and_update` before the read), so nothing is missed.
+async fn stream_events(
+    engine: Engine,
+    account: String,
+    mut after: u64,
+    tx: mpsc::Sender<Result<pb::ItemEvent, Status>>,
+    shutdown: CancellationToken,
+) {
+    let mut seq = engine.store().event_sequence();
+    loop {
+        seq.borrow_and_update();
+        let batch = match engine
+            .events_after(Some(account.clone()), after, EVENT_BATCH)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(status(e))).await;
+                return;
+            }
+        };
+        let full = batch.len() == EVENT_BATCH;
+        for ev in batch {
+            after = ev.sequence;
+            if tx.send(Ok(ev.into())).await.is_err() {
+                return; // the client left
+            }
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            changed = seq.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+            _ = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("server shutting down; resume with after_sequence"))).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Shared helpers of the integration tests: a real server on an ephemeral port with a
+//! temporary SQLite file and a manual clock, and real tonic clients.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_types::Timestamp;
+use sendlater::clock::ManualClock;
+use sendlater::config::ServerConfig;
+use sendlater::pb;
+use sendlater::pb::scheduler_client::SchedulerClient;
+use sendlater::server::{self, RunningServer};
+use tonic::transport::Channel;
+
+/// A server under test with its clock, its database folder and a client.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub clock: ManualClock,
+    pub dir: tempfile::TempDir,
+    pub client: SchedulerClient<Channel>,
+    pub config: ServerConfig,
+}
+
+/// The manual clock starts at a fixed, realistic instant: 2026-11-25T10:00:00Z.
+pub const T0: i64 = 1_795_608_000_000;
+
+impl TestServer {
+    /// A fresh server with default limits.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A fresh server whose config `tweak` may change (limits, dispatch tuning).
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let mut config =
+            ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("test.db"));
+        config.clock = Arc::new(clock.clone());
+        tweak(&mut config);
+        let server = server::start(config.clone()).await.expect("server starts");
+        let client = connect(&server.url()).await;
+        TestServer {
+            server: Some(server),
+            clock,
+            dir,
+            client,
+            config,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.db_path.clone()
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().expect("running").url()
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Stops the server gracefully and starts a new one on the same file and clock.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.client = connect(&server.url()).await;
+        self.server = Some(server);
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Moves the manual clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Waits (bounded) until `pred` holds, re-checking when the engine may have moved.
+    /// For effects of the clock that happen on the engine's tasks.
+    pub async fn eventually<F: FnMut() -> bool>(&self, what: &str, mut pred: F) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pred() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// A Scheduler client on `url`.
+pub async fn connect(url: &str) -> SchedulerClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    SchedulerClient::new(ch)
+}
+
+/// A channel on `url` (for other clients: Dispatch, Health, Reflection).
+pub async fn channel(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub fn ts(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn ms(t: &Option<Timestamp>) -> i64 {
+    let t = t.as_ref().expect("timestamp set");
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// A valid email reply request, due `in_ms` after T0 (the clock's start).
+pub fn email_reply(account: &str, ticket: &str, send_at: i64) -> pb::ScheduleRequest {
+    pb::ScheduleRequest {
+        account_id: account.into(),
+        ticket_id: ticket.into(),
+        channel: pb::Channel::Email as i32,
+        author_id: "agent-1".into(),
+        content: Some(pb::schedule_request::Content::Email(pb::EmailContent {
+            to: vec!["client@example.com".into()],
+            subject: "Re: your question".into(),
+            text_body: "Hello, here is the answer.".into(),
+            ..Default::default()
+        })),
+        send_at: Some(ts(send_at)),
+        on_activity: 0,
+        request_id: String::new(),
+    }
+}
+
+/// A valid chat reply request.
+pub fn chat_reply(account: &str, ticket: &str, send_at: i64) -> pb::ScheduleRequest {
+    pb::ScheduleRequest {
+        account_id: account.into(),
+        ticket_id: ticket.into(),
+        channel: pb::Channel::Chat as i32,
+        author_id: "agent-1".into(),
+        content: Some(pb::schedule_request::Content::Chat(pb::ChatContent {
+            conversation_id: "conv-1".into(),
+            text: "Hi! Answer inside.".into(),
+            ..Default::default()
+        })),
+        send_at: Some(ts(send_at)),
+        on_activity: 0,
+        request_id: String::new(),
+    }
+}
+
+/// `ItemRef` for an item.
+pub fn item_ref(account: &str, item_id: &str) -> pb::ItemRef {
+    pb::ItemRef {
+        account_id: account.into(),
+        item_id: item_id.into(),
+    }
+}
+
+/// Asserts a status code and that the message starts with `field_prefix`.
+pub fn assert_status<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    field_prefix: &str,
+) {
+    match r {
+        Ok(v) => panic!("expected {code:?}, got OK: {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "message: {}", s.message());
+            assert!(
+                s.message().starts_with(field_prefix),
+                "message {:?} should start with {field_prefix:?}",
+                s.message()
+            );
+        }
+    }
+}
