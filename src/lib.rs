@@ -7,6 +7,8 @@
 pub mod clock;
 /// Validated configuration: limits, dispatch tuning, storage.
 pub mod config;
+/// Hands due items to connectors; records their answers.
+pub mod dispatch;
 /// Items, states, transitions, validation, activity rules (pure).
 pub mod domain;
 /// Ties domain, store and wheel together; drives the wheel.

@@ -11,9 +11,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
 use crate::pb;
-use crate::service::SchedulerService;
+use crate::service::{DispatchService, SchedulerService};
 use crate::store::StoreError;
 
 /// Why the server could not start.
@@ -131,9 +132,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
 
+    let dispatcher = Dispatcher::start(engine.clone(), streams.clone());
+    let dispatch =
+        pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher, streams.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::scheduler_server::SchedulerServer<SchedulerService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::dispatch_server::DispatchServer<DispatchService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -145,7 +155,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(scheduler);
+        .add_service(scheduler)
+        .add_service(dispatch);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {

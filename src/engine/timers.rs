@@ -20,8 +20,9 @@ fn tick(ms: Millis) -> u64 {
 #[derive(Default)]
 pub struct ReadyQueue {
     q: Mutex<VecDeque<ItemId>>,
-    /// Signalled when ids are pushed.
-    pub notify: Notify,
+    /// Signalled when ids are pushed (one stored permit: the single consumer never
+    /// misses a push that happens while it is busy).
+    notify: Arc<Notify>,
 }
 
 impl ReadyQueue {
@@ -31,9 +32,13 @@ impl ReadyQueue {
         q.extend(ids);
         if q.len() > before {
             drop(q);
-            self.notify.notify_waiters();
             self.notify.notify_one();
         }
+    }
+
+    /// The signal the consumer waits on.
+    pub fn clone_notify(&self) -> Arc<Notify> {
+        self.notify.clone()
     }
 
     /// Takes up to `max` ids.

@@ -1,6 +1,8 @@
 //! The gRPC edge: tonic services, proto <-> domain conversion, error mapping.
 
 pub mod convert;
+pub mod dispatch;
 pub mod scheduler;
 
+pub use dispatch::DispatchService;
 pub use scheduler::SchedulerService;

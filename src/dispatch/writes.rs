@@ -1,0 +1,195 @@
+//! The dispatch path's writes, each a batch in one store write (group commit): leasing
+//! due items, recording acks and nacks, and ending expired leases.
+//!
+//! Every rule is re-checked against the row inside the transaction: the wheel and the
+//! dispatcher's queues are hints, SQLite decides. So a cancelled, rescheduled or already
+//! leased item that a stale timer pushed into the queue is simply skipped.
+
+use crate::domain::{
+    self, can_transition, retry_backoff_ms, Activity, AuthorKind, EventType, Item, ItemId, State,
+};
+use crate::engine::Engine;
+use crate::store::rows::{get_item_any, update_item};
+use crate::store::Tx;
+
+/// An item handed to a connector: the committed DISPATCHING row.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub item: Item,
+}
+
+/// A connector's answer for one job.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ack {
+        id: ItemId,
+        provider_message_id: String,
+    },
+    Nack {
+        id: ItemId,
+        attempt: u32,
+        error: String,
+        permanent: bool,
+    },
+    /// The lease of this attempt ended without an answer (expired, or the stream
+    /// dropped): the attempt counts, the item is retried at once.
+    Abandoned {
+        id: ItemId,
+        attempt: u32,
+        reason: &'static str,
+    },
+}
+
+/// Tuning the writes need, copied out of the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub lease_ms: i64,
+    pub retry_base_ms: i64,
+    pub retry_cap_ms: i64,
+    pub max_attempts: u32,
+}
+
+/// Leases the given items (PENDING and due only): DISPATCHING, attempt + 1, lease timer.
+pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<Leased>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let Some(mut item) = get_item_any(tx.conn, id)? else {
+            continue;
+        };
+        if item.state != State::Pending || item.next_send_at() > tx.now {
+            continue;
+        }
+        item.state = State::Dispatching;
+        item.attempts += 1;
+        item.next_attempt_at = None;
+        item.lease_expires_at = Some(tx.now + t.lease_ms);
+        item.updated_at = tx.now;
+        update_item(tx.conn, &item)?;
+        tx.event(EventType::Dispatching, &item)?;
+        tx.set_timer(id, tx.now + t.lease_ms);
+        out.push(Leased { item });
+    }
+    Ok(out)
+}
+
+/// Records connector outcomes; jitter in [0,1) comes from `jitter`.
+pub fn record(
+    engine: &Engine,
+    tx: &mut Tx<'_>,
+    outcomes: &[Outcome],
+    t: Tuning,
+    jitter: &mut dyn FnMut() -> f64,
+) -> domain::Result<()> {
+    for o in outcomes {
+        let id = match o {
+            Outcome::Ack { id, .. } | Outcome::Nack { id, .. } | Outcome::Abandoned { id, .. } => {
+                *id
+            }
+        };
+        let Some(mut item) = get_item_any(tx.conn, id)? else {
+            continue;
+        };
+        let was_live = item.state.is_live();
+        match o {
+            Outcome::Ack {
+                provider_message_id,
+                ..
+            } => {
+                if item.state == State::Sent {
+                    continue; // a duplicate ack changes nothing
+                }
+                if !can_transition(item.state, State::Sent) {
+                    tracing::warn!(item_id = %item.public_id(), state = %item.state, "ack for an item that can no longer be sent; ignored");
+                    continue;
+                }
+                item.state = State::Sent;
+                item.sent_at = Some(tx.now);
+                item.provider_message_id =
+                    (!provider_message_id.is_empty()).then(|| provider_message_id.clone());
+                item.lease_expires_at = None;
+                item.next_attempt_at = None;
+                item.updated_at = tx.now;
+                update_item(tx.conn, &item)?;
+                tx.event(EventType::Sent, &item)?;
+                tx.remove_timer(id);
+                // Our send is staff activity in the ticket, authored when it was
+                // scheduled: the rule runs for the replies written before it.
+                let activity = Activity {
+                    author_kind: AuthorKind::Staff,
+                    message_id: item.public_id(),
+                    occurred_at: item.created_at,
+                };
+                engine.apply_activity_rule(
+                    tx,
+                    &item.account_id,
+                    &item.ticket_id,
+                    &activity,
+                    Some(id),
+                )?;
+            }
+            Outcome::Nack {
+                attempt,
+                error,
+                permanent,
+                ..
+            } => {
+                if item.state != State::Dispatching || item.attempts != *attempt {
+                    continue; // an answer for an attempt that already ended
+                }
+                item.last_error = Some(error.clone());
+                end_attempt(tx, &mut item, *permanent, t, jitter)?;
+            }
+            Outcome::Abandoned {
+                attempt, reason, ..
+            } => {
+                if item.state != State::Dispatching || item.attempts != *attempt {
+                    continue;
+                }
+                item.last_error = Some((*reason).to_owned());
+                // Retried at once (on another connector), not after a backoff.
+                end_attempt(
+                    tx,
+                    &mut item,
+                    false,
+                    Tuning {
+                        retry_base_ms: 0,
+                        ..t
+                    },
+                    jitter,
+                )?;
+            }
+        }
+        if was_live && !item.state.is_live() {
+            engine.item_finished(&item.account_id);
+        }
+    }
+    Ok(())
+}
+
+/// Ends a failed attempt: FAILED when permanent or out of attempts, else PENDING with
+/// a backoff.
+fn end_attempt(
+    tx: &mut Tx<'_>,
+    item: &mut Item,
+    permanent: bool,
+    t: Tuning,
+    jitter: &mut dyn FnMut() -> f64,
+) -> domain::Result<()> {
+    item.lease_expires_at = None;
+    item.updated_at = tx.now;
+    if permanent || item.attempts >= t.max_attempts {
+        item.state = State::Failed;
+        item.next_attempt_at = None;
+        update_item(tx.conn, item)?;
+        tx.event(EventType::Failed, item)?;
+        tx.remove_timer(item.id);
+    } else {
+        let backoff = retry_backoff_ms(item.attempts, t.retry_base_ms, t.retry_cap_ms, jitter());
+        item.state = State::Pending;
+        item.next_attempt_at = Some(tx.now + backoff);
+        update_item(tx.conn, item)?;
+        tx.event(EventType::Retrying, item)?;
+        tx.set_timer(item.id, tx.now + backoff);
+    }
+    Ok(())
+}
