@@ -5,58 +5,6 @@ use std::time::Duration;
 
 use common::*;
 use sendlater::pb;
-use sendlater::pb::dispatch_client::DispatchClient;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-
-/// A connector speaking the Dispatch protocol by hand.
-struct TestConnector {
-    tx: mpsc::Sender<pb::ConnectorMessage>,
-    jobs: Streaming<pb::DeliveryJob>,
-}
-
-impl TestConnector {
-    async fn connect(url: &str, channels: &[pb::Channel], max_in_flight: u32) -> TestConnector {
-        let mut client = DispatchClient::new(channel(url).await);
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(pb::ConnectorMessage {
-            msg: Some(pb::connector_message::Msg::Hello(pb::Hello {
-                connector_id: "test".into(),
-                channels: channels.iter().map(|&c| c as i32).collect(),
-                max_in_flight,
-            })),
-        })
-        .await
-        .unwrap();
-        let jobs = client
-            .connect(ReceiverStream::new(rx))
-            .await
-            .expect("connect")
-            .into_inner();
-        TestConnector { tx, jobs }
-    }
-
-    async fn next_job(&mut self) -> pb::DeliveryJob {
-        tokio::time::timeout(Duration::from_secs(10), self.jobs.message())
-            .await
-            .expect("a job within 10 s")
-            .expect("stream ok")
-            .expect("stream open")
-    }
-
-    async fn ack(&self, job: &pb::DeliveryJob, provider_id: &str) {
-        self.tx
-            .send(pb::ConnectorMessage {
-                msg: Some(pb::connector_message::Msg::Ack(pb::Ack {
-                    job_id: job.job_id.clone(),
-                    provider_message_id: provider_id.into(),
-                })),
-            })
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn a_due_item_reaches_the_connector_and_an_ack_marks_it_sent() {
@@ -91,6 +39,311 @@ async fn a_due_item_reaches_the_connector_and_an_ack_marks_it_sent() {
         }
         assert!(std::time::Instant::now() < deadline, "not SENT: {now:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t.stop().await;
+}
+
+async fn schedule(t: &TestServer, req: pb::ScheduleRequest) -> pb::ScheduledItem {
+    t.client
+        .clone()
+        .schedule_message(req)
+        .await
+        .expect("schedule")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn send_now_dispatches_at_once_without_moving_the_clock() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
+    let item = schedule(&t, chat_reply("acme", "T1", T0 + 86_400_000)).await;
+    let now = t
+        .client
+        .send_now(item_ref("acme", &item.item_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ms(&now.send_at), T0);
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), item.item_id);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_transient_nack_retries_after_the_backoff_with_the_next_attempt() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let job = c.next_job().await;
+    assert_eq!(job.attempt, 1);
+    c.nack(&job, "451 try later", false).await;
+    let pending = wait_state(&t.client, "acme", &item.item_id, pb::State::Pending).await;
+    assert_eq!(pending.attempts, 1);
+    assert_eq!(pending.last_error, "451 try later");
+    let retry_at = ms(&pending.next_attempt_at);
+    // Base 1 s with equal jitter: between 0.5 s and 1 s after the nack.
+    assert!(
+        (T0 + 500..=T0 + 1000).contains(&retry_at),
+        "retry at {retry_at}"
+    );
+    // Not before the backoff...
+    assert!(c.job_within(Duration::from_millis(100)).await.is_none());
+    // ...and at once after it.
+    t.advance(Duration::from_millis((retry_at - T0) as u64));
+    let again = c.next_job().await;
+    assert_eq!(again.attempt, 2);
+    assert_eq!(job_item(&again), item.item_id);
+    c.ack(&again, "m-2").await;
+    let sent = wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 2);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_nack_fails_the_item_at_once() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let job = c.next_job().await;
+    c.nack(&job, "550 no such user", true).await;
+    let failed = wait_state(&t.client, "acme", &item.item_id, pb::State::Failed).await;
+    assert_eq!(failed.last_error, "550 no such user");
+    assert_eq!(failed.attempts, 1);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_stop_after_max_attempts() {
+    let mut t = TestServer::start_with(|c| {
+        c.dispatch.max_attempts = 3;
+        c.dispatch.retry_base_ms = 0;
+    })
+    .await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    for attempt in 1..=3 {
+        let job = c.next_job().await;
+        assert_eq!(job.attempt, attempt);
+        c.nack(&job, "timeout", false).await;
+    }
+    let failed = wait_state(&t.client, "acme", &item.item_id, pb::State::Failed).await;
+    assert_eq!(failed.attempts, 3);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_redelivers_and_a_late_ack_still_marks_sent() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let first = c.next_job().await;
+    assert_eq!(ms(&first.lease_expires_at), T0 + 30_000);
+    t.advance(Duration::from_secs(30));
+    let second = c.next_job().await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(job_item(&second), item.item_id);
+    // The first delivery did go out after all: its ack counts.
+    c.ack(&first, "late").await;
+    let sent = wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    assert_eq!(sent.provider_message_id, "late");
+    // The second ack is accepted and changes nothing.
+    c.ack(&second, "dup").await;
+    let again = t
+        .client
+        .get_item(item_ref("acme", &item.item_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.provider_message_id, "late");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_stream_redelivers_to_another_connector_at_once() {
+    let mut t = TestServer::start().await;
+    let mut a = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
+    let item = schedule(&t, chat_reply("acme", "T1", T0)).await;
+    let job = a.next_job().await;
+    assert_eq!(job.attempt, 1);
+    let mut b = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
+    drop(a);
+    let again = b.next_job().await;
+    assert_eq!(job_item(&again), item.item_id);
+    assert_eq!(again.attempt, 2);
+    b.ack(&again, "ok").await;
+    wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_connector_never_holds_more_than_max_in_flight() {
+    let mut t = TestServer::start().await;
+    let mut a = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 2).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            schedule(&t, chat_reply("acme", &format!("T{i}"), T0))
+                .await
+                .item_id,
+        );
+    }
+    let a1 = a.next_job().await;
+    let a2 = a.next_job().await;
+    // A second connector takes the rest: if `a` had been given more than 2, `b` would
+    // not get 3.
+    let mut b = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
+    let mut got = vec![job_item(&a1), job_item(&a2)];
+    for _ in 0..3 {
+        got.push(job_item(&b.next_job().await));
+    }
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert!(a.job_within(Duration::from_millis(50)).await.is_none());
+    // Acking frees credit on `a`.
+    let more = schedule(&t, chat_reply("acme", "T9", T0)).await;
+    a.ack(&a1, "x").await;
+    let mut c_got = Vec::new();
+    tokio::select! {
+        j = a.next_job() => c_got.push(job_item(&j)),
+        j = b.next_job() => c_got.push(job_item(&j)),
+    }
+    assert_eq!(c_got, vec![more.item_id]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn one_accounts_burst_does_not_starve_another_account() {
+    let mut t = TestServer::start().await;
+    let mut entries = Vec::new();
+    for i in 0..50 {
+        let r = chat_reply("big", &format!("B{i}"), T0 + 1000);
+        entries.push(batch_entry(r));
+    }
+    t.client
+        .schedule_batch(pb::ScheduleBatchRequest { entries })
+        .await
+        .unwrap();
+    let small: Vec<String> = vec![
+        schedule(&t, chat_reply("small", "S1", T0 + 1000))
+            .await
+            .item_id,
+        schedule(&t, chat_reply("small", "S2", T0 + 1000))
+            .await
+            .item_id,
+    ];
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1).await;
+    t.advance(Duration::from_secs(1));
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let job = c.next_job().await;
+        order.push(job.item.as_ref().unwrap().account_id.clone());
+        c.ack(&job, "ok").await;
+    }
+    let small_pos: Vec<usize> = order
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "small")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        small_pos.len(),
+        2,
+        "both small items among the first 6 jobs: {order:?}"
+    );
+    assert!(small_pos[1] <= 4, "{order:?}");
+    let _ = small;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn due_items_wait_for_a_connector_and_go_out_oldest_first() {
+    let mut t = TestServer::start().await;
+    let later = schedule(&t, email_reply("acme", "T1", T0 + 2000)).await;
+    let older = schedule(&t, email_reply("acme", "T2", T0 + 1000)).await;
+    t.advance(Duration::from_secs(5));
+    // Due, but nobody to send them: still PENDING.
+    let it = t
+        .client
+        .get_item(item_ref("acme", &older.item_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(it.state, pb::State::Pending as i32);
+    // A chat connector does not take email.
+    let mut chat = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
+    let mut email = TestConnector::connect(&t.url(), &[pb::Channel::Email], 1).await;
+    let j1 = email.next_job().await;
+    assert_eq!(job_item(&j1), older.item_id);
+    email.ack(&j1, "1").await;
+    let j2 = email.next_job().await;
+    assert_eq!(job_item(&j2), later.item_id);
+    assert!(chat.job_within(Duration::from_millis(50)).await.is_none());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_redelivers_jobs_that_were_leased() {
+    let mut t = TestServer::start().await;
+    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    {
+        let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+        let job = c.next_job().await;
+        assert_eq!(job.attempt, 1);
+        wait_state(&t.client, "acme", &item.item_id, pb::State::Dispatching).await;
+    }
+    t.restart().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), item.item_id);
+    assert_eq!(job.attempt, 2);
+    c.ack(&job, "after-restart").await;
+    wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn sending_a_reply_converts_the_tickets_older_pending_replies_only() {
+    let mut t = TestServer::start().await;
+    let older = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let mut keep = email_reply("acme", "T1", T0 + 3_600_000);
+    keep.on_activity = pb::OnActivity::Keep as i32;
+    let kept = schedule(&t, keep).await;
+    t.advance(Duration::from_secs(1));
+    let sent = schedule(&t, email_reply("acme", "T1", T0 + 10_000)).await;
+    t.advance(Duration::from_secs(1));
+    let newer = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let other_ticket = schedule(&t, email_reply("acme", "T2", T0 + 3_600_000)).await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    t.advance(Duration::from_secs(10));
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), sent.item_id);
+    c.ack(&job, "m").await;
+    wait_state(&t.client, "acme", &sent.item_id, pb::State::Sent).await;
+    let note = t
+        .client
+        .get_item(item_ref("acme", &older.item_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(note.state, pb::State::ConvertedToNote as i32);
+    assert_eq!(ms(&note.note_at), T0);
+    let by = note.converted_by.unwrap();
+    assert_eq!(by.message_id, sent.item_id);
+    assert_eq!(by.author_kind, pb::AuthorKind::Staff as i32);
+    assert_eq!(ms(&by.occurred_at), T0 + 1000);
+    for (id, what) in [
+        (&kept.item_id, "KEEP policy"),
+        (&newer.item_id, "written after"),
+        (&other_ticket.item_id, "other ticket"),
+    ] {
+        let it = t
+            .client
+            .get_item(item_ref("acme", id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(it.state, pb::State::Pending as i32, "{what}");
     }
     t.stop().await;
 }

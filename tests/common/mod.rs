@@ -10,9 +10,13 @@ use prost_types::Timestamp;
 use sendlater::clock::ManualClock;
 use sendlater::config::ServerConfig;
 use sendlater::pb;
+use sendlater::pb::dispatch_client::DispatchClient;
 use sendlater::pb::scheduler_client::SchedulerClient;
 use sendlater::server::{self, RunningServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 /// A server under test with its clock, its database folder and a client.
 pub struct TestServer {
@@ -191,5 +195,125 @@ pub fn assert_status<T: std::fmt::Debug>(
                 s.message()
             );
         }
+    }
+}
+
+/// A connector speaking the Dispatch protocol by hand.
+pub struct TestConnector {
+    pub tx: mpsc::Sender<pb::ConnectorMessage>,
+    pub jobs: Streaming<pb::DeliveryJob>,
+}
+
+impl TestConnector {
+    pub async fn connect(url: &str, channels: &[pb::Channel], max_in_flight: u32) -> TestConnector {
+        let mut client = DispatchClient::new(channel(url).await);
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(pb::ConnectorMessage {
+            msg: Some(pb::connector_message::Msg::Hello(pb::Hello {
+                connector_id: "test".into(),
+                channels: channels.iter().map(|&c| c as i32).collect(),
+                max_in_flight,
+            })),
+        })
+        .await
+        .unwrap();
+        let jobs = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .expect("connect")
+            .into_inner();
+        TestConnector { tx, jobs }
+    }
+
+    pub async fn next_job(&mut self) -> pb::DeliveryJob {
+        tokio::time::timeout(Duration::from_secs(10), self.jobs.message())
+            .await
+            .expect("a job within 10 s")
+            .expect("stream ok")
+            .expect("stream open")
+    }
+
+    pub async fn ack(&self, job: &pb::DeliveryJob, provider_id: &str) {
+        self.tx
+            .send(pb::ConnectorMessage {
+                msg: Some(pb::connector_message::Msg::Ack(pb::Ack {
+                    job_id: job.job_id.clone(),
+                    provider_message_id: provider_id.into(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+impl TestConnector {
+    pub async fn nack(&self, job: &pb::DeliveryJob, error: &str, permanent: bool) {
+        self.tx
+            .send(pb::ConnectorMessage {
+                msg: Some(pb::connector_message::Msg::Nack(pb::Nack {
+                    job_id: job.job_id.clone(),
+                    error: error.into(),
+                    permanent,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next job if one arrives within `wait` (for asserting that none comes).
+    pub async fn job_within(&mut self, wait: Duration) -> Option<pb::DeliveryJob> {
+        tokio::time::timeout(wait, self.jobs.message())
+            .await
+            .ok()
+            .and_then(|r| r.ok().flatten())
+    }
+}
+
+/// Waits (bounded, 10 s) until the item reaches `state`; returns it.
+pub async fn wait_state(
+    client: &SchedulerClient<Channel>,
+    account: &str,
+    item_id: &str,
+    state: pb::State,
+) -> pb::ScheduledItem {
+    let mut client = client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let it = client
+            .get_item(item_ref(account, item_id))
+            .await
+            .expect("get_item")
+            .into_inner();
+        if it.state == state as i32 {
+            return it;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "item {item_id} never reached {state:?}; last: {it:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+/// The item id a job carries.
+pub fn job_item(job: &pb::DeliveryJob) -> String {
+    job.item.as_ref().expect("job has an item").item_id.clone()
+}
+
+/// A schedule request as a batch entry (kind REPLY).
+pub fn batch_entry(r: pb::ScheduleRequest) -> pb::BatchEntry {
+    pb::BatchEntry {
+        kind: pb::Kind::Reply as i32,
+        account_id: r.account_id,
+        ticket_id: r.ticket_id,
+        channel: r.channel,
+        author_id: r.author_id,
+        content: r.content.map(|c| match c {
+            pb::schedule_request::Content::Email(e) => pb::batch_entry::Content::Email(e),
+            pb::schedule_request::Content::Chat(c) => pb::batch_entry::Content::Chat(c),
+        }),
+        send_at: r.send_at,
+        on_activity: r.on_activity,
+        request_id: r.request_id,
     }
 }
