@@ -133,6 +133,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     .max_encoding_message_size(max_message);
 
     let dispatcher = Dispatcher::start(engine.clone(), streams.clone());
+    engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
     let dispatch =
         pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher, streams.clone()))
             .max_decoding_message_size(max_message)

@@ -210,3 +210,53 @@ impl Engine {
         self.inner.store.close().await;
     }
 }
+
+impl Engine {
+    /// Deletes events older than `retention_ms` (by the engine's clock); returns how
+    /// many. Runs in batches so a large backlog never holds the writer for long.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn prune_events(&self, retention_ms: i64) -> domain::Result<usize> {
+        let cutoff = self.inner.clock.now_ms().saturating_sub(retention_ms);
+        let mut total = 0;
+        loop {
+            let n = self
+                .inner
+                .store
+                .write(move |tx| {
+                    Ok(tx.conn.execute(
+                        "DELETE FROM events WHERE seq IN \
+                         (SELECT seq FROM events WHERE at < ?1 ORDER BY seq LIMIT 10000)",
+                        [cutoff],
+                    )?)
+                })
+                .await?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Prunes old events now and then (every tenth of the retention, at most hourly),
+    /// on the engine's clock, until `stop` is cancelled.
+    pub fn spawn_event_pruner(&self, retention_ms: i64, stop: tokio_util::sync::CancellationToken) {
+        let me = self.clone();
+        let every = (retention_ms / 10).clamp(1_000, 3_600_000);
+        tokio::spawn(async move {
+            loop {
+                let next = me.inner.clock.now_ms() + every;
+                tokio::select! {
+                    _ = me.inner.clock.sleep_until(next) => {}
+                    _ = stop.cancelled() => return,
+                }
+                match me.prune_events(retention_ms).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "pruned old events"),
+                    Err(e) => tracing::warn!(error = %e, "event pruning failed"),
+                }
+            }
+        });
+    }
+}

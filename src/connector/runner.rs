@@ -1,0 +1,507 @@
+//! The connector runner: one Dispatch stream at a time, kept open across failures.
+//!
+//! A session connects, sends Hello, then loops over three sources: delivery jobs from
+//! the server (each started as a task on a `JoinSet`), outcomes of finished tasks
+//! (forwarded to the server as Ack/Nack) and the shutdown token. When the stream ends
+//! or fails the runner sleeps an exponential backoff with jitter (`reconnect_min` ..
+//! `reconnect_max`, reset once a session was established) and opens a new one.
+//!
+//! Outcomes live in one runner-wide queue, not in the session, so a send that finishes
+//! while the stream is down is still acknowledged on the next stream: the server
+//! accepts an answer for a job on any stream (an Ack for an item it has since handed
+//! to someone else still marks it SENT). Sends running at once are bounded by a
+//! semaphore of `max_in_flight` permits across sessions, so a reconnect never doubles
+//! the concurrency.
+//!
+//! Shutdown: the runner stops reading jobs, waits up to `shutdown_grace` for running
+//! sends and forwards their answers, then closes its half of the stream and waits
+//! briefly for the server to close the other, so the answers are read before the
+//! connection goes away. Jobs left unanswered are re-leased by the server.
+//!
+//! Refusals that retrying cannot fix (UNAUTHENTICATED, PERMISSION_DENIED,
+//! INVALID_ARGUMENT, UNIMPLEMENTED on Connect) end the runner with an error.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{Id, JoinSet};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Endpoint;
+use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
+
+use super::{ConnectorError, Result, SendError, Sender};
+use crate::pb;
+use crate::pb::connector_message::Msg;
+
+/// The server's bounds on `max_in_flight` (API.md).
+const MAX_IN_FLIGHT: u32 = 10_000;
+
+/// How long, after closing our half at shutdown, to wait for the server to close its.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Where and how a connector talks to the sendlater server.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// gRPC URL of the server, e.g. `http://127.0.0.1:50051`.
+    pub server: String,
+    /// Bearer token sent as `authorization: Bearer <token>`; `None` for an open server.
+    pub token: Option<String>,
+    /// Names this connector in the server's logs; not empty.
+    pub connector_id: String,
+    /// Jobs processed at once; 1..=10000.
+    pub max_in_flight: u32,
+    /// First reconnect delay; doubled after each failed attempt, up to `reconnect_max`.
+    /// Each actual delay is jittered to between half and all of the current value.
+    pub reconnect_min: Duration,
+    /// Upper bound of the reconnect delay; `>= reconnect_min`.
+    pub reconnect_max: Duration,
+    /// At shutdown, how long running sends may take to finish and be answered.
+    pub shutdown_grace: Duration,
+}
+
+impl RunnerConfig {
+    /// Defaults for `server`: no token, connector id `connector-<pid>`, 16 in flight,
+    /// reconnect 100 ms .. 30 s, 10 s shutdown grace.
+    pub fn new(server: impl Into<String>) -> RunnerConfig {
+        RunnerConfig {
+            server: server.into(),
+            token: None,
+            connector_id: format!("connector-{}", std::process::id()),
+            max_in_flight: 16,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs `sender` against the server until `shutdown` is cancelled.
+///
+/// Connection failures and dropped streams are retried for ever with backoff; only a
+/// bad configuration or a refusal from the server ends the run early.
+///
+/// # Errors
+/// [`ConnectorError::Config`] for an unusable setting (checked before connecting);
+/// [`ConnectorError::Refused`] when the server rejects the connector.
+pub async fn run<S: Sender>(
+    config: RunnerConfig,
+    sender: Arc<S>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let endpoint = endpoint(&config)?;
+    let auth = auth(config.token.as_deref())?;
+    let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+    let mut runner = Runner {
+        hello: pb::Hello {
+            connector_id: config.connector_id.clone(),
+            channels: vec![sender.channel() as i32],
+            max_in_flight: config.max_in_flight,
+        },
+        permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+        sender,
+        auth,
+        shutdown,
+        grace: config.shutdown_grace,
+        tasks: JoinSet::new(),
+        running: HashMap::new(),
+        outcomes_tx,
+        outcomes_rx,
+        carried: Vec::new(),
+    };
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let span = tracing::info_span!("connector", connector_id = %config.connector_id);
+    async move {
+        loop {
+            match runner.session(&endpoint).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Refused(status) => {
+                    tracing::error!(code = ?status.code(), message = status.message(), "server refused the connector");
+                    return Err(ConnectorError::Refused(status));
+                }
+                SessionEnd::Lost {
+                    established,
+                    reason,
+                } => {
+                    if established {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay(random_unit());
+                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "dispatch stream lost; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = runner.shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks the runner settings and builds the gRPC endpoint.
+fn endpoint(config: &RunnerConfig) -> Result<Endpoint> {
+    if !(1..=MAX_IN_FLIGHT).contains(&config.max_in_flight) {
+        return Err(ConnectorError::Config(format!(
+            "max_in_flight: must be 1..={MAX_IN_FLIGHT}, got {}",
+            config.max_in_flight
+        )));
+    }
+    if config.connector_id.is_empty() {
+        return Err(ConnectorError::Config("connector_id: is required".into()));
+    }
+    if config.reconnect_min.is_zero() || config.reconnect_max < config.reconnect_min {
+        return Err(ConnectorError::Config(
+            "reconnect: need 0 < reconnect_min <= reconnect_max".into(),
+        ));
+    }
+    if !config.server.starts_with("http://") {
+        return Err(ConnectorError::Config(format!(
+            "server: {:?} must be an http:// URL (this build has no TLS for gRPC clients)",
+            config.server
+        )));
+    }
+    let endpoint = Endpoint::from_shared(config.server.clone())
+        .map_err(|e| ConnectorError::Config(format!("server: {:?}: {e}", config.server)))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+fn auth(token: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
+    token
+        .map(|t| {
+            MetadataValue::try_from(format!("Bearer {t}"))
+                .map_err(|_| ConnectorError::Config("token: must be printable ASCII".into()))
+        })
+        .transpose()
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// The shutdown token fired; answers were flushed as far as the grace allowed.
+    Shutdown,
+    /// The server refused us for a reason retrying cannot fix.
+    Refused(Status),
+    /// The connection or stream failed; reconnect after a backoff.
+    Lost {
+        /// The stream was open (Hello accepted) before it was lost.
+        established: bool,
+        reason: String,
+    },
+}
+
+/// Runner state that outlives sessions.
+struct Runner<S> {
+    hello: pb::Hello,
+    sender: Arc<S>,
+    auth: Option<MetadataValue<Ascii>>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    /// Bounds the sends running at once to `max_in_flight`, across sessions.
+    permits: Arc<Semaphore>,
+    /// Running sends; each sends its answer on `outcomes_tx` before it ends.
+    tasks: JoinSet<()>,
+    /// Job id of every task in `tasks`, to answer for a task that panicked.
+    running: HashMap<Id, String>,
+    outcomes_tx: mpsc::UnboundedSender<pb::ConnectorMessage>,
+    outcomes_rx: mpsc::UnboundedReceiver<pb::ConnectorMessage>,
+    /// Answers a dead stream refused; sent first on the next one.
+    carried: Vec<pb::ConnectorMessage>,
+}
+
+impl<S: Sender> Runner<S> {
+    async fn session(&mut self, endpoint: &Endpoint) -> SessionEnd {
+        let channel = tokio::select! {
+            c = endpoint.connect() => c,
+            () = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+        };
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => {
+                return SessionEnd::Lost {
+                    established: false,
+                    reason: format!("connect: {e}"),
+                }
+            }
+        };
+        let mut client = pb::dispatch_client::DispatchClient::new(channel);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hello = pb::ConnectorMessage {
+            msg: Some(Msg::Hello(self.hello.clone())),
+        };
+        tx.send(hello).expect("the receiver is alive: we hold it");
+        for msg in self.carried.drain(..) {
+            tx.send(msg).expect("the receiver is alive: we hold it");
+        }
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+        if let Some(auth) = &self.auth {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
+        let response = tokio::select! {
+            r = client.connect(request) => r,
+            () = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+        };
+        let mut jobs = match response {
+            Ok(r) => r.into_inner(),
+            Err(status) if is_refusal(status.code()) => return SessionEnd::Refused(status),
+            Err(status) => {
+                return SessionEnd::Lost {
+                    established: false,
+                    reason: format!("connect: {status}"),
+                }
+            }
+        };
+        tracing::info!(
+            max_in_flight = self.hello.max_in_flight,
+            "dispatch stream open"
+        );
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    self.drain(tx, jobs).await;
+                    return SessionEnd::Shutdown;
+                }
+                Some(msg) = self.outcomes_rx.recv() => {
+                    if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
+                        self.carried.push(msg);
+                        return lost("the request stream closed");
+                    }
+                }
+                Some(joined) = self.tasks.join_next_with_id() => self.reap(joined),
+                m = jobs.message() => match m {
+                    Ok(Some(job)) => self.start(job),
+                    Ok(None) => return lost("the server closed the stream"),
+                    Err(status) => return lost(&format!("stream: {status}")),
+                },
+            }
+        }
+    }
+
+    /// Starts one send as a task; its answer goes to `outcomes_tx`.
+    fn start(&mut self, job: pb::DeliveryJob) {
+        let item_id = job
+            .item
+            .as_ref()
+            .map(|i| i.item_id.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!("delivery", item_id = %item_id, attempt = job.attempt, job_id = %job.job_id);
+        let job_id = job.job_id.clone();
+        let sender = Arc::clone(&self.sender);
+        let permits = Arc::clone(&self.permits);
+        let out = self.outcomes_tx.clone();
+        let task = async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let result = if job.item.is_none() {
+                Err(SendError::permanent("delivery job without an item"))
+            } else {
+                sender.send(&job).await
+            };
+            let msg = match result {
+                Ok(provider_message_id) => {
+                    tracing::info!(%provider_message_id, "sent");
+                    ack(&job.job_id, provider_message_id)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, permanent = e.permanent, "send failed");
+                    nack(&job.job_id, &e)
+                }
+            };
+            // Fails only when the runner is gone, and then nobody can answer anyway.
+            let _ = out.send(msg);
+        };
+        let handle = self.tasks.spawn(task.instrument(span));
+        self.running.insert(handle.id(), job_id);
+    }
+
+    /// Forgets a finished task; answers a transient Nack for one that panicked.
+    fn reap(&mut self, joined: std::result::Result<(Id, ()), tokio::task::JoinError>) {
+        let (id, failure) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), Some(e)),
+        };
+        let job_id = self.running.remove(&id);
+        if let (Some(e), Some(job_id)) = (failure, job_id) {
+            if e.is_panic() {
+                tracing::error!(%job_id, "the sender panicked");
+                let _ = self.outcomes_tx.send(nack(
+                    &job_id,
+                    &SendError::transient("connector error: the sender panicked"),
+                ));
+            }
+        }
+    }
+
+    /// Shutdown: let running sends finish within the grace, forward their answers,
+    /// close our half and give the server a moment to read them.
+    async fn drain(
+        &mut self,
+        tx: mpsc::UnboundedSender<pb::ConnectorMessage>,
+        mut jobs: Streaming<pb::DeliveryJob>,
+    ) {
+        let deadline = tokio::time::sleep(self.grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => {
+                    tracing::warn!(abandoned = self.tasks.len(), "shutdown grace over; unfinished sends will be redelivered");
+                    break;
+                }
+                Some(msg) = self.outcomes_rx.recv() => { let _ = tx.send(msg); }
+                joined = self.tasks.join_next_with_id() => match joined {
+                    Some(joined) => self.reap(joined),
+                    None => break,
+                },
+            }
+        }
+        while let Ok(msg) = self.outcomes_rx.try_recv() {
+            let _ = tx.send(msg);
+        }
+        self.tasks.abort_all();
+        drop(tx);
+        // The server ends its side once it has read ours to the end.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Ok(Some(_)) = jobs.message().await {}
+        })
+        .await;
+        tracing::info!("connector stopped");
+    }
+}
+
+fn lost(reason: &str) -> SessionEnd {
+    SessionEnd::Lost {
+        established: true,
+        reason: reason.to_owned(),
+    }
+}
+
+/// Codes on Connect that mean "fix the configuration", not "try again".
+fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::Unimplemented
+    )
+}
+
+fn ack(job_id: &str, provider_message_id: String) -> pb::ConnectorMessage {
+    pb::ConnectorMessage {
+        msg: Some(Msg::Ack(pb::Ack {
+            job_id: job_id.to_owned(),
+            provider_message_id,
+        })),
+    }
+}
+
+fn nack(job_id: &str, e: &SendError) -> pb::ConnectorMessage {
+    pb::ConnectorMessage {
+        msg: Some(Msg::Nack(pb::Nack {
+            job_id: job_id.to_owned(),
+            error: e.message.clone(),
+            permanent: e.permanent,
+        })),
+    }
+}
+
+/// A uniformly distributed value in [0, 1), from the std hasher's random keys.
+fn random_unit() -> f64 {
+    let bits = RandomState::new().hash_one(std::time::Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Exponential reconnect delays: `min`, `2 min`, ... capped at `max`, each jittered.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    /// The un-jittered next delay; always within `min..=max`.
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        debug_assert!(min <= max, "backoff min {min:?} > max {max:?}");
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The next delay: between half and all of the current value (`unit` in [0, 1)
+    /// picks where), then the current value doubles up to `max`.
+    fn next_delay(&mut self, unit: f64) -> Duration {
+        let d = self.current.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0));
+        self.current = self.current.saturating_mul(2).min(self.max);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_reconnect_delay_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(ms(100), ms(30_000));
+        let full: Vec<Duration> = (0..11).map(|_| b.next_delay(0.999_999)).collect();
+        let expect = [100, 200, 400, 800, 1600, 3200, 6400, 12_800, 25_600, 30_000, 30_000];
+        for (got, want) in full.iter().zip(expect) {
+            assert!(
+                got.abs_diff(ms(want)) < ms(1),
+                "got {got:?}, want ~{want} ms"
+            );
+        }
+        b.reset();
+        assert_eq!(b.next_delay(0.0), ms(50));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_delay() {
+        for i in 0..1000 {
+            let mut b = Backoff::new(ms(1000), ms(1000));
+            let d = b.next_delay(random_unit());
+            assert!(d >= ms(500) && d <= ms(1000), "round {i}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn bad_runner_settings_are_rejected_before_connecting() {
+        let mut c = RunnerConfig::new("http://127.0.0.1:1");
+        assert!(endpoint(&c).is_ok());
+        c.max_in_flight = 0;
+        assert!(matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("max_in_flight")));
+        let mut c = RunnerConfig::new("127.0.0.1:1");
+        c.connector_id = "x".into();
+        assert!(matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("server")));
+        assert!(auth(Some("bad\ntoken")).is_err());
+        assert!(auth(Some("good")).unwrap().is_some());
+    }
+
+    #[test]
+    fn refusals_are_the_codes_retrying_cannot_fix() {
+        assert!(is_refusal(Code::Unauthenticated));
+        assert!(is_refusal(Code::PermissionDenied));
+        assert!(!is_refusal(Code::Unavailable));
+        assert!(!is_refusal(Code::Internal));
+    }
+}
