@@ -68,13 +68,17 @@ pub fn log_settings(args: &Args) -> LogSettings {
 pub fn clap_exit(error: &clap::Error) -> ExitCode {
     // Printing can only fail when stderr is gone; the exit code still tells.
     let _ = error.print();
-    let code = match error.kind() {
+    ExitCode::from(clap_exit_code(error))
+}
+
+/// The exit code of [`clap_exit`], without printing.
+pub fn clap_exit_code(error: &clap::Error) -> u8 {
+    match error.kind() {
         clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation => {
             error::EXIT_CONFIG
         }
         _ => u8::try_from(error.exit_code()).unwrap_or(2),
-    };
-    ExitCode::from(code)
+    }
 }
 
 /// The exit code for the outcome of [`run`], after printing `error: ...` to stderr.
@@ -100,9 +104,11 @@ mod tests {
         let bad_value = Args::try_parse_from(["sendlater", "serve", "--log-format", "xml"])
             .expect_err("xml is not a log format");
         assert!(bad_value.to_string().contains("--log-format"));
-        assert_eq!(clap_exit(&bad_value), ExitCode::from(64));
+        assert_eq!(clap_exit_code(&bad_value), 64);
         let missing = Args::try_parse_from(["sendlater", "get"]).expect_err("no item id");
-        assert_eq!(clap_exit(&missing), ExitCode::from(2));
+        assert_eq!(clap_exit_code(&missing), 2);
+        let help = Args::try_parse_from(["sendlater", "--help"]).expect_err("help exits");
+        assert_eq!(clap_exit_code(&help), 0);
     }
 
     #[test]
