@@ -1,7 +1,8 @@
 //! The `sendlater` command line: `serve` and the client subcommands.
 //!
 //! The flow follows ripgrep: [`args`] is the command line as typed (clap derive);
-//! [`config`] validates it into a [`ServerConfig`](crate::config::ServerConfig) or a
+//! [`serve::serve_config`] validates `serve`'s into a
+//! [`ServerConfig`](crate::config::ServerConfig), [`config`] a client subcommand's into a
 //! [`config::ClientConfig`] plus an [`config::Action`] carrying the finished gRPC
 //! request; [`serve`] and [`client`] run those; [`output`] and [`json`] print. `main`
 //! only parses, starts [`logging`], calls [`run`] and turns the result into an exit code
@@ -35,7 +36,7 @@ use logging::LogSettings;
 /// Whatever the command failed with; [`CliError::exit_code`] gives the exit code.
 pub async fn run(args: Args) -> Result<()> {
     match &args.command {
-        Command::Serve(serve_args) => serve::run(config::serve_config(serve_args)?).await,
+        Command::Serve(serve_args) => serve::run(serve::serve_config(serve_args)?).await,
         command => {
             let client_args = command
                 .client_args()
