@@ -3,6 +3,7 @@
 //! Map of the crate (see DESIGN.md):
 #![forbid(unsafe_code)]
 
+pub mod cli;
 /// Wall-clock time behind a trait; `ManualClock` for tests.
 pub mod clock;
 /// Validated configuration: limits, dispatch tuning, storage.

@@ -1,0 +1,191 @@
+//! `sendlater serve`: validate the flags into a [`ServerConfig`], start the service,
+//! wait for SIGINT/SIGTERM, stop gracefully.
+//!
+//! [`serve_config`] checks everything before [`run`] binds a port, so a configuration
+//! that cannot work never starts listening. Shutdown drains in-flight
+//! RPCs, commits and closes streams ([`RunningServer::shutdown`]); if that takes longer
+//! than [`SHUTDOWN_GRACE`], we say so and exit anyway.
+//!
+//! [`RunningServer::shutdown`]: crate::server::RunningServer::shutdown
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::args::{ServeArgs, SyncMode};
+use super::error::{CliError, Result};
+use super::signal;
+use crate::config::{ServerConfig, Synchronous};
+use crate::server;
+
+/// How long a graceful shutdown may take before the process exits regardless.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Validates `serve`'s flags, before any port is bound.
+///
+/// # Errors
+/// A `--listen` that is not `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`; a non-loopback
+/// `--listen` without `--insecure` (no auth tokens exist yet, so the service is open);
+/// an empty `--db`.
+pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
+    let listen = parse_listen(&args.listen)?;
+    if !is_loopback(listen.ip()) && !args.insecure {
+        return Err(CliError::Config(format!(
+            "--listen {listen}: not a loopback address, and no auth tokens are configured, \
+             so anyone reaching the port could read and send every account's messages; \
+             listen on 127.0.0.1 / ::1 / localhost, or pass --insecure to accept that"
+        )));
+    }
+    if args.db.as_os_str().is_empty() {
+        return Err(CliError::Config("--db: must name a file".to_owned()));
+    }
+    let mut config = ServerConfig::new(listen, args.db.clone());
+    config.synchronous = match args.sync {
+        SyncMode::Full => Synchronous::Full,
+        SyncMode::Normal => Synchronous::Normal,
+    };
+    Ok(config)
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or `localhost:PORT` (taken as 127.0.0.1, without DNS, so
+/// "localhost" can never resolve to something public).
+fn parse_listen(input: &str) -> Result<SocketAddr> {
+    let bad = || {
+        CliError::Config(format!(
+            "--listen {input:?}: expected IP:PORT, [IPv6]:PORT or localhost:PORT, \
+             e.g. 127.0.0.1:50051"
+        ))
+    };
+    if let Ok(addr) = input.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = input.rsplit_once(':').ok_or_else(bad)?;
+    if !host.eq_ignore_ascii_case("localhost") {
+        return Err(bad());
+    }
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// 127.0.0.0/8, ::1, and ::ffff:127.x.y.z.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Runs the service until the process is asked to stop.
+///
+/// # Errors
+/// The service cannot start (storage, bind), a signal handler cannot be installed, or
+/// the shutdown fails or overruns [`SHUTDOWN_GRACE`].
+pub async fn run(config: ServerConfig) -> Result<()> {
+    let listen = config.listen;
+    let db = config.db_path.clone();
+    if !is_loopback(listen.ip()) {
+        tracing::warn!(%listen, "listening beyond loopback without auth tokens (--insecure)");
+    }
+    let running = server::start(config).await?;
+    tracing::info!(
+        addr = %running.local_addr(),
+        db = %db.display(),
+        "sendlater is serving"
+    );
+
+    let waited = signal::shutdown().await;
+    if let Err(error) = &waited {
+        // Without signal handlers we cannot wait for a stop request: stop now rather
+        // than run unstoppable.
+        tracing::error!(%error, "cannot install signal handlers; stopping");
+    }
+
+    match tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown()).await {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            waited.map_err(|source| CliError::Io {
+                context: "cannot install signal handlers",
+                source,
+            })
+        }
+        Ok(Err(error)) => Err(error.into()),
+        Err(_elapsed) => {
+            tracing::error!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "graceful shutdown did not finish in time"
+            );
+            Err(CliError::ShutdownTimeout(SHUTDOWN_GRACE.as_secs()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::args::{Args, Command};
+    use clap::Parser;
+
+    fn serve_args(listen: &str, insecure: bool) -> ServeArgs {
+        let mut argv = vec!["sendlater", "serve", "--listen", listen];
+        if insecure {
+            argv.push("--insecure");
+        }
+        match Args::try_parse_from(argv)
+            .expect("clap accepts serve")
+            .command
+        {
+            Command::Serve(args) => args,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_listens_on_loopback_without_insecure() {
+        for (listen, want) in [
+            ("127.0.0.1:50051", "127.0.0.1:50051"),
+            ("127.1.2.3:0", "127.1.2.3:0"),
+            ("[::1]:50051", "[::1]:50051"),
+            ("localhost:7000", "127.0.0.1:7000"),
+            ("LOCALHOST:7000", "127.0.0.1:7000"),
+        ] {
+            let config = serve_config(&serve_args(listen, false))
+                .unwrap_or_else(|e| panic!("{listen} refused: {e}"));
+            assert_eq!(config.listen.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn serve_refuses_a_public_address_unless_insecure_and_says_so() {
+        for listen in ["0.0.0.0:50051", "[::]:50051", "192.168.1.5:50051"] {
+            let err = serve_config(&serve_args(listen, false)).expect_err(listen);
+            assert_eq!(err.exit_code(), 64);
+            assert!(err.to_string().contains("--insecure"), "{err}");
+            assert!(serve_config(&serve_args(listen, true)).is_ok(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn serve_refuses_an_unreadable_listen_address_naming_the_flag() {
+        for listen in ["50051", "example.com:50051", "localhost:http", "1.2.3.4"] {
+            let err = serve_config(&serve_args(listen, true)).expect_err(listen);
+            assert_eq!(err.exit_code(), 64);
+            assert!(err.to_string().starts_with("--listen"), "{err}");
+        }
+    }
+
+    #[test]
+    fn serve_defaults_are_the_embedded_ones() {
+        let args = match Args::try_parse_from(["sendlater", "serve"])
+            .expect("clap")
+            .command
+        {
+            Command::Serve(args) => args,
+            other => panic!("not serve: {other:?}"),
+        };
+        let config = serve_config(&args).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.db_path, std::path::PathBuf::from("./sendlater.db"));
+        assert_eq!(config.synchronous, Synchronous::Full);
+    }
+}
