@@ -434,3 +434,24 @@ async fn deferred_tickets_refuse_a_garbage_or_wrong_order_page_token() {
     assert_status(r, Code::InvalidArgument, "page_token: ");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_listing_that_exactly_fills_its_page_has_no_next_page_token() {
+    let mut t = TestServer::start().await;
+    many_replies(&mut t, "acme", "T1", 100, T0 + HOUR, 1000).await;
+    let page = list(&mut t, list_req("acme")).await;
+    assert_eq!(page.items.len(), 100);
+    assert!(
+        page.next_page_token.is_empty(),
+        "{:?}",
+        page.next_page_token
+    );
+    let mut q = list_req("acme");
+    q.page_size = 50;
+    let first = list(&mut t, q.clone()).await;
+    q.page_token = first.next_page_token;
+    let second = list(&mut t, q).await;
+    assert_eq!(second.items.len(), 50);
+    assert!(second.next_page_token.is_empty());
+    t.stop().await;
+}
