@@ -85,6 +85,61 @@ pub enum Synchronous {
     Normal,
 }
 
+/// What a token may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The Scheduler service.
+    Backend,
+    /// The Dispatch service.
+    Connector,
+    /// Both.
+    Admin,
+}
+
+/// The accounts a token may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accounts {
+    All,
+    Only(Vec<String>),
+}
+
+impl Accounts {
+    /// Whether `account` is among them.
+    pub fn allows(&self, account: &str) -> bool {
+        match self {
+            Accounts::All => true,
+            Accounts::Only(list) => list.iter().any(|a| a == account),
+        }
+    }
+}
+
+/// One bearer token. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    pub token: String,
+    pub role: Role,
+    pub accounts: Accounts,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("token", &"<redacted>")
+            .field("role", &self.role)
+            .field("accounts", &self.accounts)
+            .finish()
+    }
+}
+
+/// TLS on the gRPC port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
 /// Everything `server::start` needs.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -99,6 +154,13 @@ pub struct ServerConfig {
     pub event_retention_ms: i64,
     /// The engine's clock; tests pass a `ManualClock`.
     pub clock: Arc<dyn Clock>,
+    /// Bearer tokens; none configured means the service is open (loopback only unless
+    /// the operator insisted).
+    pub tokens: Vec<TokenConfig>,
+    /// TLS on the gRPC port when set.
+    pub tls: Option<TlsConfig>,
+    /// Prometheus metrics on this address when set.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -110,6 +172,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("dispatch", &self.dispatch)
             .field("synchronous", &self.synchronous)
             .field("event_retention_ms", &self.event_retention_ms)
+            .field("tokens", &self.tokens)
+            .field("tls", &self.tls)
+            .field("metrics_listen", &self.metrics_listen)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +190,9 @@ impl ServerConfig {
             synchronous: Synchronous::Full,
             event_retention_ms: 7 * 86_400_000,
             clock: Arc::new(SystemClock),
+            tokens: Vec::new(),
+            tls: None,
+            metrics_listen: None,
         }
     }
 }

@@ -14,8 +14,10 @@ use crate::config::ServerConfig;
 use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
 use crate::pb;
+use crate::service::auth::{self, Auth};
 use crate::service::{DispatchService, SchedulerService};
 use crate::store::StoreError;
+use tonic::service::interceptor::InterceptedService;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -125,12 +127,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     // The gRPC transport limit stays well above the body limit, so an oversize body is
     // INVALID_ARGUMENT naming the field, not RESOURCE_EXHAUSTED from the transport.
     let max_message = (config.limits.max_body_bytes * 4 + 1024 * 1024).max(4 * 1024 * 1024);
+    let auth = Auth::new(config.tokens.clone());
     let scheduler = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(
         engine.clone(),
         streams.clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    let scheduler = InterceptedService::new(scheduler, auth.interceptor(auth::Service::Scheduler));
 
     let dispatcher = Dispatcher::start(engine.clone(), streams.clone());
     engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
@@ -138,6 +142,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher, streams.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
+    let dispatch = InterceptedService::new(dispatch, auth.interceptor(auth::Service::Dispatch));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

@@ -29,22 +29,40 @@ impl FairQueue {
         self.len += 1;
     }
 
-    /// The oldest id of the account whose turn it is.
-    pub fn pop(&mut self) -> Option<ItemId> {
+    /// Puts an id back at the head of its account's queue (it could not be placed).
+    pub fn push_front(&mut self, account: &str, id: ItemId) {
+        match self.queues.get_mut(account) {
+            Some(q) => q.push_front(id),
+            None => {
+                self.queues.insert(account.to_owned(), VecDeque::from([id]));
+                self.turn.push_front(account.to_owned());
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The oldest id of the account whose turn it is, with the account.
+    pub fn pop(&mut self) -> Option<(String, ItemId)> {
         let account = self.turn.pop_front()?;
         let q = self.queues.get_mut(&account)?;
         let id = q.pop_front();
         debug_assert!(id.is_some(), "empty queue of {account} left in turn");
-        if q.is_empty() {
+        let empty = q.is_empty();
+        if empty {
             self.queues.remove(&account);
-        } else {
-            self.turn.push_back(account);
         }
         self.len -= 1;
-        id
+        let id = id?;
+        if empty {
+            Some((account, id))
+        } else {
+            self.turn.push_back(account.clone());
+            Some((account, id))
+        }
     }
 
     /// Ids queued.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -67,11 +85,23 @@ mod tests {
         }
         f.push("small", 1000);
         f.push("small", 1001);
-        let first: Vec<_> = (0..4).map(|_| f.pop().unwrap()).collect();
+        let first: Vec<_> = (0..4).map(|_| f.pop().unwrap().1).collect();
         assert_eq!(first, vec![0, 1000, 1, 1001]);
         assert_eq!(f.len(), 98);
-        let rest: Vec<_> = std::iter::from_fn(|| f.pop()).collect();
+        let rest: Vec<_> = std::iter::from_fn(|| f.pop().map(|p| p.1)).collect();
         assert_eq!(rest, (2..100).collect::<Vec<_>>());
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn an_id_put_back_is_served_first_again() {
+        let mut f = FairQueue::default();
+        f.push("a", 1);
+        f.push("a", 2);
+        let (acc, id) = f.pop().unwrap();
+        f.push_front(&acc, id);
+        assert_eq!(f.pop(), Some(("a".to_owned(), 1)));
+        assert_eq!(f.pop(), Some(("a".to_owned(), 2)));
+        assert_eq!(f.pop(), None);
     }
 }

@@ -25,6 +25,7 @@ use rusqlite::types::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Accounts;
 use crate::domain::{self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State};
 use crate::engine::Engine;
 use fair::FairQueue;
@@ -60,6 +61,8 @@ pub enum ConnectorEvent {
         conn: u64,
         connector_id: String,
         channels: Vec<Channel>,
+        /// The accounts whose items this connector's token may receive.
+        accounts: Accounts,
         max_in_flight: usize,
         jobs: mpsc::Sender<Job>,
     },
@@ -130,6 +133,7 @@ impl Dispatcher {
 struct Conn {
     connector_id: String,
     channels: Vec<Channel>,
+    accounts: Accounts,
     max_in_flight: usize,
     in_flight: usize,
     jobs: mpsc::Sender<Job>,
@@ -202,6 +206,7 @@ impl Actor {
                 conn,
                 connector_id,
                 channels,
+                accounts,
                 max_in_flight,
                 jobs,
             } => {
@@ -211,6 +216,7 @@ impl Actor {
                     Conn {
                         connector_id,
                         channels,
+                        accounts,
                         max_in_flight,
                         in_flight: 0,
                         jobs,
@@ -365,20 +371,46 @@ impl Actor {
         let channels: Vec<Channel> = self.waiting.keys().copied().collect();
         for ch in channels {
             loop {
-                let credit: usize = self
+                // Free credit of each connector of this channel, to plan who gets what.
+                let mut free: Vec<(u64, usize)> = self
                     .connectors
-                    .values()
-                    .filter(|c| c.channels.contains(&ch))
-                    .map(Conn::free)
-                    .sum();
+                    .iter()
+                    .filter(|(_, c)| c.channels.contains(&ch) && c.free() > 0)
+                    .map(|(&id, c)| (id, c.free()))
+                    .collect();
+                let credit: usize = free.iter().map(|f| f.1).sum();
                 let Some(q) = self.waiting.get_mut(&ch) else {
                     break;
                 };
                 if credit == 0 || q.is_empty() {
                     break;
                 }
-                let n = credit.min(BATCH).min(q.len());
-                let ids: Vec<ItemId> = (0..n).filter_map(|_| q.pop()).collect();
+                let want = credit.min(BATCH);
+                let mut plan: HashMap<ItemId, u64> = HashMap::with_capacity(want);
+                let mut ids = Vec::with_capacity(want);
+                let mut unplaced: Vec<(String, ItemId)> = Vec::new();
+                while ids.len() < want {
+                    let Some((account, id)) = q.pop() else { break };
+                    // The connector with the most free credit whose token allows the account.
+                    let target = free
+                        .iter_mut()
+                        .filter(|(c, n)| *n > 0 && self.connectors[c].accounts.allows(&account))
+                        .max_by_key(|(_, n)| *n);
+                    match target {
+                        Some((c, n)) => {
+                            *n -= 1;
+                            plan.insert(id, *c);
+                            ids.push(id);
+                        }
+                        None => unplaced.push((account, id)),
+                    }
+                }
+                for (account, id) in unplaced.into_iter().rev() {
+                    q.push_front(&account, id);
+                }
+                if ids.is_empty() {
+                    break; // what waits here has no connector allowed to take it yet
+                }
                 let t = self.tuning;
                 let leased = self
                     .engine
@@ -386,7 +418,8 @@ impl Actor {
                     .write(move |tx| writes::lease(tx, &ids, t))
                     .await?;
                 for l in leased {
-                    self.hand_out(ch, l.item);
+                    let conn = plan.get(&l.item.id).copied();
+                    self.hand_out(conn, l.item);
                 }
             }
         }
@@ -394,31 +427,21 @@ impl Actor {
         Ok(())
     }
 
-    /// Sends a leased item to the connector of its channel with the most free credit.
-    fn hand_out(&mut self, ch: Channel, item: Item) {
-        let target = self
-            .connectors
-            .iter()
-            .filter(|(_, c)| c.channels.contains(&ch) && c.free() > 0)
-            .max_by_key(|(_, c)| c.free())
-            .map(|(&id, _)| id);
+    /// Sends a leased item to the connector planned for it.
+    fn hand_out(&mut self, conn: Option<u64>, item: Item) {
         let attempt = item.attempts;
         let id = item.id;
         let lease_expires_at = item.lease_expires_at.unwrap_or_default();
-        let Some(conn) = target else {
-            // Credit vanished while leasing (a stream dropped): the lease expires and
-            // the item is retried; mark it abandoned now instead of waiting.
-            self.outcomes.push(Outcome::Abandoned {
-                id,
-                attempt,
-                reason: "connector disconnected before the job was sent",
-            });
+        let abandoned = Outcome::Abandoned {
+            id,
+            attempt,
+            reason: "connector disconnected before the job was sent",
+        };
+        // The planned connector may have left while the lease was being written.
+        let Some(c) = conn.and_then(|c| self.connectors.get_mut(&c)) else {
+            self.outcomes.push(abandoned);
             return;
         };
-        let c = self
-            .connectors
-            .get_mut(&conn)
-            .expect("target chosen from connectors");
         let job = Job {
             job_id: job_id(id, attempt),
             item,
@@ -430,13 +453,10 @@ impl Actor {
         match c.jobs.try_send(job) {
             Ok(()) => {
                 c.in_flight += 1;
-                self.inflight.insert(id, (conn, attempt));
+                self.inflight
+                    .insert(id, (conn.unwrap_or_default(), attempt));
             }
-            Err(_) => self.outcomes.push(Outcome::Abandoned {
-                id,
-                attempt,
-                reason: "connector disconnected before the job was sent",
-            }),
+            Err(_) => self.outcomes.push(abandoned),
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth;
 use super::convert::{self, status};
 use crate::dispatch::{parse_job_id, ConnectorEvent, Dispatcher, Job};
 use crate::domain::{Channel, Error};
@@ -77,6 +78,7 @@ impl pb::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<Streaming<pb::ConnectorMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let identity = auth::identity(&req)?;
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::ConnectorMessage {
@@ -105,6 +107,7 @@ impl pb::dispatch_server::Dispatch for DispatchService {
             conn,
             connector_id: hello.connector_id.clone(),
             channels,
+            accounts: identity.accounts.clone(),
             max_in_flight: hello.max_in_flight as usize,
             jobs: jobs_tx,
         }) {

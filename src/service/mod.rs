@@ -1,5 +1,6 @@
 //! The gRPC edge: tonic services, proto <-> domain conversion, error mapping.
 
+pub mod auth;
 pub mod convert;
 pub mod dispatch;
 pub mod scheduler;

@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth;
 use super::convert::{self, status, ScheduleFields};
 use crate::domain::{self, parse_item_id, Error, ItemId, Kind};
 use crate::engine::{Changes, Engine, ListQuery};
@@ -25,6 +26,12 @@ impl SchedulerService {
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
         Self { engine, shutdown }
     }
+}
+
+/// Checks the caller's token against the account the request names, before any lookup.
+fn authorize<T>(req: &Request<T>, account: &str) -> Result<(), Status> {
+    let id = auth::identity(req)?;
+    auth::check_account(&id, account)
 }
 
 fn item_ref(account: &str, item_id: &str) -> Result<(String, ItemId), Status> {
@@ -51,6 +58,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ScheduleRequest>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let new = ScheduleFields::from(req.into_inner())
             .into_new_item(Kind::Reply)
             .map_err(status)?;
@@ -63,6 +71,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ScheduleRequest>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let new = ScheduleFields::from(req.into_inner())
             .into_new_item(Kind::NewTicket)
             .map_err(status)?;
@@ -75,6 +84,10 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ScheduleBatchRequest>,
     ) -> Result<Response<pb::ScheduleBatchResponse>, Status> {
+        let id = auth::identity(&req)?;
+        for e in &req.get_ref().entries {
+            auth::check_account(&id, &e.account_id)?;
+        }
         let entries = req.into_inner().entries;
         let max = self.engine.limits().max_batch_entries;
         if entries.len() > max {
@@ -105,6 +118,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ItemRef>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let (account, id) = item_ref(&r.account_id, &r.item_id)?;
         let item = self.engine.get(account, id).await.map_err(status)?;
@@ -116,6 +130,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ItemRef>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let (account, id) = item_ref(&r.account_id, &r.item_id)?;
         let item = self.engine.send_now(account, id).await.map_err(status)?;
@@ -127,6 +142,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ItemRef>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let (account, id) = item_ref(&r.account_id, &r.item_id)?;
         let item = self.engine.cancel(account, id).await.map_err(status)?;
@@ -138,6 +154,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::RescheduleRequest>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let (account, id) = item_ref(&r.account_id, &r.item_id)?;
         let changes = Changes {
@@ -161,6 +178,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::RecordTicketActivityRequest>,
     ) -> Result<Response<pb::RecordTicketActivityResponse>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let activity = convert::activity(&r).map_err(status)?;
         let affected = self
@@ -178,6 +196,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ListScheduledRequest>,
     ) -> Result<Response<pb::ListScheduledResponse>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let q = ListQuery {
             state: convert::state("state", r.state).map_err(status)?,
@@ -206,6 +225,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ListDeferredTicketsRequest>,
     ) -> Result<Response<pb::ListDeferredTicketsResponse>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let order = convert::order(r.order).map_err(status)?;
         let page = self
@@ -224,6 +244,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::GetTicketTimelineRequest>,
     ) -> Result<Response<pb::GetTicketTimelineResponse>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let audience = convert::audience(r.audience).map_err(status)?;
         let items = self
@@ -243,6 +264,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         domain::validate_id("account_id", &r.account_id).map_err(status)?;
         let (tx, rx) = mpsc::channel(EVENT_BATCH);
