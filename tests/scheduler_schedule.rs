@@ -456,3 +456,25 @@ async fn a_failing_batch_rolls_back_alone_while_concurrent_schedules_commit() {
     assert_eq!(singles, committed.into_iter().collect());
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_of_the_original_request_after_a_reschedule_returns_the_rescheduled_item() {
+    let mut t = TestServer::start().await;
+    let req = with_request_id(chat_reply("acme", "T1", T0 + HOUR), "rid-r");
+    let first = schedule(&mut t, req.clone()).await;
+    let moved = t
+        .client
+        .reschedule(pb::RescheduleRequest {
+            account_id: "acme".into(),
+            item_id: first.item_id.clone(),
+            send_at: Some(ts(T0 + 2 * HOUR)),
+            ..Default::default()
+        })
+        .await
+        .expect("reschedule")
+        .into_inner();
+    let again = schedule(&mut t, req).await;
+    assert_eq!(again, moved, "the existing item, as it is now");
+    assert_eq!(pending_ids(&mut t, "acme").await, vec![first.item_id]);
+    t.stop().await;
+}
