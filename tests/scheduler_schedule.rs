@@ -358,7 +358,6 @@ async fn batch_entries_of_different_accounts_each_land_in_their_account() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: validate_new runs before the request_id lookup, so a same-content retry after send_at passed is INVALID_ARGUMENT send_at instead of the existing item"]
 async fn a_retry_with_the_same_request_id_after_send_at_has_passed_returns_the_existing_item() {
     let mut t = TestServer::start().await;
     // "Send in 1 s", and the client retries 10 s later (e.g. after a timeout).

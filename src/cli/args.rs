@@ -52,24 +52,24 @@ pub enum Command {
 /// `sendlater serve`.
 #[derive(Debug, ClapArgs)]
 pub struct ServeArgs {
-    /// Address to listen on, HOST:PORT. Anything but loopback (127.0.0.0/8, ::1,
-    /// localhost) needs --insecure.
-    #[arg(
-        long,
-        env = "SENDLATER_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:50051"
-    )]
-    pub listen: String,
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:50051]. Anything but
+    /// loopback (127.0.0.0/8, ::1, localhost) needs auth tokens or --insecure.
+    #[arg(long, env = "SENDLATER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
 
-    /// The SQLite database file; created with its schema when missing.
-    #[arg(
-        long,
-        env = "SENDLATER_DB",
-        value_name = "FILE",
-        default_value = "./sendlater.db"
-    )]
-    pub db: PathBuf,
+    /// The SQLite database file, created with its schema when missing
+    /// [default: ./sendlater.db].
+    #[arg(long, env = "SENDLATER_DB", value_name = "FILE")]
+    pub db: Option<PathBuf>,
+
+    /// TOML config file (limits, dispatch tuning, tokens, TLS, metrics); flags
+    /// override it.
+    #[arg(long, env = "SENDLATER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this address (off when absent).
+    #[arg(long, env = "SENDLATER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 
     /// Listen on a non-loopback address although no auth tokens are configured: anyone
     /// who reaches the port can read and send every account's messages.

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod json;
 pub mod logging;

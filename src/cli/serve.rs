@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::args::{ServeArgs, SyncMode};
+use super::config_file;
 use super::error::{CliError, Result};
 use super::signal;
 use crate::config::{ServerConfig, Synchronous};
@@ -27,18 +28,47 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `--listen` without `--insecure` (no auth tokens exist yet, so the service is open);
 /// an empty `--db`.
 pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
-    let listen = parse_listen(&args.listen)?;
-    if !is_loopback(listen.ip()) && !args.insecure {
+    let file = match &args.config {
+        Some(path) => config_file::load(path)?,
+        None => config_file::Settings::default(),
+    };
+    let listen_text = args
+        .listen
+        .clone()
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:50051".to_owned());
+    let listen = parse_listen(&listen_text)?;
+    if !is_loopback(listen.ip()) && !args.insecure && file.tokens.is_empty() {
         return Err(CliError::Config(format!(
             "--listen {listen}: not a loopback address, and no auth tokens are configured, \
              so anyone reaching the port could read and send every account's messages; \
-             listen on 127.0.0.1 / ::1 / localhost, or pass --insecure to accept that"
+             configure [[tokens]] in --config, listen on 127.0.0.1 / ::1 / localhost, \
+             or pass --insecure to accept that"
         )));
     }
-    if args.db.as_os_str().is_empty() {
+    let db = args
+        .db
+        .clone()
+        .or(file.db.clone())
+        .unwrap_or_else(|| "./sendlater.db".into());
+    if db.as_os_str().is_empty() {
         return Err(CliError::Config("--db: must name a file".to_owned()));
     }
-    let mut config = ServerConfig::new(listen, args.db.clone());
+    let mut config = ServerConfig::new(listen, db);
+    config.limits = file.limits;
+    config.dispatch = file.dispatch;
+    if let Some(ms) = file.event_retention_ms {
+        config.event_retention_ms = ms;
+    }
+    config.tokens = file.tokens;
+    config.tls = file.tls;
+    config.metrics_listen =
+        match &args.metrics_listen {
+            Some(m) => Some(m.parse().map_err(|_| {
+                CliError::Config(format!("--metrics-listen {m:?}: expected IP:PORT"))
+            })?),
+            None => file.metrics_listen,
+        };
     config.synchronous = match args.sync {
         SyncMode::Full => Synchronous::Full,
         SyncMode::Normal => Synchronous::Normal,
@@ -84,7 +114,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 pub async fn run(config: ServerConfig) -> Result<()> {
     let listen = config.listen;
     let db = config.db_path.clone();
-    if !is_loopback(listen.ip()) {
+    if !is_loopback(listen.ip()) && config.tokens.is_empty() {
         tracing::warn!(%listen, "listening beyond loopback without auth tokens (--insecure)");
     }
     let running = server::start(config).await?;

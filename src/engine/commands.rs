@@ -38,7 +38,6 @@ impl Engine {
     /// Validation (`InvalidArgument`), `AlreadyExists` for a reused request_id with other
     /// content, `ResourceExhausted` over the account's pending quota.
     pub async fn schedule(&self, new: NewItem) -> domain::Result<Item> {
-        validate_new(&new, self.inner.clock.now_ms(), &self.inner.limits)?;
         let me = self.clone();
         self.inner
             .store
@@ -96,6 +95,9 @@ impl Engine {
     }
 
     /// Inserts (or finds by request_id) one item inside a write; `true` when inserted.
+    ///
+    /// The idempotency lookup comes before validation: a client retrying a request that
+    /// succeeded must get its item back even when, by now, its send_at lies in the past.
     fn insert_one(&self, tx: &mut Tx<'_>, new: &NewItem) -> domain::Result<(Item, bool)> {
         if let Some(rid) = &new.request_id {
             if let Some((existing, fp)) = find_by_request(tx.conn, &new.account_id, rid)? {
@@ -109,6 +111,7 @@ impl Engine {
                 };
             }
         }
+        validate_new(new, tx.now, &self.inner.limits)?;
         let max = self.inner.limits.max_pending_per_account;
         let live = self.inner.live.get(&new.account_id);
         if live >= max {

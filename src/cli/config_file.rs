@@ -1,0 +1,348 @@
+//! The TOML config file of `sendlater serve --config FILE` (API.md "Config file").
+//!
+//! Every key is optional; flags override the file. Unknown keys and bad values stop
+//! start-up with a message naming the key (exit code 64): a typo in a limit must not
+//! silently run with the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::{CliError, Result};
+use crate::config::{Accounts, DispatchConfig, Limits, Role, TlsConfig, TokenConfig};
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub dispatch: DispatchFile,
+    #[serde(default)]
+    pub events: EventsFile,
+    pub tls: Option<TlsFile>,
+    #[serde(default)]
+    pub tokens: Vec<TokenFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_body_bytes: Option<u64>,
+    pub max_recipients: Option<u64>,
+    pub max_horizon_days: Option<u64>,
+    pub max_pending_per_account: Option<u64>,
+    pub max_batch_entries: Option<u64>,
+    pub max_page_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchFile {
+    pub lease_secs: Option<u64>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_cap_secs: Option<u64>,
+    pub max_attempts: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsFile {
+    pub retention_days: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    pub token: String,
+    pub role: String,
+    pub accounts: Vec<String>,
+}
+
+/// What the file configures, validated.
+#[derive(Debug, Default)]
+pub struct Settings {
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub dispatch: DispatchConfig,
+    pub event_retention_ms: Option<i64>,
+    pub tls: Option<TlsConfig>,
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn bad(key: &str, msg: impl std::fmt::Display) -> CliError {
+    CliError::Config(format!("config: {key}: {msg}"))
+}
+
+fn ranged(key: &str, v: Option<u64>, lo: u64, hi: u64, default: u64) -> Result<u64> {
+    match v {
+        None => Ok(default),
+        Some(v) if (lo..=hi).contains(&v) => Ok(v),
+        Some(v) => Err(bad(key, format!("{v} is out of range {lo}..={hi}"))),
+    }
+}
+
+/// Reads and validates the file.
+///
+/// # Errors
+/// Unreadable file, TOML syntax, unknown keys, bad values: each names the key.
+pub fn load(path: &Path) -> Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Config(format!("--config {}: {e}", path.display())))?;
+    parse(&text).map_err(|e| match e {
+        CliError::Config(m) => CliError::Config(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// Parses and validates the file's text.
+///
+/// # Errors
+/// As [`load`].
+pub fn parse(text: &str) -> Result<Settings> {
+    let f: FileConfig = toml::from_str(text)
+        .map_err(|e| CliError::Config(format!("config: {}", e.to_string().trim_end())))?;
+    let d = Limits::default();
+    let limits = Limits {
+        max_body_bytes: ranged(
+            "limits.max_body_bytes",
+            f.limits.max_body_bytes,
+            1,
+            64 << 20,
+            d.max_body_bytes as u64,
+        )? as usize,
+        max_recipients: ranged(
+            "limits.max_recipients",
+            f.limits.max_recipients,
+            1,
+            10_000,
+            d.max_recipients as u64,
+        )? as usize,
+        max_horizon_days: ranged(
+            "limits.max_horizon_days",
+            f.limits.max_horizon_days,
+            1,
+            36_500,
+            d.max_horizon_days.into(),
+        )? as u32,
+        max_pending_per_account: ranged(
+            "limits.max_pending_per_account",
+            f.limits.max_pending_per_account,
+            1,
+            u64::MAX >> 1,
+            d.max_pending_per_account,
+        )?,
+        max_batch_entries: ranged(
+            "limits.max_batch_entries",
+            f.limits.max_batch_entries,
+            1,
+            10_000,
+            d.max_batch_entries as u64,
+        )? as usize,
+        max_page_size: ranged(
+            "limits.max_page_size",
+            f.limits.max_page_size,
+            1,
+            10_000,
+            d.max_page_size.into(),
+        )? as u32,
+        ..d
+    };
+    let dd = DispatchConfig::default();
+    let dispatch = DispatchConfig {
+        lease_ms: ranged(
+            "dispatch.lease_secs",
+            f.dispatch.lease_secs,
+            1,
+            86_400,
+            (dd.lease_ms / 1000) as u64,
+        )? as i64
+            * 1000,
+        retry_base_ms: ranged(
+            "dispatch.retry_base_ms",
+            f.dispatch.retry_base_ms,
+            1,
+            3_600_000,
+            dd.retry_base_ms as u64,
+        )? as i64,
+        retry_cap_ms: ranged(
+            "dispatch.retry_cap_secs",
+            f.dispatch.retry_cap_secs,
+            1,
+            7 * 86_400,
+            (dd.retry_cap_ms / 1000) as u64,
+        )? as i64
+            * 1000,
+        max_attempts: ranged(
+            "dispatch.max_attempts",
+            f.dispatch.max_attempts,
+            1,
+            1000,
+            dd.max_attempts.into(),
+        )? as u32,
+    };
+    let event_retention_ms = f
+        .events
+        .retention_days
+        .map(|d| {
+            ranged("events.retention_days", Some(d), 1, 3650, 7).map(|d| d as i64 * 86_400_000)
+        })
+        .transpose()?;
+    let metrics_listen = f
+        .metrics_listen
+        .map(|m| {
+            m.parse::<SocketAddr>()
+                .map_err(|_| bad("metrics_listen", format!("{m:?} is not IP:PORT")))
+        })
+        .transpose()?;
+    let mut tokens = Vec::with_capacity(f.tokens.len());
+    for (i, t) in f.tokens.into_iter().enumerate() {
+        let key = |k: &str| format!("tokens[{i}].{k}");
+        if t.token.trim().is_empty() {
+            return Err(bad(&key("token"), "must not be empty"));
+        }
+        let role = match t.role.as_str() {
+            "backend" => Role::Backend,
+            "connector" => Role::Connector,
+            "admin" => Role::Admin,
+            other => {
+                return Err(bad(
+                    &key("role"),
+                    format!("{other:?} is not backend, connector or admin"),
+                ))
+            }
+        };
+        if t.accounts.is_empty() {
+            return Err(bad(
+                &key("accounts"),
+                "list at least one account, or \"*\" for all",
+            ));
+        }
+        let accounts = if t.accounts.iter().any(|a| a == "*") {
+            Accounts::All
+        } else {
+            Accounts::Only(t.accounts)
+        };
+        if tokens.iter().any(|x: &TokenConfig| x.token == t.token) {
+            return Err(bad(&key("token"), "the same token is configured twice"));
+        }
+        tokens.push(TokenConfig {
+            token: t.token,
+            role,
+            accounts,
+        });
+    }
+    Ok(Settings {
+        listen: f.listen,
+        db: f.db,
+        metrics_listen,
+        limits,
+        dispatch,
+        event_retention_ms,
+        tls: f.tls.map(|t| TlsConfig {
+            cert: t.cert,
+            key: t.key,
+        }),
+        tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let s = parse(
+            r#"
+listen = "127.0.0.1:50051"
+db = "./sendlater.db"
+metrics_listen = "127.0.0.1:9464"
+
+[limits]
+max_body_bytes = 262144
+max_recipients = 100
+max_horizon_days = 1826
+max_pending_per_account = 1000000
+
+[dispatch]
+lease_secs = 30
+retry_base_ms = 1000
+retry_cap_secs = 600
+max_attempts = 10
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+
+[[tokens]]
+token = "change-me"
+role = "backend"
+accounts = ["acme"]
+
+[[tokens]]
+token = "conn-token"
+role = "connector"
+accounts = ["*"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(s.listen.as_deref(), Some("127.0.0.1:50051"));
+        assert_eq!(s.dispatch.lease_ms, 30_000);
+        assert_eq!(s.dispatch.retry_cap_ms, 600_000);
+        assert_eq!(s.tokens.len(), 2);
+        assert_eq!(s.tokens[0].accounts, Accounts::Only(vec!["acme".into()]));
+        assert_eq!(s.tokens[1].accounts, Accounts::All);
+        assert!(s.tls.is_some());
+        assert_eq!(s.metrics_listen.unwrap().port(), 9464);
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let s = parse("").unwrap();
+        assert_eq!(s.limits.max_body_bytes, 262_144);
+        assert!(s.tokens.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        for (text, key) in [
+            ("lisen = \"x\"", "lisen"),
+            ("[limits]\nmax_body = 5", "max_body"),
+            ("[limits]\nmax_recipients = 0", "limits.max_recipients"),
+            ("[limits]\nmax_recipients = \"many\"", "max_recipients"),
+            ("[dispatch]\nmax_attempts = 0", "dispatch.max_attempts"),
+            ("metrics_listen = \"nowhere\"", "metrics_listen"),
+            (
+                "[[tokens]]\ntoken = \"t\"\nrole = \"root\"\naccounts = [\"*\"]",
+                "tokens[0].role",
+            ),
+            (
+                "[[tokens]]\ntoken = \"t\"\nrole = \"admin\"\naccounts = []",
+                "tokens[0].accounts",
+            ),
+            (
+                "[[tokens]]\ntoken = \"\"\nrole = \"admin\"\naccounts = [\"*\"]",
+                "tokens[0].token",
+            ),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+            assert_eq!(CliError::Config(err).exit_code(), 64);
+        }
+    }
+}
