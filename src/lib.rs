@@ -8,6 +8,8 @@ pub mod cli;
 pub mod clock;
 /// Validated configuration: limits, dispatch tuning, storage.
 pub mod config;
+/// Connector processes: the Dispatch stream runner, email (SMTP) and chat (webhook).
+pub mod connector;
 /// Hands due items to connectors; records their answers.
 pub mod dispatch;
 /// Items, states, transitions, validation, activity rules (pure).

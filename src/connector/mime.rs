@@ -219,11 +219,17 @@ mod tests {
     #[test]
     fn a_text_only_message_has_one_part_and_the_headers() {
         let (raw, _) = render(content());
-        assert!(raw.contains("From: Support <support@acme.example>\r\n"), "{raw}");
+        assert!(
+            raw.contains("From: Support <support@acme.example>\r\n"),
+            "{raw}"
+        );
         assert!(raw.contains("To: client@example.com\r\n"), "{raw}");
         assert!(raw.contains("Cc: boss@example.com\r\n"), "{raw}");
         assert!(raw.contains("Subject: Re: your question\r\n"), "{raw}");
-        assert!(raw.contains("Message-ID: <itm_42@sendlater.acme.example>\r\n"), "{raw}");
+        assert!(
+            raw.contains("Message-ID: <itm_42@sendlater.acme.example>\r\n"),
+            "{raw}"
+        );
         assert!(raw.contains("X-Sendlater-Item: itm_42\r\n"), "{raw}");
         assert!(raw.contains("Content-Type: text/plain"), "{raw}");
         assert!(!raw.contains("multipart"), "{raw}");
@@ -239,7 +245,11 @@ mod tests {
         let rcpt: Vec<String> = m.envelope().to().iter().map(|a| a.to_string()).collect();
         assert_eq!(
             rcpt,
-            ["client@example.com", "boss@example.com", "audit@acme.example"]
+            [
+                "client@example.com",
+                "boss@example.com",
+                "audit@acme.example"
+            ]
         );
         assert_eq!(
             m.envelope().from().map(|a| a.to_string()).as_deref(),
@@ -252,7 +262,10 @@ mod tests {
         let mut c = content();
         c.html_body = "<p>Hello, here is the <b>answer</b>.</p>".into();
         let (raw, _) = render(c);
-        assert!(raw.contains("Content-Type: multipart/alternative;"), "{raw}");
+        assert!(
+            raw.contains("Content-Type: multipart/alternative;"),
+            "{raw}"
+        );
         let text_at = raw.find("Content-Type: text/plain").expect("text part");
         let html_at = raw.find("Content-Type: text/html").expect("html part");
         assert!(text_at < html_at, "text first, then html: {raw}");
@@ -274,8 +287,14 @@ mod tests {
         let mut c = content();
         c.in_reply_to = "abc@mail.example.com".into();
         let (raw, _) = render(c);
-        assert!(raw.contains("In-Reply-To: <abc@mail.example.com>\r\n"), "{raw}");
-        assert!(raw.contains("References: <abc@mail.example.com>\r\n"), "{raw}");
+        assert!(
+            raw.contains("In-Reply-To: <abc@mail.example.com>\r\n"),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("References: <abc@mail.example.com>\r\n"),
+            "{raw}"
+        );
     }
 
     #[test]
@@ -311,7 +330,10 @@ mod tests {
         let raw = String::from_utf8(m.formatted()).unwrap();
         assert!(raw.contains("From: noreply@help.example\r\n"), "{raw}");
         let err = build(&item(c.clone()), &c, None).unwrap_err();
-        assert!(err.permanent && err.message.starts_with("email.from"), "{err:?}");
+        assert!(
+            err.permanent && err.message.starts_with("email.from"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -325,7 +347,10 @@ mod tests {
 
     #[test]
     fn message_ids_are_stable_and_escape_unusual_ids() {
-        assert_eq!(message_id("itm_42", "acme.example"), "<itm_42@sendlater.acme.example>");
+        assert_eq!(
+            message_id("itm_42", "acme.example"),
+            "<itm_42@sendlater.acme.example>"
+        );
         assert_eq!(message_id("itm_42", ""), "<itm_42@sendlater.local>");
         assert_eq!(message_id("a b=c", "x.y"), "<a=20b=3Dc@sendlater.x.y>");
         assert_ne!(message_id("a=20", "d"), message_id("a 20", "d"));

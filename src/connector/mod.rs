@@ -73,10 +73,8 @@ pub trait Sender: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`SendError`] with `permanent` set when retrying cannot help.
-    fn send(
-        &self,
-        job: &pb::DeliveryJob,
-    ) -> impl Future<Output = Result<String, SendError>> + Send;
+    fn send(&self, job: &pb::DeliveryJob)
+        -> impl Future<Output = Result<String, SendError>> + Send;
 }
 
 /// Errors that stop a connector: bad configuration, or the server refusing it.

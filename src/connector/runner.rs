@@ -391,7 +391,10 @@ fn lost(reason: &str) -> SessionEnd {
 fn is_refusal(code: Code) -> bool {
     matches!(
         code,
-        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::Unimplemented
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::Unimplemented
     )
 }
 
@@ -464,7 +467,9 @@ mod tests {
     fn the_reconnect_delay_doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(ms(100), ms(30_000));
         let full: Vec<Duration> = (0..11).map(|_| b.next_delay(0.999_999)).collect();
-        let expect = [100, 200, 400, 800, 1600, 3200, 6400, 12_800, 25_600, 30_000, 30_000];
+        let expect = [
+            100, 200, 400, 800, 1600, 3200, 6400, 12_800, 25_600, 30_000, 30_000,
+        ];
         for (got, want) in full.iter().zip(expect) {
             assert!(
                 got.abs_diff(ms(want)) < ms(1),
@@ -489,7 +494,9 @@ mod tests {
         let mut c = RunnerConfig::new("http://127.0.0.1:1");
         assert!(endpoint(&c).is_ok());
         c.max_in_flight = 0;
-        assert!(matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("max_in_flight")));
+        assert!(
+            matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("max_in_flight"))
+        );
         let mut c = RunnerConfig::new("127.0.0.1:1");
         c.connector_id = "x".into();
         assert!(matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("server")));

@@ -68,7 +68,9 @@ pub fn verify(
     let mut candidates = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?),
+            Some(("t", v)) => {
+                timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?)
+            }
             Some(("v1", v)) => candidates.push(v),
             _ => {}
         }
@@ -109,7 +111,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -1,0 +1,360 @@
+//! The chat connector end to end: a real sendlater server, the connector library
+//! running against it, and a real HTTP webhook on 127.0.0.1 that records what it gets.
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sendlater::connector::signature;
+use sendlater::connector::{run_chat, ChatConfig, RunnerConfig};
+use sendlater::pb;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_test_secret";
+
+/// One request the webhook received.
+#[derive(Debug, Clone)]
+struct Hit {
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("header {name} missing: {:?}", self.headers))
+            .to_str()
+            .expect("ascii header")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// A webhook on 127.0.0.1:0: answers from a script of statuses (then 200 with an `id`)
+/// and reports each request on a channel.
+struct Webhook {
+    addr: SocketAddr,
+    hits: mpsc::UnboundedReceiver<Hit>,
+    stop: CancellationToken,
+}
+
+impl Webhook {
+    async fn start(script: &[u16]) -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, hits) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => a.expect("accept"),
+                    () = stopped.cancelled() => return,
+                };
+                let tx = tx.clone();
+                let script = Arc::clone(&script);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    let script = Arc::clone(&script);
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.expect("body").to_bytes();
+                        let _ = tx.send(Hit {
+                            headers: parts.headers,
+                            body,
+                        });
+                        let code = script.lock().unwrap().pop_front().unwrap_or(200);
+                        let answer = if code == 200 {
+                            r#"{"id":"chat-msg-1"}"#.to_owned()
+                        } else {
+                            format!("scripted failure {code}")
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(StatusCode::from_u16(code).unwrap())
+                                .body(Full::new(Bytes::from(answer)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let conn =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Webhook { addr, hits, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hooks/sendlater", self.addr)
+    }
+
+    async fn next_hit(&mut self) -> Hit {
+        tokio::time::timeout(Duration::from_secs(10), self.hits.recv())
+            .await
+            .expect("a webhook request within 10 s")
+            .expect("webhook running")
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The chat connector running as a task, stopped by `stop`.
+struct Connector {
+    shutdown: CancellationToken,
+    task: JoinHandle<sendlater::connector::Result<()>>,
+}
+
+impl Connector {
+    fn start(server: &str, webhook: &str) -> Connector {
+        // Logs on request: RUST_LOG=sendlater=debug cargo test --test connector_chat
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut runner = RunnerConfig::new(server);
+        runner.connector_id = "chat-test".into();
+        runner.max_in_flight = 4;
+        let mut chat = ChatConfig::new(webhook);
+        chat.secret = Some(SECRET.into());
+        chat.timeout = Duration::from_secs(5);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_chat(runner, chat, shutdown.clone()));
+        Connector { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the connector stops within 10 s")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
+}
+
+/// Polls GetItem (bounded) until `pred` holds; returns the item.
+async fn wait_item(
+    t: &TestServer,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&pb::ScheduledItem) -> bool,
+) -> pb::ScheduledItem {
+    let mut client = t.client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let item = client
+            .get_item(item_ref("acme", id))
+            .await
+            .expect("get item")
+            .into_inner();
+        if pred(&item) {
+            return item;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {item:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn schedule_chat(t: &TestServer) -> pb::ScheduledItem {
+    let mut req = chat_reply("acme", "T1", T0 + 60_000);
+    if let Some(pb::schedule_request::Content::Chat(c)) = &mut req.content {
+        c.attachments.push(pb::Attachment {
+            filename: "invoice.pdf".into(),
+            content_type: "application/pdf".into(),
+            url: "https://files.example.com/invoice.pdf".into(),
+            size_bytes: 2048,
+        });
+    }
+    t.client
+        .clone()
+        .schedule_message(req)
+        .await
+        .expect("scheduled")
+        .into_inner()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_due_chat_item_is_posted_signed_to_the_webhook_and_becomes_sent() {
+    let mut t = TestServer::start().await;
+    let mut hook = Webhook::start(&[]).await;
+    let connector = Connector::start(&t.url(), &hook.url());
+    let item = schedule_chat(&t).await;
+
+    t.advance(Duration::from_secs(60));
+    let hit = hook.next_hit().await;
+
+    assert_eq!(hit.header("content-type"), "application/json");
+    assert_eq!(hit.header("idempotency-key"), item.item_id);
+    let sig = hit.header("x-sendlater-signature");
+    signature::verify(SECRET.as_bytes(), sig, &hit.body, unix_now(), 300)
+        .unwrap_or_else(|e| panic!("signature {sig:?} does not verify: {e}"));
+    assert_eq!(
+        signature::verify(b"wrong secret", sig, &hit.body, unix_now(), 300),
+        Err(signature::SignatureError::Mismatch)
+    );
+    let body = hit.json();
+    assert_eq!(body["item_id"], item.item_id.as_str());
+    assert_eq!(body["account_id"], "acme");
+    assert_eq!(body["ticket_id"], "T1");
+    assert_eq!(body["conversation_id"], "conv-1");
+    assert_eq!(body["text"], "Hi! Answer inside.");
+    assert_eq!(body["attempt"], 1);
+    let due = chrono::DateTime::from_timestamp_millis(T0 + 60_000).expect("valid instant");
+    assert_eq!(
+        body["send_at"],
+        due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    assert_eq!(
+        body["attachments"],
+        serde_json::json!([{"filename": "invoice.pdf", "content_type": "application/pdf",
+                            "url": "https://files.example.com/invoice.pdf", "size_bytes": 2048}])
+    );
+
+    let sent = wait_item(&t, &item.item_id, "SENT", |i| {
+        i.state == pb::State::Sent as i32
+    })
+    .await;
+    assert_eq!(sent.provider_message_id, "chat-msg-1");
+    assert_eq!(sent.attempts, 1);
+
+    connector.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_503_is_retried_with_the_same_idempotency_key_and_then_sent() {
+    let mut t = TestServer::start_with(|c| c.dispatch.retry_base_ms = 20).await;
+    let mut hook = Webhook::start(&[503]).await;
+    let connector = Connector::start(&t.url(), &hook.url());
+    let item = schedule_chat(&t).await;
+
+    t.advance(Duration::from_secs(60));
+    let first = hook.next_hit().await;
+    assert_eq!(first.json()["attempt"], 1);
+    let retrying = wait_item(&t, &item.item_id, "PENDING again after the 503", |i| {
+        i.state == pb::State::Pending as i32 && i.attempts == 1
+    })
+    .await;
+    assert!(
+        retrying.last_error.contains("503"),
+        "last_error: {:?}",
+        retrying.last_error
+    );
+
+    // The retry is due after the (20 ms based) backoff on the server's clock.
+    t.advance(Duration::from_secs(1));
+    let second = hook.next_hit().await;
+    assert_eq!(second.json()["attempt"], 2);
+    assert_eq!(
+        second.header("idempotency-key"),
+        first.header("idempotency-key")
+    );
+    assert_eq!(second.header("idempotency-key"), item.item_id);
+
+    let sent = wait_item(&t, &item.item_id, "SENT", |i| {
+        i.state == pb::State::Sent as i32
+    })
+    .await;
+    assert_eq!(sent.attempts, 2);
+    assert_eq!(sent.provider_message_id, "chat-msg-1");
+
+    connector.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_400_fails_the_item_at_once_with_the_status_in_last_error() {
+    let mut t = TestServer::start_with(|c| c.dispatch.retry_base_ms = 20).await;
+    let mut hook = Webhook::start(&[400]).await;
+    let connector = Connector::start(&t.url(), &hook.url());
+    let item = schedule_chat(&t).await;
+
+    t.advance(Duration::from_secs(60));
+    hook.next_hit().await;
+    let failed = wait_item(&t, &item.item_id, "FAILED", |i| {
+        i.state == pb::State::Failed as i32
+    })
+    .await;
+    assert!(
+        failed.last_error.contains("400"),
+        "last_error: {:?}",
+        failed.last_error
+    );
+    assert_eq!(failed.attempts, 1);
+
+    // No retry follows a permanent failure.
+    t.advance(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(hook.hits.try_recv().is_err(), "no second request");
+
+    connector.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_webhook_is_a_transient_failure() {
+    let mut t = TestServer::start().await;
+    // A port that was just free: nothing listens there.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let connector = Connector::start(&t.url(), &format!("http://{addr}/hook"));
+    let item = schedule_chat(&t).await;
+
+    t.advance(Duration::from_secs(60));
+    let retrying = wait_item(
+        &t,
+        &item.item_id,
+        "PENDING after a refused connection",
+        |i| i.state == pb::State::Pending as i32 && i.attempts == 1,
+    )
+    .await;
+    assert!(
+        retrying.last_error.starts_with("webhook:"),
+        "last_error: {:?}",
+        retrying.last_error
+    );
+
+    connector.stop().await;
+    t.stop().await;
+}
