@@ -56,6 +56,11 @@ struct Webhook {
 
 impl Webhook {
     async fn start(script: &[u16]) -> Webhook {
+        Webhook::start_slow(script, Duration::ZERO).await
+    }
+
+    /// Like `start`, but every answer waits `delay` after the request was recorded.
+    async fn start_slow(script: &[u16], delay: Duration) -> Webhook {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, hits) = mpsc::unbounded_channel();
@@ -80,6 +85,7 @@ impl Webhook {
                             headers: parts.headers,
                             body,
                         });
+                        tokio::time::sleep(delay).await;
                         let code = script.lock().unwrap().pop_front().unwrap_or(200);
                         let answer = if code == 200 {
                             r#"{"id":"chat-msg-1"}"#.to_owned()
@@ -356,5 +362,124 @@ async fn an_unreachable_webhook_is_a_transient_failure() {
     );
 
     connector.stop().await;
+    t.stop().await;
+}
+
+/// A port that was just free.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_connector_waits_for_the_server_and_reconnects_after_a_restart() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut hook = Webhook::start(&[]).await;
+    // Nothing listens yet: the connector keeps retrying with backoff.
+    let connector = Connector::start(&url, &hook.url());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut t =
+        TestServer::start_with(|c| c.listen = format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let first = schedule_chat(&t).await;
+    t.advance(Duration::from_secs(60));
+    assert_eq!(
+        hook.next_hit().await.json()["item_id"],
+        first.item_id.as_str()
+    );
+    wait_item(&t, &first.item_id, "SENT", |i| {
+        i.state == pb::State::Sent as i32
+    })
+    .await;
+
+    // Same port, same database and clock: the stream drops and comes back.
+    t.restart().await;
+    let mut req = chat_reply("acme", "T2", T0 + 120_000);
+    req.request_id = "second".into();
+    let second = t.client.schedule_message(req).await.unwrap().into_inner();
+    t.advance(Duration::from_secs(60));
+    assert_eq!(
+        hook.next_hit().await.json()["item_id"],
+        second.item_id.as_str()
+    );
+    wait_item(&t, &second.item_id, "SENT", |i| {
+        i.state == pb::State::Sent as i32
+    })
+    .await;
+
+    connector.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_the_connector_lets_a_running_send_finish_and_acknowledges_it() {
+    let mut t = TestServer::start().await;
+    let mut hook = Webhook::start_slow(&[], Duration::from_millis(300)).await;
+    let connector = Connector::start(&t.url(), &hook.url());
+    let item = schedule_chat(&t).await;
+
+    t.advance(Duration::from_secs(60));
+    hook.next_hit().await;
+    // The webhook is still holding its answer: stop now.
+    connector.stop().await;
+    let sent = wait_item(&t, &item.item_id, "SENT", |i| {
+        i.state == pb::State::Sent as i32
+    })
+    .await;
+    assert_eq!(sent.provider_message_id, "chat-msg-1");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
+    use sendlater::config::{Accounts, Role, TokenConfig};
+    use sendlater::connector::ConnectorError;
+
+    let mut t = TestServer::start_with(|c| {
+        c.tokens = vec![TokenConfig {
+            token: "connector-secret".into(),
+            role: Role::Connector,
+            accounts: Accounts::All,
+        }]
+    })
+    .await;
+    let hook = Webhook::start(&[]).await;
+    let runner = |token: &str| {
+        let mut r = RunnerConfig::new(t.url());
+        r.token = Some(token.into());
+        r
+    };
+
+    let wrong = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_chat(
+            runner("wrong"),
+            ChatConfig::new(hook.url()),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("a refused connector stops at once");
+    match wrong {
+        Err(ConnectorError::Refused(s)) => assert_eq!(s.code(), tonic::Code::Unauthenticated),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let shutdown = CancellationToken::new();
+    let right = tokio::spawn(run_chat(
+        runner("connector-secret"),
+        ChatConfig::new(hook.url()),
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !right.is_finished(),
+        "the right token keeps the connector running"
+    );
+    shutdown.cancel();
+    right.await.unwrap().expect("a clean stop");
     t.stop().await;
 }
