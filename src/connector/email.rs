@@ -14,7 +14,7 @@
 //!
 //! Outcome classes: an SMTP 5xx reply is permanent; a 4xx reply, a refused or broken
 //! connection, a TLS failure or a timeout is transient. The acked provider message id
-//! is the Message-ID (see [`super::mime`]).
+//! is the Message-ID, derived from the item id (`<itm_42@sendlater.example.com>`).
 
 use std::time::Duration;
 

@@ -16,7 +16,9 @@
 //! Shutdown: the runner stops reading jobs, waits up to `shutdown_grace` for running
 //! sends and forwards their answers, then closes its half of the stream and waits
 //! briefly for the server to close the other, so the answers are read before the
-//! connection goes away. Jobs left unanswered are re-leased by the server.
+//! connection goes away. Jobs left unanswered are re-leased by the server. If the
+//! stream is down when shutdown comes, running sends are abandoned at once (their jobs
+//! are already back with the server).
 //!
 //! Refusals that retrying cannot fix (UNAUTHENTICATED, PERMISSION_DENIED,
 //! INVALID_ARGUMENT, UNIMPLEMENTED on Connect) end the runner with an error.
