@@ -47,6 +47,74 @@ pub enum Command {
     Activity(ActivityArgs),
     /// Print item events as they happen, one line each, until Ctrl-C.
     Watch(WatchArgs),
+    /// Run a connector process: receive due items from the server and send them.
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
+    /// Copy the database to a file with SQLite's online backup API (safe while serving).
+    Backup(BackupArgs),
+}
+
+/// `sendlater connector email|chat`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectorCommand {
+    /// Send email over SMTP.
+    Email(EmailConnectorArgs),
+    /// POST chat messages to a webhook, signed with HMAC-SHA256.
+    Chat(ChatConnectorArgs),
+}
+
+/// Flags every connector takes.
+#[derive(Debug, ClapArgs)]
+pub struct ConnectorArgs {
+    /// The sendlater server.
+    #[arg(long, env = "SENDLATER_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Bearer token of a `connector` (or `admin`) role.
+    #[arg(long, env = "SENDLATER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Jobs processed at once (1..10000).
+    #[arg(long, env = "SENDLATER_MAX_IN_FLIGHT", default_value_t = 16)]
+    pub max_in_flight: u32,
+    /// Name of this connector in the server's logs [default: connector-<pid>].
+    #[arg(long, env = "SENDLATER_CONNECTOR_ID")]
+    pub connector_id: Option<String>,
+}
+
+/// `sendlater connector email`.
+#[derive(Debug, ClapArgs)]
+pub struct EmailConnectorArgs {
+    /// SMTP server: smtp://[user:pass@]HOST:PORT[?tls=starttls|opportunistic] or smtps://.
+    #[arg(long, env = "SENDLATER_SMTP")]
+    pub smtp: String,
+    /// Sender address for items that name none.
+    #[arg(long, env = "SENDLATER_FROM")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub common: ConnectorArgs,
+}
+
+/// `sendlater connector chat`.
+#[derive(Debug, ClapArgs)]
+pub struct ChatConnectorArgs {
+    /// Webhook URL the messages are POSTed to.
+    #[arg(long, env = "SENDLATER_WEBHOOK")]
+    pub webhook: String,
+    /// Shared secret for the X-Sendlater-Signature header (unsigned when absent).
+    #[arg(long, env = "SENDLATER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    #[command(flatten)]
+    pub common: ConnectorArgs,
+}
+
+/// `sendlater backup`.
+#[derive(Debug, ClapArgs)]
+pub struct BackupArgs {
+    /// The live database file.
+    #[arg(long, env = "SENDLATER_DB", default_value = "./sendlater.db")]
+    pub db: PathBuf,
+    /// Where to write the copy (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `sendlater serve`.
@@ -424,7 +492,7 @@ impl Command {
     /// The connection flags of a client subcommand; `None` for `serve`.
     pub fn client_args(&self) -> Option<&ClientArgs> {
         match self {
-            Command::Serve(_) => None,
+            Command::Serve(_) | Command::Connector(_) | Command::Backup(_) => None,
             Command::Schedule(a) => Some(&a.client),
             Command::List(a) => Some(&a.client),
             Command::Tickets(a) => Some(&a.client),

@@ -11,7 +11,9 @@
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod backup;
 pub mod config_file;
+pub mod connector;
 pub mod error;
 pub mod json;
 pub mod logging;
@@ -38,6 +40,8 @@ use logging::LogSettings;
 pub async fn run(args: Args) -> Result<()> {
     match &args.command {
         Command::Serve(serve_args) => serve::run(serve::serve_config(serve_args)?).await,
+        Command::Connector(c) => connector::run(c).await,
+        Command::Backup(b) => backup::run(b),
         command => {
             let client_args = command
                 .client_args()
@@ -55,6 +59,11 @@ pub fn log_settings(args: &Args) -> LogSettings {
     match &args.command {
         Command::Serve(serve) => LogSettings {
             format: serve.log_format,
+            default_level: LevelFilter::INFO,
+        },
+        // A connector is a long-running service too: it logs what it sends.
+        Command::Connector(_) => LogSettings {
+            format: LogFormat::Text,
             default_level: LevelFilter::INFO,
         },
         _ => LogSettings {
