@@ -16,6 +16,8 @@ pub mod dispatch;
 pub mod domain;
 /// Ties domain, store and wheel together; drives the wheel.
 pub mod engine;
+/// Prometheus metrics.
+pub mod metrics;
 /// Generated protobuf/gRPC code.
 pub mod pb;
 /// Start and stop the service.

@@ -11,8 +11,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::dispatch::Dispatcher;
+use std::sync::Arc;
+
+use crate::dispatch::{DispatchStats, Dispatcher};
+use crate::domain::Channel;
 use crate::engine::Engine;
+use crate::metrics::{self, Gauges};
 use crate::pb;
 use crate::service::auth::{self, Auth};
 use crate::service::{DispatchService, SchedulerService};
@@ -36,9 +40,34 @@ pub enum ServerError {
 /// How long shutdown waits for in-flight RPCs before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// Scrape-time gauges of one server.
+struct ServerGauges {
+    engine: Engine,
+    stats: Arc<DispatchStats>,
+}
+
+impl Gauges for ServerGauges {
+    fn pending_timers(&self) -> u64 {
+        self.engine.pending_timers() as u64
+    }
+    fn due_backlog(&self, ch: Channel) -> u64 {
+        let waiting = match ch {
+            Channel::Email => &self.stats.backlog_email,
+            Channel::Chat => &self.stats.backlog_chat,
+        };
+        waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn connectors(&self) -> u64 {
+        self.stats
+            .connectors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
 pub struct RunningServer {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     engine: Engine,
     stop: oneshot::Sender<()>,
     streams: CancellationToken,
@@ -49,6 +78,11 @@ impl RunningServer {
     /// The bound address (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where metrics are served, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://ADDR`, for building a tonic `Channel`.
@@ -137,6 +171,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let scheduler = InterceptedService::new(scheduler, auth.interceptor(auth::Service::Scheduler));
 
     let dispatcher = Dispatcher::start(engine.clone(), streams.clone());
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let gauges = Arc::new(ServerGauges {
+                engine: engine.clone(),
+                stats: dispatcher.stats.clone(),
+            });
+            let bound = metrics::serve(addr, gauges, streams.clone())
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            tracing::info!(addr = %bound, "serving metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
     let dispatch =
         pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher, streams.clone()))
@@ -182,6 +230,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tracing::info!(addr = %local_addr, "serving");
     Ok(RunningServer {
         local_addr,
+        metrics_addr,
         engine,
         stop,
         streams,

@@ -62,7 +62,6 @@ impl FairQueue {
     }
 
     /// Ids queued.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }

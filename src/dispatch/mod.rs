@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Accounts;
 use crate::domain::{self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State};
 use crate::engine::Engine;
+use crate::metrics::METRICS;
 use fair::FairQueue;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use writes::{Outcome, Tuning};
 
 /// Most items leased or recorded in one write.
@@ -82,10 +85,20 @@ pub enum ConnectorEvent {
     },
 }
 
+/// What the dispatcher shows of itself (for metrics), updated after each round.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    pub connectors: AtomicU64,
+    pub backlog_email: AtomicU64,
+    pub backlog_chat: AtomicU64,
+}
+
 /// Handle to the dispatcher; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
     tx: mpsc::UnboundedSender<ConnectorEvent>,
+    /// Gauges of the actor.
+    pub stats: Arc<DispatchStats>,
     next_conn: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -102,7 +115,9 @@ impl Dispatcher {
             retry_cap_ms: cfg.retry_cap_ms,
             max_attempts: cfg.max_attempts,
         };
+        let stats = Arc::new(DispatchStats::default());
         let actor = Actor {
+            stats: stats.clone(),
             engine,
             tuning,
             connectors: HashMap::new(),
@@ -114,6 +129,7 @@ impl Dispatcher {
         tokio::spawn(actor.run(rx, shutdown));
         Dispatcher {
             tx,
+            stats,
             next_conn: Default::default(),
         }
     }
@@ -146,6 +162,7 @@ impl Conn {
 }
 
 struct Actor {
+    stats: Arc<DispatchStats>,
     engine: Engine,
     tuning: Tuning,
     connectors: HashMap<u64, Conn>,
@@ -197,6 +214,7 @@ impl Actor {
                 tracing::error!(error = %e, "dispatch round failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
+            self.publish_stats();
         }
     }
 
@@ -228,6 +246,7 @@ impl Actor {
                 job: (id, attempt),
                 provider_message_id,
             } => {
+                METRICS.acks.fetch_add(1, Relaxed);
                 self.release(conn, id, attempt);
                 self.outcomes.push(Outcome::Ack {
                     id,
@@ -240,6 +259,7 @@ impl Actor {
                 error,
                 permanent,
             } => {
+                METRICS.nacks.fetch_add(1, Relaxed);
                 self.release(conn, id, attempt);
                 self.outcomes.push(Outcome::Nack {
                     id,
@@ -268,6 +288,19 @@ impl Actor {
                 }
             }
         }
+    }
+
+    fn publish_stats(&self) {
+        let backlog = |ch| self.waiting.get(&ch).map_or(0, |q| q.len() as u64);
+        self.stats
+            .connectors
+            .store(self.connectors.len() as u64, Relaxed);
+        self.stats
+            .backlog_email
+            .store(backlog(Channel::Email), Relaxed);
+        self.stats
+            .backlog_chat
+            .store(backlog(Channel::Chat), Relaxed);
     }
 
     /// Frees the credit a job held, if this stream still holds that attempt.
@@ -450,8 +483,14 @@ impl Actor {
         };
         // The stream's channel has room for max_in_flight jobs, and credit says fewer
         // are outstanding, so try_send only fails when the stream is gone.
+        let late_ms = (self.engine.clock().now_ms() - job.item.send_at).max(0);
+        let channel = job.item.channel;
         match c.jobs.try_send(job) {
             Ok(()) => {
+                METRICS.dispatches.fetch_add(1, Relaxed);
+                if attempt == 1 {
+                    METRICS.lateness(channel).observe(late_ms as f64 / 1000.0);
+                }
                 c.in_flight += 1;
                 self.inflight
                     .insert(id, (conn.unwrap_or_default(), attempt));

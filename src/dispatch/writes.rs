@@ -142,6 +142,9 @@ pub fn record(
             Outcome::Abandoned {
                 attempt, reason, ..
             } => {
+                crate::metrics::METRICS
+                    .abandoned_leases
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if item.state != State::Dispatching || item.attempts != *attempt {
                     continue;
                 }

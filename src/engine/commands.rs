@@ -43,6 +43,11 @@ impl Engine {
             .store
             .write(move |tx| me.insert_one(tx, &new).map(|(item, _)| item))
             .await
+            .inspect(|_| {
+                crate::metrics::METRICS
+                    .schedules
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
     }
 
     /// Creates up to `max_batch_entries` items, all or nothing.
@@ -92,6 +97,11 @@ impl Engine {
                 Ok(out)
             })
             .await
+            .inspect(|items| {
+                crate::metrics::METRICS
+                    .schedules
+                    .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            })
     }
 
     /// Inserts (or finds by request_id) one item inside a write; `true` when inserted.

@@ -176,6 +176,10 @@ fn commit_group(
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
+            crate::metrics::METRICS.commit_batch_size.observe(n as f64);
+            crate::metrics::METRICS
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             if !ops.is_empty() {
                 hook(&ops);
             }

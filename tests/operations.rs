@@ -1,0 +1,195 @@
+//! Operations: Prometheus metrics over HTTP, online backup while serving.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sendlater::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    body
+}
+
+fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("{series} missing in:\n{body}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_over_http_and_follow_the_service() {
+    let mut t =
+        TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = t.running().metrics_addr().expect("metrics enabled");
+    let before = scrape(addr).await;
+    let scheduled_before = value(&before, "sendlater_schedules_total");
+    for i in 0..3 {
+        t.client
+            .schedule_message(chat_reply("acme", &format!("T{i}"), T0 + 60_000))
+            .await
+            .unwrap();
+    }
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
+    let body = scrape(addr).await;
+    // Counters are process-wide (other tests in this binary may add to them).
+    assert!(value(&body, "sendlater_schedules_total") >= scheduled_before + 3.0);
+    assert_eq!(value(&body, "sendlater_pending_timers"), 3.0);
+    assert!(body.contains("# TYPE sendlater_dispatch_lateness_seconds histogram"));
+    assert!(body.contains("sendlater_commit_batch_size_bucket{le=\"+Inf\"}"));
+    t.advance(Duration::from_secs(60));
+    for _ in 0..3 {
+        let job = c.next_job().await;
+        c.ack(&job, "ok").await;
+    }
+    // The connector is counted once the dispatcher has published its round.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = scrape(addr).await;
+        if value(&body, "sendlater_connectors") == 1.0
+            && value(&body, "sendlater_pending_timers") == 0.0
+        {
+            assert!(
+                value(
+                    &body,
+                    "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}"
+                ) >= 3.0
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauges never settled:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn backup_copies_a_live_database_consistently() {
+    let mut t = TestServer::start().await;
+    for i in 0..20 {
+        t.client
+            .schedule_message(chat_reply("acme", &format!("T{i}"), T0 + 60_000))
+            .await
+            .unwrap();
+    }
+    let out = t.dir.path().join("copy.db");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
+        .args(["backup", "--db"])
+        .arg(t.db_path())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let conn = rusqlite::Connection::open(&out).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 20);
+    // A second backup to the same file is refused rather than overwriting it.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
+        .args(["backup", "--db"])
+        .arg(t.db_path())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert_eq!(again.code(), Some(64));
+    // The copy serves: a server started on it has the items.
+    let mut config = sendlater::config::ServerConfig::new("127.0.0.1:0".parse().unwrap(), &out);
+    config.clock = std::sync::Arc::new(t.clock.clone());
+    let s2 = sendlater::server::start(config).await.unwrap();
+    let mut c2 = connect(&s2.url()).await;
+    let list = c2
+        .list_scheduled(pb::ListScheduledRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.items.len(), 20);
+    s2.shutdown().await.unwrap();
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_or_newer_database_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.db");
+    std::fs::write(
+        &junk,
+        b"this is not a database, not even close; ".repeat(200),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a usable sendlater database"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let newer = dir.path().join("newer.db");
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 999)
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&newer)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("newer sendlater"), "{err}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_stops_start_up_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[limits]\nmax_body = 10\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_body"));
+}
+
+#[test]
+fn a_public_address_without_tokens_is_refused_with_exit_64_naming_insecure() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--db",
+            "/nonexistent/x.db",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+}
