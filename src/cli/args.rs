@@ -67,7 +67,11 @@ pub enum ConnectorCommand {
 #[derive(Debug, ClapArgs)]
 pub struct ConnectorArgs {
     /// The sendlater server.
-    #[arg(long, env = "SENDLATER_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SENDLATER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// Bearer token of a `connector` (or `admin`) role.
     #[arg(long, env = "SENDLATER_TOKEN", hide_env_values = true)]

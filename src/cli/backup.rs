@@ -38,7 +38,9 @@ pub fn run(args: &BackupArgs) -> Result<()> {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(io)?;
     if check != "ok" {
-        return Err(CliError::Protocol(format!("the copy fails integrity_check: {check}")));
+        return Err(CliError::Protocol(format!(
+            "the copy fails integrity_check: {check}"
+        )));
     }
     eprintln!("backed up {} to {}", args.db.display(), args.out.display());
     Ok(())

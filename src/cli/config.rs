@@ -129,9 +129,9 @@ pub enum Action {
 /// subcommand and is refused.
 pub fn action(command: &Command, config: &ClientConfig, now: DateTime<Utc>) -> Result<Action> {
     match command {
-        Command::Serve(_) | Command::Connector(_) | Command::Backup(_) => Err(CliError::Config(
-            "not a client subcommand".to_owned(),
-        )),
+        Command::Serve(_) | Command::Connector(_) | Command::Backup(_) => {
+            Err(CliError::Config("not a client subcommand".to_owned()))
+        }
         Command::Schedule(args) => schedule(args, config, now),
         Command::List(args) => list(args, config, now),
         Command::Tickets(args) => Ok(Action::Tickets(tickets(args, config))),

@@ -9,9 +9,9 @@
 //! ([`error`] lists them). Human time input (`--at`, `--in`) is parsed only in [`when`].
 
 pub mod args;
+pub mod backup;
 pub mod client;
 pub mod config;
-pub mod backup;
 pub mod config_file;
 pub mod connector;
 pub mod error;
