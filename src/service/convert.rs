@@ -383,3 +383,135 @@ mod tests {
         assert!(e.to_string().starts_with("send_at: "), "{e}");
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    //! Random, mostly invalid requests go through the proto -> domain conversion and
+    //! validation without a panic; what passes validation round-trips to the wire.
+    use super::*;
+    use crate::config::Limits;
+    use proptest::prelude::*;
+
+    fn any_ts() -> impl Strategy<Value = Option<Timestamp>> {
+        prop_oneof![
+            Just(None),
+            (any::<i64>(), any::<i32>())
+                .prop_map(|(seconds, nanos)| Some(Timestamp { seconds, nanos })),
+            (1_700_000_000i64..1_900_000_000, 0i32..1_000_000_000)
+                .prop_map(|(seconds, nanos)| Some(Timestamp { seconds, nanos })),
+        ]
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z@.<> ]{0,12}",
+            any::<String>(),
+            Just("a@example.com".to_owned()),
+            (0usize..300_000).prop_map(|n| "x".repeat(n)),
+        ]
+    }
+
+    fn any_email() -> impl Strategy<Value = pb::EmailContent> {
+        (
+            any_text(),
+            prop::collection::vec(any_text(), 0..4),
+            prop::collection::vec(any_text(), 0..3),
+            prop::collection::vec(any_text(), 0..120),
+            any_text(),
+            any_text(),
+            any_text(),
+        )
+            .prop_map(|(from, to, cc, bcc, subject, text_body, html_body)| {
+                pb::EmailContent {
+                    from,
+                    to,
+                    cc,
+                    bcc,
+                    subject,
+                    text_body,
+                    html_body,
+                    ..Default::default()
+                }
+            })
+    }
+
+    fn any_request() -> impl Strategy<Value = pb::ScheduleRequest> {
+        (
+            any_text(),
+            any_text(),
+            any::<i32>(),
+            any_text(),
+            prop_oneof![
+                Just(None),
+                any_email().prop_map(|e| Some(pb::schedule_request::Content::Email(e))),
+                (any_text(), any_text()).prop_map(|(c, t)| Some(
+                    pb::schedule_request::Content::Chat(pb::ChatContent {
+                        conversation_id: c,
+                        text: t,
+                        attachments: vec![]
+                    })
+                )),
+            ],
+            any_ts(),
+            any::<i32>(),
+            any_text(),
+        )
+            .prop_map(
+                |(
+                    account_id,
+                    ticket_id,
+                    channel,
+                    author_id,
+                    content,
+                    send_at,
+                    on_activity,
+                    request_id,
+                )| {
+                    pb::ScheduleRequest {
+                        account_id,
+                        ticket_id,
+                        channel,
+                        author_id,
+                        content,
+                        send_at,
+                        on_activity,
+                        request_id,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_schedule_requests_never_panic(req in any_request(), now in 0i64..4_000_000_000_000) {
+            let limits = Limits::default();
+            if let Ok(new) = ScheduleFields::from(req).into_new_item(Kind::Reply) {
+                if crate::domain::validate_new(&new, now, &limits).is_ok() {
+                    // A valid request has every required part.
+                    prop_assert!(!new.account_id.is_empty() && !new.ticket_id.is_empty());
+                    prop_assert!(new.send_at >= now - limits.max_past_ms);
+                }
+            }
+        }
+
+        #[test]
+        fn random_activity_and_listing_fields_never_panic(
+            kind in any::<i32>(), ts in any_ts(), order_v in any::<i32>(), aud in any::<i32>(), st in any::<i32>()
+        ) {
+            let _ = activity(&pb::RecordTicketActivityRequest {
+                account_id: "a".into(),
+                ticket_id: "t".into(),
+                author_kind: kind,
+                message_id: "m".into(),
+                occurred_at: ts,
+            });
+            let _ = order(order_v);
+            let _ = audience(aud);
+            let _ = state("state", st);
+            let _ = on_activity("on_activity", st);
+        }
+    }
+}
