@@ -169,7 +169,7 @@ fn run_schedulers(
                     };
                     let id = item.into_inner().item_id;
                     ledger.lock().unwrap().acked.insert(id.clone(), text);
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         ledger.lock().unwrap().cancel_sent.insert(id.clone());
                         match c.cancel(item_ref("acme", &id)).await {
                             Ok(_) => {
@@ -270,33 +270,35 @@ async fn cycle(db: &Path, seed: u64) -> CycleReport {
         }
     }
     assert_eq!(lost, 0, "items that fell due were never delivered");
-    let l = ledger.lock().unwrap();
-    // Nothing delivered after its cancel was acknowledged.
-    for (id, at) in &l.delivered {
-        if let Some(c_at) = l.cancelled.get(id) {
-            assert!(at < c_at, "{id} delivered after its cancel got OK");
+    let duplicates = {
+        let l = ledger.lock().unwrap();
+        // Nothing delivered after its cancel was acknowledged.
+        for (id, at) in &l.delivered {
+            if let Some(c_at) = l.cancelled.get(id) {
+                assert!(at < c_at, "{id} delivered after its cancel got OK");
+            }
         }
-    }
-    // Duplicates (the same item id delivered twice) only from leases in flight at the
-    // kill. The server holds at most max_in_flight (64) unanswered jobs per stream, and
-    // commits every answer it received before leasing more, so at the kill at most 64
-    // jobs were unanswered plus 64 whose acks were received but not yet committed.
-    let mut seen = HashSet::new();
-    let duplicates = l
-        .delivered
-        .iter()
-        .filter(|(id, _)| !seen.insert(id.clone()))
-        .count();
-    assert!(
+        // Duplicates (the same item id delivered twice) only from leases in flight at the
+        // kill. The server holds at most max_in_flight (64) unanswered jobs per stream, and
+        // commits every answer it received before leasing more, so at the kill at most 64
+        // jobs were unanswered plus 64 whose acks were received but not yet committed.
+        let mut seen = HashSet::new();
+        let duplicates = l
+            .delivered
+            .iter()
+            .filter(|(id, _)| !seen.insert(id.clone()))
+            .count();
+        assert!(
         duplicates <= 2 * 64,
         "{duplicates} duplicates: more than the leases that can be in flight ({unanswered_at_kill} unanswered by the connector at the kill)"
     );
+        duplicates
+    };
     let report = CycleReport {
         acked: acked.len(),
         lost,
         duplicates,
     };
-    drop(l);
     let _ = killed_at;
     server.child.kill().ok();
     let _ = server.child.wait();

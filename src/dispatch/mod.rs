@@ -349,11 +349,9 @@ impl Actor {
                     Ok(batch)
                 })
                 .await;
-            if let Err(e) = result {
-                // Nothing was recorded; the outcomes are lost from memory but their
-                // leases will expire and the items be retried (at-least-once).
-                return Err(e);
-            }
+            // On error nothing was recorded; the outcomes are lost from memory but
+            // their leases expire and the items are retried (at-least-once).
+            result?;
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
         None => None,
     };
     Ok(Item {
-        id: row.get(o + 0)?,
+        id: row.get(o)?,
         account_id: row.get(o + 1)?,
         ticket_id: row.get(o + 2)?,
         kind: enum_col(row, o + 3, "kind", Kind::from_i64)?,
