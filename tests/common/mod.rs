@@ -27,7 +27,7 @@ pub struct TestServer {
     pub config: ServerConfig,
 }
 
-/// The manual clock starts at a fixed, realistic instant: 2026-11-25T10:00:00Z.
+/// The manual clock starts at a fixed, realistic instant: 2026-11-25T12:00:00Z.
 pub const T0: i64 = 1_795_608_000_000;
 
 impl TestServer {
