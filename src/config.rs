@@ -28,6 +28,10 @@ pub struct Limits {
     pub default_page_size: u32,
     /// send_at may lie this far in the past (clock skew between caller and us).
     pub max_past_ms: i64,
+    /// gRPC message size limit (both directions). Kept above what the largest valid
+    /// request needs, so an oversize body is INVALID_ARGUMENT naming the field rather
+    /// than RESOURCE_EXHAUSTED from the transport.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -41,11 +45,18 @@ impl Default for Limits {
             max_page_size: 1000,
             default_page_size: 100,
             max_past_ms: 1000,
+            max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
 
 impl Limits {
+    /// The smallest gRPC message limit that still lets every body-size error be
+    /// reported by validation: two maximal bodies (text and html) plus headroom.
+    pub fn min_message_bytes(&self) -> usize {
+        self.max_body_bytes * 2 + 256 * 1024
+    }
+
     /// The horizon in milliseconds.
     pub fn max_horizon_ms(&self) -> i64 {
         i64::from(self.max_horizon_days) * 86_400_000

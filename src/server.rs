@@ -160,7 +160,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let streams = CancellationToken::new();
     // The gRPC transport limit stays well above the body limit, so an oversize body is
     // INVALID_ARGUMENT naming the field, not RESOURCE_EXHAUSTED from the transport.
-    let max_message = (config.limits.max_body_bytes * 4 + 1024 * 1024).max(4 * 1024 * 1024);
+    let max_message = config
+        .limits
+        .max_message_bytes
+        .max(config.limits.min_message_bytes());
     let auth = Auth::new(config.tokens.clone());
     let scheduler = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(
         engine.clone(),

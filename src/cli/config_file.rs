@@ -39,6 +39,7 @@ pub struct LimitsFile {
     pub max_pending_per_account: Option<u64>,
     pub max_batch_entries: Option<u64>,
     pub max_page_size: Option<u64>,
+    pub max_message_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +162,16 @@ pub fn parse(text: &str) -> Result<Settings> {
             d.max_page_size.into(),
         )? as u32,
         ..d
+    };
+    let limits = Limits {
+        max_message_bytes: ranged(
+            "limits.max_message_bytes",
+            f.limits.max_message_bytes,
+            limits.min_message_bytes() as u64,
+            1 << 30,
+            d.max_message_bytes.max(limits.min_message_bytes()) as u64,
+        )? as usize,
+        ..limits
     };
     let dd = DispatchConfig::default();
     let dispatch = DispatchConfig {
