@@ -9,7 +9,9 @@ use crate::domain::{
     self, can_transition, retry_backoff_ms, Activity, AuthorKind, EventType, Item, ItemId, State,
 };
 use crate::engine::Engine;
-use crate::store::rows::{get_item_any, update_item};
+use rusqlite::OptionalExtension;
+
+use crate::store::rows::{get_item_any, item_from_row, update_item, ITEM_COLUMNS};
 use crate::store::Tx;
 
 /// An item handed to a connector: the committed DISPATCHING row.
@@ -50,23 +52,37 @@ pub struct Tuning {
 }
 
 /// Leases the given items (PENDING and due only): DISPATCHING, attempt + 1, lease timer.
+///
+/// One `UPDATE ... RETURNING` per item: the state check, the change and the read of the
+/// payload for the job are a single statement (no separate SELECT, no rewrite of the
+/// columns that do not change).
 pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<Leased>> {
     let mut out = Vec::with_capacity(ids.len());
+    let expires = tx.now + t.lease_ms;
     for &id in ids {
-        let Some(mut item) = get_item_any(tx.conn, id)? else {
-            continue;
+        let leased = {
+            let mut st = tx.conn.prepare_cached(&format!(
+                "UPDATE items SET state = ?2, attempts = attempts + 1, next_attempt_at = NULL, \
+                 next_send_at = send_at, lease_expires_at = ?3, updated_at = ?4 \
+                 WHERE id = ?1 AND state = ?5 AND next_send_at <= ?4 RETURNING {ITEM_COLUMNS}"
+            ))?;
+            st.query_row(
+                rusqlite::params![
+                    id,
+                    State::Dispatching.as_i64(),
+                    expires,
+                    tx.now,
+                    State::Pending.as_i64()
+                ],
+                item_from_row,
+            )
+            .optional()?
         };
-        if item.state != State::Pending || item.next_send_at() > tx.now {
-            continue;
-        }
-        item.state = State::Dispatching;
-        item.attempts += 1;
-        item.next_attempt_at = None;
-        item.lease_expires_at = Some(tx.now + t.lease_ms);
-        item.updated_at = tx.now;
-        update_item(tx.conn, &item)?;
+        let Some(item) = leased else {
+            continue; // not PENDING, or not due (rescheduled, cancelled, leased already)
+        };
         tx.event(EventType::Dispatching, &item)?;
-        tx.set_timer(id, tx.now + t.lease_ms);
+        tx.set_timer(id, expires);
         out.push(Leased { item });
     }
     Ok(out)
