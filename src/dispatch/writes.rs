@@ -98,51 +98,21 @@ pub fn record(
 ) -> domain::Result<()> {
     for o in outcomes {
         let id = match o {
-            Outcome::Ack { id, .. } | Outcome::Nack { id, .. } | Outcome::Abandoned { id, .. } => {
-                *id
+            Outcome::Ack {
+                id,
+                provider_message_id,
+            } => {
+                ack(engine, tx, *id, provider_message_id)?;
+                continue;
             }
+            Outcome::Nack { id, .. } | Outcome::Abandoned { id, .. } => *id,
         };
         let Some(mut item) = get_item_any(tx.conn, id)? else {
             continue;
         };
         let was_live = item.state.is_live();
         match o {
-            Outcome::Ack {
-                provider_message_id,
-                ..
-            } => {
-                if item.state == State::Sent {
-                    continue; // a duplicate ack changes nothing
-                }
-                if !can_transition(item.state, State::Sent) {
-                    tracing::warn!(item_id = %item.public_id(), state = %item.state, "ack for an item that can no longer be sent; ignored");
-                    continue;
-                }
-                item.state = State::Sent;
-                item.sent_at = Some(tx.now);
-                item.provider_message_id =
-                    (!provider_message_id.is_empty()).then(|| provider_message_id.clone());
-                item.lease_expires_at = None;
-                item.next_attempt_at = None;
-                item.updated_at = tx.now;
-                update_item(tx.conn, &item)?;
-                tx.event(EventType::Sent, &item)?;
-                tx.remove_timer(id);
-                // Our send is staff activity in the ticket, authored when it was
-                // scheduled: the rule runs for the replies written before it.
-                let activity = Activity {
-                    author_kind: AuthorKind::Staff,
-                    message_id: item.public_id(),
-                    occurred_at: item.created_at,
-                };
-                engine.apply_activity_rule(
-                    tx,
-                    &item.account_id,
-                    &item.ticket_id,
-                    &activity,
-                    Some(id),
-                )?;
-            }
+            Outcome::Ack { .. } => unreachable!("acks are recorded above"),
             Outcome::Nack {
                 attempt,
                 error,
@@ -182,6 +152,63 @@ pub fn record(
             engine.item_finished(&item.account_id);
         }
     }
+    Ok(())
+}
+
+/// Records an ack: SENT (also after the lease expired, or after the item was failed:
+/// the connector did send it); a duplicate ack changes nothing. Then the ticket's
+/// older pending replies get their on_activity policy, in the same transaction.
+fn ack(
+    engine: &Engine,
+    tx: &mut Tx<'_>,
+    id: ItemId,
+    provider_message_id: &str,
+) -> domain::Result<()> {
+    let provider = (!provider_message_id.is_empty()).then_some(provider_message_id);
+    debug_assert_eq!(
+        State::ALL
+            .iter()
+            .filter(|&&s| can_transition(s, State::Sent))
+            .map(|s| s.as_i64())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 4],
+        "the SQL below encodes which states may become SENT"
+    );
+    // Live states first (the common case, and the only one that frees quota), then a
+    // late ack of a FAILED item. One UPDATE ... RETURNING each: no separate read.
+    let mut sent = None;
+    for (states, was_live) in [("1, 2", true), ("4", false)] {
+        let mut st = tx.conn.prepare_cached(&format!(
+            "UPDATE items SET state = {sent}, sent_at = ?2, provider_message_id = ?3, \
+             lease_expires_at = NULL, next_attempt_at = NULL, next_send_at = send_at, \
+             updated_at = ?2 WHERE id = ?1 AND state IN ({states}) RETURNING {ITEM_COLUMNS}",
+            sent = State::Sent.as_i64()
+        ))?;
+        if let Some(item) = st
+            .query_row(rusqlite::params![id, tx.now, provider], item_from_row)
+            .optional()?
+        {
+            sent = Some((item, was_live));
+            break;
+        }
+    }
+    // Already SENT (a duplicate ack), or cancelled/converted meanwhile: nothing to do.
+    let Some((item, was_live)) = sent else {
+        return Ok(());
+    };
+    tx.event(EventType::Sent, &item)?;
+    tx.remove_timer(id);
+    if was_live {
+        engine.item_finished(&item.account_id);
+    }
+    // Our send is staff activity in the ticket, authored when it was scheduled: the
+    // rule runs for the replies written before it.
+    let activity = Activity {
+        author_kind: AuthorKind::Staff,
+        message_id: item.public_id(),
+        occurred_at: item.created_at,
+    };
+    engine.apply_activity_rule(tx, &item.account_id, &item.ticket_id, &activity, Some(id))?;
     Ok(())
 }
 
