@@ -347,3 +347,137 @@ async fn sending_a_reply_converts_the_tickets_older_pending_replies_only() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_client_timeline_shows_sent_items_without_internal_fields() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let mut req = email_reply("acme", "T1", T0);
+    if let Some(pb::schedule_request::Content::Email(e)) = &mut req.content {
+        e.bcc = vec!["audit@example.com".into()];
+    }
+    req.request_id = "r-1".into();
+    let item = schedule(&t, req).await;
+    let pending = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), item.item_id);
+    c.ack(&job, "<m1@example.com>").await;
+    wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    let client_view = t
+        .client
+        .get_ticket_timeline(pb::GetTicketTimelineRequest {
+            account_id: "acme".into(),
+            ticket_id: "T1".into(),
+            audience: pb::Audience::Client as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(client_view.items.len(), 1, "only the sent item");
+    let seen = &client_view.items[0];
+    assert_eq!(seen.item_id, item.item_id);
+    assert_eq!(seen.author_id, "");
+    assert_eq!(seen.request_id, "");
+    assert_eq!(seen.attempts, 0);
+    match &seen.content {
+        Some(pb::scheduled_item::Content::Email(e)) => assert!(e.bcc.is_empty(), "bcc hidden"),
+        other => panic!("{other:?}"),
+    }
+    let _ = pending;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_ticket_exists_for_the_client_once_sent() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
+    let ticket = t
+        .client
+        .schedule_ticket(chat_reply("acme", "NEW-1", T0 + 5_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let req = pb::GetTicketTimelineRequest {
+        account_id: "acme".into(),
+        ticket_id: "NEW-1".into(),
+        audience: pb::Audience::Client as i32,
+    };
+    let hidden = t.client.get_ticket_timeline(req.clone()).await;
+    assert_eq!(hidden.unwrap_err().code(), tonic::Code::NotFound);
+    t.advance(Duration::from_secs(5));
+    let job = c.next_job().await;
+    c.ack(&job, "chat-1").await;
+    wait_state(&t.client, "acme", &ticket.item_id, pb::State::Sent).await;
+    let shown = t
+        .client
+        .get_ticket_timeline(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.items.len(), 1);
+    assert_eq!(shown.items[0].kind, pb::Kind::NewTicket as i32);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn reporting_our_own_sent_message_back_converts_nothing() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let sent = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let job = c.next_job().await;
+    c.ack(&job, "<provider-77@example.com>").await;
+    wait_state(&t.client, "acme", &sent.item_id, pb::State::Sent).await;
+    t.advance(Duration::from_secs(1));
+    // A reply written after the send, then the backend reports our message (by its
+    // provider id) as new activity: a no-op.
+    let later = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    t.advance(Duration::from_secs(1));
+    let r = t
+        .client
+        .record_ticket_activity(pb::RecordTicketActivityRequest {
+            account_id: "acme".into(),
+            ticket_id: "T1".into(),
+            author_kind: pb::AuthorKind::Staff as i32,
+            message_id: "<provider-77@example.com>".into(),
+            occurred_at: Some(ts(T0 + 2000)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.affected.is_empty());
+    let still = t
+        .client
+        .get_item(item_ref("acme", &later.item_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.state, pb::State::Pending as i32);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn deferred_tickets_count_items_being_dispatched() {
+    let mut t = TestServer::start().await;
+    schedule(&t, email_reply("acme", "T1", T0)).await;
+    schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let job = c.next_job().await;
+    wait_state(&t.client, "acme", &job_item(&job), pb::State::Dispatching).await;
+    let tickets = t
+        .client
+        .list_deferred_tickets(pb::ListDeferredTicketsRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert_eq!(tickets.len(), 1);
+    assert_eq!(
+        tickets[0].pending_count, 2,
+        "PENDING and DISPATCHING both count"
+    );
+    assert_eq!(ms(&tickets[0].next_send_at), T0);
+    t.stop().await;
+}
