@@ -74,7 +74,8 @@ use slab::{Slab, NIL};
 ///   is in slot `slot_for(deadline, l)` of level `l = level_for(now, deadline)`;
 /// - hence every entry of level `l` shares `now`'s digits above `l` and has a
 ///   larger digit at `l`, so the lowest occupied slot of the lowest non-empty
-///   level holds the earliest deadlines in the wheel.
+///   level holds the earliest deadlines in the wheel;
+/// - `wake_at` is at or before the start of that slot.
 pub struct TimingWheel {
     /// The current time in ms: the last `now` given to `advance` (or `new`).
     now: u64,
@@ -85,6 +86,10 @@ pub struct TimingWheel {
     overdue: Slot,
     /// `overdue.min` may be below the true minimum (its entry was removed).
     overdue_stale: bool,
+    /// A lower bound on the start of the earliest occupied slot (`u64::MAX`
+    /// when the levels are empty): `advance` to a time before it has nothing
+    /// to fire or cascade, so idle ticks cost a comparison.
+    wake_at: u64,
     slab: Slab,
     index: IdIndex,
 }
@@ -109,6 +114,7 @@ impl TimingWheel {
             levels: Box::new(std::array::from_fn(|_| Level::new())),
             overdue: Slot::EMPTY,
             overdue_stale: false,
+            wake_at: u64::MAX,
             slab: Slab::with_capacity(n),
             index: IdIndex::with_capacity(n),
         }
@@ -194,7 +200,14 @@ impl TimingWheel {
         if now < self.now {
             return;
         }
-        self.fire_overdue(out);
+        if self.overdue.head != NIL {
+            self.fire_overdue(out);
+        }
+        if now < self.wake_at {
+            self.now = now;
+            return;
+        }
+        self.wake_at = u64::MAX;
         while let Some((level, slot)) = self.first_slot() {
             let start = slot_start(self.now, level, slot);
             debug_assert!(
@@ -203,6 +216,7 @@ impl TimingWheel {
                 self.now
             );
             if start > now {
+                self.wake_at = start;
                 break;
             }
             // Every entry of the slot has a deadline in [start, start +
@@ -298,6 +312,8 @@ impl TimingWheel {
                 let lvl = &mut self.levels[level];
                 self.slab.push_front(lvl.head_mut(slot), idx);
                 lvl.note_linked(slot, deadline);
+                // The slot's start stays put until time reaches it.
+                self.wake_at = self.wake_at.min(slot_start(self.now, level, slot));
             }
         }
     }
@@ -417,6 +433,14 @@ impl TimingWheel {
             }
         }
         assert_eq!(seen, self.len(), "entries linked vs indexed");
+        if let Some((level, slot)) = self.first_slot() {
+            let start = slot_start(self.now, level, slot);
+            assert!(
+                self.wake_at <= start,
+                "wake_at {} after {start}",
+                self.wake_at
+            );
+        }
     }
 }
 
