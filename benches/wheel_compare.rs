@@ -291,10 +291,46 @@ impl Timers for Dq {
     }
 }
 
-/// Prints one `RESULT wheel-bench` line.
-fn report(structure: &str, workload: &str, spread: &str, n: u64, took: Duration, ops: u64) {
-    let ns = took.as_nanos() as f64 / ops.max(1) as f64;
-    println!("RESULT wheel-bench structure={structure} workload={workload}-{spread} n={n} ns_per_op={ns:.1}");
+/// On-CPU time of the calling thread. The machine is shared, so wall time
+/// would also count the time this process spends descheduled.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes to `ts`, a valid, exclusively
+    // borrowed timespec that outlives the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall and thread-CPU stopwatch for one measured phase.
+struct Stopwatch {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            wall: Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    /// Prints the phase's `RESULT wheel-bench` line (CPU time per op) and a
+    /// `WALL` line with wall time per op.
+    fn report(self, structure: &str, workload: &str, spread: &str, n: u64, ops: u64) {
+        let cpu = (thread_cpu_time() - self.cpu).as_nanos() as f64 / ops.max(1) as f64;
+        let wall = self.wall.elapsed().as_nanos() as f64 / ops.max(1) as f64;
+        println!(
+            "RESULT wheel-bench structure={structure} workload={workload}-{spread} n={n} ns_per_op={cpu:.1}"
+        );
+        println!(
+            "WALL structure={structure} workload={workload}-{spread} n={n} ns_per_op={wall:.1}"
+        );
+    }
 }
 
 /// insert-all, cancel 10%, reschedule 10%, expire-all on one structure.
@@ -303,27 +339,27 @@ fn phases<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
     let mut out = Vec::with_capacity(4096);
     let mut t = T::new(T0, n as usize);
     let (fired, checksum) = t.scoped(|t| {
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         for id in 1..=n {
             t.insert(id, T0 + 1 + rng.below(spread));
         }
-        report(name, "insert", spread_name, n, start.elapsed(), n);
+        clock.report(name, "insert", spread_name, n, n);
 
         let tenth = n / 10;
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         for i in 0..tenth {
             t.cancel(shuffled_id(i, n));
         }
-        report(name, "cancel10", spread_name, n, start.elapsed(), tenth);
+        clock.report(name, "cancel10", spread_name, n, tenth);
 
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         for i in tenth..2 * tenth {
             t.reschedule(shuffled_id(i, n), T0 + 1 + rng.below(spread));
         }
-        report(name, "reschedule10", spread_name, n, start.elapsed(), tenth);
+        clock.report(name, "reschedule10", spread_name, n, tenth);
 
         let (mut now, mut fired, mut checksum) = (T0, 0u64, 0u64);
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         while now <= T0 + spread {
             now += 1 + rng.below(1000);
             out.clear();
@@ -333,7 +369,7 @@ fn phases<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
                 .iter()
                 .fold(checksum, |c, &(id, d)| c ^ id.wrapping_mul(d));
         }
-        report(name, "expire", spread_name, n, start.elapsed(), fired);
+        clock.report(name, "expire", spread_name, n, fired);
         (fired, checksum)
     });
     let expected = n - n / 10;
@@ -354,7 +390,7 @@ fn mixed<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
             t.insert(id, T0 + 1 + rng.below(spread));
         }
         let (mut now, mut next_id, mut expired) = (T0, n + 1, 0u64);
-        let start = Instant::now();
+        let clock = Stopwatch::start();
         while expired < n / 2 {
             now += 1 + rng.below(1000);
             out.clear();
@@ -365,7 +401,7 @@ fn mixed<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
                 next_id += 1;
             }
         }
-        report(name, "mixed", spread_name, n, start.elapsed(), 2 * expired);
+        clock.report(name, "mixed", spread_name, n, 2 * expired);
     });
     black_box(t);
 }
@@ -423,7 +459,7 @@ fn child(args: &[String]) {
     }
 }
 
-/// Runs this binary as a child and returns (and echoes) its stdout lines.
+/// Runs this binary as a child and returns its stdout lines.
 fn spawn(args: &[String]) -> Vec<String> {
     let exe = std::env::current_exe().expect("the bench knows its own path");
     let output = Command::new(exe)
@@ -437,22 +473,19 @@ fn spawn(args: &[String]) -> Vec<String> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    for line in &lines {
-        println!("{line}");
-    }
-    lines
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
-/// `ns_per_op` of (structure, workload) in RESULT lines.
-fn figure(lines: &[String], structure: &str, workload: &str) -> Option<f64> {
-    let s = format!("structure={structure} workload={workload} ");
-    lines
-        .iter()
-        .filter(|l| l.starts_with("RESULT wheel-bench") && l.contains(&s))
-        .find_map(|l| l.rsplit("ns_per_op=").next()?.parse().ok())
+/// The value of `key=` in a RESULT line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
+
+const WORKLOADS: [&str; 5] = ["insert", "cancel10", "reschedule10", "expire", "mixed"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -465,33 +498,63 @@ fn main() {
     } else {
         &[1_000_000, 10_000_000]
     };
+    // Each structure runs `runs` times (interleaved); the best run counts.
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(2);
+    println!("# wheel_compare: sizes={sizes:?} runs={runs} (best run reported; ns_per_op is thread CPU time)");
     for &n in sizes {
         for (spread, _) in SPREADS {
-            let mut lines = Vec::new();
-            for s in STRUCTURES {
-                lines.extend(spawn(&[
-                    "time".into(),
-                    s.into(),
-                    n.to_string(),
-                    spread.into(),
-                ]));
+            // best[(structure, workload)] = lowest ns_per_op over the runs.
+            let mut best: HashMap<(String, String), f64> = HashMap::new();
+            for _ in 0..runs {
+                for s in STRUCTURES {
+                    for line in spawn(&["time".into(), s.into(), n.to_string(), spread.into()]) {
+                        if !line.starts_with("RESULT wheel-bench") {
+                            println!("{line}");
+                            continue;
+                        }
+                        let key = (field(&line, "structure"), field(&line, "workload"));
+                        let ns = field(&line, "ns_per_op").and_then(|v| v.parse::<f64>().ok());
+                        if let ((Some(st), Some(w)), Some(ns)) = (key, ns) {
+                            let slot = best.entry((st.into(), w.into())).or_insert(f64::INFINITY);
+                            *slot = slot.min(ns);
+                        }
+                    }
+                }
             }
-            for w in ["insert", "cancel10", "reschedule10", "expire", "mixed"] {
+            let get = |s: &str, w: &str| {
+                best.get(&(s.to_owned(), w.to_owned()))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            for s in STRUCTURES {
+                for w in WORKLOADS {
+                    let w = format!("{w}-{spread}");
+                    println!(
+                        "RESULT wheel-bench structure={s} workload={w} n={n} ns_per_op={:.1}",
+                        get(s, &w)
+                    );
+                }
+            }
+            for w in WORKLOADS {
                 let w = format!("{w}-{spread}");
-                let ours = figure(&lines, "wheel", &w).unwrap_or(f64::NAN);
-                let dq = figure(&lines, "delayqueue", &w).unwrap_or(f64::NAN);
-                let heap = figure(&lines, "binaryheap", &w).unwrap_or(f64::NAN);
+                let ours = get("wheel", &w);
                 println!(
                     "RESULT wheel-ratio workload={w} n={n} vs_delayqueue={:.2} vs_binaryheap={:.2}",
-                    dq / ours,
-                    heap / ours
+                    get("delayqueue", &w) / ours,
+                    get("binaryheap", &w) / ours
                 );
             }
         }
     }
     for &n in sizes {
         for s in STRUCTURES {
-            spawn(&["memory".into(), s.into(), n.to_string()]);
+            for line in spawn(&["memory".into(), s.into(), n.to_string()]) {
+                println!("{line}");
+            }
         }
     }
 }
