@@ -67,20 +67,48 @@ pub(crate) fn slot_start(now: u64, level: usize, slot: usize) -> u64 {
     prefix | ((slot as u64) << shift)
 }
 
-/// The list head and minimum deadline of one slot (or of the overdue list).
+/// Lists per slot. An entry goes to stripe `slab index % STRIPES`, so a slot
+/// is several independent chains: walking them in turn keeps several cache
+/// misses in flight instead of one (a cascade is a pointer chase otherwise).
+pub(crate) const STRIPES: usize = 4;
+
+/// The stripe of slab entry `idx`.
+#[inline]
+pub(crate) fn stripe(idx: u32) -> usize {
+    idx as usize % STRIPES
+}
+
+/// A plain list head with the minimum deadline in it (the overdue list).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Slot {
-    /// Slab index of the first entry, or `NIL` when the slot is empty.
+pub(crate) struct List {
+    /// Slab index of the first entry, or `NIL` when empty.
     pub(crate) head: u32,
-    /// The smallest deadline in the slot. Exact unless the owner marks it
+    /// The smallest deadline in the list. Exact unless the owner marks it
     /// stale, in which case it is a lower bound (an entry holding it was
-    /// removed). Meaningless while the slot is empty.
+    /// removed). Meaningless while the list is empty.
     pub(crate) min: u64,
 }
 
-impl Slot {
-    pub(crate) const EMPTY: Slot = Slot {
+impl List {
+    pub(crate) const EMPTY: List = List {
         head: NIL,
+        min: u64::MAX,
+    };
+}
+
+/// The striped lists of one slot and their minimum deadline.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// `heads[s]` starts the list of entries with `stripe(idx) == s`.
+    heads: [u32; STRIPES],
+    /// Smallest deadline in the slot; a lower bound while the slot's `stale`
+    /// bit is set. Meaningless while the slot is empty.
+    min: u64,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        heads: [NIL; STRIPES],
         min: u64::MAX,
     };
 }
@@ -88,10 +116,11 @@ impl Slot {
 /// One level of 64 slots.
 ///
 /// Invariants:
-/// - bit `s` of `occupied` is set iff `slots[s].head != NIL`;
+/// - bit `s` of `occupied` is set iff some head of `slots[s]` is not `NIL`;
 /// - bit `s` of `stale` is set only if bit `s` of `occupied` is;
 /// - every entry in slot `s` of level `l` has `level_for(now, d) == l` and
-///   `slot_for(d, l) == s`, where `now` is the wheel's current time.
+///   `slot_for(d, l) == s`, where `now` is the wheel's current time, and sits
+///   in stripe `stripe(idx)`.
 #[derive(Debug)]
 pub(crate) struct Level {
     /// One bit per non-empty slot.
@@ -121,10 +150,10 @@ impl Level {
         }
     }
 
-    /// Head of `slot`'s list, for the slab's list operations.
+    /// Head of the list in `slot` that entry `idx` belongs to.
     #[inline]
-    pub(crate) fn head_mut(&mut self, slot: usize) -> &mut u32 {
-        &mut self.slots[slot].head
+    pub(crate) fn head_mut(&mut self, slot: usize, idx: u32) -> &mut u32 {
+        &mut self.slots[slot].heads[stripe(idx)]
     }
 
     /// Records that an entry with `deadline` was linked into `slot`.
@@ -144,21 +173,22 @@ impl Level {
     #[inline]
     pub(crate) fn note_unlinked(&mut self, slot: usize, deadline: u64) {
         let bit = 1u64 << slot;
-        if self.slots[slot].head == NIL {
+        let s = &self.slots[slot];
+        if s.heads == [NIL; STRIPES] {
             self.occupied &= !bit;
             self.stale &= !bit;
-        } else if deadline == self.slots[slot].min {
+        } else if deadline == s.min {
             self.stale |= bit;
         }
     }
 
-    /// Empties `slot` and returns its former head (`NIL` if it was empty).
+    /// Empties `slot` and returns its former heads.
     #[inline]
-    pub(crate) fn take(&mut self, slot: usize) -> u32 {
+    pub(crate) fn take(&mut self, slot: usize) -> [u32; STRIPES] {
         let bit = 1u64 << slot;
         self.occupied &= !bit;
         self.stale &= !bit;
-        std::mem::replace(&mut self.slots[slot], Slot::EMPTY).head
+        std::mem::replace(&mut self.slots[slot], Slot::EMPTY).heads
     }
 
     /// The minimum deadline of `slot`, or `None` when the recorded minimum is
@@ -178,8 +208,9 @@ impl Level {
         self.stale &= !(1u64 << slot);
     }
 
-    pub(crate) fn head(&self, slot: usize) -> u32 {
-        self.slots[slot].head
+    /// The heads of `slot`'s lists.
+    pub(crate) fn heads(&self, slot: usize) -> [u32; STRIPES] {
+        self.slots[slot].heads
     }
 }
 
@@ -276,9 +307,9 @@ mod tests {
         assert_eq!(level.first_occupied(), None);
         assert_eq!(level.first_occupied(), None);
 
-        *level.head_mut(9) = 1;
+        *level.head_mut(9, 1) = 1;
         level.note_linked(9, 600);
-        *level.head_mut(4) = 2;
+        *level.head_mut(4, 2) = 2;
         level.note_linked(4, 300);
         level.note_linked(4, 290);
         assert_eq!(level.first_occupied(), Some(4));
@@ -291,10 +322,10 @@ mod tests {
         assert_eq!(level.exact_min(4), Some(300));
 
         // Emptying a slot clears its bits.
-        *level.head_mut(4) = NIL;
+        *level.head_mut(4, 2) = NIL;
         level.note_unlinked(4, 300);
         assert_eq!(level.first_occupied(), Some(9));
-        assert_eq!(level.take(9), 1);
+        assert_eq!(level.take(9), [NIL, 1, NIL, NIL]);
         assert_eq!(level.first_occupied(), None);
     }
 }

@@ -62,7 +62,7 @@ mod model;
 use std::fmt;
 
 use index::{IdIndex, Lookup};
-use level::{level_for, slot_for, slot_start, Level, Slot, LEVELS};
+use level::{level_for, slot_for, slot_start, Level, List, LEVELS};
 use slab::{Slab, NIL};
 
 /// A hierarchical timing wheel of `(id, deadline)` pairs with 1 ms resolution.
@@ -83,7 +83,7 @@ pub struct TimingWheel {
     /// first in digit `l`.
     levels: Box<[Level; LEVELS]>,
     /// Entries inserted with `deadline <= now`; they fire on the next advance.
-    overdue: Slot,
+    overdue: List,
     /// `overdue.min` may be below the true minimum (its entry was removed).
     overdue_stale: bool,
     /// A lower bound on the start of the earliest occupied slot (`u64::MAX`
@@ -92,6 +92,13 @@ pub struct TimingWheel {
     wake_at: u64,
     slab: Slab,
     index: IdIndex,
+    /// Scratch space for the slab indices of the slot being expired; kept so
+    /// that `advance` does not allocate once it has grown.
+    batch: Vec<u32>,
+    /// Scratch space for `(id, slab index)` of the entries fired by the
+    /// current `advance`: they leave the index in one tight loop at the end,
+    /// where the hash-table misses of different entries overlap.
+    fired: Vec<(u64, u32)>,
 }
 
 /// Where an entry is linked, derived from its deadline and the wheel's time.
@@ -112,11 +119,13 @@ impl TimingWheel {
         TimingWheel {
             now: now_ms,
             levels: Box::new(std::array::from_fn(|_| Level::new())),
-            overdue: Slot::EMPTY,
+            overdue: List::EMPTY,
             overdue_stale: false,
             wake_at: u64::MAX,
             slab: Slab::with_capacity(n),
             index: IdIndex::with_capacity(n),
+            batch: Vec::new(),
+            fired: Vec::new(),
         }
     }
 
@@ -223,32 +232,36 @@ impl TimingWheel {
             // 64^level), and nothing pending is earlier: move time to the slot
             // and fire or cascade its entries.
             self.now = start;
-            let batch = out.len();
-            let mut cur = self.levels[level].take(slot);
-            while cur != NIL {
-                let entry = self.slab.get_mut(cur);
-                let next = entry.next;
-                entry.next = NIL;
-                entry.prev = NIL;
+            let fired = out.len();
+            let heads = self.levels[level].take(slot);
+            let mut batch = std::mem::take(&mut self.batch);
+            batch.clear();
+            self.slab.drain_lists(heads, &mut batch);
+            for &idx in &batch {
+                let entry = self.slab.get(idx);
                 let (id, deadline) = (entry.id, entry.deadline);
                 if deadline == start {
                     out.push((id, deadline));
-                    self.index.remove_index(id, cur);
-                    self.slab.free(cur);
+                    self.fired.push((id, idx));
                 } else {
                     debug_assert!(
                         deadline > start && level > 0,
                         "entry id={id} deadline={deadline} in slot starting {start}, level {level}"
                     );
-                    self.link(cur);
+                    self.link(idx);
                 }
-                cur = next;
             }
+            self.batch = batch;
             // All fired entries of this step share the deadline `start`.
-            if out.len() - batch > 1 {
-                out[batch..].sort_unstable_by_key(|&(id, _)| id);
+            if out.len() - fired > 1 {
+                out[fired..].sort_unstable_by_key(|&(id, _)| id);
             }
         }
+        for &(id, idx) in &self.fired {
+            self.index.remove_index(id, idx);
+            self.slab.free(idx);
+        }
+        self.fired.clear();
         self.now = now;
     }
 
@@ -270,7 +283,13 @@ impl TimingWheel {
         if let Some(min) = self.levels[level].exact_min(slot) {
             return Some(min);
         }
-        let min = self.list_min(self.levels[level].head(slot));
+        let heads = self.levels[level].heads(slot);
+        let min = heads
+            .iter()
+            .filter(|&&head| head != NIL)
+            .map(|&head| self.list_min(head))
+            .min()
+            .unwrap_or(u64::MAX);
         self.levels[level].set_min(slot, min);
         Some(min)
     }
@@ -281,6 +300,8 @@ impl TimingWheel {
         self.slab.allocated_bytes()
             + self.index.allocated_bytes()
             + std::mem::size_of::<[Level; LEVELS]>()
+            + self.batch.capacity() * std::mem::size_of::<u32>()
+            + self.fired.capacity() * std::mem::size_of::<(u64, u32)>()
     }
 
     /// Where an entry with `deadline` belongs at the current time.
@@ -310,7 +331,7 @@ impl TimingWheel {
             }
             Place::Wheel { level, slot } => {
                 let lvl = &mut self.levels[level];
-                self.slab.push_front(lvl.head_mut(slot), idx);
+                self.slab.push_front(lvl.head_mut(slot, idx), idx);
                 lvl.note_linked(slot, deadline);
                 // The slot's start stays put until time reaches it.
                 self.wake_at = self.wake_at.min(slot_start(self.now, level, slot));
@@ -333,7 +354,7 @@ impl TimingWheel {
             }
             Place::Wheel { level, slot } => {
                 let lvl = &mut self.levels[level];
-                self.slab.unlink(lvl.head_mut(slot), idx);
+                self.slab.unlink(lvl.head_mut(slot, idx), idx);
                 lvl.note_unlinked(slot, deadline);
             }
         }
@@ -363,7 +384,7 @@ impl TimingWheel {
     /// Appends the overdue list in `(deadline, id)` order and empties it.
     fn fire_overdue(&mut self, out: &mut Vec<(u64, u64)>) {
         let batch = out.len();
-        let mut cur = std::mem::replace(&mut self.overdue, Slot::EMPTY).head;
+        let mut cur = std::mem::replace(&mut self.overdue, List::EMPTY).head;
         self.overdue_stale = false;
         while cur != NIL {
             let entry = self.slab.get_mut(cur);
@@ -395,41 +416,52 @@ impl TimingWheel {
     /// Checks every invariant listed on the type; for tests.
     #[cfg(test)]
     fn check_invariants(&self) {
-        let mut seen = 0usize;
-        let mut check_list = |head: u32, place: Place, min: Option<u64>| {
-            let mut cur = head;
-            let mut prev = NIL;
-            let mut true_min = u64::MAX;
+        use level::{stripe, STRIPES};
+        // Walks one list; returns (entries, smallest deadline).
+        let walk = |head: u32, place: Place, stripe_of: Option<usize>| {
+            let (mut cur, mut prev, mut count, mut min) = (head, NIL, 0usize, u64::MAX);
             while cur != NIL {
                 let e = self.slab.get(cur);
                 assert_eq!(e.prev, prev, "broken back link at {cur}");
                 assert_eq!(self.place(e.deadline), place, "entry {e:?} misplaced");
                 assert_eq!(self.index.get(&self.slab, e.id), Some(cur), "{e:?}");
-                true_min = true_min.min(e.deadline);
-                seen += 1;
+                if let Some(s) = stripe_of {
+                    assert_eq!(stripe(cur), s, "entry {cur} in the wrong stripe");
+                }
+                count += 1;
+                min = min.min(e.deadline);
                 prev = cur;
                 cur = e.next;
             }
-            if let Some(min) = min {
-                assert_eq!(min, true_min, "stale minimum in {place:?}");
-            } else if head != NIL {
-                // A stale minimum is still a lower bound.
-            }
+            (count, min)
         };
-        check_list(
-            self.overdue.head,
-            Place::Overdue,
-            (!self.overdue_stale && self.overdue.head != NIL).then_some(self.overdue.min),
-        );
+        let (mut seen, min) = walk(self.overdue.head, Place::Overdue, None);
+        if self.overdue.head != NIL {
+            if self.overdue_stale {
+                assert!(self.overdue.min <= min, "overdue bound above its minimum");
+            } else {
+                assert_eq!(self.overdue.min, min, "overdue minimum");
+            }
+        }
         for (level, lvl) in self.levels.iter().enumerate() {
             for slot in 0..level::SLOTS {
-                let head = lvl.head(slot);
-                let min = if head == NIL {
-                    None
-                } else {
-                    lvl.exact_min(slot)
-                };
-                check_list(head, Place::Wheel { level, slot }, min);
+                let heads = lvl.heads(slot);
+                let mut slot_min = u64::MAX;
+                for (s, &head) in heads.iter().enumerate() {
+                    let (count, min) = walk(head, Place::Wheel { level, slot }, Some(s));
+                    seen += count;
+                    slot_min = slot_min.min(min);
+                }
+                let occupied = heads != [NIL; STRIPES];
+                assert!(
+                    !occupied || lvl.first_occupied().is_some_and(|f| f <= slot),
+                    "level {level} slot {slot} occupied but not in the bitmap"
+                );
+                if occupied {
+                    if let Some(exact) = lvl.exact_min(slot) {
+                        assert_eq!(exact, slot_min, "minimum of level {level} slot {slot}");
+                    }
+                }
             }
         }
         assert_eq!(seen, self.len(), "entries linked vs indexed");
@@ -718,8 +750,8 @@ mod tests {
     #[test]
     fn slab_entries_are_reused_after_warm_up() {
         let mut wheel = TimingWheel::with_capacity(0, 1_000);
-        let before = wheel.allocated_bytes();
         let mut out = Vec::new();
+        let before = (wheel.slab.allocated_bytes(), wheel.index.allocated_bytes());
         for round in 0..10u64 {
             for id in 0..1_000 {
                 wheel.insert(round * 1_000 + id, round * 100 + id % 100 + 1);
@@ -727,6 +759,7 @@ mod tests {
             wheel.advance((round + 1) * 100, &mut out);
         }
         assert_eq!(out.len(), 10_000);
-        assert_eq!(wheel.allocated_bytes(), before);
+        let after = (wheel.slab.allocated_bytes(), wheel.index.allocated_bytes());
+        assert_eq!(after, before);
     }
 }

@@ -143,6 +143,29 @@ impl Slab {
         e.prev = NIL;
     }
 
+    /// Unlinks every entry of the lists starting at `heads` and appends their
+    /// indices to `out`. The lists are walked in turn, one step each, so the
+    /// cache misses of independent lists overlap.
+    pub(crate) fn drain_lists<const N: usize>(&mut self, mut heads: [u32; N], out: &mut Vec<u32>) {
+        loop {
+            let mut live = false;
+            for head in &mut heads {
+                let idx = *head;
+                if idx != NIL {
+                    live = true;
+                    let e = &mut self.entries[idx as usize];
+                    *head = e.next;
+                    e.next = NIL;
+                    e.prev = NIL;
+                    out.push(idx);
+                }
+            }
+            if !live {
+                return;
+            }
+        }
+    }
+
     /// Bytes held by the slab's buffer (capacity, not just length).
     pub(crate) fn allocated_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
@@ -198,5 +221,19 @@ mod tests {
         assert_eq!(slab.get(1).prev, NIL);
         slab.unlink(&mut head, 1);
         assert_eq!(head, NIL);
+    }
+
+    #[test]
+    fn draining_lists_interleaves_them_and_unlinks_every_entry() {
+        let mut slab = Slab::default();
+        let mut heads = [NIL; 2];
+        for i in 0..5u32 {
+            let idx = slab.alloc(u64::from(i), 0);
+            slab.push_front(&mut heads[i as usize % 2], idx);
+        }
+        let mut out = Vec::new();
+        slab.drain_lists(heads, &mut out);
+        assert_eq!(out, vec![4, 3, 2, 1, 0]);
+        assert!((0..5).all(|i| slab.get(i).next == NIL && slab.get(i).prev == NIL));
     }
 }
