@@ -143,13 +143,19 @@ impl Slab {
         e.prev = NIL;
     }
 
-    /// Unlinks every entry of the lists starting at `heads` and appends their
-    /// indices to `out`. The lists are walked in turn, one step each, so the
-    /// cache misses of independent lists overlap.
-    pub(crate) fn drain_lists<const N: usize>(&mut self, mut heads: [u32; N], out: &mut Vec<u32>) {
-        loop {
+    /// Unlinks entries from the lists starting at `heads`, appending their
+    /// indices to `out` and advancing `heads`, until `out` holds at least
+    /// `limit` indices or every list is empty. The lists are walked in turn,
+    /// one step each, so the cache misses of independent lists overlap.
+    pub(crate) fn drain_lists<const N: usize>(
+        &mut self,
+        heads: &mut [u32; N],
+        out: &mut Vec<u32>,
+        limit: usize,
+    ) {
+        while out.len() < limit {
             let mut live = false;
-            for head in &mut heads {
+            for head in heads.iter_mut() {
                 let idx = *head;
                 if idx != NIL {
                     live = true;
@@ -232,8 +238,11 @@ mod tests {
             slab.push_front(&mut heads[i as usize % 2], idx);
         }
         let mut out = Vec::new();
-        slab.drain_lists(heads, &mut out);
+        slab.drain_lists(&mut heads, &mut out, 3);
+        assert_eq!(out, vec![4, 3, 2, 1]);
+        slab.drain_lists(&mut heads, &mut out, usize::MAX);
         assert_eq!(out, vec![4, 3, 2, 1, 0]);
+        assert_eq!(heads, [NIL; 2]);
         assert!((0..5).all(|i| slab.get(i).next == NIL && slab.get(i).prev == NIL));
     }
 }
