@@ -1,5 +1,6 @@
 //! Criterion micro-benches of the timing wheel's operations, each with a
-//! `BinaryHeap` (lazy cancellation through an id -> generation map) beside it
+//! `BinaryHeap` (lazy cancellation through a std `HashMap` id -> generation, default
+//! hasher: the plain-std baseline) beside it
 //! in the same group. The full comparison, with DelayQueue and BTreeMap at 1M
 //! and 10M timers, is `benches/wheel_compare.rs`.
 
