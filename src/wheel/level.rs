@@ -3,9 +3,10 @@
 //!
 //! A level is responsible for the slot arithmetic (which level and slot a
 //! deadline belongs to, relative to the wheel's current time) and for the
-//! per-slot bookkeeping: the head of each slot's list, an `occupied` bitmap so
-//! that finding the next non-empty slot is one `trailing_zeros`, and a per-slot
-//! minimum deadline so that `next_deadline` is exact without walking a list.
+//! per-slot bookkeeping: the heads of each slot's lists (four stripes, see
+//! [`STRIPES`]), an `occupied` bitmap so that finding the next non-empty slot
+//! is one `trailing_zeros`, and a per-slot minimum deadline so that
+//! `next_deadline` is exact without walking a list.
 //!
 //! The list links themselves live in the slab (`slab.rs`); a level only holds
 //! heads. Nothing here knows about ids.
