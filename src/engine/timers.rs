@@ -97,7 +97,9 @@ impl Timers {
         let before = w.next_deadline();
         for op in ops {
             match *op {
-                WheelOp::Set(id, at) => w.insert(id as u64, tick(at)),
+                WheelOp::Set(id, at) => {
+                    w.insert(id as u64, tick(at));
+                }
                 WheelOp::Remove(id) => {
                     w.cancel(id as u64);
                 }
@@ -118,6 +120,10 @@ impl Timers {
     /// Loads recovered timers.
     pub(crate) fn load(&self, entries: &[(ItemId, Millis)]) {
         let mut w = self.wheel();
+        if w.is_empty() {
+            // Size the slab and index once instead of growing them step by step.
+            *w = TimingWheel::with_capacity(w.now(), entries.len());
+        }
         for &(id, at) in entries {
             w.insert(id as u64, tick(at));
         }
