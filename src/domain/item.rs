@@ -222,6 +222,35 @@ impl NewItem {
     }
 }
 
+impl NewItem {
+    /// The PENDING item this request becomes once stored with row id `id` at `now`.
+    pub fn into_pending(self, id: ItemId, now: Millis) -> Item {
+        Item {
+            id,
+            account_id: self.account_id,
+            ticket_id: self.ticket_id,
+            kind: self.kind,
+            channel: self.channel,
+            author_id: self.author_id,
+            content: self.content,
+            send_at: self.send_at,
+            created_at: now,
+            updated_at: now,
+            state: State::Pending,
+            note_at: None,
+            converted_by: None,
+            on_activity: self.on_activity,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            lease_expires_at: None,
+            sent_at: None,
+            provider_message_id: None,
+            request_id: self.request_id,
+        }
+    }
+}
+
 struct Fnv(u64);
 
 impl Fnv {

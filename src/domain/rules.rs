@@ -173,11 +173,10 @@ pub fn clear_internal(item: &mut Item) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AuthorKind, Channel, ChatContent, Content};
+    use crate::domain::{AuthorKind, Channel, ChatContent, Content, NewItem};
 
     fn item(state: State, kind: Kind, created_at: Millis, policy: OnActivity) -> Item {
-        Item {
-            id: 7,
+        let new = NewItem {
             account_id: "acme".into(),
             ticket_id: "T1".into(),
             kind,
@@ -185,19 +184,12 @@ mod tests {
             author_id: "u".into(),
             content: Content::Chat(ChatContent::default()),
             send_at: 10_000,
-            created_at,
-            updated_at: created_at,
-            state,
-            note_at: None,
-            converted_by: None,
             on_activity: policy,
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: None,
-            lease_expires_at: None,
-            sent_at: None,
-            provider_message_id: None,
             request_id: None,
+        };
+        Item {
+            state,
+            ..new.into_pending(7, created_at)
         }
     }
 

@@ -131,29 +131,7 @@ impl Engine {
             )));
         }
         let id = insert_item(tx.conn, new, tx.now)?;
-        let item = Item {
-            id,
-            account_id: new.account_id.clone(),
-            ticket_id: new.ticket_id.clone(),
-            kind: new.kind,
-            channel: new.channel,
-            author_id: new.author_id.clone(),
-            content: new.content.clone(),
-            send_at: new.send_at,
-            created_at: tx.now,
-            updated_at: tx.now,
-            state: State::Pending,
-            note_at: None,
-            converted_by: None,
-            on_activity: new.on_activity,
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: None,
-            lease_expires_at: None,
-            sent_at: None,
-            provider_message_id: None,
-            request_id: new.request_id.clone(),
-        };
+        let item = new.clone().into_pending(id, tx.now);
         tx.event(EventType::Scheduled, &item)?;
         tx.set_timer(id, item.send_at);
         self.inner.live.add(&item.account_id, 1);

@@ -34,6 +34,22 @@ fn authorize<T>(req: &Request<T>, account: &str) -> Result<(), Status> {
     auth::check_account(&id, account)
 }
 
+/// GetItem, SendNow and Cancel: authorise, parse the reference, run `f`, answer the item.
+async fn on_item<F, Fut>(
+    req: Request<pb::ItemRef>,
+    f: F,
+) -> Result<Response<pb::ScheduledItem>, Status>
+where
+    F: FnOnce(String, ItemId) -> Fut,
+    Fut: std::future::Future<Output = domain::Result<crate::domain::Item>>,
+{
+    authorize(&req, &req.get_ref().account_id)?;
+    let r = req.into_inner();
+    let (account, id) = item_ref(&r.account_id, &r.item_id)?;
+    let item = f(account, id).await.map_err(status)?;
+    Ok(Response::new(item.into()))
+}
+
 fn item_ref(account: &str, item_id: &str) -> Result<(String, ItemId), Status> {
     domain::validate_id("account_id", account).map_err(status)?;
     let id = parse_item_id(item_id).ok_or_else(|| {
@@ -118,11 +134,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ItemRef>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
-        authorize(&req, &req.get_ref().account_id)?;
-        let r = req.into_inner();
-        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
-        let item = self.engine.get(account, id).await.map_err(status)?;
-        Ok(Response::new(item.into()))
+        on_item(req, |account, id| self.engine.get(account, id)).await
     }
 
     #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
@@ -130,11 +142,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ItemRef>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
-        authorize(&req, &req.get_ref().account_id)?;
-        let r = req.into_inner();
-        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
-        let item = self.engine.send_now(account, id).await.map_err(status)?;
-        Ok(Response::new(item.into()))
+        on_item(req, |account, id| self.engine.send_now(account, id)).await
     }
 
     #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
@@ -142,11 +150,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::ItemRef>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
-        authorize(&req, &req.get_ref().account_id)?;
-        let r = req.into_inner();
-        let (account, id) = item_ref(&r.account_id, &r.item_id)?;
-        let item = self.engine.cancel(account, id).await.map_err(status)?;
-        Ok(Response::new(item.into()))
+        on_item(req, |account, id| self.engine.cancel(account, id)).await
     }
 
     #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, item = %req.get_ref().item_id))]
