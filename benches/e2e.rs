@@ -927,8 +927,10 @@ async fn scenario_dispatch(o: &Opts) {
     // Phase B: drain. No connector; a backlog of `n` items that are all overdue by the
     // time it is loaded; then two connectors connect and we time the drain.
     // Due as soon as written (send_at may not lie in the past): overdue once loaded.
-    let (_el, _) = batch_load(&s.url, n, n, 1000, 4, Arc::new(|_| now_ms()), false).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // (5 s ahead at build time: a batch may queue behind the writer before validation.)
+    let (_el, _) =
+        batch_load(&s.url, n, n, 1000, 4, Arc::new(|_| now_ms() + 5_000), false).await;
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
     let received_b = Arc::new(AtomicU64::new(0));
     let last_b = Arc::new(Mutex::new(Instant::now()));
     let b_start = Instant::now();
