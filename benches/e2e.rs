@@ -861,7 +861,7 @@ async fn scenario_dispatch(o: &Opts) {
     .await;
     let rate = calib as f64 / el.as_secs_f64();
     let rest = n - calib;
-    let lead_ms = ((rest as f64 / rate) * 1.5 * 1000.0) as i64 + 3_000;
+    let lead_ms = ((rest as f64 / rate) * 2.5 * 1000.0) as i64 + 5_000;
     let window_start = now_ms() + lead_ms;
     eprintln!(
         "  dispatch: loading {rest} items due over {window_ms} ms from +{lead_ms} ms ({rate:.0}/s)"
@@ -873,7 +873,8 @@ async fn scenario_dispatch(o: &Opts) {
         rest,
         1000,
         4,
-        Arc::new(move |i| window_start + ((i.wrapping_mul(7919)) % w) as i64),
+        // Never less than 2 s ahead (validation refuses the past, should loading overrun).
+        Arc::new(move |i| (window_start + ((i.wrapping_mul(7919)) % w) as i64).max(now_ms() + 2_000)),
         false,
     )
     .await;
