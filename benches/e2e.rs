@@ -874,7 +874,9 @@ async fn scenario_dispatch(o: &Opts) {
         1000,
         4,
         // Never less than 2 s ahead (validation refuses the past, should loading overrun).
-        Arc::new(move |i| (window_start + ((i.wrapping_mul(7919)) % w) as i64).max(now_ms() + 2_000)),
+        Arc::new(move |i| {
+            (window_start + ((i.wrapping_mul(7919)) % w) as i64).max(now_ms() + 2_000)
+        }),
         false,
     )
     .await;
@@ -929,8 +931,7 @@ async fn scenario_dispatch(o: &Opts) {
     // time it is loaded; then two connectors connect and we time the drain.
     // Due as soon as written (send_at may not lie in the past): overdue once loaded.
     // (5 s ahead at build time: a batch may queue behind the writer before validation.)
-    let (_el, _) =
-        batch_load(&s.url, n, n, 1000, 4, Arc::new(|_| now_ms() + 5_000), false).await;
+    let (_el, _) = batch_load(&s.url, n, n, 1000, 4, Arc::new(|_| now_ms() + 5_000), false).await;
     tokio::time::sleep(Duration::from_millis(6_000)).await;
     let received_b = Arc::new(AtomicU64::new(0));
     let last_b = Arc::new(Mutex::new(Instant::now()));
