@@ -317,3 +317,29 @@ pub fn batch_entry(r: pb::ScheduleRequest) -> pb::BatchEntry {
         request_id: r.request_id,
     }
 }
+
+/// Polls GetItem (bounded) until `pred` holds; returns the item.
+pub async fn wait_item(
+    t: &TestServer,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&pb::ScheduledItem) -> bool,
+) -> pb::ScheduledItem {
+    let mut client = t.client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let item = client
+            .get_item(item_ref("acme", id))
+            .await
+            .expect("get item")
+            .into_inner();
+        if pred(&item) {
+            return item;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {item:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
