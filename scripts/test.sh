@@ -13,4 +13,12 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'aiosmtpd>=1.4,<2'
 fi
 
-cargo test "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test "$@" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one per binary, the last being
+# the doc-tests, which has none).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
