@@ -194,11 +194,6 @@ impl Engine {
         &self.inner.timers.ready
     }
 
-    /// The wheel (dispatch sets lease and retry timers on it directly).
-    pub fn timers(&self) -> &Arc<Timers> {
-        &self.inner.timers
-    }
-
     /// Pending timers on the wheel.
     pub fn pending_timers(&self) -> usize {
         self.inner.timers.len()

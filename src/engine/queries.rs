@@ -274,23 +274,6 @@ impl Engine {
             .read(move |conn| read_events(conn, account.as_deref(), after, limit))
             .await
     }
-
-    /// The oldest retained event sequence (0 when there is none).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn oldest_event(&self) -> domain::Result<u64> {
-        self.inner
-            .store
-            .read(|conn| {
-                Ok(
-                    conn.query_row("SELECT COALESCE(MIN(seq), 0) FROM events", [], |r| {
-                        r.get::<_, i64>(0)
-                    })? as u64,
-                )
-            })
-            .await
-    }
 }
 
 fn list_items(

@@ -48,14 +48,6 @@ impl ReadyQueue {
         q.drain(..n).collect()
     }
 
-    /// Puts ids back at the front (they could not be handled yet).
-    pub fn requeue_front(&self, ids: Vec<ItemId>) {
-        let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids.into_iter().rev() {
-            q.push_front(id);
-        }
-    }
-
     /// Ids waiting.
     pub fn len(&self) -> usize {
         self.q.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -110,11 +102,6 @@ impl Timers {
         if after.is_some() && (before.is_none() || after < before) {
             self.wake.notify_one();
         }
-    }
-
-    /// Sets one timer outside a write (dispatch leases and retries).
-    pub fn set(&self, id: ItemId, at: Millis) {
-        self.apply(&[WheelOp::Set(id, at)]);
     }
 
     /// Loads recovered timers.

@@ -41,10 +41,6 @@ fn required_ms(field: &str, t: Option<&Timestamp>) -> domain::Result<Millis> {
     )
 }
 
-fn opt_ms(field: &str, t: Option<&Timestamp>) -> domain::Result<Option<Millis>> {
-    t.map(|t| ms(field, t)).transpose()
-}
-
 fn enum_value<T>(field: &str, v: i32, from: fn(i64) -> Option<T>) -> domain::Result<Option<T>> {
     if v == 0 {
         return Ok(None);
@@ -233,7 +229,7 @@ pub fn activity(r: &pb::RecordTicketActivityRequest) -> domain::Result<Activity>
 /// # Errors
 /// `InvalidArgument` on `field`.
 pub fn optional_ms(field: &str, t: Option<&Timestamp>) -> domain::Result<Option<Millis>> {
-    opt_ms(field, t)
+    t.map(|t| ms(field, t)).transpose()
 }
 
 impl From<Item> for pb::ScheduledItem {

@@ -115,7 +115,6 @@ pub struct Store {
     writer: writer::WriterHandle,
     readers: Arc<reader::ReadPool>,
     events: watch::Receiver<u64>,
-    path: PathBuf,
 }
 
 /// Opens the database file read-write, applying pragmas; shared by writer and tools.
@@ -186,13 +185,7 @@ impl Store {
             writer,
             readers,
             events,
-            path: path.to_path_buf(),
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `f` in the writer's next group transaction and waits for the commit.
