@@ -448,9 +448,9 @@ impl Actor {
                     .store()
                     .write(move |tx| writes::lease(tx, &ids, t))
                     .await?;
-                for l in leased {
-                    let conn = plan.get(&l.item.id).copied();
-                    self.hand_out(conn, l.item);
+                for item in leased {
+                    let conn = plan.get(&item.id).copied();
+                    self.hand_out(conn, item);
                 }
             }
         }

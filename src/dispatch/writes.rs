@@ -14,12 +14,6 @@ use rusqlite::OptionalExtension;
 use crate::store::rows::{get_item_any, item_from_row, update_item, ITEM_COLUMNS};
 use crate::store::Tx;
 
-/// An item handed to a connector: the committed DISPATCHING row.
-#[derive(Debug, Clone)]
-pub struct Leased {
-    pub item: Item,
-}
-
 /// A connector's answer for one job.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -56,7 +50,7 @@ pub struct Tuning {
 /// One `UPDATE ... RETURNING` per item: the state check, the change and the read of the
 /// payload for the job are a single statement (no separate SELECT, no rewrite of the
 /// columns that do not change).
-pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<Leased>> {
+pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<Item>> {
     let mut out = Vec::with_capacity(ids.len());
     let expires = tx.now + t.lease_ms;
     for &id in ids {
@@ -83,7 +77,7 @@ pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<L
         };
         tx.event(EventType::Dispatching, &item)?;
         tx.set_timer(id, expires);
-        out.push(Leased { item });
+        out.push(item);
     }
     Ok(out)
 }
@@ -97,60 +91,74 @@ pub fn record(
     jitter: &mut dyn FnMut() -> f64,
 ) -> domain::Result<()> {
     for o in outcomes {
-        let id = match o {
+        match o {
             Outcome::Ack {
                 id,
                 provider_message_id,
-            } => {
-                ack(engine, tx, *id, provider_message_id)?;
-                continue;
-            }
-            Outcome::Nack { id, .. } | Outcome::Abandoned { id, .. } => *id,
-        };
-        let Some(mut item) = get_item_any(tx.conn, id)? else {
-            continue;
-        };
-        let was_live = item.state.is_live();
-        match o {
-            Outcome::Ack { .. } => unreachable!("acks are recorded above"),
+            } => ack(engine, tx, *id, provider_message_id)?,
             Outcome::Nack {
+                id,
                 attempt,
                 error,
                 permanent,
-                ..
-            } => {
-                if item.state != State::Dispatching || item.attempts != *attempt {
-                    continue; // an answer for an attempt that already ended
-                }
-                item.last_error = Some(error.clone());
-                end_attempt(tx, &mut item, *permanent, t, jitter)?;
-            }
+            } => failed_attempt(engine, tx, *id, *attempt, error, *permanent, t, jitter)?,
             Outcome::Abandoned {
-                attempt, reason, ..
+                id,
+                attempt,
+                reason,
             } => {
                 crate::metrics::METRICS
                     .abandoned_leases
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if item.state != State::Dispatching || item.attempts != *attempt {
-                    continue;
-                }
-                item.last_error = Some((*reason).to_owned());
                 // Retried at once (on another connector), not after a backoff.
-                end_attempt(
-                    tx,
-                    &mut item,
-                    false,
-                    Tuning {
-                        retry_base_ms: 0,
-                        ..t
-                    },
-                    jitter,
-                )?;
+                let at_once = Tuning {
+                    retry_base_ms: 0,
+                    ..t
+                };
+                failed_attempt(engine, tx, *id, *attempt, reason, false, at_once, jitter)?;
             }
         }
-        if was_live && !item.state.is_live() {
-            engine.item_finished(&item.account_id);
-        }
+    }
+    Ok(())
+}
+
+/// Ends attempt `attempt` of a DISPATCHING item that failed (a nack, or a lease that
+/// ended unanswered): FAILED when permanent or out of attempts, else PENDING with a
+/// backoff. An answer for an attempt that already ended changes nothing.
+#[allow(clippy::too_many_arguments)]
+fn failed_attempt(
+    engine: &Engine,
+    tx: &mut Tx<'_>,
+    id: ItemId,
+    attempt: u32,
+    error: &str,
+    permanent: bool,
+    t: Tuning,
+    jitter: &mut dyn FnMut() -> f64,
+) -> domain::Result<()> {
+    let Some(mut item) = get_item_any(tx.conn, id)? else {
+        return Ok(());
+    };
+    if item.state != State::Dispatching || item.attempts != attempt {
+        return Ok(());
+    }
+    item.last_error = Some(error.to_owned());
+    item.lease_expires_at = None;
+    item.updated_at = tx.now;
+    if permanent || item.attempts >= t.max_attempts {
+        item.state = State::Failed;
+        item.next_attempt_at = None;
+        update_item(tx.conn, &item)?;
+        tx.event(EventType::Failed, &item)?;
+        tx.remove_timer(item.id);
+        engine.item_finished(&item.account_id);
+    } else {
+        let backoff = retry_backoff_ms(item.attempts, t.retry_base_ms, t.retry_cap_ms, jitter());
+        item.state = State::Pending;
+        item.next_attempt_at = Some(tx.now + backoff);
+        update_item(tx.conn, &item)?;
+        tx.event(EventType::Retrying, &item)?;
+        tx.set_timer(item.id, tx.now + backoff);
     }
     Ok(())
 }
@@ -209,33 +217,5 @@ fn ack(
         occurred_at: item.created_at,
     };
     engine.apply_activity_rule(tx, &item.account_id, &item.ticket_id, &activity, Some(id))?;
-    Ok(())
-}
-
-/// Ends a failed attempt: FAILED when permanent or out of attempts, else PENDING with
-/// a backoff.
-fn end_attempt(
-    tx: &mut Tx<'_>,
-    item: &mut Item,
-    permanent: bool,
-    t: Tuning,
-    jitter: &mut dyn FnMut() -> f64,
-) -> domain::Result<()> {
-    item.lease_expires_at = None;
-    item.updated_at = tx.now;
-    if permanent || item.attempts >= t.max_attempts {
-        item.state = State::Failed;
-        item.next_attempt_at = None;
-        update_item(tx.conn, item)?;
-        tx.event(EventType::Failed, item)?;
-        tx.remove_timer(item.id);
-    } else {
-        let backoff = retry_backoff_ms(item.attempts, t.retry_base_ms, t.retry_cap_ms, jitter());
-        item.state = State::Pending;
-        item.next_attempt_at = Some(tx.now + backoff);
-        update_item(tx.conn, item)?;
-        tx.event(EventType::Retrying, item)?;
-        tx.set_timer(item.id, tx.now + backoff);
-    }
     Ok(())
 }
