@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -224,12 +223,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .add_service(reflection)
         .add_service(scheduler)
         .add_service(dispatch);
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    // TCP_NODELAY: without it, a response that follows a small one waits for the
+    // client's delayed ACK (~40 ms on Linux), which capped 64 unary clients at ~1.3k/s.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stopped.await;
+    }));
     tracing::info!(addr = %local_addr, "serving");
     Ok(RunningServer {
         local_addr,
