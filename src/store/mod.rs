@@ -13,6 +13,7 @@
 //! always reflects the latest committed state, and a racing reschedule can never leave
 //! an older deadline behind.
 
+mod checkpoint;
 mod reader;
 pub mod rows;
 pub mod schema;
@@ -179,7 +180,9 @@ impl Store {
         let last_seq: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         let (events_tx, events) = watch::channel(last_seq as u64);
-        let writer = writer::spawn(conn, hook, events_tx, clock)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = checkpoint::Checkpointer::start(path, sync)?;
+        let writer = writer::spawn(conn, hook, events_tx, clock, checkpointer)?;
         let readers = Arc::new(reader::ReadPool::new(path.to_path_buf(), 4));
         Ok(Store {
             writer,

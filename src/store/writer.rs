@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::domain;
 
+use super::checkpoint::Checkpointer;
 use super::{CommitHook, StoreError, Tx, WheelOp};
 
 /// Most writes in one transaction: bounds a group's latency and memory.
@@ -45,11 +46,12 @@ pub(super) fn spawn(
     hook: CommitHook,
     events: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
+    checkpointer: Checkpointer,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name("sendlater-writer".into())
-        .spawn(move || run(conn, rx, hook, events, clock))
+        .spawn(move || run(conn, rx, hook, events, clock, checkpointer))
         .map_err(|e| StoreError::Unusable {
             path: Default::default(),
             reason: format!("cannot start the writer thread: {e}"),
@@ -97,6 +99,7 @@ fn run(
     mut hook: CommitHook,
     events: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
+    checkpointer: Checkpointer,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -127,10 +130,12 @@ fn run(
         last_group = jobs.len();
         if !jobs.is_empty() {
             commit_group(&conn, &mut jobs, &mut hook, &events, clock.now_ms());
+            checkpointer.committed();
         }
     }
     // Writes still queued behind a close are refused: their senders see `Closed`.
     drop(rx);
+    drop(checkpointer);
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "checkpoint at close failed");
     }
