@@ -481,3 +481,52 @@ async fn deferred_tickets_count_items_being_dispatched() {
     assert_eq!(ms(&tickets[0].next_send_at), T0);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn listings_and_cancel_tell_a_leased_item_from_a_pending_one() {
+    let mut t = TestServer::start().await;
+    let due = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let later = schedule(&t, email_reply("acme", "T2", T0 + 3_600_000)).await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), due.item_id);
+    wait_state(&t.client, "acme", &due.item_id, pb::State::Dispatching).await;
+    let list = |state: pb::State| {
+        let mut client = t.client.clone();
+        async move {
+            client
+                .list_scheduled(pb::ListScheduledRequest {
+                    account_id: "acme".into(),
+                    state: state as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|i| (i.item_id, i.state, i.attempts))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(pb::State::Pending).await,
+        vec![(later.item_id.clone(), pb::State::Pending as i32, 0)]
+    );
+    assert_eq!(
+        list(pb::State::Dispatching).await,
+        vec![(due.item_id.clone(), pb::State::Dispatching as i32, 1)]
+    );
+    let err = t
+        .client
+        .clone()
+        .cancel(item_ref("acme", &due.item_id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    c.ack(&job, "").await;
+    let sent = wait_state(&t.client, "acme", &due.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 1, "the attempt that ended is counted once");
+    assert!(list(pb::State::Dispatching).await.is_empty());
+    t.stop().await;
+}

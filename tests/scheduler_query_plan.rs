@@ -99,7 +99,18 @@ async fn list_scheduled_searches_items_by_state_and_needs_no_sort() {
     let all_filters = " AND ticket_id = ? AND channel = ? AND author_id = ? AND kind = ? \
                        AND next_send_at >= ? AND next_send_at < ?";
     for (dir, cmp) in [("ASC", ">"), ("DESC", "<")] {
-        for filters in ["", " AND ticket_id = ?", all_filters] {
+        // PENDING and DISPATCHING listings add a probe of `leases` (schema v3).
+        let leased = " AND EXISTS (SELECT 1 FROM leases WHERE item = id)";
+        let not_leased = " AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)";
+        let with_all = format!("{not_leased}{all_filters}");
+        for filters in [
+            "",
+            leased,
+            not_leased,
+            " AND ticket_id = ?",
+            all_filters,
+            &with_all,
+        ] {
             for cursor in [false, true] {
                 let sql = list_sql(dir, cmp, filters, cursor);
                 let lines = assert_searches(&conn, &sql, "items_by_state");

@@ -29,6 +29,7 @@ use crate::config::Accounts;
 use crate::domain::{self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State};
 use crate::engine::Engine;
 use crate::metrics::METRICS;
+use crate::store::rows::{with_lease, LEASE_EXPIRES};
 use fair::FairQueue;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -503,7 +504,7 @@ fn read_meta(conn: &rusqlite::Connection, ids: &[ItemId]) -> domain::Result<Vec<
     for chunk in ids.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
         let mut st = conn.prepare_cached(&format!(
-            "SELECT id, account_id, channel, state, lease_expires_at, attempts FROM items \
+            "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts FROM items \
              WHERE id IN ({marks})"
         ))?;
         let rows = st.query_map(
@@ -526,6 +527,7 @@ fn read_meta(conn: &rusqlite::Connection, ids: &[ItemId]) -> domain::Result<Vec<
             else {
                 continue;
             };
+            let (state, attempts) = with_lease(state, attempts, lease_expires_at);
             by_id.insert(
                 id,
                 Meta {

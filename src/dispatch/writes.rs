@@ -11,7 +11,10 @@ use crate::domain::{
 use crate::engine::Engine;
 use rusqlite::OptionalExtension;
 
-use crate::store::rows::{get_item_any, item_from_row, update_item, ITEM_COLUMNS};
+use crate::store::rows::{
+    delete_lease, get_item_any, insert_lease, item_from_row, update_item, ITEM_COLUMNS,
+    LEASE_EXPIRES,
+};
 use crate::store::Tx;
 
 /// A connector's answer for one job.
@@ -47,34 +50,25 @@ pub struct Tuning {
 
 /// Leases the given items (PENDING and due only): DISPATCHING, attempt + 1, lease timer.
 ///
-/// One `UPDATE ... RETURNING` per item: the state check, the change and the read of the
-/// payload for the job are a single statement (no separate SELECT, no rewrite of the
-/// columns that do not change).
+/// A lease is one row in the small, hot `leases` table plus the DISPATCHING event; the
+/// item's own row (a random page of a big table, and three index entries keyed on its
+/// state) is not written until the outcome (schema v3).
 pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<Item>> {
     let mut out = Vec::with_capacity(ids.len());
     let expires = tx.now + t.lease_ms;
     for &id in ids {
-        let leased = {
-            let mut st = tx.conn.prepare_cached(&format!(
-                "UPDATE items SET state = ?2, attempts = attempts + 1, next_attempt_at = NULL, \
-                 next_send_at = send_at, lease_expires_at = ?3, updated_at = ?4 \
-                 WHERE id = ?1 AND state = ?5 AND next_send_at <= ?4 RETURNING {ITEM_COLUMNS}"
-            ))?;
-            st.query_row(
-                rusqlite::params![
-                    id,
-                    State::Dispatching.as_i64(),
-                    expires,
-                    tx.now,
-                    State::Pending.as_i64()
-                ],
-                item_from_row,
-            )
-            .optional()?
+        let Some(mut item) = get_item_any(tx.conn, id)? else {
+            continue;
         };
-        let Some(item) = leased else {
-            continue; // not PENDING, or not due (rescheduled, cancelled, leased already)
-        };
+        if item.state != State::Pending || item.next_send_at() > tx.now {
+            continue; // leased already, cancelled, sent, or rescheduled to later
+        }
+        insert_lease(tx.conn, id, expires)?;
+        // As the item now reads back (see rows::with_lease).
+        item.state = State::Dispatching;
+        item.attempts += 1;
+        item.lease_expires_at = Some(expires);
+        item.updated_at = tx.now;
         tx.event(EventType::Dispatching, &item)?;
         tx.set_timer(id, expires);
         out.push(item);
@@ -142,6 +136,7 @@ fn failed_attempt(
     if item.state != State::Dispatching || item.attempts != attempt {
         return Ok(());
     }
+    delete_lease(tx.conn, id)?;
     item.last_error = Some(error.to_owned());
     item.lease_expires_at = None;
     item.updated_at = tx.now;
@@ -182,18 +177,24 @@ fn ack(
         vec![1, 2, 4],
         "the SQL below encodes which states may become SENT"
     );
-    // Live states first (the common case, and the only one that frees quota), then a
-    // late ack of a FAILED item. One UPDATE ... RETURNING each: no separate read.
+    // A leased (DISPATCHING) or PENDING item first (the common case, and the only one
+    // that frees quota), then a late ack of a FAILED item. One UPDATE ... RETURNING
+    // each: no separate read. The attempt that ended is counted into the row.
+    let leased = delete_lease(tx.conn, id)?;
+    let columns = ITEM_COLUMNS.replace(LEASE_EXPIRES, "NULL");
     let mut sent = None;
-    for (states, was_live) in [("1, 2", true), ("4", false)] {
+    for (state, was_live) in [(State::Pending, true), (State::Failed, false)] {
         let mut st = tx.conn.prepare_cached(&format!(
             "UPDATE items SET state = {sent}, sent_at = ?2, provider_message_id = ?3, \
-             lease_expires_at = NULL, next_attempt_at = NULL, next_send_at = send_at, \
-             updated_at = ?2 WHERE id = ?1 AND state IN ({states}) RETURNING {ITEM_COLUMNS}",
+             attempts = attempts + ?4, next_attempt_at = NULL, next_send_at = send_at, \
+             updated_at = ?2 WHERE id = ?1 AND state = ?5 RETURNING {columns}",
             sent = State::Sent.as_i64()
         ))?;
         if let Some(item) = st
-            .query_row(rusqlite::params![id, tx.now, provider], item_from_row)
+            .query_row(
+                rusqlite::params![id, tx.now, provider, i64::from(leased), state.as_i64()],
+                item_from_row,
+            )
             .optional()?
         {
             sent = Some((item, was_live));

@@ -128,23 +128,20 @@ impl Engine {
             .store
             .read(move |conn| {
                 let mut st = conn.prepare(
-                    "SELECT id, next_send_at, state FROM items INDEXED BY items_live \
+                    "SELECT id, next_send_at FROM items INDEXED BY items_live \
                      WHERE state IN (1, 2) ORDER BY next_send_at",
                 )?;
+                // A leased item was due when leased (next_send_at <= its lease time),
+                // so it fires at once: the lease holder is gone with the old process.
                 let mut entries: Vec<(ItemId, Millis)> = Vec::new();
-                let mut leased = 0usize;
                 let mut rows = st.query([])?;
                 while let Some(r) = rows.next()? {
-                    let state: i64 = r.get(2)?;
-                    let at: Millis = r.get(1)?;
-                    if state == domain::State::Dispatching.as_i64() {
-                        leased += 1;
-                        // The lease holder is gone with the old process: redeliver now.
-                        entries.push((r.get(0)?, at.min(now)));
-                    } else {
-                        entries.push((r.get(0)?, at));
-                    }
+                    entries.push((r.get(0)?, r.get(1)?));
                 }
+                drop(rows);
+                let leased: i64 =
+                    conn.query_row("SELECT COUNT(*) FROM leases", [], |r| r.get(0))?;
+                let leased = leased as usize;
                 let mut st = conn.prepare(
                     "SELECT account_id, COUNT(*) FROM items INDEXED BY items_deferred \
                      WHERE state IN (1, 2) GROUP BY account_id",

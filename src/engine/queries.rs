@@ -283,13 +283,25 @@ fn list_items(
     limit: usize,
 ) -> domain::Result<Page<Item>> {
     let state = q.state.unwrap_or(State::Pending);
+    // DISPATCHING is stored as PENDING with a row in `leases`.
+    let (stored, lease) = match state {
+        State::Pending => (
+            State::Pending,
+            " AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
+        ),
+        State::Dispatching => (
+            State::Pending,
+            " AND EXISTS (SELECT 1 FROM leases WHERE item = id)",
+        ),
+        other => (other, ""),
+    };
     let mut sql = format!(
         "SELECT {ITEM_COLUMNS}, next_send_at FROM items INDEXED BY items_by_state \
-         WHERE account_id = ? AND state = ?"
+         WHERE account_id = ? AND state = ?{lease}"
     );
     let mut args: Vec<Value> = vec![
         Value::Text(q.account_id.clone()),
-        Value::Integer(state.as_i64()),
+        Value::Integer(stored.as_i64()),
     ];
     if let Some(t) = &q.ticket_id {
         sql.push_str(" AND ticket_id = ?");
@@ -353,11 +365,18 @@ fn read_events(
 ) -> domain::Result<Vec<Event>> {
     use prost::Message;
     let sql = format!(
-        "SELECT e.seq, e.type, e.at, e.snapshot, {} FROM events e JOIN items i ON i.id = e.item_id \
-         WHERE e.seq > ?1 {} ORDER BY e.seq LIMIT ?2",
+        "SELECT e.seq, e.type, e.at, e.snapshot, {} FROM events e \
+         JOIN items ON items.id = e.item_id WHERE e.seq > ?1 {} ORDER BY e.seq LIMIT ?2",
         ITEM_COLUMNS
             .split(", ")
-            .map(|c| format!("i.{c}"))
+            .map(|c| {
+                let c = c.trim();
+                if c.starts_with('(') {
+                    c.to_owned() // the lease subquery names items.id itself
+                } else {
+                    format!("items.{c}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", "),
         if account.is_some() {

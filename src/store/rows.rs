@@ -12,11 +12,40 @@ use crate::domain::{
 
 use super::StoreError;
 
-/// Columns of `items`, in the order [`item_from_row`] reads them.
+/// Columns of `items`, in the order [`item_from_row`] reads them; the lease's expiry
+/// comes from `leases` (see [`LEASE_EXPIRES`]).
 pub const ITEM_COLUMNS: &str = "id, account_id, ticket_id, kind, channel, author_id, content, \
     send_at, created_at, updated_at, state, on_activity, note_at, conv_author_kind, \
     conv_message_id, conv_occurred_at, attempts, last_error, next_attempt_at, \
-    lease_expires_at, sent_at, provider_message_id, request_id";
+    (SELECT expires_at FROM leases WHERE item = items.id), sent_at, provider_message_id, \
+    request_id";
+
+/// The column of [`ITEM_COLUMNS`] that reads the item's lease, if any.
+pub const LEASE_EXPIRES: &str = "(SELECT expires_at FROM leases WHERE item = items.id)";
+
+/// A stored state with the item's lease: a PENDING row with a lease is DISPATCHING, on
+/// attempt `attempts + 1` (the row counts the attempts that ended).
+pub fn with_lease(state: State, attempts: u32, lease: Option<Millis>) -> (State, u32) {
+    match (state, lease) {
+        (State::Pending, Some(_)) => (State::Dispatching, attempts + 1),
+        _ => (state, attempts),
+    }
+}
+
+/// Inserts the lease of a PENDING item; after it the item reads as DISPATCHING.
+pub fn insert_lease(conn: &Connection, id: ItemId, expires_at: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO leases (item, expires_at) VALUES (?1, ?2)")?
+        .execute(params![id, expires_at])?;
+    Ok(())
+}
+
+/// Ends the item's lease; `true` when it had one.
+pub fn delete_lease(conn: &Connection, id: ItemId) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM leases WHERE item = ?1")?
+        .execute(params![id])?
+        == 1)
+}
 
 fn bad(col: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -46,6 +75,12 @@ pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
         }),
         None => None,
     };
+    let lease_expires_at: Option<Millis> = row.get(o + 19)?;
+    let (state, attempts) = with_lease(
+        enum_col(row, o + 10, "state", State::from_i64)?,
+        row.get(o + 16)?,
+        lease_expires_at,
+    );
     Ok(Item {
         id: row.get(o)?,
         account_id: row.get(o + 1)?,
@@ -57,14 +92,14 @@ pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
         send_at: row.get(o + 7)?,
         created_at: row.get(o + 8)?,
         updated_at: row.get(o + 9)?,
-        state: enum_col(row, o + 10, "state", State::from_i64)?,
+        state,
         on_activity: enum_col(row, o + 11, "on_activity", OnActivity::from_i64)?,
         note_at: row.get(o + 12)?,
         converted_by,
-        attempts: row.get(o + 16)?,
+        attempts,
         last_error: row.get(o + 17)?,
         next_attempt_at: row.get(o + 18)?,
-        lease_expires_at: row.get(o + 19)?,
+        lease_expires_at,
         sent_at: row.get(o + 20)?,
         provider_message_id: row.get(o + 21)?,
         request_id: row.get(o + 22)?,
@@ -128,13 +163,18 @@ pub fn find_by_request(
 }
 
 /// Writes every mutable field of `item` back (content, times, state, delivery fields).
+/// Not for a DISPATCHING item: a lease is a row of `leases` ([`insert_lease`]).
 pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
+    debug_assert_ne!(
+        item.state,
+        State::Dispatching,
+        "leases live in their own table"
+    );
     let mut st = conn.prepare_cached(
         "UPDATE items SET content = ?2, send_at = ?3, next_send_at = ?4, updated_at = ?5, \
          state = ?6, on_activity = ?7, note_at = ?8, conv_author_kind = ?9, \
          conv_message_id = ?10, conv_occurred_at = ?11, attempts = ?12, last_error = ?13, \
-         next_attempt_at = ?14, lease_expires_at = ?15, sent_at = ?16, \
-         provider_message_id = ?17 WHERE id = ?1",
+         next_attempt_at = ?14, sent_at = ?15, provider_message_id = ?16 WHERE id = ?1",
     )?;
     let conv = item.converted_by.as_ref();
     st.execute(params![
@@ -152,7 +192,6 @@ pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
         item.attempts,
         item.last_error,
         item.next_attempt_at,
-        item.lease_expires_at,
         item.sent_at,
         item.provider_message_id,
     ])?;

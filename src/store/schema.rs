@@ -71,6 +71,22 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX items_live;
     CREATE INDEX items_live ON items(next_send_at, state) WHERE state IN (1, 2);
     "#,
+    // 3: a lease is a row of its own, not a rewrite of the item. Leasing used to update
+    // the item (state, attempts, lease time: a random table page and three index
+    // entries per delivery); now the item row stays PENDING and untouched until the
+    // outcome, and DISPATCHING is "PENDING with a lease row", the attempt in flight
+    // being attempts + 1. The table holds only the jobs out at connectors, so its few
+    // pages stay hot. items.lease_expires_at is no longer written.
+    r#"
+    CREATE TABLE leases (
+        item       INTEGER PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    INSERT INTO leases (item, expires_at)
+        SELECT id, COALESCE(lease_expires_at, 0) FROM items WHERE state = 2;
+    UPDATE items SET state = 1, attempts = attempts - 1, lease_expires_at = NULL
+        WHERE state = 2;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -88,7 +104,17 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported: SCHEMA_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    migrate_to(conn, version, SCHEMA_VERSION)
+}
+
+/// Applies the migrations that take `from` to `to`.
+fn migrate_to(conn: &mut Connection, from: i64, to: i64) -> Result<(), StoreError> {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(to as usize)
+        .skip(from as usize)
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
@@ -111,6 +137,33 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn v3_turns_a_dispatching_row_into_a_pending_row_with_a_lease() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_to(&mut c, 0, 2).unwrap();
+        c.execute_batch(
+            "INSERT INTO items (id, account_id, ticket_id, kind, channel, author_id, content, \
+             send_at, next_send_at, created_at, updated_at, state, on_activity, attempts, \
+             lease_expires_at) VALUES \
+             (7, 'a', 't', 1, 1, 'u', x'', 10, 10, 1, 1, 2, 1, 3, 5000), \
+             (8, 'a', 't', 1, 1, 'u', x'', 20, 20, 1, 1, 1, 1, 0, NULL)",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let rows: Vec<(i64, i64, i64, Option<i64>)> = c
+            .prepare(
+                "SELECT id, state, attempts, (SELECT expires_at FROM leases WHERE item = id) \
+                 FROM items ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Attempt 3 was in flight: two ended, the lease keeps the third.
+        assert_eq!(rows, vec![(7, 1, 2, Some(5000)), (8, 1, 0, None)]);
     }
 
     #[test]
