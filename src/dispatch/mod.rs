@@ -176,6 +176,14 @@ struct Actor {
     rng: u64,
 }
 
+/// A waiting item picked for a connector, not yet leased.
+struct Planned {
+    id: ItemId,
+    account: String,
+    channel: Channel,
+    conn: u64,
+}
+
 /// What the batch read tells about a due id.
 struct Meta {
     id: ItemId,
@@ -322,17 +330,18 @@ impl Actor {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// One round: read what fell due, then record the answers and lease new jobs in
+    /// a single store write (one group commit for both), until nothing is left to do.
     async fn step(&mut self) -> domain::Result<()> {
-        self.record_outcomes().await?;
         self.take_due().await?;
-        self.record_outcomes().await?;
-        self.fill().await
-    }
-
-    async fn record_outcomes(&mut self) -> domain::Result<()> {
-        while !self.outcomes.is_empty() {
+        loop {
+            let planned = self.plan();
+            if planned.is_empty() && self.outcomes.is_empty() {
+                return Ok(());
+            }
             let n = self.outcomes.len().min(BATCH);
             let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
+            let ids: Vec<ItemId> = planned.iter().map(|p| p.id).collect();
             let engine = self.engine.clone();
             let t = self.tuning;
             let mut seed = self.jitter().to_bits();
@@ -347,14 +356,32 @@ impl Actor {
                         (seed >> 11) as f64 / (1u64 << 53) as f64
                     };
                     writes::record(&engine, tx, &batch, t, &mut jitter)?;
-                    Ok(batch)
+                    writes::lease(tx, &ids, t)
                 })
                 .await;
-            // On error nothing was recorded; the outcomes are lost from memory but
-            // their leases expire and the items are retried (at-least-once).
-            result?;
+            match result {
+                Ok(leased) => {
+                    let conn_of: HashMap<ItemId, u64> =
+                        planned.iter().map(|p| (p.id, p.conn)).collect();
+                    for item in leased {
+                        let conn = conn_of.get(&item.id).copied();
+                        self.hand_out(conn, item);
+                    }
+                }
+                Err(e) => {
+                    // Nothing was written. The answers are lost from memory, but their
+                    // leases expire and the items are retried (at-least-once); the
+                    // planned items wait again, first in line.
+                    for p in planned.into_iter().rev() {
+                        self.waiting
+                            .entry(p.channel)
+                            .or_default()
+                            .push_front(&p.account, p.id);
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
     }
 
     async fn take_due(&mut self) -> domain::Result<()> {
@@ -399,64 +426,63 @@ impl Actor {
         Ok(())
     }
 
-    async fn fill(&mut self) -> domain::Result<()> {
+    /// Picks up to [`BATCH`] waiting items for the connectors' free credit, round-robin
+    /// across accounts per channel, each to the connector with the most free credit
+    /// whose token allows its account.
+    fn plan(&mut self) -> Vec<Planned> {
+        let mut out: Vec<Planned> = Vec::new();
         let channels: Vec<Channel> = self.waiting.keys().copied().collect();
         for ch in channels {
-            loop {
-                // Free credit of each connector of this channel, to plan who gets what.
-                let mut free: Vec<(u64, usize)> = self
-                    .connectors
-                    .iter()
-                    .filter(|(_, c)| c.channels.contains(&ch) && c.free() > 0)
-                    .map(|(&id, c)| (id, c.free()))
-                    .collect();
-                let credit: usize = free.iter().map(|f| f.1).sum();
-                let Some(q) = self.waiting.get_mut(&ch) else {
-                    break;
-                };
-                if credit == 0 || q.is_empty() {
-                    break;
-                }
-                let want = credit.min(BATCH);
-                let mut plan: HashMap<ItemId, u64> = HashMap::with_capacity(want);
-                let mut ids = Vec::with_capacity(want);
-                let mut unplaced: Vec<(String, ItemId)> = Vec::new();
-                while ids.len() < want {
-                    let Some((account, id)) = q.pop() else { break };
-                    // The connector with the most free credit whose token allows the account.
-                    let target = free
-                        .iter_mut()
-                        .filter(|(c, n)| *n > 0 && self.connectors[c].accounts.allows(&account))
-                        .max_by_key(|(_, n)| *n);
-                    match target {
-                        Some((c, n)) => {
-                            *n -= 1;
-                            plan.insert(id, *c);
-                            ids.push(id);
+            let mut free: Vec<(u64, usize)> = self
+                .connectors
+                .iter()
+                .filter(|(_, c)| c.channels.contains(&ch) && c.free() > 0)
+                .map(|(&id, c)| (id, c.free()))
+                .collect();
+            // Credit already promised to another channel's plan this round.
+            for (c, n) in free.iter_mut() {
+                *n = n.saturating_sub(out.iter().filter(|p| p.conn == *c).count());
+            }
+            let credit: usize = free.iter().map(|f| f.1).sum();
+            let Some(q) = self.waiting.get_mut(&ch) else {
+                continue;
+            };
+            let want = credit.min(BATCH.saturating_sub(out.len()));
+            let mut unplaced: Vec<(String, ItemId)> = Vec::new();
+            let mut placed = 0;
+            while placed < want {
+                let Some((account, id)) = q.pop() else { break };
+                let target = free
+                    .iter_mut()
+                    .filter(|(c, n)| *n > 0 && self.connectors[c].accounts.allows(&account))
+                    .max_by_key(|(_, n)| *n);
+                match target {
+                    Some((c, n)) => {
+                        *n -= 1;
+                        placed += 1;
+                        out.push(Planned {
+                            id,
+                            account,
+                            channel: ch,
+                            conn: *c,
+                        });
+                    }
+                    // No connector with credit may take this account's items yet;
+                    // look at no more than `want` of them per round.
+                    None => {
+                        unplaced.push((account, id));
+                        if unplaced.len() >= want {
+                            break;
                         }
-                        None => unplaced.push((account, id)),
                     }
                 }
-                for (account, id) in unplaced.into_iter().rev() {
-                    q.push_front(&account, id);
-                }
-                if ids.is_empty() {
-                    break; // what waits here has no connector allowed to take it yet
-                }
-                let t = self.tuning;
-                let leased = self
-                    .engine
-                    .store()
-                    .write(move |tx| writes::lease(tx, &ids, t))
-                    .await?;
-                for item in leased {
-                    let conn = plan.get(&item.id).copied();
-                    self.hand_out(conn, item);
-                }
+            }
+            for (account, id) in unplaced.into_iter().rev() {
+                q.push_front(&account, id);
             }
         }
         self.waiting.retain(|_, q| !q.is_empty());
-        Ok(())
+        out
     }
 
     /// Sends a leased item to the connector planned for it.
