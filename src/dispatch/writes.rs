@@ -181,7 +181,10 @@ fn ack(
     // that frees quota), then a late ack of a FAILED item. One UPDATE ... RETURNING
     // each: no separate read. The attempt that ended is counted into the row.
     let leased = delete_lease(tx.conn, id)?;
-    let columns = ITEM_COLUMNS.replace(LEASE_EXPIRES, "NULL");
+    // RETURNING reads only the updated table: the (just deleted) lease reads as NULL.
+    static COLUMNS: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| ITEM_COLUMNS.replace(LEASE_EXPIRES, "NULL"));
+    let columns = COLUMNS.as_str();
     let mut sent = None;
     for (state, was_live) in [(State::Pending, true), (State::Failed, false)] {
         let mut st = tx.conn.prepare_cached(&format!(
