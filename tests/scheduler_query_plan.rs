@@ -80,44 +80,47 @@ fn assert_searches(conn: &Connection, sql: &str, index: &str) -> Vec<String> {
     lines
 }
 
-fn list_sql(dir: &str, cmp: &str, filters: &str, cursor: bool) -> String {
+fn list_sql(index: &str, state: &str, dir: &str, cmp: &str, filters: &str, cursor: bool) -> String {
     let cursor = if cursor {
         format!(" AND (next_send_at, id) {cmp} (?, ?)")
     } else {
         String::new()
     };
     format!(
-        "SELECT {ITEM_COLUMNS}, next_send_at FROM items INDEXED BY items_by_state \
-         WHERE account_id = ? AND state = ?{filters}{cursor} \
+        "SELECT {ITEM_COLUMNS}, next_send_at FROM items INDEXED BY {index} \
+         WHERE account_id = ? AND {state}{filters}{cursor} \
          ORDER BY next_send_at {dir}, id {dir} LIMIT 101"
     )
 }
 
 #[tokio::test]
-async fn list_scheduled_searches_items_by_state_and_needs_no_sort() {
+async fn list_scheduled_searches_the_live_or_done_index_and_needs_no_sort() {
     let (mut t, conn) = populated().await;
     let all_filters = " AND ticket_id = ? AND channel = ? AND author_id = ? AND kind = ? \
                        AND next_send_at >= ? AND next_send_at < ?";
-    for (dir, cmp) in [("ASC", ">"), ("DESC", "<")] {
-        // PENDING and DISPATCHING listings add a probe of `leases` (schema v3).
-        let leased = " AND EXISTS (SELECT 1 FROM leases WHERE item = id)";
-        let not_leased = " AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)";
-        let with_all = format!("{not_leased}{all_filters}");
-        for filters in [
-            "",
-            leased,
-            not_leased,
-            " AND ticket_id = ?",
-            all_filters,
-            &with_all,
-        ] {
-            for cursor in [false, true] {
-                let sql = list_sql(dir, cmp, filters, cursor);
-                let lines = assert_searches(&conn, &sql, "items_by_state");
-                assert!(
-                    !lines.iter().any(|l| l.contains("TEMP B-TREE")),
-                    "the listing sorts instead of reading the index in order: {lines:?}\n{sql}"
-                );
+    // The state terms list_items writes (schema v4: DISPATCHING is PENDING + a lease).
+    let states = [
+        (
+            "items_live",
+            "state IN (1, 2) AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
+        ),
+        (
+            "items_live",
+            "state IN (1, 2) AND EXISTS (SELECT 1 FROM leases WHERE item = id)",
+        ),
+        ("items_done", "state NOT IN (1, 2) AND state = ?"),
+    ];
+    for (index, state) in states {
+        for (dir, cmp) in [("ASC", ">"), ("DESC", "<")] {
+            for filters in ["", " AND ticket_id = ?", all_filters] {
+                for cursor in [false, true] {
+                    let sql = list_sql(index, state, dir, cmp, filters, cursor);
+                    let lines = assert_searches(&conn, &sql, index);
+                    assert!(
+                        !lines.iter().any(|l| l.contains("TEMP B-TREE")),
+                        "the listing sorts instead of reading the index in order: {lines:?}\n{sql}"
+                    );
+                }
             }
         }
     }

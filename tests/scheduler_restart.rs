@@ -162,12 +162,23 @@ async fn request_ids_are_remembered_across_a_restart() {
 async fn the_pending_quota_is_counted_from_the_file_after_a_restart() {
     let mut t = TestServer::start_with(|cfg| cfg.limits.max_pending_per_account = 3).await;
     let items = many_replies(&mut t, "acme", "T1", 3, T0 + HOUR, MINUTE).await;
+    // Accounts on both sides of "acme" in key order, counted in the same recovery pass.
+    many_replies(&mut t, "aaa", "T1", 2, T0 + HOUR, MINUTE).await;
+    many_replies(&mut t, "zed", "T1", 1, T0 + HOUR, MINUTE).await;
     t.restart().await;
     let r = t
         .client
         .schedule_message(email_reply("acme", "T1", T0 + HOUR))
         .await;
     assert_status(r, Code::ResourceExhausted, "");
+    schedule(&mut t, email_reply("aaa", "T1", T0 + HOUR)).await;
+    let r = t
+        .client
+        .schedule_message(email_reply("aaa", "T1", T0 + HOUR))
+        .await;
+    assert_status(r, Code::ResourceExhausted, "");
+    schedule(&mut t, email_reply("zed", "T1", T0 + HOUR)).await;
+    schedule(&mut t, email_reply("zed", "T1", T0 + HOUR)).await;
     cancel(&mut t, "acme", &items[0].item_id).await;
     t.restart().await;
     schedule(&mut t, email_reply("acme", "T1", T0 + HOUR)).await;

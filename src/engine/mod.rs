@@ -120,37 +120,36 @@ impl Engine {
     }
 
     /// Rebuilds the wheel and the live counts from SQLite: ids and times only, read from
-    /// the partial index `items_live` in due order, so overdue items fire oldest first.
+    /// the partial index `items_live` (the wheel fires overdue items oldest first).
     async fn recover(&self) -> domain::Result<Recovery> {
         let now = self.inner.clock.now_ms();
         let (entries, counts, leased) = self
             .inner
             .store
             .read(move |conn| {
+                // One pass over items_live: ids and times for the wheel, and the
+                // live count of each account (the index is in account order).
                 let mut st = conn.prepare(
-                    "SELECT id, next_send_at FROM items INDEXED BY items_live \
-                     WHERE state IN (1, 2) ORDER BY next_send_at",
+                    "SELECT account_id, id, next_send_at FROM items INDEXED BY items_live \
+                     WHERE state IN (1, 2)",
                 )?;
-                // A leased item was due when leased (next_send_at <= its lease time),
-                // so it fires at once: the lease holder is gone with the old process.
                 let mut entries: Vec<(ItemId, Millis)> = Vec::new();
+                let mut counts: Vec<(String, u64)> = Vec::new();
                 let mut rows = st.query([])?;
                 while let Some(r) = rows.next()? {
-                    entries.push((r.get(0)?, r.get(1)?));
+                    let account = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                    match counts.last_mut() {
+                        Some((a, n)) if a == account => *n += 1,
+                        _ => counts.push((account.to_owned(), 1)),
+                    }
+                    entries.push((r.get(1)?, r.get(2)?));
                 }
                 drop(rows);
+                // A leased item was due when leased (next_send_at <= its lease time),
+                // so it fires at once: the lease holder is gone with the old process.
                 let leased: i64 =
                     conn.query_row("SELECT COUNT(*) FROM leases", [], |r| r.get(0))?;
                 let leased = leased as usize;
-                let mut st = conn.prepare(
-                    "SELECT account_id, COUNT(*) FROM items INDEXED BY items_deferred \
-                     WHERE state IN (1, 2) GROUP BY account_id",
-                )?;
-                let counts = st
-                    .query_map([], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
                 Ok((entries, counts, leased))
             })
             .await?;

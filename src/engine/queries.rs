@@ -283,26 +283,28 @@ fn list_items(
     limit: usize,
 ) -> domain::Result<Page<Item>> {
     let state = q.state.unwrap_or(State::Pending);
-    // DISPATCHING is stored as PENDING with a row in `leases`.
-    let (stored, lease) = match state {
+    // Live items are listed from items_live, finished ones from items_done (the
+    // literal WHERE terms let SQLite use those partial indexes). DISPATCHING is stored
+    // as PENDING with a row in `leases`.
+    let (index, filter) = match state {
         State::Pending => (
-            State::Pending,
-            " AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
+            "items_live",
+            "state IN (1, 2) AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
         ),
         State::Dispatching => (
-            State::Pending,
-            " AND EXISTS (SELECT 1 FROM leases WHERE item = id)",
+            "items_live",
+            "state IN (1, 2) AND EXISTS (SELECT 1 FROM leases WHERE item = id)",
         ),
-        other => (other, ""),
+        _ => ("items_done", "state NOT IN (1, 2) AND state = ?"),
     };
     let mut sql = format!(
-        "SELECT {ITEM_COLUMNS}, next_send_at FROM items INDEXED BY items_by_state \
-         WHERE account_id = ? AND state = ?{lease}"
+        "SELECT {ITEM_COLUMNS}, next_send_at FROM items INDEXED BY {index} \
+         WHERE account_id = ? AND {filter}"
     );
-    let mut args: Vec<Value> = vec![
-        Value::Text(q.account_id.clone()),
-        Value::Integer(stored.as_i64()),
-    ];
+    let mut args: Vec<Value> = vec![Value::Text(q.account_id.clone())];
+    if !matches!(state, State::Pending | State::Dispatching) {
+        args.push(Value::Integer(state.as_i64()));
+    }
     if let Some(t) = &q.ticket_id {
         sql.push_str(" AND ticket_id = ?");
         args.push(Value::Text(t.clone()));
