@@ -182,7 +182,18 @@ impl Store {
         let (events_tx, events) = watch::channel(last_seq as u64);
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = checkpoint::Checkpointer::start(path, sync)?;
-        let writer = writer::spawn(conn, hook, events_tx, clock, checkpointer)?;
+        // FULL: the writer's COMMIT only writes the WAL; the sync stage fsyncs it before
+        // anyone is answered (see writer.rs), so the next group runs during the flush.
+        let durability = match sync {
+            Synchronous::Full => {
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                writer::Durability::SyncWal(PathBuf::from(wal))
+            }
+            Synchronous::Normal => writer::Durability::Sqlite,
+        };
+        let writer = writer::spawn(conn, hook, events_tx, clock, checkpointer, durability)?;
         let readers = Arc::new(reader::ReadPool::new(path.to_path_buf(), 4));
         Ok(Store {
             writer,

@@ -1,12 +1,23 @@
 //! The writer thread: one read-write connection, group commit.
 //!
 //! Loop: block for one job, then take whatever else is queued (up to [`MAX_GROUP`]),
-//! `BEGIN IMMEDIATE`, run each job inside its own savepoint, `COMMIT`, hand the
-//! committed timer changes to the hook, publish the last event sequence, and only then
-//! answer every job. A failed commit answers every job of the group with an error and
-//! applies none of their timer changes.
+//! `BEGIN IMMEDIATE`, run each job inside its own savepoint, `COMMIT`, then hand the
+//! group to the sync stage. A failed commit answers every job of the group with an
+//! error and applies none of their timer changes.
+//!
+//! The sync stage (its own thread) makes committed groups durable, then, in commit
+//! order, hands their timer changes to the hook, publishes the last event sequence and
+//! answers their jobs. With `synchronous=FULL` configured, the writer's connection
+//! runs at `NORMAL` (COMMIT writes the WAL frames but does not fsync) and the sync stage
+//! `fdatasync`s the WAL file itself, once for every group committed meanwhile: the
+//! writer executes the next group while the disk flushes the previous one, and no
+//! caller is answered before the fsync that covers its commit (WAL frames are written
+//! in commit order, so one fsync covers every earlier commit too). This is group
+//! commit with the flush pipelined, as databases with a write-ahead log do it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,22 +52,111 @@ pub(super) struct WriterHandle {
     tx: mpsc::Sender<Msg>,
 }
 
+/// How a committed group becomes durable before its callers are answered.
+pub(super) enum Durability {
+    /// SQLite's own `synchronous` setting decides (the connection's COMMIT syncs or not).
+    Sqlite,
+    /// The connection runs at `synchronous=NORMAL`; the sync stage fdatasyncs this WAL
+    /// file after each run of commits.
+    SyncWal(PathBuf),
+}
+
+/// A committed group waiting for its fsync.
+struct Committed {
+    writes: usize,
+    ops: Vec<WheelOp>,
+    max_seq: u64,
+    completions: Vec<Completion>,
+    started: Instant,
+}
+
+/// Groups committed but not yet synced that the writer may run ahead by.
+const SYNC_QUEUE: usize = 4;
+
 pub(super) fn spawn(
     conn: Connection,
     hook: CommitHook,
     events: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
     checkpointer: Checkpointer,
+    durability: Durability,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let cannot = |what: &str, e: std::io::Error| StoreError::Unusable {
+        path: Default::default(),
+        reason: format!("cannot start the {what} thread: {e}"),
+    };
+    let (synced_tx, synced_rx) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
+    let syncer = std::thread::Builder::new()
+        .name("sendlater-sync".into())
+        .spawn(move || sync_stage(synced_rx, hook, events, durability))
+        .map_err(|e| cannot("sync", e))?;
     std::thread::Builder::new()
         .name("sendlater-writer".into())
-        .spawn(move || run(conn, rx, hook, events, clock, checkpointer))
-        .map_err(|e| StoreError::Unusable {
-            path: Default::default(),
-            reason: format!("cannot start the writer thread: {e}"),
-        })?;
+        .spawn(move || run(conn, rx, synced_tx, syncer, clock, checkpointer))
+        .map_err(|e| cannot("writer", e))?;
     Ok(WriterHandle { tx })
+}
+
+/// Makes committed groups durable and answers them, in commit order.
+fn sync_stage(
+    rx: std::sync::mpsc::Receiver<Committed>,
+    mut hook: CommitHook,
+    events: watch::Sender<u64>,
+    durability: Durability,
+) {
+    let mut wal: Option<std::fs::File> = None;
+    let mut batch: Vec<Committed> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        batch.extend(rx.try_iter());
+        if let Durability::SyncWal(path) = &durability {
+            // The WAL file exists once the writer has committed; it is never replaced
+            // while the writer's connection is open.
+            let synced = match &wal {
+                Some(f) => f.sync_data(),
+                None => std::fs::File::open(path).and_then(|f| {
+                    let r = f.sync_data();
+                    wal = Some(f);
+                    r
+                }),
+            };
+            if let Err(e) = synced {
+                // After a failed fsync the kernel may have dropped the dirty pages: what
+                // is on disk is unknown, so no caller may be told "committed". Stop; a
+                // restart recovers from what the file really holds (PostgreSQL does
+                // the same since "fsyncgate").
+                tracing::error!(error = %e, wal = %path.display(), "fsync of the WAL failed; stopping");
+                std::process::abort();
+            }
+        }
+        for c in batch.drain(..) {
+            if !c.ops.is_empty() {
+                hook(&c.ops);
+            }
+            if c.max_seq > 0 {
+                events.send_if_modified(|last| {
+                    let changed = c.max_seq > *last;
+                    *last = (*last).max(c.max_seq);
+                    changed
+                });
+            }
+            crate::metrics::METRICS
+                .commit_batch_size
+                .observe(c.writes as f64);
+            crate::metrics::METRICS
+                .commit_seconds
+                .observe(c.started.elapsed().as_secs_f64());
+            tracing::trace!(
+                writes = c.writes,
+                micros = c.started.elapsed().as_micros() as u64,
+                "group committed"
+            );
+            for done in c.completions {
+                done(Ok(()));
+            }
+        }
+    }
 }
 
 impl WriterHandle {
@@ -96,8 +196,8 @@ impl WriterHandle {
 fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
-    mut hook: CommitHook,
-    events: watch::Sender<u64>,
+    synced: std::sync::mpsc::SyncSender<Committed>,
+    syncer: std::thread::JoinHandle<()>,
     clock: Arc<dyn Clock>,
     checkpointer: Checkpointer,
 ) {
@@ -129,12 +229,20 @@ fn run(
         }
         last_group = jobs.len();
         if !jobs.is_empty() {
-            commit_group(&conn, &mut jobs, &mut hook, &events, clock.now_ms());
-            checkpointer.committed();
+            if let Some(c) = commit_group(&conn, &mut jobs, clock.now_ms()) {
+                // Blocks when the sync stage is SYNC_QUEUE groups behind (backpressure).
+                if synced.send(c).is_err() {
+                    break;
+                }
+                checkpointer.committed();
+            }
         }
     }
     // Writes still queued behind a close are refused: their senders see `Closed`.
     drop(rx);
+    // Every committed group is synced and answered before the close completes.
+    drop(synced);
+    let _ = syncer.join();
     drop(checkpointer);
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "checkpoint at close failed");
@@ -145,14 +253,10 @@ fn run(
     }
 }
 
-fn commit_group(
-    conn: &Connection,
-    jobs: &mut Vec<Job>,
-    hook: &mut CommitHook,
-    events: &watch::Sender<u64>,
-    now: i64,
-) {
-    let started = std::time::Instant::now();
+/// Runs the group in one transaction; `None` when nothing committed (every job was
+/// answered with an error or dropped).
+fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, now: i64) -> Option<Committed> {
+    let started = Instant::now();
     let n = jobs.len();
     let mut completions: Vec<Completion> = Vec::with_capacity(n);
     let mut ops: Vec<WheelOp> = Vec::new();
@@ -161,7 +265,7 @@ fn commit_group(
         tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
         // Dropping a job drops its reply sender: the caller sees Unavailable.
         jobs.clear();
-        return;
+        return None;
     }
     for job in jobs.drain(..) {
         let mut job_ops = Vec::new();
@@ -199,30 +303,13 @@ fn commit_group(
         completions.push(done);
     }
     match conn.execute_batch("COMMIT") {
-        Ok(()) => {
-            crate::metrics::METRICS.commit_batch_size.observe(n as f64);
-            crate::metrics::METRICS
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if !ops.is_empty() {
-                hook(&ops);
-            }
-            if max_seq > 0 {
-                events.send_if_modified(|last| {
-                    let changed = max_seq > *last;
-                    *last = (*last).max(max_seq);
-                    changed
-                });
-            }
-            tracing::trace!(
-                writes = n,
-                micros = started.elapsed().as_micros() as u64,
-                "group committed"
-            );
-            for done in completions {
-                done(Ok(()));
-            }
-        }
+        Ok(()) => Some(Committed {
+            writes: n,
+            ops,
+            max_seq,
+            completions,
+            started,
+        }),
         Err(e) => {
             tracing::error!(error = %e, writes = n, "group commit failed");
             let _ = conn.execute_batch("ROLLBACK");
@@ -232,6 +319,7 @@ fn commit_group(
                     Some(e.to_string()),
                 ))));
             }
+            None
         }
     }
 }
