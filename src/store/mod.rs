@@ -148,9 +148,10 @@ fn open_rw(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Enough cache for the hot index pages of several million rows (measured: at 64 MiB
-    // batch loading slowed 4x past 500k rows as index pages fell out of the cache).
-    conn.pragma_update(None, "cache_size", -262_144)?;
+    // 64 MiB: RSS after loading 1M items over gRPC was 355 B/item with 256 MiB (the
+    // cache fills up), over the 150 B budget; with schema v4's smaller index set the
+    // larger cache no longer measured faster (BENCHMARKS.md, second round).
+    conn.pragma_update(None, "cache_size", -65_536)?;
     // Savepoint sub-journals (one per write in a group) in memory, not in a temp file:
     // they were ~27% of the writer's CPU in a dispatch profile.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
