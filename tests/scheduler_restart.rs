@@ -166,28 +166,26 @@ async fn the_pending_quota_is_counted_from_the_file_after_a_restart() {
     many_replies(&mut t, "aaa", "T1", 2, T0 + HOUR, MINUTE).await;
     many_replies(&mut t, "zed", "T1", 1, T0 + HOUR, MINUTE).await;
     t.restart().await;
-    let r = t
-        .client
-        .schedule_message(email_reply("acme", "T1", T0 + HOUR))
-        .await;
-    assert_status(r, Code::ResourceExhausted, "");
+    assert_quota_full(&t, "acme").await;
     schedule(&mut t, email_reply("aaa", "T1", T0 + HOUR)).await;
-    let r = t
-        .client
-        .schedule_message(email_reply("aaa", "T1", T0 + HOUR))
-        .await;
-    assert_status(r, Code::ResourceExhausted, "");
+    assert_quota_full(&t, "aaa").await;
     schedule(&mut t, email_reply("zed", "T1", T0 + HOUR)).await;
     schedule(&mut t, email_reply("zed", "T1", T0 + HOUR)).await;
     cancel(&mut t, "acme", &items[0].item_id).await;
     t.restart().await;
     schedule(&mut t, email_reply("acme", "T1", T0 + HOUR)).await;
+    assert_quota_full(&t, "acme").await;
+    t.stop().await;
+}
+
+/// One more reply for `account` is refused: its pending quota is used up.
+async fn assert_quota_full(t: &TestServer, account: &str) {
     let r = t
         .client
-        .schedule_message(email_reply("acme", "T1", T0 + HOUR))
+        .clone()
+        .schedule_message(email_reply(account, "T1", T0 + HOUR))
         .await;
     assert_status(r, Code::ResourceExhausted, "");
-    t.stop().await;
 }
 
 #[tokio::test]
