@@ -70,8 +70,9 @@ struct Committed {
     started: Instant,
 }
 
-/// Groups committed but not yet synced that the writer may run ahead by.
-const SYNC_QUEUE: usize = 4;
+/// Committed groups that may wait for the sync stage while it syncs another (1 measured
+/// the same throughput as 4, with a slightly lower p99).
+const SYNC_QUEUE: usize = 1;
 
 pub(super) fn spawn(
     conn: Connection,
