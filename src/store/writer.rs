@@ -324,3 +324,65 @@ fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, now: i64) -> Option<Comm
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use crate::clock::SystemClock;
+    use crate::config::Synchronous;
+    use crate::store::{Store, WheelOp};
+
+    /// With FULL configured the sync stage answers; what the caller sees must still be
+    /// committed, its timer changes applied before the answer, and in commit order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_is_answered_after_its_timer_changes_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        for sync in [Synchronous::Full, Synchronous::Normal] {
+            let seen: Arc<Mutex<Vec<WheelOp>>> = Arc::default();
+            let hook_seen = seen.clone();
+            let store = Store::open(
+                &path,
+                sync,
+                Arc::new(SystemClock),
+                Box::new(move |ops| hook_seen.lock().unwrap().extend_from_slice(ops)),
+            )
+            .unwrap();
+            let mut writes = Vec::new();
+            for i in 0..50i64 {
+                let s = store.clone();
+                let seen = seen.clone();
+                writes.push(tokio::spawn(async move {
+                    s.write(move |tx| {
+                        tx.conn
+                            .execute_batch("CREATE TABLE IF NOT EXISTS t (x INTEGER)")?;
+                        tx.conn.execute("INSERT INTO t VALUES (?1)", [i])?;
+                        tx.set_timer(i, 1000 + i);
+                        Ok(i)
+                    })
+                    .await
+                    .map(|i| (i, seen_contains(&seen, i)))
+                }));
+            }
+            let mut seen_at_answer = Vec::new();
+            for w in writes {
+                seen_at_answer.push(w.await.unwrap().unwrap());
+            }
+            assert!(
+                seen_at_answer.iter().all(|&(_, seen)| seen),
+                "a write was answered before its timer change reached the hook"
+            );
+            store.close().await;
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let n: i64 = conn
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, if sync == Synchronous::Full { 50 } else { 100 });
+        }
+    }
+
+    fn seen_contains(seen: &Arc<Mutex<Vec<WheelOp>>>, i: i64) -> bool {
+        seen.lock().unwrap().contains(&WheelOp::Set(i, 1000 + i))
+    }
+}
