@@ -80,47 +80,75 @@ fn assert_searches(conn: &Connection, sql: &str, index: &str) -> Vec<String> {
     lines
 }
 
-fn list_sql(index: &str, state: &str, dir: &str, cmp: &str, filters: &str, cursor: bool) -> String {
+fn list_sql(from: &str, state: &str, dir: &str, cmp: &str, filters: &str, cursor: bool) -> String {
     let cursor = if cursor {
         format!(" AND (next_send_at, id) {cmp} (?, ?)")
     } else {
         String::new()
     };
     format!(
-        "SELECT {ITEM_COLUMNS}, next_send_at FROM items INDEXED BY {index} \
+        "SELECT {ITEM_COLUMNS}, next_send_at FROM {from} \
          WHERE account_id = ? AND {state}{filters}{cursor} \
          ORDER BY next_send_at {dir}, id {dir} LIMIT 101"
     )
 }
 
+const FILTERS: [&str; 3] = [
+    "",
+    " AND ticket_id = ?",
+    " AND ticket_id = ? AND channel = ? AND author_id = ? AND kind = ? \
+     AND next_send_at >= ? AND next_send_at < ?",
+];
+
 #[tokio::test]
 async fn list_scheduled_searches_the_live_or_done_index_and_needs_no_sort() {
     let (mut t, conn) = populated().await;
-    let all_filters = " AND ticket_id = ? AND channel = ? AND author_id = ? AND kind = ? \
-                       AND next_send_at >= ? AND next_send_at < ?";
-    // The state terms list_items writes (schema v4: DISPATCHING is PENDING + a lease).
+    // The state terms list_items writes for PENDING and the finished states.
     let states = [
         (
             "items_live",
             "state IN (1, 2) AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
         ),
-        (
-            "items_live",
-            "state IN (1, 2) AND EXISTS (SELECT 1 FROM leases WHERE item = id)",
-        ),
         ("items_done", "state NOT IN (1, 2) AND state = ?"),
     ];
     for (index, state) in states {
         for (dir, cmp) in [("ASC", ">"), ("DESC", "<")] {
-            for filters in ["", " AND ticket_id = ?", all_filters] {
+            for filters in FILTERS {
                 for cursor in [false, true] {
-                    let sql = list_sql(index, state, dir, cmp, filters, cursor);
+                    let from = format!("items INDEXED BY {index}");
+                    let sql = list_sql(&from, state, dir, cmp, filters, cursor);
                     let lines = assert_searches(&conn, &sql, index);
                     assert!(
                         !lines.iter().any(|l| l.contains("TEMP B-TREE")),
                         "the listing sorts instead of reading the index in order: {lines:?}\n{sql}"
                     );
                 }
+            }
+        }
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn list_scheduled_dispatching_walks_the_leases_not_the_pending_items() {
+    let (mut t, conn) = populated().await;
+    for (dir, cmp) in [("ASC", ">"), ("DESC", "<")] {
+        for filters in FILTERS {
+            for cursor in [false, true] {
+                let from = "leases CROSS JOIN items ON items.id = leases.item";
+                let sql = list_sql(from, "state = 1", dir, cmp, filters, cursor);
+                let lines = plan(&conn, &sql);
+                assert!(
+                    lines.iter().any(|l| l.starts_with("SCAN leases")),
+                    "{lines:?}\n{sql}"
+                );
+                assert!(
+                    lines
+                        .iter()
+                        .filter(|l| l.contains(" items"))
+                        .all(|l| l.starts_with("SEARCH items USING INTEGER PRIMARY KEY")),
+                    "items must be reached by id from each lease: {lines:?}\n{sql}"
+                );
             }
         }
     }
