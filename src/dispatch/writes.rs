@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use rusqlite::OptionalExtension;
 
 use crate::store::rows::{
-    delete_lease, get_item_any, insert_lease, item_from_row, update_item, ITEM_COLUMNS,
+    delete_lease, get_item_any, insert_lease, item_from_row, update_item, with_lease, ITEM_COLUMNS,
     LEASE_EXPIRES,
 };
 use crate::store::Tx;
@@ -64,9 +64,8 @@ pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<I
             continue; // leased already, cancelled, sent, or rescheduled to later
         }
         insert_lease(tx.conn, id, expires)?;
-        // As the item now reads back (see rows::with_lease).
-        item.state = State::Dispatching;
-        item.attempts += 1;
+        // As the item now reads back.
+        (item.state, item.attempts) = with_lease(item.state, item.attempts, Some(expires));
         item.lease_expires_at = Some(expires);
         item.updated_at = tx.now;
         tx.event(EventType::Dispatching, &item)?;

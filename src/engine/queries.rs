@@ -288,25 +288,28 @@ fn list_items(
     // as PENDING with a row in `leases`: those are listed from `leases`, which holds
     // only the jobs out at connectors (a sort of those, never a walk of every pending
     // item of the account; CROSS JOIN keeps SQLite from starting at items).
-    let (from, filter) = match state {
+    let (from, filter, finished) = match state {
         State::Pending => (
             "items INDEXED BY items_live",
             "state IN (1, 2) AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
+            None,
         ),
         State::Dispatching => (
             "leases CROSS JOIN items ON items.id = leases.item",
             "state = 1",
+            None,
         ),
-        _ => (
+        other => (
             "items INDEXED BY items_done",
             "state NOT IN (1, 2) AND state = ?",
+            Some(other),
         ),
     };
     let mut sql = format!(
         "SELECT {ITEM_COLUMNS}, next_send_at FROM {from} WHERE account_id = ? AND {filter}"
     );
     let mut args: Vec<Value> = vec![Value::Text(q.account_id.clone())];
-    if !matches!(state, State::Pending | State::Dispatching) {
+    if let Some(state) = finished {
         args.push(Value::Integer(state.as_i64()));
     }
     if let Some(t) = &q.ticket_id {
