@@ -139,13 +139,7 @@ async fn a_corrupt_or_newer_database_is_a_clear_start_up_error() {
         b"this is not a database, not even close; ".repeat(200),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&junk)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(&junk);
     assert!(err.contains("not a usable sendlater database"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
@@ -154,14 +148,19 @@ async fn a_corrupt_or_newer_database_is_a_clear_start_up_error() {
         .unwrap()
         .pragma_update(None, "user_version", 999)
         .unwrap();
+    let err = serve_fails(&newer);
+    assert!(err.contains("newer sendlater"), "{err}");
+}
+
+/// Runs `sendlater serve` on `db`, which must fail; returns its stderr.
+fn serve_fails(db: &std::path::Path) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"))
         .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&newer)
+        .arg(db)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("newer sendlater"), "{err}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
