@@ -467,14 +467,8 @@ impl Actor {
                             conn: *c,
                         });
                     }
-                    // No connector with credit may take this account's items yet;
-                    // look at no more than `want` of them per round.
-                    None => {
-                        unplaced.push((account, id));
-                        if unplaced.len() >= want {
-                            break;
-                        }
-                    }
+                    // No connector with credit may take this account's items yet.
+                    None => unplaced.push((account, id)),
                 }
             }
             for (account, id) in unplaced.into_iter().rev() {
