@@ -343,3 +343,11 @@ pub async fn wait_item(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+impl TestServer {
+    /// Waits until the server is idle: every queued write committed, the wheel advanced
+    /// to the clock, dispatch done with everything it can do now.
+    pub async fn settle(&self) {
+        // (placeholder on the old engine: nothing to wait for)
+    }
+}
