@@ -86,6 +86,12 @@ pub struct Metrics {
     pub acks: AtomicU64,
     pub nacks: AtomicU64,
     pub abandoned_leases: AtomicU64,
+    /// Answers that named no job their stream holds (forged, duplicate, malformed).
+    pub ignored_answers: AtomicU64,
+    /// Connector streams ended because a lease of theirs expired unanswered.
+    pub stalled_connectors: AtomicU64,
+    /// Items failed because their stored row could not be read.
+    pub unreadable_items: AtomicU64,
     /// Lateness of first deliveries (handed to a connector minus send_at), per channel.
     pub lateness_email: Histogram,
     pub lateness_chat: Histogram,
@@ -100,6 +106,9 @@ pub static METRICS: Metrics = Metrics {
     acks: AtomicU64::new(0),
     nacks: AtomicU64::new(0),
     abandoned_leases: AtomicU64::new(0),
+    ignored_answers: AtomicU64::new(0),
+    stalled_connectors: AtomicU64::new(0),
+    unreadable_items: AtomicU64::new(0),
     lateness_email: Histogram::new(SECONDS),
     lateness_chat: Histogram::new(SECONDS),
     commit_batch_size: Histogram::new(BATCH),
@@ -160,6 +169,21 @@ pub fn render(g: &dyn Gauges) -> String {
         "sendlater_abandoned_leases_total",
         "Leases that ended without an answer (expired or stream dropped).",
         m.abandoned_leases.load(Relaxed),
+    );
+    counter(
+        "sendlater_ignored_answers_total",
+        "Acks/Nacks ignored: they named no job the answering stream holds.",
+        m.ignored_answers.load(Relaxed),
+    );
+    counter(
+        "sendlater_stalled_connectors_total",
+        "Connector streams ended because a lease of theirs expired unanswered.",
+        m.stalled_connectors.load(Relaxed),
+    );
+    counter(
+        "sendlater_unreadable_items_total",
+        "Items failed because their stored row could not be read.",
+        m.unreadable_items.load(Relaxed),
     );
     let _ = writeln!(out, "# HELP sendlater_pending_timers Timers on the wheel.\n# TYPE sendlater_pending_timers gauge\nsendlater_pending_timers {}", g.pending_timers());
     let _ = writeln!(out, "# HELP sendlater_due_backlog Due items waiting for a connector.\n# TYPE sendlater_due_backlog gauge");

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
 
 use crate::config::ServerConfig;
 use std::sync::Arc;
@@ -63,13 +64,25 @@ impl Gauges for ServerGauges {
     }
 }
 
+/// HTTP/2 keepalive: a connection that does not answer a PING within the timeout is
+/// closed, so a half-open connector (its host gone, no FIN) is noticed in seconds and
+/// its jobs go to another connector.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
 pub struct RunningServer {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     engine: Engine,
-    stop: oneshot::Sender<()>,
+    dispatcher: Dispatcher,
+    dispatcher_task: JoinHandle<()>,
+    health: tonic_health::server::HealthReporter,
+    /// Cancelled to stop accepting connections.
+    stop: CancellationToken,
     streams: CancellationToken,
+    /// Why the service stopped working (the store's writer died), once it has.
+    failure: watch::Receiver<Option<String>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -94,15 +107,52 @@ impl RunningServer {
         &self.engine
     }
 
-    /// Graceful stop: stop accepting, end the long-lived streams (connectors and
-    /// watchers reconnect elsewhere or later), let in-flight RPCs finish (bounded by a
-    /// grace period), then flush the store and stop the engine.
+    /// Resolves with the reason once the service can no longer work (the store's
+    /// writer died): health already says NOT_SERVING and the listener stopped; the
+    /// process should exit non-zero so a supervisor restarts it.
+    pub async fn failed(&self) -> String {
+        let mut f = self.failure.clone();
+        let reason = match f.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the server stopped".into(),
+        };
+        reason
+    }
+
+    /// Waits until the server is idle: every write queued before this call committed
+    /// and durable, the wheel advanced to the clock's time, and dispatch done with all
+    /// it can do now (answers recorded, due items handed out as far as credit allows).
+    /// Deterministic: for tests (with a manual clock) and tools, never for production
+    /// paths. It does not wait for messages still on the network.
+    pub async fn settle(&self) {
+        loop {
+            // Writes queued before: committed, durable, their timers applied.
+            let _ = self.engine.store().write(|_| Ok(())).await;
+            let now = self.engine.clock().now_ms();
+            self.engine.catch_up(now);
+            self.dispatcher.idle().await;
+            // Dispatch's own writes may have set timers that are due already.
+            let _ = self.engine.store().write(|_| Ok(())).await;
+            if self.engine.ready().is_empty() && !self.engine.due_by(now) {
+                return;
+            }
+        }
+    }
+
+    /// Graceful stop: say NOT_SERVING, stop accepting, end the watch streams, record
+    /// the answers of jobs out at connectors (bounded by a grace period) and end their
+    /// streams, let in-flight RPCs finish (bounded), then flush the store and stop the
+    /// engine.
     ///
     /// # Errors
     /// The server task failed.
     pub async fn shutdown(self) -> Result<(), ServerError> {
-        let _ = self.stop.send(());
+        set_health(&self.health, ServingStatus::NotServing).await;
+        self.stop.cancel();
         self.streams.cancel();
+        if let Err(e) = self.dispatcher_task.await {
+            tracing::error!(error = %e, "the dispatcher failed while stopping");
+        }
         let mut task = self.task;
         let result = match tokio::time::timeout(DRAIN_GRACE, &mut task).await {
             Ok(Ok(r)) => r.map_err(|e| ServerError::Other(e.to_string())),
@@ -172,7 +222,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     .max_encoding_message_size(max_message);
     let scheduler = InterceptedService::new(scheduler, auth.interceptor(auth::Service::Scheduler));
 
-    let dispatcher = Dispatcher::start(engine.clone(), streams.clone());
+    let (dispatcher, dispatcher_task) = Dispatcher::start(engine.clone(), streams.clone());
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let gauges = Arc::new(ServerGauges {
@@ -189,26 +239,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
     let dispatch =
-        pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher, streams.clone()))
+        pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
     let dispatch = InterceptedService::new(dispatch, auth.interceptor(auth::Service::Dispatch));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::scheduler_server::SchedulerServer<SchedulerService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::dispatch_server::DispatchServer<DispatchService>>()
-        .await;
+    set_health(&health_reporter, ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Other(e.to_string()))?;
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut builder = tonic::transport::Server::builder();
+    let stop = CancellationToken::new();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = &config.tls {
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| ServerError::Other(format!("tls: {}: {e}", p.display())))
@@ -226,16 +273,68 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     // TCP_NODELAY: without it, a response that follows a small one waits for the
     // client's delayed ACK (~40 ms on Linux), which capped 64 unary clients at ~1.3k/s.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        let _ = stopped.await;
-    }));
+    let task =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+    let failure = watch_for_failure(&engine, &health_reporter, &stop, &streams);
     tracing::info!(addr = %local_addr, "serving");
     Ok(RunningServer {
         local_addr,
         metrics_addr,
         engine,
+        dispatcher,
+        dispatcher_task,
+        health: health_reporter,
         stop,
         streams,
+        failure,
         task,
     })
+}
+
+/// The health of both services.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health
+        .set_service_status(
+            <pb::scheduler_server::SchedulerServer<SchedulerService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <pb::dispatch_server::DispatchServer<DispatchService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
+}
+
+/// When the store's writer dies (a panic, a lost thread), nothing can be written any
+/// more: say NOT_SERVING, stop accepting and end the streams, and report the reason
+/// (`sendlater serve` then exits non-zero, so a supervisor restarts it).
+fn watch_for_failure(
+    engine: &Engine,
+    health: &tonic_health::server::HealthReporter,
+    stop: &CancellationToken,
+    streams: &CancellationToken,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    let mut fatal = engine.store().fatal();
+    let health = health.clone();
+    let stop = stop.clone();
+    let streams = streams.clone();
+    tokio::spawn(async move {
+        let reason = tokio::select! {
+            r = fatal.wait_for(Option::is_some) => match r {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        tracing::error!(reason = %reason, "the service cannot work any more; stopping");
+        set_health(&health, ServingStatus::NotServing).await;
+        stop.cancel();
+        streams.cancel();
+        let _ = tx.send(Some(reason));
+    });
+    rx
 }

@@ -132,22 +132,36 @@ async fn transient_failures_stop_after_max_attempts() {
 }
 
 #[tokio::test]
-async fn an_expired_lease_redelivers_and_a_late_ack_still_marks_sent() {
+async fn an_expired_lease_redelivers_elsewhere_and_a_late_ack_still_marks_sent() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
     let item = schedule(&t, email_reply("acme", "T1", T0)).await;
     let first = c.next_job().await;
     assert_eq!(ms(&first.lease_expires_at), T0 + 30_000);
-    t.advance(Duration::from_secs(30));
-    let second = c.next_job().await;
+    // A second job keeps `c` connected after the first lease expires.
+    let other = schedule(&t, email_reply("acme", "T2", T0 + 10_000)).await;
+    t.advance(Duration::from_secs(10));
+    let second_job = c.next_job().await;
+    assert_eq!(job_item(&second_job), other.item_id);
+    let mut d = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    t.advance(Duration::from_secs(20));
+    // The expired attempt goes to another connector: `c` gets no more jobs.
+    let second = d.next_job().await;
     assert_eq!(second.attempt, 2);
     assert_eq!(job_item(&second), item.item_id);
     // The first delivery did go out after all: its ack counts.
     c.ack(&first, "late").await;
     let sent = wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     assert_eq!(sent.provider_message_id, "late");
-    // The second ack is accepted and changes nothing.
-    c.ack(&second, "dup").await;
+    assert_eq!(sent.attempts, 2);
+    // The second ack is accepted and changes nothing; fenced by a later ack on the
+    // same stream.
+    let fence = schedule(&t, email_reply("acme", "T3", T0 + 30_000)).await;
+    let fence_job = d.next_job().await;
+    assert_eq!(job_item(&fence_job), fence.item_id);
+    d.ack(&second, "dup").await;
+    d.ack(&fence_job, "fence").await;
+    wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
     let again = t
         .client
         .get_item(item_ref("acme", &item.item_id))
@@ -155,6 +169,9 @@ async fn an_expired_lease_redelivers_and_a_late_ack_still_marks_sent() {
         .unwrap()
         .into_inner();
     assert_eq!(again.provider_message_id, "late");
+    assert_eq!(again.sent_at, sent.sent_at);
+    c.ack(&second_job, "ok").await;
+    wait_state(&t.client, "acme", &other.item_id, pb::State::Sent).await;
     t.stop().await;
 }
 

@@ -168,7 +168,10 @@ async fn a_connector_that_never_reads_does_not_burn_the_attempts_of_an_item() {
     for id in [&first.item_id, &second.item_id] {
         let it = get(&t, id).await;
         assert_ne!(it.state, pb::State::Failed as i32, "{it:?}");
-        assert!(it.attempts <= 2, "attempts burnt on a deaf connector: {it:?}");
+        assert!(
+            it.attempts <= 2,
+            "attempts burnt on a deaf connector: {it:?}"
+        );
     }
     // A healthy connector gets both.
     let mut healthy = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
@@ -229,7 +232,10 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
     c.ack(&job, "<good@example.com>").await;
     wait_state(&t.client, "acme", &good.item_id, pb::State::Sent).await;
     let held_now = wait_state(&t.client, "acme", &held.item_id, pb::State::Sent).await;
-    assert_eq!(held_now.attempts, 1, "the held job's ack was lost: {held_now:?}");
+    assert_eq!(
+        held_now.attempts, 1,
+        "the held job's ack was lost: {held_now:?}"
+    );
     t.settle().await;
     let db = raw(&t);
     for bad in [&bad_content, &bad_channel] {
@@ -265,8 +271,12 @@ async fn answers_in_flight_at_shutdown_are_recorded() {
         _ = std::future::ready(()) => {}
     }
     c.ack(&job, "<sent@example.com>").await;
-    drop(c);
+    // The connector stays until the server ends its stream, as a real one does.
     stopping.await.expect("clean shutdown");
+    assert!(
+        c.jobs.message().await.ok().flatten().is_none(),
+        "no job after the stop"
+    );
     t.restart().await;
     let now = get(&t, &item.item_id).await;
     assert_eq!(now.state, pb::State::Sent as i32, "{now:?}");
@@ -282,8 +292,8 @@ async fn resuming_events_from_a_pruned_sequence_is_out_of_range() {
     }
     t.advance(Duration::from_secs(120));
     schedule(&t, email_reply("acme", "T9", T0 + 3_600_000)).await;
-    let pruned = t.running().engine().prune_events(60_000).await.unwrap();
-    assert_eq!(pruned, 3);
+    // The background pruner may have run already; either way events 1..=3 are gone.
+    t.running().engine().prune_events(60_000).await.unwrap();
     let mut client = t.client.clone();
     let r = client
         .watch_events(pb::WatchEventsRequest {
@@ -330,7 +340,10 @@ async fn a_database_reached_through_a_symlink_is_synced_and_kept() {
     let mut t = TestServer::start_with(|c| c.db_path = link_dir.join("sendlater.db")).await;
     let item = schedule(&t, email_reply("acme", "T1", T0 + 60_000)).await;
     t.restart().await;
-    assert_eq!(get(&t, &item.item_id).await.state, pb::State::Pending as i32);
+    assert_eq!(
+        get(&t, &item.item_id).await.state,
+        pb::State::Pending as i32
+    );
     t.stop().await;
     assert!(real.join("data.db-wal").exists() || real.join("data.db").exists());
 }
@@ -361,11 +374,14 @@ async fn a_panic_on_the_writer_thread_takes_the_service_out_of_rotation() {
     let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .expect("health changes within 10 s");
-    match next {
-        Ok(Some(m)) => assert_eq!(m.status, ServingStatus::NotServing as i32),
-        Ok(None) | Err(_) => {} // the server went away: also out of rotation
+    // The server may also have gone away already: out of rotation too.
+    if let Ok(Some(m)) = next {
+        assert_eq!(m.status, ServingStatus::NotServing as i32);
     }
-    // FAILED-CHECK
+    let failed = tokio::time::timeout(Duration::from_secs(10), t.running().failed())
+        .await
+        .expect("the server reports its failure");
+    assert!(failed.contains("writer"), "{failed}");
     t.server.take();
 }
 
@@ -395,7 +411,10 @@ async fn reporting_a_message_that_is_ours_and_still_dispatching_converts_nothing
         .unwrap()
         .into_inner();
     assert!(r.affected.is_empty(), "{r:?}");
-    assert_eq!(get(&t, &later.item_id).await.state, pb::State::Pending as i32);
+    assert_eq!(
+        get(&t, &later.item_id).await.state,
+        pb::State::Pending as i32
+    );
     t.stop().await;
 }
 
@@ -409,8 +428,11 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
         .store()
         .write(|tx| {
             let pages: i64 = tx.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            tx.conn
-                .query_row(&format!("PRAGMA max_page_count = {}", pages + 40), [], |_| Ok(()))?;
+            tx.conn.query_row(
+                &format!("PRAGMA max_page_count = {}", pages + 40),
+                [],
+                |_| Ok(()),
+            )?;
             Ok(())
         })
         .await
@@ -464,7 +486,11 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
         ids
     };
     assert_eq!(stored, ok, "stored items differ from the ones answered OK");
-    assert_eq!(engine.pending_timers(), ok.len(), "a stored item has no timer");
+    assert_eq!(
+        engine.pending_timers(),
+        ok.len(),
+        "a stored item has no timer"
+    );
     // The quota counts exactly the stored items.
     let mut more = 0u64;
     loop {
@@ -489,32 +515,35 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
 #[tokio::test]
 async fn a_clock_step_back_after_an_item_fell_due_strands_nothing() {
     let mut t = TestServer::start().await;
-    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let item = schedule(&t, email_reply("acme", "T1", T0 + 10_000)).await;
+    // The item falls due while no connector is there: it waits in line.
     t.clock.set(T0 + 10_000);
-    // The wheel fired; then the clock steps back 5 s before dispatch looks at it.
     let engine = t.running().engine().clone();
     t.eventually("the wheel fires", || engine.pending_timers() == 0)
         .await;
+    // NTP steps the clock back 5 s; then a connector arrives.
     t.clock.set(T0 + 5_000);
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     t.settle().await;
     t.clock.set(T0 + 20_000);
     let job = c.next_job().await;
     assert_eq!(job_item(&job), item.item_id);
-    // The lease: fired at its expiry, then the clock steps back before it is checked.
-    let engine2 = engine.clone();
+    // The lease: its timer fires at expiry, then the clock steps back before dispatch
+    // looks at it.
     t.clock.set(ms(&job.lease_expires_at));
-    t.eventually("the lease timer fires", || engine2.pending_timers() == 0)
+    t.eventually("the lease timer fires", || engine.pending_timers() == 0)
         .await;
     t.clock.set(T0 + 21_000);
     t.settle().await;
-    // The holder never answers: once the clock is past the lease again, the item goes
-    // to another connector (the holder stays connected, so only the lease can free it).
+    // The holder never answers (and stays connected, so only the lease can free the
+    // item): once the clock is past the lease again, another connector gets it.
     let mut other = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     t.clock.set(ms(&job.lease_expires_at) + 1_000);
     let again = other.next_job().await;
     assert_eq!(job_item(&again), item.item_id);
     assert_eq!(again.attempt, 2);
+    other.ack(&again, "ok").await;
+    wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     drop(c);
     t.stop().await;
 }

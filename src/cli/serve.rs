@@ -124,7 +124,17 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         "sendlater is serving"
     );
 
-    let waited = signal::shutdown().await;
+    let waited = tokio::select! {
+        w = signal::shutdown() => w,
+        reason = running.failed() => {
+            // The store's writer died: nothing can be written. Exit non-zero so a
+            // supervisor restarts the process; the file holds everything answered OK.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown()).await;
+            return Err(CliError::Server(server::ServerError::Other(format!(
+                "the service stopped working: {reason}"
+            ))));
+        }
+    };
     if let Err(error) = &waited {
         // Without signal handlers we cannot wait for a stop request: stop now rather
         // than run unstoppable.

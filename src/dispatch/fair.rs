@@ -4,21 +4,29 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::domain::ItemId;
-
-/// Due item ids of one channel, queued per account.
-#[derive(Debug, Default)]
-pub struct FairQueue {
+/// Due items of one channel (`T`: the id and what goes with it), queued per account.
+#[derive(Debug)]
+pub struct FairQueue<T> {
     /// Accounts with at least one queued id, in serving order.
     turn: VecDeque<String>,
     /// Invariant: every queue here is non-empty and its account is in `turn` once.
-    queues: HashMap<String, VecDeque<ItemId>>,
+    queues: HashMap<String, VecDeque<T>>,
     len: usize,
 }
 
-impl FairQueue {
+impl<T> Default for FairQueue<T> {
+    fn default() -> Self {
+        Self {
+            turn: VecDeque::new(),
+            queues: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> FairQueue<T> {
     /// Queues `id` behind the account's earlier ids.
-    pub fn push(&mut self, account: &str, id: ItemId) {
+    pub fn push(&mut self, account: &str, id: T) {
         match self.queues.get_mut(account) {
             Some(q) => q.push_back(id),
             None => {
@@ -30,7 +38,7 @@ impl FairQueue {
     }
 
     /// Puts an id back at the head of its account's queue (it could not be placed).
-    pub fn push_front(&mut self, account: &str, id: ItemId) {
+    pub fn push_front(&mut self, account: &str, id: T) {
         match self.queues.get_mut(account) {
             Some(q) => q.push_front(id),
             None => {
@@ -42,7 +50,7 @@ impl FairQueue {
     }
 
     /// The oldest id of the account whose turn it is, with the account.
-    pub fn pop(&mut self) -> Option<(String, ItemId)> {
+    pub fn pop(&mut self) -> Option<(String, T)> {
         let account = self.turn.pop_front()?;
         let q = self.queues.get_mut(&account)?;
         let id = q.pop_front();
@@ -78,7 +86,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_one_account_does_not_starve_another() {
-        let mut f = FairQueue::default();
+        let mut f = FairQueue::<i64>::default();
         for id in 0..100 {
             f.push("big", id);
         }
@@ -94,7 +102,7 @@ mod tests {
 
     #[test]
     fn an_id_put_back_is_served_first_again() {
-        let mut f = FairQueue::default();
+        let mut f = FairQueue::<i64>::default();
         f.push("a", 1);
         f.push("a", 2);
         let (acc, id) = f.pop().unwrap();

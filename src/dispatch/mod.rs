@@ -20,23 +20,28 @@ mod fair;
 pub mod writes;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::types::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Accounts;
 use crate::domain::{self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State};
-use crate::engine::Engine;
+use crate::engine::{Engine, Fired};
 use crate::metrics::METRICS;
 use crate::store::rows::{with_lease, LEASE_EXPIRES};
 use fair::FairQueue;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use writes::{Outcome, Tuning};
 
 /// Most items leased or recorded in one write.
 const BATCH: usize = 1000;
+
+/// How long a graceful stop waits for the answers of jobs out at connectors.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// A job sent to a connector.
 #[derive(Debug, Clone)]
@@ -47,15 +52,39 @@ pub struct Job {
     pub lease_expires_at: Millis,
 }
 
-/// `itm_42#3`: the item and the attempt.
-pub fn job_id(id: ItemId, attempt: u32) -> String {
-    format!("{}#{attempt}", format_item_id(id))
+/// What a job id names: the item, the attempt, and the lease's secret token. The
+/// token makes a job id a capability: only the stream it was sent to can know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobKey {
+    pub item: ItemId,
+    pub attempt: u32,
+    pub token: u128,
 }
 
-/// Parses a job id.
-pub fn parse_job_id(s: &str) -> Option<(ItemId, u32)> {
-    let (item, attempt) = s.split_once('#')?;
-    Some((parse_item_id(item)?, attempt.parse().ok()?))
+/// `itm_42#3.<32 hex digits>`: the item, the attempt and the lease token.
+pub fn job_id(k: JobKey) -> String {
+    format!("{}#{}.{:032x}", format_item_id(k.item), k.attempt, k.token)
+}
+
+/// Parses a job id; `None` for anything not spelt as [`job_id`] spells it.
+pub fn parse_job_id(s: &str) -> Option<JobKey> {
+    let (item, rest) = s.split_once('#')?;
+    let (attempt, token) = rest.split_once('.')?;
+    if token.len() != 32 {
+        return None;
+    }
+    Some(JobKey {
+        item: parse_item_id(item)?,
+        attempt: attempt.parse().ok()?,
+        token: u128::from_str_radix(token, 16).ok()?,
+    })
+}
+
+/// A connector's answer to a job.
+#[derive(Debug)]
+pub enum Answer {
+    Ack { provider_message_id: String },
+    Nack { error: String, permanent: bool },
 }
 
 /// What a connector stream tells the dispatcher.
@@ -69,21 +98,23 @@ pub enum ConnectorEvent {
         accounts: Accounts,
         max_in_flight: usize,
         jobs: mpsc::Sender<Job>,
+        /// Cancelled by the dispatcher to end the stream (a stalled connector).
+        kick: CancellationToken,
     },
-    Ack {
+    Answer {
         conn: u64,
-        job: (ItemId, u32),
-        provider_message_id: String,
-    },
-    Nack {
-        conn: u64,
-        job: (ItemId, u32),
-        error: String,
-        permanent: bool,
+        job: JobKey,
+        answer: Answer,
+        /// Held until the dispatcher has looked at the answer: a stream has a bounded
+        /// number of answers in the dispatcher's queue, so a flood waits in the
+        /// stream's own flow control, not in memory here.
+        permit: OwnedSemaphorePermit,
     },
     Gone {
         conn: u64,
     },
+    /// Answered once the dispatcher has nothing left to do.
+    Idle(oneshot::Sender<()>),
 }
 
 /// What the dispatcher shows of itself (for metrics), updated after each round.
@@ -98,16 +129,19 @@ pub struct DispatchStats {
 #[derive(Clone)]
 pub struct Dispatcher {
     tx: mpsc::UnboundedSender<ConnectorEvent>,
+    /// Cancelled when the actor has stopped (the stream readers stop with it).
+    stopped: CancellationToken,
     /// Gauges of the actor.
     pub stats: Arc<DispatchStats>,
-    next_conn: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next_conn: Arc<AtomicU64>,
 }
 
 impl Dispatcher {
-    /// Starts the dispatcher task; it stops when `shutdown` is cancelled.
-    pub fn start(engine: Engine, shutdown: CancellationToken) -> Dispatcher {
-        // Unbounded: acks must never wait behind a full queue (the credit window bounds
-        // them: at most max_in_flight answers per stream can be outstanding).
+    /// Starts the dispatcher task. When `shutdown` is cancelled it stops handing out
+    /// jobs, records the answers of the jobs out at connectors (waiting at most
+    /// [`DRAIN_GRACE`] for them), then ends; the handle resolves then.
+    pub fn start(engine: Engine, shutdown: CancellationToken) -> (Dispatcher, JoinHandle<()>) {
+        // Unbounded: the senders bound themselves (a permit per answer, credit per job).
         let (tx, rx) = mpsc::unbounded_channel();
         let cfg = engine.dispatch_config();
         let tuning = Tuning {
@@ -125,26 +159,59 @@ impl Dispatcher {
             waiting: HashMap::new(),
             inflight: HashMap::new(),
             outcomes: Vec::new(),
-            rng: 0x9e37_79b9_7f4a_7c15 ^ (std::process::id() as u64) << 17,
+            idle: Vec::new(),
+            draining: None,
         };
-        tokio::spawn(actor.run(rx, shutdown));
-        Dispatcher {
-            tx,
-            stats,
-            next_conn: Default::default(),
-        }
+        let stopped = CancellationToken::new();
+        let guard = stopped.clone().drop_guard();
+        let task = tokio::spawn(async move {
+            let _stopped = guard;
+            actor.run(rx, shutdown).await;
+        });
+        (
+            Dispatcher {
+                tx,
+                stopped,
+                stats,
+                next_conn: Default::default(),
+            },
+            task,
+        )
     }
 
     /// A fresh connection number for a stream.
     pub fn next_conn(&self) -> u64 {
-        self.next_conn
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_conn.fetch_add(1, Relaxed)
+    }
+
+    /// Resolves once the actor has stopped.
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.stopped.clone().cancelled_owned()
     }
 
     /// Sends an event to the actor; false when it has stopped.
     pub fn send(&self, ev: ConnectorEvent) -> bool {
         self.tx.send(ev).is_ok()
     }
+
+    /// Waits until the dispatcher has done everything it can do now (answers recorded,
+    /// due items handed out as far as credit allows). Returns at once if it stopped.
+    pub async fn idle(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(ConnectorEvent::Idle(tx)) {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A job a stream was given and has not answered.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    attempt: u32,
+    token: u128,
+    /// Its lease expired: the attempt has ended (the item went back in line), but the
+    /// connector may still report that it did send it (a late Ack counts).
+    expired: bool,
 }
 
 struct Conn {
@@ -152,13 +219,30 @@ struct Conn {
     channels: Vec<Channel>,
     accounts: Accounts,
     max_in_flight: usize,
-    in_flight: usize,
     jobs: mpsc::Sender<Job>,
+    kick: CancellationToken,
+    /// Jobs sent to this stream and not answered. Invariant: at most `max_in_flight`
+    /// not expired.
+    held: HashMap<ItemId, Held>,
+    /// A lease of this stream expired unanswered: it gets no more jobs, and its stream
+    /// is ended once it holds no unexpired job.
+    stalled: bool,
 }
 
 impl Conn {
+    fn in_flight(&self) -> usize {
+        self.held.values().filter(|h| !h.expired).count()
+    }
+
+    /// Credit for new jobs: none when stalled; never more than the stream's buffer
+    /// has room for (a job that cannot be written is not handed out).
     fn free(&self) -> usize {
-        self.max_in_flight.saturating_sub(self.in_flight)
+        if self.stalled {
+            return 0;
+        }
+        self.max_in_flight
+            .saturating_sub(self.in_flight())
+            .min(self.jobs.capacity())
     }
 }
 
@@ -167,18 +251,22 @@ struct Actor {
     engine: Engine,
     tuning: Tuning,
     connectors: HashMap<u64, Conn>,
-    /// Due items not yet leased, per channel.
-    waiting: HashMap<Channel, FairQueue>,
-    /// Leased items: which stream holds which attempt.
-    inflight: HashMap<ItemId, (u64, u32)>,
-    /// Answers and abandoned leases waiting to be recorded.
+    /// Due items not yet leased, per channel, with the deadline their timer fired for.
+    waiting: HashMap<Channel, FairQueue<Fired>>,
+    /// Items leased and not expired: which stream holds them.
+    inflight: HashMap<ItemId, u64>,
+    /// Answers and ended leases waiting to be recorded.
     outcomes: Vec<Outcome>,
-    rng: u64,
+    /// Callers of [`Dispatcher::idle`].
+    idle: Vec<oneshot::Sender<()>>,
+    /// Set when stopping: no new jobs; stop once nothing is in flight, or at this time.
+    draining: Option<tokio::time::Instant>,
 }
 
 /// A waiting item picked for a connector, not yet leased.
 struct Planned {
     id: ItemId,
+    due: Millis,
     account: String,
     channel: Channel,
     conn: u64,
@@ -187,9 +275,10 @@ struct Planned {
 /// What the batch read tells about a due id.
 struct Meta {
     id: ItemId,
+    due: Millis,
     account: String,
-    channel: Channel,
-    state: State,
+    /// `Err` when the stored row cannot be decoded.
+    decoded: Result<(Channel, State), String>,
     lease_expires_at: Option<Millis>,
     attempts: u32,
 }
@@ -200,28 +289,58 @@ impl Actor {
         mut rx: mpsc::UnboundedReceiver<ConnectorEvent>,
         shutdown: CancellationToken,
     ) {
+        let mut backoff = false;
         loop {
+            if self.draining.is_none() && shutdown.is_cancelled() {
+                tracing::info!(
+                    connectors = self.connectors.len(),
+                    in_flight = self.inflight.len(),
+                    "dispatcher stopping: recording the answers of jobs in flight"
+                );
+                self.draining = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+            }
+            if let Some(deadline) = self.draining {
+                if self.outcomes.is_empty()
+                    && (self.inflight.is_empty() || tokio::time::Instant::now() >= deadline)
+                {
+                    tracing::info!(unanswered = self.inflight.len(), "dispatcher stopped");
+                    return;
+                }
+            }
             let ready = self.engine.ready().clone_notify();
-            let more_due = !self.engine.ready().is_empty();
-            if !more_due && self.outcomes.is_empty() {
+            let more_due = self.draining.is_none() && !self.engine.ready().is_empty();
+            if backoff || (!more_due && self.outcomes.is_empty()) {
+                if !backoff {
+                    for w in self.idle.drain(..) {
+                        let _ = w.send(());
+                    }
+                }
+                let pause = if backoff {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(3600)
+                };
+                let drain_at = self
+                    .draining
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Some(ev) => self.on_event(ev),
                         None => return,
                     },
-                    _ = ready.notified() => {}
-                    _ = shutdown.cancelled() => {
-                        tracing::info!(connectors = self.connectors.len(), "dispatcher stopping");
-                        return;
-                    }
+                    _ = ready.notified(), if self.draining.is_none() => {}
+                    _ = shutdown.cancelled(), if self.draining.is_none() => {}
+                    _ = tokio::time::sleep_until(drain_at), if self.draining.is_some() => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
+                backoff = false;
             }
             while let Ok(ev) = rx.try_recv() {
                 self.on_event(ev);
             }
             if let Err(e) = self.step().await {
                 tracing::error!(error = %e, "dispatch round failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                backoff = true;
             }
             self.publish_stats();
         }
@@ -236,6 +355,7 @@ impl Actor {
                 accounts,
                 max_in_flight,
                 jobs,
+                kick,
             } => {
                 tracing::info!(conn, connector_id = %connector_id, ?channels, max_in_flight, "connector connected");
                 self.connectors.insert(
@@ -245,57 +365,106 @@ impl Actor {
                         channels,
                         accounts,
                         max_in_flight,
-                        in_flight: 0,
                         jobs,
+                        kick,
+                        held: HashMap::new(),
+                        stalled: false,
                     },
                 );
             }
-            ConnectorEvent::Ack {
+            ConnectorEvent::Answer {
                 conn,
-                job: (id, attempt),
+                job,
+                answer,
+                permit,
+            } => {
+                self.on_answer(conn, job, answer);
+                drop(permit);
+            }
+            ConnectorEvent::Gone { conn } => self.on_gone(conn),
+            ConnectorEvent::Idle(waiter) => self.idle.push(waiter),
+        }
+    }
+
+    /// An answer counts only for a job its stream holds right now: this connection,
+    /// this item, this attempt, this lease token. Anything else is ignored.
+    fn on_answer(&mut self, conn: u64, job: JobKey, answer: Answer) {
+        let held = self
+            .connectors
+            .get(&conn)
+            .and_then(|c| c.held.get(&job.item))
+            .copied();
+        let Some(held) = held.filter(|h| h.attempt == job.attempt && h.token == job.token) else {
+            METRICS.ignored_answers.fetch_add(1, Relaxed);
+            tracing::debug!(
+                conn,
+                item = job.item,
+                attempt = job.attempt,
+                "ignored an answer for a job this stream does not hold"
+            );
+            return;
+        };
+        if let Some(c) = self.connectors.get_mut(&conn) {
+            c.held.remove(&job.item);
+        }
+        match answer {
+            Answer::Ack {
                 provider_message_id,
             } => {
                 METRICS.acks.fetch_add(1, Relaxed);
-                self.release(conn, id, attempt);
+                if !held.expired {
+                    self.inflight.remove(&job.item);
+                }
+                // Also after the lease expired: the connector did send it.
                 self.outcomes.push(Outcome::Ack {
-                    id,
+                    id: job.item,
                     provider_message_id,
                 });
             }
-            ConnectorEvent::Nack {
-                conn,
-                job: (id, attempt),
-                error,
-                permanent,
-            } => {
+            Answer::Nack { error, permanent } => {
                 METRICS.nacks.fetch_add(1, Relaxed);
-                self.release(conn, id, attempt);
-                self.outcomes.push(Outcome::Nack {
-                    id,
-                    attempt,
-                    error,
-                    permanent,
-                });
-            }
-            ConnectorEvent::Gone { conn } => {
-                if let Some(c) = self.connectors.remove(&conn) {
-                    tracing::info!(conn, connector_id = %c.connector_id, in_flight = c.in_flight, "connector disconnected");
-                }
-                let dropped: Vec<(ItemId, u32)> = self
-                    .inflight
-                    .iter()
-                    .filter(|(_, (c, _))| *c == conn)
-                    .map(|(&id, &(_, a))| (id, a))
-                    .collect();
-                for (id, attempt) in dropped {
-                    self.inflight.remove(&id);
-                    self.outcomes.push(Outcome::Abandoned {
-                        id,
-                        attempt,
-                        reason: "connector disconnected before answering",
+                // A Nack after the lease expired says nothing new: that attempt ended.
+                if !held.expired {
+                    self.inflight.remove(&job.item);
+                    self.outcomes.push(Outcome::Nack {
+                        id: job.item,
+                        attempt: job.attempt,
+                        error,
+                        permanent,
                     });
                 }
             }
+        }
+        self.kick_if_stalled(conn);
+    }
+
+    fn on_gone(&mut self, conn: u64) {
+        let Some(c) = self.connectors.remove(&conn) else {
+            return;
+        };
+        tracing::info!(conn, connector_id = %c.connector_id, in_flight = c.in_flight(), "connector disconnected");
+        for (id, h) in c.held {
+            if !h.expired {
+                self.inflight.remove(&id);
+                self.outcomes.push(Outcome::Abandoned {
+                    id,
+                    attempt: h.attempt,
+                    reason: "connector disconnected before answering",
+                });
+            }
+        }
+    }
+
+    /// Ends the stream of a stalled connector once it holds no unexpired job.
+    fn kick_if_stalled(&mut self, conn: u64) {
+        let Some(c) = self.connectors.get(&conn) else {
+            return;
+        };
+        if c.stalled && c.in_flight() == 0 {
+            tracing::warn!(conn, connector_id = %c.connector_id, "ending the stream of a connector whose lease expired unanswered");
+            METRICS.stalled_connectors.fetch_add(1, Relaxed);
+            c.kick.cancel();
+            self.connectors.remove(&conn);
         }
     }
 
@@ -312,71 +481,57 @@ impl Actor {
             .store(backlog(Channel::Chat), Relaxed);
     }
 
-    /// Frees the credit a job held, if this stream still holds that attempt.
-    fn release(&mut self, conn: u64, id: ItemId, attempt: u32) {
-        if self.inflight.get(&id) == Some(&(conn, attempt)) {
-            self.inflight.remove(&id);
-            if let Some(c) = self.connectors.get_mut(&conn) {
-                c.in_flight = c.in_flight.saturating_sub(1);
-            }
-        }
-    }
-
-    fn jitter(&mut self) -> f64 {
-        // xorshift64*: plenty for spreading retries.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     /// One round: read what fell due, then record the answers and lease new jobs in
     /// a single store write (one group commit for both), until nothing is left to do.
     async fn step(&mut self) -> domain::Result<()> {
-        self.take_due().await?;
+        if self.draining.is_none() {
+            self.take_due().await?;
+        }
         loop {
-            let planned = self.plan();
+            let planned = if self.draining.is_none() {
+                self.plan()
+            } else {
+                Vec::new()
+            };
             if planned.is_empty() && self.outcomes.is_empty() {
                 return Ok(());
             }
             let n = self.outcomes.len().min(BATCH);
             let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
-            let ids: Vec<ItemId> = planned.iter().map(|p| p.id).collect();
-            let engine = self.engine.clone();
+            let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
             let t = self.tuning;
-            let mut seed = self.jitter().to_bits();
+            let engine = self.engine.clone();
             let result = self
                 .engine
                 .store()
-                .write(move |tx| {
-                    let mut jitter = move || {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        (seed >> 11) as f64 / (1u64 << 53) as f64
-                    };
-                    writes::record(&engine, tx, &batch, t, &mut jitter)?;
-                    writes::lease(tx, &ids, t)
+                .write({
+                    let batch = batch.clone();
+                    move |tx| {
+                        let mut rng = rand::rng();
+                        let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
+                        writes::record(&engine, tx, &batch, t, &mut jitter)?;
+                        writes::lease(tx, &due, t)
+                    }
                 })
                 .await;
             match result {
                 Ok(leased) => {
                     let conn_of: HashMap<ItemId, u64> =
                         planned.iter().map(|p| (p.id, p.conn)).collect();
-                    for item in leased {
+                    for (item, token) in leased {
                         let conn = conn_of.get(&item.id).copied();
-                        self.hand_out(conn, item);
+                        self.hand_out(conn, item, token);
                     }
                 }
                 Err(e) => {
-                    // Nothing was written. The answers are lost from memory, but their
-                    // leases expire and the items are retried (at-least-once); the
+                    // Nothing was written: the answers wait to be recorded again, the
                     // planned items wait again, first in line.
+                    self.outcomes.splice(0..0, batch);
                     for p in planned.into_iter().rev() {
                         self.waiting
                             .entry(p.channel)
                             .or_default()
-                            .push_front(&p.account, p.id);
+                            .push_front(&p.account, (p.id, p.due));
                     }
                     return Err(e);
                 }
@@ -385,45 +540,88 @@ impl Actor {
     }
 
     async fn take_due(&mut self) -> domain::Result<()> {
-        let ids = self.engine.ready().take(BATCH * 4);
-        if ids.is_empty() {
+        let fired = self.engine.ready().take(BATCH * 4);
+        if fired.is_empty() {
             return Ok(());
         }
-        let metas = self
+        let ids = fired.clone();
+        let metas = match self
             .engine
             .store()
-            .read(move |conn| read_meta(conn, &ids))
-            .await?;
-        let now = self.engine.clock().now_ms();
+            .read_hint(move |conn| read_meta(conn, &ids))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                // Not lost: they are read again next round.
+                self.engine.ready().put_back(fired);
+                return Err(e);
+            }
+        };
         for m in metas {
-            match m.state {
+            let (channel, state) = match m.decoded {
+                Ok(d) => d,
+                Err(why) => {
+                    self.outcomes.push(Outcome::Unreadable { id: m.id, why });
+                    continue;
+                }
+            };
+            match state {
                 State::Pending => self
                     .waiting
-                    .entry(m.channel)
+                    .entry(channel)
                     .or_default()
-                    .push(&m.account, m.id),
-                State::Dispatching => {
-                    let held = self.inflight.get(&m.id).copied();
-                    let expired = m.lease_expires_at.is_none_or(|t| t <= now);
-                    if expired || held.is_none() {
-                        if let Some((conn, attempt)) = held {
-                            self.release(conn, m.id, attempt);
-                        }
-                        self.outcomes.push(Outcome::Abandoned {
-                            id: m.id,
-                            attempt: m.attempts,
-                            reason: if expired {
-                                "lease expired without an answer"
-                            } else {
-                                "lease lost in a restart"
-                            },
-                        });
-                    }
-                }
-                _ => {} // cancelled, converted or sent meanwhile: nothing to do
+                    .push(&m.account, (m.id, m.due)),
+                State::Dispatching => self.on_lease_timer(&m),
+                // Sent, cancelled or converted meanwhile: a stream that still holds it
+                // (a late answer of another attempt settled it) gets its credit back.
+                _ => self.forget(m.id),
             }
         }
         Ok(())
+    }
+
+    /// A lease timer fired (or a leased item was found after a restart): if the lease
+    /// ended by the deadline the timer fired for, the attempt ends and the item goes
+    /// back in line; the stream that held it gets no more jobs.
+    fn on_lease_timer(&mut self, m: &Meta) {
+        let holder = self.inflight.get(&m.id).copied();
+        let expired = m.lease_expires_at.is_none_or(|t| t <= m.due);
+        if holder.is_some() && !expired {
+            return; // a stale timer of an earlier lease; this lease has its own timer
+        }
+        let reason = if holder.is_some() {
+            "lease expired without an answer"
+        } else {
+            "lease lost in a restart"
+        };
+        if let Some(conn) = holder {
+            self.inflight.remove(&m.id);
+            if let Some(c) = self.connectors.get_mut(&conn) {
+                if let Some(h) = c.held.get_mut(&m.id) {
+                    h.expired = true;
+                }
+                c.stalled = true;
+            }
+            self.kick_if_stalled(conn);
+        }
+        self.outcomes.push(Outcome::Abandoned {
+            id: m.id,
+            attempt: m.attempts,
+            reason,
+        });
+    }
+
+    /// The item left the dispatching states: no stream holds a live lease of it.
+    fn forget(&mut self, id: ItemId) {
+        if let Some(conn) = self.inflight.remove(&id) {
+            if let Some(c) = self.connectors.get_mut(&conn) {
+                if let Some(h) = c.held.get_mut(&id) {
+                    h.expired = true;
+                }
+            }
+            self.kick_if_stalled(conn);
+        }
     }
 
     /// Picks up to [`BATCH`] waiting items for the connectors' free credit, round-robin
@@ -448,10 +646,12 @@ impl Actor {
                 continue;
             };
             let want = credit.min(BATCH.saturating_sub(out.len()));
-            let mut unplaced: Vec<(String, ItemId)> = Vec::new();
+            let mut unplaced: Vec<(String, Fired)> = Vec::new();
             let mut placed = 0;
             while placed < want {
-                let Some((account, id)) = q.pop() else { break };
+                let Some((account, (id, due))) = q.pop() else {
+                    break;
+                };
                 let target = free
                     .iter_mut()
                     .filter(|(c, n)| *n > 0 && self.connectors[c].accounts.allows(&account))
@@ -462,73 +662,87 @@ impl Actor {
                         placed += 1;
                         out.push(Planned {
                             id,
+                            due,
                             account,
                             channel: ch,
                             conn: *c,
                         });
                     }
                     // No connector with credit may take this account's items yet.
-                    None => unplaced.push((account, id)),
+                    None => unplaced.push((account, (id, due))),
                 }
             }
-            for (account, id) in unplaced.into_iter().rev() {
-                q.push_front(&account, id);
+            for (account, f) in unplaced.into_iter().rev() {
+                q.push_front(&account, f);
             }
         }
         self.waiting.retain(|_, q| !q.is_empty());
         out
     }
 
-    /// Sends a leased item to the connector planned for it.
-    fn hand_out(&mut self, conn: Option<u64>, item: Item) {
+    /// Sends a leased item to the connector planned for it. A job that cannot be
+    /// written to the stream (it left, or its buffer is full) is not an attempt: the
+    /// lease is taken back and the item waits again.
+    fn hand_out(&mut self, conn: Option<u64>, item: Item, token: u128) {
         let attempt = item.attempts;
         let id = item.id;
         let lease_expires_at = item.lease_expires_at.unwrap_or_default();
-        let abandoned = Outcome::Abandoned {
-            id,
-            attempt,
-            reason: "connector disconnected before the job was sent",
-        };
-        // The planned connector may have left while the lease was being written.
-        let Some(c) = conn.and_then(|c| self.connectors.get_mut(&c)) else {
-            self.outcomes.push(abandoned);
+        let unsent = Outcome::Unsent { id, attempt };
+        let Some((conn, c)) = conn.and_then(|n| self.connectors.get_mut(&n).map(|c| (n, c))) else {
+            self.outcomes.push(unsent);
             return;
         };
+        let late_ms = (self.engine.clock().now_ms() - item.send_at).max(0);
+        let channel = item.channel;
         let job = Job {
-            job_id: job_id(id, attempt),
+            job_id: job_id(JobKey {
+                item: id,
+                attempt,
+                token,
+            }),
             item,
             attempt,
             lease_expires_at,
         };
-        // The stream's channel has room for max_in_flight jobs, and credit says fewer
-        // are outstanding, so try_send only fails when the stream is gone.
-        let late_ms = (self.engine.clock().now_ms() - job.item.send_at).max(0);
-        let channel = job.item.channel;
         match c.jobs.try_send(job) {
             Ok(()) => {
                 METRICS.dispatches.fetch_add(1, Relaxed);
                 if attempt == 1 {
                     METRICS.lateness(channel).observe(late_ms as f64 / 1000.0);
                 }
-                c.in_flight += 1;
-                self.inflight
-                    .insert(id, (conn.unwrap_or_default(), attempt));
+                c.held.insert(
+                    id,
+                    Held {
+                        attempt,
+                        token,
+                        expired: false,
+                    },
+                );
+                self.inflight.insert(id, conn);
             }
-            Err(_) => self.outcomes.push(abandoned),
+            Err(e) => {
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    // Credit is bounded by the buffer's room, so a full buffer means
+                    // the stream stopped draining: no more jobs for it.
+                    c.stalled = true;
+                    self.kick_if_stalled(conn);
+                }
+                self.outcomes.push(unsent);
+            }
         }
     }
 }
 
-fn read_meta(conn: &rusqlite::Connection, ids: &[ItemId]) -> domain::Result<Vec<Meta>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
+fn read_meta(conn: &rusqlite::Connection, fired: &[Fired]) -> domain::Result<Vec<Meta>> {
+    let mut out = Vec::with_capacity(fired.len());
+    for chunk in fired.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
         let mut st = conn.prepare_cached(&format!(
             "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts FROM items \
              WHERE id IN ({marks})"
         ))?;
         let rows = st.query_map(
-            rusqlite::params_from_iter(chunk.iter().map(|&i| Value::Integer(i))),
+            rusqlite::params_from_iter(chunk.iter().map(|&(i, _)| Value::Integer(i))),
             |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -543,25 +757,38 @@ fn read_meta(conn: &rusqlite::Connection, ids: &[ItemId]) -> domain::Result<Vec<
         let mut by_id: HashMap<ItemId, Meta> = HashMap::with_capacity(chunk.len());
         for r in rows {
             let (id, account, channel, state, lease_expires_at, attempts) = r?;
-            let (Some(channel), Some(state)) = (Channel::from_i64(channel), State::from_i64(state))
-            else {
-                continue;
+            let decoded = match (Channel::from_i64(channel), State::from_i64(state)) {
+                (Some(c), Some(s)) => Ok((c, s)),
+                _ => Err(format!(
+                    "stored item cannot be read (channel {channel}, state {state})"
+                )),
             };
-            let (state, attempts) = with_lease(state, attempts, lease_expires_at);
+            let (decoded, attempts) = match decoded {
+                Ok((c, s)) => {
+                    let (s, a) = with_lease(s, attempts, lease_expires_at);
+                    (Ok((c, s)), a)
+                }
+                Err(e) => (Err(e), attempts),
+            };
             by_id.insert(
                 id,
                 Meta {
                     id,
+                    due: 0,
                     account,
-                    channel,
-                    state,
+                    decoded,
                     lease_expires_at,
                     attempts,
                 },
             );
         }
         // Keep the due order the wheel gave.
-        out.extend(chunk.iter().filter_map(|id| by_id.remove(id)));
+        out.extend(chunk.iter().filter_map(|&(id, due)| {
+            by_id.remove(&id).map(|mut m| {
+                m.due = due;
+                m
+            })
+        }));
     }
     Ok(out)
 }

@@ -8,16 +8,17 @@
 use crate::domain::{
     self, can_transition, retry_backoff_ms, Activity, AuthorKind, EventType, Item, ItemId, State,
 };
-use crate::engine::Engine;
+use crate::engine::{Engine, Fired};
+use rand::RngExt;
 use rusqlite::OptionalExtension;
 
 use crate::store::rows::{
-    delete_lease, get_item_any, insert_lease, item_from_row, update_item, with_lease, ITEM_COLUMNS,
-    LEASE_EXPIRES,
+    delete_lease, fail_unreadable, get_item_any, get_item_checked, insert_lease, item_from_row,
+    update_item, with_lease, ITEM_COLUMNS, LEASE_EXPIRES,
 };
 use crate::store::Tx;
 
-/// A connector's answer for one job.
+/// What the dispatcher records about a job.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Ack {
@@ -37,6 +38,11 @@ pub enum Outcome {
         attempt: u32,
         reason: &'static str,
     },
+    /// The job of this attempt was never written to a stream: not an attempt; the
+    /// lease is taken back and the item is due again at once.
+    Unsent { id: ItemId, attempt: u32 },
+    /// The item's stored row cannot be decoded: it fails with `why`, alone.
+    Unreadable { id: ItemId, why: String },
 }
 
 /// Tuning the writes need, copied out of the config.
@@ -48,19 +54,31 @@ pub struct Tuning {
     pub max_attempts: u32,
 }
 
-/// Leases the given items (PENDING and due only): DISPATCHING, attempt + 1, lease timer.
+/// Leases the given fired items (PENDING, and due by the deadline their timer fired
+/// for): DISPATCHING, attempt + 1, lease timer. Returns each leased item with its
+/// lease token (the secret part of its job id).
 ///
 /// A lease is one row in the small, hot `leases` table plus the DISPATCHING event; the
 /// item's own row (a random page of a big table, and three index entries keyed on its
-/// state) is not written until the outcome (schema v3).
-pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<Item>> {
-    let mut out = Vec::with_capacity(ids.len());
+/// state) is not written until the outcome (schema v3). A row that cannot be decoded
+/// fails alone (FAILED, with the reason in last_error); the others are leased.
+pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Vec<(Item, u128)>> {
+    let mut out = Vec::with_capacity(fired.len());
     let expires = tx.now + t.lease_ms;
-    for &id in ids {
-        let Some(mut item) = get_item_any(tx.conn, id)? else {
-            continue;
+    let mut rng = rand::rng();
+    for &(id, due) in fired {
+        let mut item = match get_item_checked(tx.conn, id)? {
+            None => continue,
+            Some(Ok(item)) => item,
+            Some(Err(why)) => {
+                fail_unreadable_item(tx, id, &why)?;
+                continue;
+            }
         };
-        if item.state != State::Pending || item.next_send_at() > tx.now {
+        // Due by the deadline its timer fired for (not by a second reading of the
+        // clock, which may have stepped back since). Later: it was rescheduled and a
+        // newer timer exists.
+        if item.state != State::Pending || item.next_send_at() > due.max(tx.now) {
             continue; // leased already, cancelled, sent, or rescheduled to later
         }
         insert_lease(tx.conn, id, expires)?;
@@ -70,12 +88,29 @@ pub fn lease(tx: &mut Tx<'_>, ids: &[ItemId], t: Tuning) -> domain::Result<Vec<I
         item.updated_at = tx.now;
         tx.event(EventType::Dispatching, &item)?;
         tx.set_timer(id, expires);
-        out.push(item);
+        out.push((item, rng.random::<u128>()));
     }
     Ok(out)
 }
 
-/// Records connector outcomes; jitter in [0,1) comes from `jitter`.
+/// Fails an item whose row cannot be decoded, without decoding it.
+fn fail_unreadable_item(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain::Result<()> {
+    let why = format!("stored item cannot be read: {why}");
+    tracing::error!(item = id, reason = %why, "failing an item whose stored row cannot be read");
+    crate::metrics::METRICS
+        .unreadable_items
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(account) = fail_unreadable(tx.conn, id, &why, tx.now)? {
+        tx.release(&account);
+    }
+    tx.remove_timer(id);
+    Ok(())
+}
+
+/// Records outcomes; jitter in [0,1) comes from `jitter`. Each outcome is recorded in
+/// its own savepoint: one that cannot be recorded (its row cannot be decoded) is
+/// handled alone and the others are recorded; a storage error that ends the whole
+/// transaction fails the write (and the dispatcher keeps the outcomes for the next).
 pub fn record(
     engine: &Engine,
     tx: &mut Tx<'_>,
@@ -84,34 +119,94 @@ pub fn record(
     jitter: &mut dyn FnMut() -> f64,
 ) -> domain::Result<()> {
     for o in outcomes {
-        match o {
-            Outcome::Ack {
-                id,
-                provider_message_id,
-            } => ack(engine, tx, *id, provider_message_id)?,
-            Outcome::Nack {
-                id,
-                attempt,
-                error,
-                permanent,
-            } => failed_attempt(engine, tx, *id, *attempt, error, *permanent, t, jitter)?,
-            Outcome::Abandoned {
-                id,
-                attempt,
-                reason,
-            } => {
-                crate::metrics::METRICS
-                    .abandoned_leases
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // Retried at once (on another connector), not after a backoff.
-                let at_once = Tuning {
-                    retry_base_ms: 0,
-                    ..t
-                };
-                failed_attempt(engine, tx, *id, *attempt, reason, false, at_once, jitter)?;
+        tx.conn.prepare_cached("SAVEPOINT o")?.execute([])?;
+        match record_one(engine, tx, o, t, jitter) {
+            Ok(()) => {
+                tx.conn.prepare_cached("RELEASE o")?.execute([])?;
+            }
+            Err(e) => {
+                if tx.conn.is_autocommit() {
+                    return Err(e);
+                }
+                tx.conn.execute_batch("ROLLBACK TO o; RELEASE o")?;
+                let id = o.item();
+                match get_item_checked(tx.conn, id)? {
+                    Some(Err(why)) => fail_unreadable_item(tx, id, &why)?,
+                    _ => {
+                        tracing::error!(item = id, error = %e, outcome = ?o, "could not record a dispatch outcome; dropped")
+                    }
+                }
             }
         }
     }
+    Ok(())
+}
+
+impl Outcome {
+    fn item(&self) -> ItemId {
+        match self {
+            Outcome::Ack { id, .. }
+            | Outcome::Nack { id, .. }
+            | Outcome::Abandoned { id, .. }
+            | Outcome::Unsent { id, .. }
+            | Outcome::Unreadable { id, .. } => *id,
+        }
+    }
+}
+
+fn record_one(
+    engine: &Engine,
+    tx: &mut Tx<'_>,
+    o: &Outcome,
+    t: Tuning,
+    jitter: &mut dyn FnMut() -> f64,
+) -> domain::Result<()> {
+    match o {
+        Outcome::Ack {
+            id,
+            provider_message_id,
+        } => ack(engine, tx, *id, provider_message_id),
+        Outcome::Nack {
+            id,
+            attempt,
+            error,
+            permanent,
+        } => failed_attempt(tx, *id, *attempt, error, *permanent, t, jitter),
+        Outcome::Abandoned {
+            id,
+            attempt,
+            reason,
+        } => {
+            crate::metrics::METRICS
+                .abandoned_leases
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Retried at once (on another connector), not after a backoff.
+            let at_once = Tuning {
+                retry_base_ms: 0,
+                ..t
+            };
+            failed_attempt(tx, *id, *attempt, reason, false, at_once, jitter)
+        }
+        Outcome::Unsent { id, attempt } => unsent(tx, *id, *attempt),
+        Outcome::Unreadable { id, why } => fail_unreadable_item(tx, *id, why),
+    }
+}
+
+/// Takes back the lease of a job that never reached a stream: the item is PENDING
+/// again with its attempts unchanged, due at once.
+fn unsent(tx: &mut Tx<'_>, id: ItemId, attempt: u32) -> domain::Result<()> {
+    let Some(mut item) = get_item_any(tx.conn, id)? else {
+        return Ok(());
+    };
+    if item.state != State::Dispatching || item.attempts != attempt {
+        return Ok(());
+    }
+    delete_lease(tx.conn, id)?;
+    (item.state, item.attempts) = with_lease(State::Pending, attempt - 1, None);
+    item.lease_expires_at = None;
+    item.updated_at = tx.now;
+    tx.event(EventType::Retrying, &item)?;
+    tx.set_timer(id, tx.now);
     Ok(())
 }
 
@@ -120,7 +215,6 @@ pub fn record(
 /// backoff. An answer for an attempt that already ended changes nothing.
 #[allow(clippy::too_many_arguments)]
 fn failed_attempt(
-    engine: &Engine,
     tx: &mut Tx<'_>,
     id: ItemId,
     attempt: u32,
@@ -145,7 +239,7 @@ fn failed_attempt(
         update_item(tx.conn, &item)?;
         tx.event(EventType::Failed, &item)?;
         tx.remove_timer(item.id);
-        engine.item_finished(&item.account_id);
+        tx.release(&item.account_id);
     } else {
         let backoff = retry_backoff_ms(item.attempts, t.retry_base_ms, t.retry_cap_ms, jitter());
         item.state = State::Pending;
@@ -210,7 +304,7 @@ fn ack(
     tx.event(EventType::Sent, &item)?;
     tx.remove_timer(id);
     if was_live {
-        engine.item_finished(&item.account_id);
+        tx.release(&item.account_id);
     }
     // Our send is staff activity in the ticket, authored when it was scheduled: the
     // rule runs for the replies written before it.

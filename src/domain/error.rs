@@ -15,6 +15,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position the caller resumes from is no longer available (pruned events).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The service is shutting down or a component stopped.
     #[error("{0}")]
     Unavailable(String),

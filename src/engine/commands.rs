@@ -41,7 +41,7 @@ impl Engine {
         let me = self.clone();
         self.inner
             .store
-            .write(move |tx| me.insert_one(tx, &new).map(|(item, _)| item))
+            .write(move |tx| me.insert_one(tx, &new))
             .await
             .inspect(|_| {
                 crate::metrics::METRICS
@@ -75,26 +75,16 @@ impl Engine {
         self.inner
             .store
             .write(move |tx| {
-                let mut out = Vec::with_capacity(batch.len());
-                let mut inserted: Vec<&str> = Vec::new();
-                for (i, n) in batch.iter().enumerate() {
-                    match me.insert_one(tx, n) {
-                        Ok((item, fresh)) => {
-                            if fresh {
-                                inserted.push(&n.account_id);
-                            }
-                            out.push(item);
-                        }
-                        Err(e) => {
-                            // The savepoint rolls the rows back; undo the quota counts.
-                            for a in inserted {
-                                me.inner.live.sub(a, 1);
-                            }
-                            return Err(e.in_field(&format!("entries[{i}].")));
-                        }
-                    }
-                }
-                Ok(out)
+                // An error rolls the savepoint back, and the store gives back the
+                // quota slots the entries before it reserved.
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        me.insert_one(tx, n)
+                            .map_err(|e| e.in_field(&format!("entries[{i}].")))
+                    })
+                    .collect::<domain::Result<Vec<Item>>>()
             })
             .await
             .inspect(|items| {
@@ -104,15 +94,15 @@ impl Engine {
             })
     }
 
-    /// Inserts (or finds by request_id) one item inside a write; `true` when inserted.
+    /// Inserts (or finds by request_id) one item inside a write.
     ///
     /// The idempotency lookup comes before validation: a client retrying a request that
     /// succeeded must get its item back even when, by now, its send_at lies in the past.
-    fn insert_one(&self, tx: &mut Tx<'_>, new: &NewItem) -> domain::Result<(Item, bool)> {
+    fn insert_one(&self, tx: &mut Tx<'_>, new: &NewItem) -> domain::Result<Item> {
         if let Some(rid) = &new.request_id {
             if let Some((existing, fp)) = find_by_request(tx.conn, &new.account_id, rid)? {
                 return if fp == new.fingerprint() {
-                    Ok((existing, false))
+                    Ok(existing)
                 } else {
                     Err(Error::AlreadyExists(format!(
                         "request_id: {rid:?} was already used for a different request ({})",
@@ -134,8 +124,11 @@ impl Engine {
         let item = new.clone().into_pending(id, tx.now);
         tx.event(EventType::Scheduled, &item)?;
         tx.set_timer(id, item.send_at);
+        // Counted now, so that the other writes of this group see it; handed back by
+        // the store if this write does not commit.
         self.inner.live.add(&item.account_id, 1);
-        Ok((item, true))
+        tx.reserved(&item.account_id);
+        Ok(item)
     }
 
     /// SendNow: a PENDING item becomes due at the moment of the call.
@@ -164,7 +157,6 @@ impl Engine {
     /// # Errors
     /// `NotFound`, or `FailedPrecondition` for DISPATCHING, SENT, FAILED, notes.
     pub async fn cancel(&self, account: String, id: ItemId) -> domain::Result<Item> {
-        let me = self.clone();
         self.inner
             .store
             .write(move |tx| {
@@ -178,7 +170,7 @@ impl Engine {
                 update_item(tx.conn, &item)?;
                 tx.event(EventType::Cancelled, &item)?;
                 tx.remove_timer(id);
-                me.inner.live.sub(&item.account_id, 1);
+                tx.release(&item.account_id);
                 Ok(item)
             })
             .await
@@ -325,14 +317,9 @@ impl Engine {
             };
             tx.event(ev, &item)?;
             tx.remove_timer(item.id);
-            self.inner.live.sub(&item.account_id, 1);
+            tx.release(&item.account_id);
             affected.push(item);
         }
         Ok(affected)
-    }
-
-    /// Records that an item left the live states (dispatch outcomes).
-    pub(crate) fn item_finished(&self, account: &str) {
-        self.inner.live.sub(account, 1);
     }
 }

@@ -21,17 +21,43 @@ use std::sync::{Arc, Mutex};
 use crate::clock::Clock;
 use crate::config::{DispatchConfig, Limits, Synchronous};
 use crate::domain::{self, ItemId, Millis};
-use crate::store::{Store, StoreError, WheelOp};
+use crate::store::{rows, CommitHook, Effects, Store, StoreError};
 
 pub use commands::Changes;
 pub use queries::{Audience, DeferredTicket, Event, ListQuery, Order, Page};
-pub use timers::{ReadyQueue, Timers};
+pub use timers::{Fired, ReadyQueue, Timers};
 
-/// Live (PENDING + DISPATCHING) item counts per account, for the pending quota.
-/// Updated by write closures on the writer thread as they change states; exact after
-/// start-up, and only ever too high (never too low) if a group commit fails.
+/// Live (PENDING + DISPATCHING) item counts per account, for the pending quota:
+/// committed live items plus slots reserved by writes not yet durable. A schedule
+/// counts its slot inside its write (so the writes of one group cannot overshoot the
+/// quota together) and the store gives it back if the write does not commit; a slot
+/// freed by a cancel or an outcome is counted only once that write is durable. So the
+/// count is never below the truth and returns to it once the writer is idle.
 #[derive(Default)]
 pub(crate) struct LiveCounts(Mutex<HashMap<String, u64>>);
+
+/// Applies the store's effects to the wheel and the quota counts.
+struct EngineHook {
+    timers: Arc<Timers>,
+    live: Arc<LiveCounts>,
+}
+
+impl CommitHook for EngineHook {
+    fn durable(&self, fx: &Effects) {
+        if !fx.timers.is_empty() {
+            self.timers.apply(&fx.timers);
+        }
+        for account in &fx.released {
+            self.live.sub(account, 1);
+        }
+    }
+
+    fn abandoned(&self, fx: &Effects) {
+        for account in &fx.reserved {
+            self.live.sub(account, 1);
+        }
+    }
+}
 
 impl LiveCounts {
     fn get(&self, account: &str) -> u64 {
@@ -66,7 +92,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
     pub(crate) dispatch: DispatchConfig,
-    pub(crate) live: LiveCounts,
+    pub(crate) live: Arc<LiveCounts>,
 }
 
 /// What start-up recovery found.
@@ -94,13 +120,12 @@ impl Engine {
         dispatch: DispatchConfig,
     ) -> Result<(Engine, Recovery), StoreError> {
         let timers = Arc::new(Timers::new(clock.now_ms()));
-        let hook_timers = timers.clone();
-        let store = Store::open(
-            path,
-            sync,
-            clock.clone(),
-            Box::new(move |ops: &[WheelOp]| hook_timers.apply(ops)),
-        )?;
+        let live = Arc::new(LiveCounts::default());
+        let hook = Arc::new(EngineHook {
+            timers: timers.clone(),
+            live: live.clone(),
+        });
+        let store = Store::open(path, sync, clock.clone(), hook)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -108,7 +133,7 @@ impl Engine {
                 clock,
                 limits,
                 dispatch,
-                live: LiveCounts::default(),
+                live,
             }),
         };
         let recovery = engine.recover().await.map_err(|e| StoreError::Unusable {
@@ -190,6 +215,17 @@ impl Engine {
         &self.inner.timers.ready
     }
 
+    /// Advances the wheel to `now` at once (the driver's work, done inline) and queues
+    /// what is due.
+    pub fn catch_up(&self, now: Millis) {
+        self.inner.timers.catch_up(now);
+    }
+
+    /// Whether a timer is due by `now` and not yet queued.
+    pub fn due_by(&self, now: Millis) -> bool {
+        self.inner.timers.due_by(now)
+    }
+
     /// Pending timers on the wheel.
     pub fn pending_timers(&self) -> usize {
         self.inner.timers.len()
@@ -202,9 +238,13 @@ impl Engine {
     }
 }
 
+/// Events deleted per write when pruning.
+pub const PRUNE_BATCH: u32 = 1_000;
+
 impl Engine {
     /// Deletes events older than `retention_ms` (by the engine's clock); returns how
-    /// many. Runs in batches so a large backlog never holds the writer for long.
+    /// many. Walks the sequence from its start in batches of [`PRUNE_BATCH`], one write
+    /// each, so a large backlog never holds the writer for long.
     ///
     /// # Errors
     /// Storage errors.
@@ -215,16 +255,10 @@ impl Engine {
             let n = self
                 .inner
                 .store
-                .write(move |tx| {
-                    Ok(tx.conn.execute(
-                        "DELETE FROM events WHERE seq IN \
-                         (SELECT seq FROM events WHERE at < ?1 ORDER BY seq LIMIT 10000)",
-                        [cutoff],
-                    )?)
-                })
+                .write(move |tx| Ok(rows::prune_events(tx.conn, cutoff, PRUNE_BATCH)?))
                 .await?;
             total += n;
-            if n < 10_000 {
+            if n < PRUNE_BATCH as usize {
                 return Ok(total);
             }
         }

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 
 use super::Engine;
 use crate::domain::{self, Channel, Error, EventType, Item, ItemId, Kind, Millis, State};
-use crate::store::rows::{get_item, item_from_row, ItemSnapshot, ITEM_COLUMNS};
+use crate::store::rows::{event_bounds, get_item, item_from_row, ItemSnapshot, ITEM_COLUMNS};
 
 /// Sort order of listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -411,6 +411,9 @@ fn read_events(
             item,
         })
     };
+    // One snapshot for the events and the bounds: pruning between the two reads must
+    // not hide a gap.
+    let snapshot = conn.unchecked_transaction()?;
     let rows = match account {
         Some(a) => st
             .query_map(rusqlite::params![after as i64, limit as i64, a], map)?
@@ -419,6 +422,15 @@ fn read_events(
             .query_map(rusqlite::params![after as i64, limit as i64], map)?
             .collect::<Result<Vec<_>, _>>()?,
     };
+    // Resuming after a sequence whose successors were pruned would skip events.
+    let (oldest, _) = event_bounds(conn)?;
+    drop(snapshot);
+    if after > 0 && after + 1 < oldest {
+        return Err(Error::OutOfRange(format!(
+            "after_sequence: events after {after} were pruned; the oldest retained sequence \
+             is {oldest}: resync (e.g. with ListScheduled) and resume from there"
+        )));
+    }
     Ok(rows)
 }
 

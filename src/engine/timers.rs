@@ -1,6 +1,6 @@
 //! The wheel behind its lock, the driver task that advances it, and the ready queue.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,24 +16,41 @@ fn tick(ms: Millis) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
-/// Item ids that fell due, oldest first, waiting for dispatch.
+/// An item whose timer fired: its id and the deadline the timer was set for. The
+/// deadline, not a second reading of the clock, is what tells dispatch whether the
+/// item is due (its next send time is not after it) or the timer was stale (the item
+/// moved later meanwhile, and a newer timer exists): a clock that steps back between
+/// the firing and the check must not strand the item.
+pub type Fired = (ItemId, Millis);
+
+/// Items that fell due, oldest first, waiting for dispatch.
 #[derive(Default)]
 pub struct ReadyQueue {
-    q: Mutex<VecDeque<ItemId>>,
+    q: Mutex<VecDeque<Fired>>,
     /// Signalled when ids are pushed (one stored permit: the single consumer never
     /// misses a push that happens while it is busy).
     notify: Arc<Notify>,
 }
 
 impl ReadyQueue {
-    fn push_all(&self, ids: impl IntoIterator<Item = ItemId>) {
+    fn push_all(&self, fired: impl IntoIterator<Item = Fired>) {
         let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
         let before = q.len();
-        q.extend(ids);
+        q.extend(fired);
         if q.len() > before {
             drop(q);
             self.notify.notify_one();
         }
+    }
+
+    /// Puts taken items back at the head, in their order (a read of them failed).
+    pub fn put_back(&self, fired: Vec<Fired>) {
+        let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+        for f in fired.into_iter().rev() {
+            q.push_front(f);
+        }
+        drop(q);
+        self.notify.notify_one();
     }
 
     /// The signal the consumer waits on.
@@ -41,14 +58,14 @@ impl ReadyQueue {
         self.notify.clone()
     }
 
-    /// Takes up to `max` ids.
-    pub fn take(&self, max: usize) -> Vec<ItemId> {
+    /// Takes up to `max` items.
+    pub fn take(&self, max: usize) -> Vec<Fired> {
         let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
         let n = q.len().min(max);
         q.drain(..n).collect()
     }
 
-    /// Ids waiting.
+    /// Items waiting.
     pub fn len(&self) -> usize {
         self.q.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -59,9 +76,54 @@ impl ReadyQueue {
     }
 }
 
+/// The wheel and the timers it fired early.
+struct Wheel {
+    wheel: TimingWheel,
+    /// Timers the wheel fired whose deadline the clock has not reached: the wheel's
+    /// time never goes back, so after the clock steps back it fires what is due by its
+    /// own (later) time. They are held here, by deadline, until the clock gets there.
+    early: BTreeSet<(Millis, ItemId)>,
+}
+
+impl Wheel {
+    /// Advances to `now`; appends what is due by `now` to `out`, in deadline order.
+    fn advance(&mut self, now: Millis, scratch: &mut Vec<(u64, u64)>, out: &mut Vec<Fired>) {
+        scratch.clear();
+        self.wheel.advance(tick(now), scratch);
+        for &(id, at) in scratch.iter() {
+            let at = i64::try_from(at).unwrap_or(i64::MAX);
+            if at <= now {
+                out.push((id as ItemId, at));
+            } else {
+                self.early.insert((at, id as ItemId));
+            }
+        }
+        while let Some(&(at, id)) = self.early.first() {
+            if at > now {
+                break;
+            }
+            self.early.pop_first();
+            out.push((id, at));
+        }
+    }
+
+    /// The earliest deadline waiting, on the wheel or held back.
+    fn next_deadline(&mut self) -> Option<Millis> {
+        let wheel = self
+            .wheel
+            .next_deadline()
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let early = self.early.first().map(|&(at, _)| at);
+        match (wheel, early) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// The timing wheel, its wake-up signal and the ready queue.
 pub struct Timers {
-    wheel: Mutex<TimingWheel>,
+    wheel: Mutex<Wheel>,
     /// Wakes the driver when a timer earlier than the one it sleeps for is set.
     wake: Notify,
     stopped: AtomicBool,
@@ -72,14 +134,17 @@ pub struct Timers {
 impl Timers {
     pub(crate) fn new(now: Millis) -> Self {
         Self {
-            wheel: Mutex::new(TimingWheel::new(tick(now))),
+            wheel: Mutex::new(Wheel {
+                wheel: TimingWheel::new(tick(now)),
+                early: BTreeSet::new(),
+            }),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
             ready: ReadyQueue::default(),
         }
     }
 
-    fn wheel(&self) -> MutexGuard<'_, TimingWheel> {
+    fn wheel(&self) -> MutexGuard<'_, Wheel> {
         self.wheel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -90,10 +155,10 @@ impl Timers {
         for op in ops {
             match *op {
                 WheelOp::Set(id, at) => {
-                    w.insert(id as u64, tick(at));
+                    w.wheel.insert(id as u64, tick(at));
                 }
                 WheelOp::Remove(id) => {
-                    w.cancel(id as u64);
+                    w.wheel.cancel(id as u64);
                 }
             }
         }
@@ -107,20 +172,36 @@ impl Timers {
     /// Loads recovered timers.
     pub(crate) fn load(&self, entries: &[(ItemId, Millis)]) {
         let mut w = self.wheel();
-        if w.is_empty() {
+        if w.wheel.is_empty() {
             // Size the slab and index once instead of growing them step by step.
-            *w = TimingWheel::with_capacity(w.now(), entries.len());
+            w.wheel = TimingWheel::with_capacity(w.wheel.now(), entries.len());
         }
         for &(id, at) in entries {
-            w.insert(id as u64, tick(at));
+            w.wheel.insert(id as u64, tick(at));
         }
         drop(w);
         self.wake.notify_one();
     }
 
-    /// Timers pending.
+    /// Timers pending (on the wheel or fired early and held back).
     pub fn len(&self) -> usize {
-        self.wheel().len()
+        let w = self.wheel();
+        w.wheel.len() + w.early.len()
+    }
+
+    /// Whether a timer (on the wheel or held back) is due by `now`.
+    pub(crate) fn due_by(&self, now: Millis) -> bool {
+        self.wheel().next_deadline().is_some_and(|at| at <= now)
+    }
+
+    /// Does the driver's work now: advances to `now` and queues what is due by it.
+    pub(crate) fn catch_up(&self, now: Millis) {
+        let mut scratch = Vec::new();
+        let mut due = Vec::new();
+        self.wheel().advance(now, &mut scratch, &mut due);
+        if !due.is_empty() {
+            self.ready.push_all(due);
+        }
     }
 
     /// Whether no timer is pending.
@@ -141,7 +222,8 @@ impl Timers {
     /// Sleeps until the next deadline or a wake-up, advances, pushes due ids. Never
     /// polls while idle: with no timers it waits for a wake-up alone.
     async fn drive(self: Arc<Self>, clock: Arc<dyn Clock>) {
-        let mut due: Vec<(u64, u64)> = Vec::with_capacity(1024);
+        let mut scratch: Vec<(u64, u64)> = Vec::with_capacity(1024);
+        let mut due: Vec<Fired> = Vec::with_capacity(1024);
         loop {
             // Register for a wake-up before looking at the wheel, so a timer set between
             // the look and the sleep is not missed.
@@ -155,17 +237,16 @@ impl Timers {
             let next = {
                 let mut w = self.wheel();
                 due.clear();
-                w.advance(tick(now), &mut due);
+                w.advance(now, &mut scratch, &mut due);
                 w.next_deadline()
             };
             if !due.is_empty() {
-                // Within one advance the wheel yields in deadline order: oldest first.
-                self.ready.push_all(due.iter().map(|&(id, _)| id as ItemId));
+                // In deadline order: oldest first.
+                self.ready.push_all(due.drain(..));
                 continue;
             }
             match next {
                 Some(at) => {
-                    let at = i64::try_from(at).unwrap_or(i64::MAX);
                     tokio::select! {
                         _ = clock.sleep_until(at) => {}
                         _ = &mut woken => {}

@@ -327,6 +327,7 @@ pub fn status(e: Error) -> tonic::Status {
         Error::AlreadyExists(m) => Status::already_exists(m),
         Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         Error::Unavailable(m) => Status::unavailable(m),
+        Error::OutOfRange(m) => Status::out_of_range(m),
         Error::Internal(m) => Status::internal(m),
     }
 }

@@ -3,17 +3,25 @@
 //! connector answers Ack/Nack. The stream tasks only translate; the dispatcher actor
 //! decides.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
+use tokio_stream::Stream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
 use super::convert::{self, status};
-use crate::dispatch::{parse_job_id, ConnectorEvent, Dispatcher, Job};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::dispatch::{parse_job_id, Answer, ConnectorEvent, Dispatcher, Job};
 use crate::domain::{Channel, Error};
+use crate::metrics::METRICS;
 use crate::pb;
 
 /// max_in_flight bounds (API.md).
@@ -23,15 +31,11 @@ const MAX_IN_FLIGHT: u32 = 10_000;
 #[derive(Clone)]
 pub struct DispatchService {
     dispatcher: Dispatcher,
-    shutdown: CancellationToken,
 }
 
 impl DispatchService {
-    pub fn new(dispatcher: Dispatcher, shutdown: CancellationToken) -> Self {
-        Self {
-            dispatcher,
-            shutdown,
-        }
+    pub fn new(dispatcher: Dispatcher) -> Self {
+        Self { dispatcher }
     }
 }
 
@@ -102,59 +106,122 @@ impl pb::dispatch_server::Dispatch for DispatchService {
             return Err(status(Error::invalid("hello.connector_id", "is required")));
         }
         let conn = self.dispatcher.next_conn();
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(hello.max_in_flight as usize);
+        let max_in_flight = hello.max_in_flight as usize;
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(max_in_flight);
+        let kick = CancellationToken::new();
         if !self.dispatcher.send(ConnectorEvent::Hello {
             conn,
             connector_id: hello.connector_id.clone(),
             channels,
             accounts: identity.accounts.clone(),
-            max_in_flight: hello.max_in_flight as usize,
+            max_in_flight,
             jobs: jobs_tx,
+            kick: kick.clone(),
         }) {
             return Err(Status::unavailable("server shutting down"));
         }
-        // Reader: answers from the connector; its end (or error) means the stream is gone.
+        // Reader: answers from the connector; its end (or error) means the stream is
+        // gone. It keeps reading during a graceful stop (the dispatcher records answers
+        // until the jobs in flight are answered), and stops when the dispatcher ends the
+        // stream. At most ANSWER_WINDOW answers of this stream wait in the dispatcher's
+        // queue: a flood waits in HTTP/2 flow control instead of growing memory.
         let dispatcher = self.dispatcher.clone();
-        let shutdown = self.shutdown.clone();
+        let window = Arc::new(Semaphore::new(max_in_flight + ANSWER_SLACK));
+        let reader_kick = kick.clone();
+        let stopped = self.dispatcher.stopped();
         tokio::spawn(async move {
+            tokio::pin!(stopped);
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
-                    _ = shutdown.cancelled() => break,
+                    _ = reader_kick.cancelled() => break,
+                    _ = &mut stopped => break,
                 };
                 let Ok(Some(msg)) = msg else { break };
-                let ev = match msg.msg {
-                    Some(pb::connector_message::Msg::Ack(a)) => {
-                        parse_job_id(&a.job_id).map(|job| ConnectorEvent::Ack {
-                            conn,
-                            job,
+                let (job_id, answer) = match msg.msg {
+                    Some(pb::connector_message::Msg::Ack(a)) => (
+                        a.job_id,
+                        Answer::Ack {
                             provider_message_id: a.provider_message_id,
-                        })
-                    }
-                    Some(pb::connector_message::Msg::Nack(n)) => {
-                        parse_job_id(&n.job_id).map(|job| ConnectorEvent::Nack {
-                            conn,
-                            job,
+                        },
+                    ),
+                    Some(pb::connector_message::Msg::Nack(n)) => (
+                        n.job_id,
+                        Answer::Nack {
                             error: n.error,
                             permanent: n.permanent,
-                        })
+                        },
+                    ),
+                    _ => {
+                        METRICS.ignored_answers.fetch_add(1, Relaxed);
+                        tracing::debug!(conn, "ignored a message that is neither Ack nor Nack");
+                        continue;
                     }
-                    _ => None,
                 };
-                match ev {
-                    Some(ev) => {
-                        if !dispatcher.send(ev) {
-                            break;
-                        }
-                    }
-                    None => tracing::warn!(conn, "ignored a malformed message from a connector"),
+                let Some(job) = parse_job_id(&job_id) else {
+                    METRICS.ignored_answers.fetch_add(1, Relaxed);
+                    tracing::debug!(conn, "ignored an answer with a malformed job id");
+                    continue;
+                };
+                let permit = tokio::select! {
+                    p = window.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = reader_kick.cancelled() => break,
+                };
+                let ev = ConnectorEvent::Answer {
+                    conn,
+                    job,
+                    answer,
+                    permit,
+                };
+                if !dispatcher.send(ev) {
+                    break;
                 }
             }
             dispatcher.send(ConnectorEvent::Gone { conn });
         });
-        // The stream ends when the dispatcher drops its sender: at shutdown, or when
-        // the connector left.
-        let jobs = tokio_stream::wrappers::ReceiverStream::new(jobs_rx).map(|j| Ok(job_to_pb(j)));
-        Ok(Response::new(Box::pin(jobs)))
+        // The stream ends when the dispatcher drops its sender (it stopped, or the
+        // connector left) or ends it (the connector stalled: a lease expired unanswered).
+        Ok(Response::new(Box::pin(Jobs {
+            jobs: jobs_rx,
+            kick: Box::pin(kick.cancelled_owned()),
+            done: false,
+        })))
+    }
+}
+
+/// Answers of one stream that may wait in the dispatcher's queue beyond its credit.
+const ANSWER_SLACK: usize = 64;
+
+/// The jobs of one stream; after the dispatcher ended the stream, one UNAVAILABLE.
+struct Jobs {
+    jobs: mpsc::Receiver<Job>,
+    kick: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+impl Stream for Jobs {
+    type Item = Result<pb::DeliveryJob, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.kick.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "a lease of this connector expired unanswered; reconnect",
+            ))));
+        }
+        match self.jobs.poll_recv(cx) {
+            Poll::Ready(Some(j)) => Poll::Ready(Some(Ok(job_to_pb(j)))),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

@@ -8,10 +8,19 @@
 //! Reads use a small pool of read-only connections on blocking threads, never the
 //! writer. WAL mode; `synchronous=FULL` unless configured otherwise.
 //!
-//! After a commit the writer hands the timer changes of the committed writes
-//! ([`WheelOp`]) to a hook, in commit order, before answering: the engine's wheel thus
-//! always reflects the latest committed state, and a racing reschedule can never leave
-//! an older deadline behind.
+//! # Contract
+//! - A write's future resolves `Ok` only after its group committed and the fsync that
+//!   covers it returned (under `synchronous=FULL`).
+//! - Its [`Effects`] (timer changes, quota releases, the event sequence) reach the
+//!   [`CommitHook`] after that fsync, in commit order, before the caller is answered;
+//!   the effects of a write that does not commit are handed back as abandoned.
+//! - A group is all or nothing: if SQLite rolls the transaction back by itself
+//!   (disk full, I/O error) every write of the group fails; none commits on its own.
+//! - [`Store::read`] returns only data that is durable; [`Store::read_hint`] may see a
+//!   commit whose fsync is still running (for the engine's own hints only).
+//! - Events become visible to [`Store::event_sequence`] watchers only once durable.
+//! - If the writer or the sync thread dies, [`Store::fatal`] says why and every later
+//!   write fails: the process should stop and be restarted.
 
 mod checkpoint;
 mod reader;
@@ -74,29 +83,77 @@ pub enum WheelOp {
     Remove(ItemId),
 }
 
-/// Called by the writer thread after each commit with the committed timer changes.
-pub type CommitHook = Box<dyn FnMut(&[WheelOp]) + Send>;
+/// What a write changes outside SQLite: timers and the pending-quota counts. They
+/// follow from the write only once it is durable, in commit order (or are undone when
+/// it does not commit): nothing in memory may run ahead of the file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// Timer changes, applied after the commit is durable.
+    pub timers: Vec<WheelOp>,
+    /// Accounts whose quota slot this write took: counted at once (so concurrent writes
+    /// cannot overshoot the quota), given back if the write does not commit.
+    pub reserved: Vec<String>,
+    /// Accounts whose quota slot this write freed: counted once it is durable.
+    pub released: Vec<String>,
+    /// The last event sequence the write produced.
+    pub max_seq: u64,
+}
+
+impl Effects {
+    fn append(&mut self, other: Effects) {
+        self.timers.extend(other.timers);
+        self.reserved.extend(other.reserved);
+        self.released.extend(other.released);
+        self.max_seq = self.max_seq.max(other.max_seq);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.timers.is_empty() && self.reserved.is_empty() && self.released.is_empty()
+    }
+}
+
+/// Receives the effects of writes. Contract: `durable` is called on the sync thread,
+/// in commit order, after the fsync that covers the write and before its caller is
+/// answered; `abandoned` is called for writes that will never commit (rolled back
+/// alone, or with their whole group), before their callers see the error.
+pub trait CommitHook: Send + Sync + 'static {
+    /// The writes are durable.
+    fn durable(&self, fx: &Effects);
+    /// The writes did not commit.
+    fn abandoned(&self, fx: &Effects);
+}
 
 /// What a write closure gets: the open transaction, the write's `now`, and ways to
-/// record timer changes and events that take effect only if the write commits.
+/// record timer changes, quota changes and events that take effect only if the write
+/// commits.
 pub struct Tx<'a> {
     /// The connection, inside the group's transaction and this write's savepoint.
     pub conn: &'a Connection,
     /// The time of this write (one clock read per write).
     pub now: Millis,
-    ops: &'a mut Vec<WheelOp>,
-    max_seq: &'a mut u64,
+    fx: &'a mut Effects,
 }
 
 impl Tx<'_> {
     /// After commit, the item's timer fires at `at`.
     pub fn set_timer(&mut self, id: ItemId, at: Millis) {
-        self.ops.push(WheelOp::Set(id, at));
+        self.fx.timers.push(WheelOp::Set(id, at));
     }
 
     /// After commit, the item has no timer.
     pub fn remove_timer(&mut self, id: ItemId) {
-        self.ops.push(WheelOp::Remove(id));
+        self.fx.timers.push(WheelOp::Remove(id));
+    }
+
+    /// Records a quota slot the caller already counted for `account`; it is given back
+    /// if this write does not commit.
+    pub fn reserved(&mut self, account: &str) {
+        self.fx.reserved.push(account.to_owned());
+    }
+
+    /// Frees a quota slot of `account` once this write is durable.
+    pub fn release(&mut self, account: &str) {
+        self.fx.released.push(account.to_owned());
     }
 
     /// Records an event for `item` in the same transaction.
@@ -105,7 +162,7 @@ impl Tx<'_> {
     /// A SQLite error.
     pub fn event(&mut self, kind: EventType, item: &Item) -> domain::Result<u64> {
         let seq = rows::insert_event(self.conn, kind, item, self.now)?;
-        *self.max_seq = (*self.max_seq).max(seq);
+        self.fx.max_seq = self.fx.max_seq.max(seq);
         Ok(seq)
     }
 }
@@ -116,6 +173,7 @@ pub struct Store {
     writer: writer::WriterHandle,
     readers: Arc<reader::ReadPool>,
     events: watch::Receiver<u64>,
+    progress: Arc<writer::Progress>,
 }
 
 /// Opens the database file read-write, applying pragmas; shared by writer and tools.
@@ -158,6 +216,20 @@ fn open_rw(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The WAL file of the connection's main database, as SQLite itself names it: the
+/// real file's name with `-wal` (SQLite resolves a symlinked path, so `<link>-wal` would
+/// be the wrong file, or none).
+fn wal_path(conn: &Connection, given: &Path) -> PathBuf {
+    let db = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| given.to_path_buf());
+    let mut wal = db.into_os_string();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 impl Store {
     /// Opens (creating and migrating when needed) the database at `path` and starts the
     /// writer thread. `hook` receives committed timer changes.
@@ -168,7 +240,7 @@ impl Store {
         path: &Path,
         sync: Synchronous,
         clock: Arc<dyn Clock>,
-        hook: CommitHook,
+        hook: Arc<dyn CommitHook>,
     ) -> Result<Store, StoreError> {
         let mut conn = open_rw(path, sync)?;
         schema::migrate(&mut conn).map_err(|e| match e {
@@ -188,19 +260,33 @@ impl Store {
         let durability = match sync {
             Synchronous::Full => {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
-                let mut wal = path.as_os_str().to_owned();
-                wal.push("-wal");
-                writer::Durability::SyncWal(PathBuf::from(wal))
+                writer::Durability::SyncWal(wal_path(&conn, path))
             }
             Synchronous::Normal => writer::Durability::Sqlite,
         };
-        let writer = writer::spawn(conn, hook, events_tx, clock, checkpointer, durability)?;
+        let progress = writer::Progress::new();
+        let writer = writer::spawn(
+            conn,
+            hook,
+            events_tx,
+            clock,
+            checkpointer,
+            durability,
+            progress.clone(),
+        )?;
         let readers = Arc::new(reader::ReadPool::new(path.to_path_buf(), 4));
         Ok(Store {
             writer,
             readers,
             events,
+            progress,
         })
+    }
+
+    /// The reason the writer died (a panic or a lost thread), once it has; writes fail
+    /// from then on and the process should stop so a supervisor restarts it.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.progress.fatal()
     }
 
     /// Runs `f` in the writer's next group transaction and waits for the commit.
@@ -218,11 +304,30 @@ impl Store {
         self.writer.write(f).await
     }
 
-    /// Runs `f` on a read-only connection on a blocking thread.
+    /// Runs `f` on a read-only connection on a blocking thread, and returns once what
+    /// it read is durable: a group that committed but is still waiting for its fsync
+    /// is visible to SQLite readers, and a client must not see (or act on) what a power
+    /// loss could take back. So the answer waits for the fsync in progress, if any.
+    ///
+    /// # Errors
+    /// `f`'s error, or a storage error (`Unavailable` once the writer died).
+    pub async fn read<T, F>(&self, f: F) -> domain::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
+    {
+        let r = self.readers.read(f).await?;
+        self.progress.durable_barrier().await?;
+        Ok(r)
+    }
+
+    /// As [`Store::read`], without waiting for durability: for the engine's own hints
+    /// (which due items to look at), never for what a client sees. Every decision taken
+    /// from it is re-checked inside a write.
     ///
     /// # Errors
     /// `f`'s error, or a storage error.
-    pub async fn read<T, F>(&self, f: F) -> domain::Result<T>
+    pub async fn read_hint<T, F>(&self, f: F) -> domain::Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,

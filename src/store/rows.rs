@@ -146,6 +146,65 @@ pub fn get_item_any(conn: &Connection, id: ItemId) -> Result<Option<Item>, Store
     Ok(st.query_row(params![id], item_from_row).optional()?)
 }
 
+/// The item by id, telling a row that cannot be decoded (a bad stored value) apart
+/// from a storage error: `Some(Err(why))`.
+pub fn get_item_checked(
+    conn: &Connection,
+    id: ItemId,
+) -> Result<Option<Result<Item, String>>, StoreError> {
+    let mut st = conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))?;
+    Ok(st
+        .query_row(params![id], |r| {
+            Ok(item_from_row(r).map_err(|e| e.to_string()))
+        })
+        .optional()?)
+}
+
+/// Fails a live item whose row cannot be decoded, without decoding it: FAILED with
+/// `last_error`, lease gone. Returns its account when it was live.
+pub fn fail_unreadable(
+    conn: &Connection,
+    id: ItemId,
+    why: &str,
+    now: Millis,
+) -> Result<Option<String>, StoreError> {
+    delete_lease(conn, id)?;
+    Ok(conn
+        .prepare_cached(
+            "UPDATE items SET state = ?1, last_error = ?2, next_attempt_at = NULL, \
+             next_send_at = send_at, updated_at = ?3 WHERE id = ?4 AND state IN (1, 2) \
+             RETURNING account_id",
+        )?
+        .query_row(params![State::Failed.as_i64(), why, now, id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Deletes the oldest events up to the first one at or after `?1` (the cutoff time),
+/// at most `?2` of them: a walk of the sequence (the primary key) from its start,
+/// never a scan of the table by time (`at` has no index).
+pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE seq < ( \
+    SELECT COALESCE(MIN(CASE WHEN at >= ?1 THEN seq END), MAX(seq) + 1) \
+    FROM (SELECT seq, at FROM events ORDER BY seq LIMIT ?2))";
+
+/// Runs [`PRUNE_EVENTS`]; returns how many events were deleted.
+pub fn prune_events(conn: &Connection, cutoff: Millis, batch: u32) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(PRUNE_EVENTS)?
+        .execute(params![cutoff, batch])?)
+}
+
+/// The oldest retained event sequence, and the last one ever written (0 when none):
+/// events after `last` do not exist yet; those before `oldest` were pruned.
+pub fn event_bounds(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let last: i64 = conn.query_row(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    let oldest: Option<i64> = conn.query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?;
+    Ok((oldest.unwrap_or(last + 1) as u64, last as u64))
+}
+
 /// The item holding this idempotency key, with the fingerprint of its request.
 pub fn find_by_request(
     conn: &Connection,
@@ -303,4 +362,38 @@ pub fn insert_event(
         ItemSnapshot::of(item).encode_to_vec()
     ])?;
     Ok(conn.last_insert_rowid() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pruning walks the sequence from its start and stops at the first recent event:
+    /// with a large table of recent events it does a bounded amount of work, where a
+    /// search by time (`at` has no index) scans every row inside the writer.
+    #[test]
+    fn pruning_reads_a_bounded_prefix_of_the_events_not_the_whole_table() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) \
+             INSERT INTO events (account_id, item_id, type, at, snapshot) \
+             SELECT 'a', i, 1, CASE WHEN i <= 150 THEN 10 ELSE 1000 END, x'' FROM n",
+        )
+        .unwrap();
+        let mut st = c.prepare(PRUNE_EVENTS).unwrap();
+        let deleted = st.execute(params![500, 100]).unwrap();
+        assert_eq!(deleted, 100);
+        let steps = st.get_status(rusqlite::StatementStatus::VmStep);
+        assert!(
+            steps < 20_000,
+            "pruning took {steps} VM steps for a 100-event batch"
+        );
+        assert_eq!(st.execute(params![500, 100]).unwrap(), 50);
+        assert_eq!(st.execute(params![500, 100]).unwrap(), 0);
+        let oldest: i64 = c
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest, 151);
+    }
 }

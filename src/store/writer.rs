@@ -15,7 +15,9 @@
 //! in commit order, so one fsync covers every earlier commit too). This is group
 //! commit with the flush pipelined, as databases with a write-ahead log do it.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +28,7 @@ use crate::clock::Clock;
 use crate::domain;
 
 use super::checkpoint::Checkpointer;
-use super::{CommitHook, StoreError, Tx, WheelOp};
+use super::{CommitHook, Effects, StoreError, Tx};
 
 /// Most writes in one transaction: bounds a group's latency and memory.
 pub const MAX_GROUP: usize = 2048;
@@ -61,11 +63,74 @@ pub(super) enum Durability {
     SyncWal(PathBuf),
 }
 
-/// A committed group waiting for its fsync.
+/// How far the writer has got, for readers that must see only durable data and for
+/// whoever must notice that the writer died.
+pub(super) struct Progress {
+    /// Groups whose COMMIT has started (counted before COMMIT runs, so a reader that
+    /// saw a group's rows reads a number at least that group's).
+    committing: AtomicU64,
+    /// Groups the sync stage has finished (durable, or known failed), in order.
+    done: watch::Sender<u64>,
+    /// Set once, when the writer or the sync stage stopped for a reason other than a
+    /// close: a panic, or a lost channel. Writes fail from then on.
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl Progress {
+    pub(super) fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            committing: AtomicU64::new(0),
+            done: watch::channel(0).0,
+            fatal: watch::channel(None).0,
+        })
+    }
+
+    /// Waits until every group that had started committing when this was called is
+    /// durable; a reader calls it after reading, so what it read is durable when it
+    /// returns.
+    ///
+    /// # Errors
+    /// The writer died: what was read may never become durable.
+    pub(super) async fn durable_barrier(&self) -> Result<(), StoreError> {
+        let target = self.committing.load(Ordering::SeqCst);
+        let mut done = self.done.subscribe();
+        let mut fatal = self.fatal.subscribe();
+        loop {
+            if *done.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if fatal.borrow_and_update().is_some() {
+                return Err(StoreError::Closed);
+            }
+            tokio::select! {
+                r = done.changed() => if r.is_err() { return Err(StoreError::Closed) },
+                r = fatal.changed() => if r.is_err() { return Err(StoreError::Closed) },
+            }
+        }
+    }
+
+    /// Resolves with the reason once the writer or the sync stage died.
+    pub(super) fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    fn die(&self, why: String) {
+        tracing::error!(reason = %why, "the store's writer stopped; writes fail from now on");
+        self.fatal.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why.clone());
+            }
+            first
+        });
+    }
+}
+
+/// A group past its COMMIT, waiting for the sync stage.
 struct Committed {
     writes: usize,
-    ops: Vec<WheelOp>,
-    max_seq: u64,
+    /// `None` when the COMMIT failed: nothing to sync, the completions carry errors.
+    fx: Option<Effects>,
     completions: Vec<Completion>,
     started: Instant,
 }
@@ -74,37 +139,68 @@ struct Committed {
 /// the same throughput as 4, with a slightly lower p99).
 const SYNC_QUEUE: usize = 1;
 
+/// Runs `body` on a named thread; a panic (or an early end) marks the store dead.
+fn spawn_thread(
+    name: &'static str,
+    progress: Arc<Progress>,
+    body: impl FnOnce() -> bool + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(format!("sendlater-{name}"))
+        .spawn(move || match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(true) => {}
+            Ok(false) => progress.die(format!("the {name} thread stopped unexpectedly")),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                progress.die(format!("the {name} thread panicked: {what}"));
+            }
+        })
+        .map_err(|e| StoreError::Unusable {
+            path: Default::default(),
+            reason: format!("cannot start the {name} thread: {e}"),
+        })
+}
+
 pub(super) fn spawn(
     conn: Connection,
-    hook: CommitHook,
+    hook: Arc<dyn CommitHook>,
     events: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
     checkpointer: Checkpointer,
     durability: Durability,
+    progress: Arc<Progress>,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let cannot = |what: &str, e: std::io::Error| StoreError::Unusable {
-        path: Default::default(),
-        reason: format!("cannot start the {what} thread: {e}"),
-    };
     let (synced_tx, synced_rx) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
-    let syncer = std::thread::Builder::new()
-        .name("sendlater-sync".into())
-        .spawn(move || sync_stage(synced_rx, hook, events, durability))
-        .map_err(|e| cannot("sync", e))?;
-    std::thread::Builder::new()
-        .name("sendlater-writer".into())
-        .spawn(move || run(conn, rx, synced_tx, syncer, clock, checkpointer))
-        .map_err(|e| cannot("writer", e))?;
+    let sync_hook = hook.clone();
+    let sync_progress = progress.clone();
+    let syncer = spawn_thread("sync", progress.clone(), move || {
+        sync_stage(synced_rx, &*sync_hook, events, durability, &sync_progress);
+        true
+    })?;
+    let writer_progress = progress.clone();
+    spawn_thread("writer", progress, move || {
+        let mut w = Writer {
+            conn: &conn,
+            hook: &*hook,
+            progress: &writer_progress,
+        };
+        w.run(rx, synced_tx, syncer, clock, checkpointer)
+    })?;
     Ok(WriterHandle { tx })
 }
 
 /// Makes committed groups durable and answers them, in commit order.
 fn sync_stage(
     rx: std::sync::mpsc::Receiver<Committed>,
-    mut hook: CommitHook,
+    hook: &dyn CommitHook,
     events: watch::Sender<u64>,
     durability: Durability,
+    progress: &Progress,
 ) {
     let mut wal: Option<std::fs::File> = None;
     let mut batch: Vec<Committed> = Vec::new();
@@ -132,27 +228,30 @@ fn sync_stage(
             }
         }
         for c in batch.drain(..) {
-            if !c.ops.is_empty() {
-                hook(&c.ops);
+            if let Some(fx) = &c.fx {
+                if !fx.is_empty() {
+                    hook.durable(fx);
+                }
+                if fx.max_seq > 0 {
+                    events.send_if_modified(|last| {
+                        let changed = fx.max_seq > *last;
+                        *last = (*last).max(fx.max_seq);
+                        changed
+                    });
+                }
+                crate::metrics::METRICS
+                    .commit_batch_size
+                    .observe(c.writes as f64);
+                crate::metrics::METRICS
+                    .commit_seconds
+                    .observe(c.started.elapsed().as_secs_f64());
+                tracing::trace!(
+                    writes = c.writes,
+                    micros = c.started.elapsed().as_micros() as u64,
+                    "group committed"
+                );
             }
-            if c.max_seq > 0 {
-                events.send_if_modified(|last| {
-                    let changed = c.max_seq > *last;
-                    *last = (*last).max(c.max_seq);
-                    changed
-                });
-            }
-            crate::metrics::METRICS
-                .commit_batch_size
-                .observe(c.writes as f64);
-            crate::metrics::METRICS
-                .commit_seconds
-                .observe(c.started.elapsed().as_secs_f64());
-            tracing::trace!(
-                writes = c.writes,
-                micros = c.started.elapsed().as_micros() as u64,
-                "group committed"
-            );
+            progress.done.send_modify(|n| *n += 1);
             for done in c.completions {
                 done(Ok(()));
             }
@@ -194,144 +293,230 @@ impl WriterHandle {
     }
 }
 
-fn run(
-    conn: Connection,
-    mut rx: mpsc::Receiver<Msg>,
-    synced: std::sync::mpsc::SyncSender<Committed>,
-    syncer: std::thread::JoinHandle<()>,
-    clock: Arc<dyn Clock>,
-    checkpointer: Checkpointer,
-) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
-    let mut closing: Option<oneshot::Sender<()>> = None;
-    // Size of the previous group: when many callers are active, the first request
-    // after a commit arrives alone while the rest are still on their way; committing
-    // it alone costs a whole fsync. Linger briefly for the others (bounded, see below).
-    let mut last_group = 0usize;
-    while closing.is_none() {
-        match rx.blocking_recv() {
-            Some(Msg::Job(j)) => jobs.push(j),
-            Some(Msg::Close(done)) => closing = Some(done),
-            None => break,
-        }
-        let mut lingered = 0;
-        while jobs.len() < MAX_GROUP && closing.is_none() {
-            match rx.try_recv() {
-                Ok(Msg::Job(j)) => jobs.push(j),
-                Ok(Msg::Close(done)) => closing = Some(done),
-                Err(_) if jobs.len() * 2 < last_group && lingered < LINGER_STEPS => {
-                    // At most LINGER_STEPS x 50 us (0.2 ms) against a ~4-30 ms fsync,
-                    // and only when the last group was at least twice this one.
-                    lingered += 1;
-                    std::thread::sleep(std::time::Duration::from_micros(50));
-                }
-                Err(_) => break,
-            }
-        }
-        last_group = jobs.len();
-        if !jobs.is_empty() {
-            if let Some(c) = commit_group(&conn, &mut jobs, clock.now_ms()) {
-                // Blocks when the sync stage is SYNC_QUEUE groups behind (backpressure).
-                if synced.send(c).is_err() {
-                    break;
-                }
-                checkpointer.committed();
-            }
-        }
-    }
-    // Writes still queued behind a close are refused: their senders see `Closed`.
-    drop(rx);
-    // Every committed group is synced and answered before the close completes.
-    drop(synced);
-    let _ = syncer.join();
-    drop(checkpointer);
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::warn!(error = %e, "checkpoint at close failed");
-    }
-    drop(conn);
-    if let Some(done) = closing {
-        let _ = done.send(());
-    }
+struct Writer<'a> {
+    conn: &'a Connection,
+    hook: &'a dyn CommitHook,
+    progress: &'a Progress,
 }
 
-/// Runs the group in one transaction; `None` when nothing committed (every job was
-/// answered with an error or dropped).
-fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, now: i64) -> Option<Committed> {
-    let started = Instant::now();
-    let n = jobs.len();
-    let mut completions: Vec<Completion> = Vec::with_capacity(n);
-    let mut ops: Vec<WheelOp> = Vec::new();
-    let mut max_seq = 0u64;
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
-        // Dropping a job drops its reply sender: the caller sees Unavailable.
-        jobs.clear();
-        return None;
-    }
-    for job in jobs.drain(..) {
-        let mut job_ops = Vec::new();
-        let mut job_seq = 0u64;
-        if let Err(e) = conn
-            .prepare_cached("SAVEPOINT w")
-            .and_then(|mut s| s.execute([]))
-        {
-            tracing::error!(error = %e, "savepoint failed");
-            continue; // the dropped job answers Unavailable
+impl Writer<'_> {
+    /// The writer's loop; `true` when it ended by a close (or every handle dropped),
+    /// `false` when it lost the sync stage.
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        synced: std::sync::mpsc::SyncSender<Committed>,
+        syncer: std::thread::JoinHandle<()>,
+        clock: Arc<dyn Clock>,
+        checkpointer: Checkpointer,
+    ) -> bool {
+        let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        let mut healthy = true;
+        // Size of the previous group: when many callers are active, the first request
+        // after a commit arrives alone while the rest are still on their way; committing
+        // it alone costs a whole fsync. Linger briefly for the others (bounded, see below).
+        let mut last_group = 0usize;
+        while closing.is_none() {
+            // Jobs left over from a broken group run first, without waiting.
+            if jobs.is_empty() {
+                match rx.blocking_recv() {
+                    Some(Msg::Job(j)) => jobs.push(j),
+                    Some(Msg::Close(done)) => closing = Some(done),
+                    None => break,
+                }
+            }
+            let mut lingered = 0;
+            while jobs.len() < MAX_GROUP && closing.is_none() {
+                match rx.try_recv() {
+                    Ok(Msg::Job(j)) => jobs.push(j),
+                    Ok(Msg::Close(done)) => closing = Some(done),
+                    Err(_) if jobs.len() * 2 < last_group && lingered < LINGER_STEPS => {
+                        // At most LINGER_STEPS x 50 us (0.2 ms) against a ~4-30 ms fsync,
+                        // and only when the last group was at least twice this one.
+                        lingered += 1;
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                    Err(_) => break,
+                }
+            }
+            last_group = jobs.len();
+            if !jobs.is_empty() {
+                if let Some(c) = self.commit_group(&mut jobs, clock.now_ms()) {
+                    // Blocks when the sync stage is SYNC_QUEUE groups behind (backpressure).
+                    if synced.send(c).is_err() {
+                        healthy = false;
+                        break;
+                    }
+                    checkpointer.committed();
+                }
+            }
         }
-        let (ok, done) = {
-            let mut tx = Tx {
-                conn,
-                now,
-                ops: &mut job_ops,
-                max_seq: &mut job_seq,
+        // Writes still queued behind a close are refused: their senders see `Closed`.
+        drop(rx);
+        // Every committed group is synced and answered before the close completes.
+        drop(synced);
+        let _ = syncer.join();
+        drop(checkpointer);
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "checkpoint at close failed");
+        }
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+        healthy
+    }
+
+    /// Runs the group in one transaction; `None` when there is nothing for the sync
+    /// stage (the group never reached COMMIT: every job was answered with an error).
+    ///
+    /// SQLite may roll back the whole transaction by itself (SQLITE_FULL, IOERR, NOMEM,
+    /// ...) in the middle of the group: then the later jobs would run in autocommit,
+    /// each committing on its own, unsynced, while told it failed. So after every job
+    /// the transaction must still be open; if it is not (or a savepoint cannot be
+    /// opened or released), the whole group fails.
+    fn commit_group(&mut self, jobs: &mut Vec<Job>, now: i64) -> Option<Committed> {
+        let conn = self.conn;
+        let started = Instant::now();
+        let n = jobs.len();
+        let mut completions: Vec<Completion> = Vec::with_capacity(n);
+        let mut fx = Effects::default();
+        // Effects of writes that will not commit (each rolled back alone).
+        let mut undone = Effects::default();
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
+            // Dropping a job drops its reply sender: the caller sees Unavailable.
+            jobs.clear();
+            return None;
+        }
+        let mut broken: Option<String> = None;
+        let mut queued = std::mem::take(jobs).into_iter();
+        for job in queued.by_ref() {
+            if let Err(e) = conn
+                .prepare_cached("SAVEPOINT w")
+                .and_then(|mut s| s.execute([]))
+            {
+                // Dropped unrun: its caller sees Unavailable.
+                broken = Some(format!("savepoint failed: {e}"));
+                break;
+            }
+            let mut job_fx = Effects::default();
+            let (ok, done) = {
+                let mut tx = Tx {
+                    conn,
+                    now,
+                    fx: &mut job_fx,
+                };
+                job(&mut tx)
             };
-            job(&mut tx)
-        };
-        let end = if ok {
-            conn.prepare_cached("RELEASE w")
-                .and_then(|mut s| s.execute([]).map(drop))
-        } else {
-            conn.execute_batch("ROLLBACK TO w; RELEASE w")
-        };
-        match end {
-            Ok(()) if ok => {
-                ops.extend(job_ops);
-                max_seq = max_seq.max(job_seq);
+            completions.push(done);
+            if conn.is_autocommit() {
+                undone.append(job_fx);
+                broken = Some("SQLite rolled back the group's transaction".into());
+                break;
             }
-            Ok(()) => {}
-            Err(e) => tracing::error!(error = %e, "savepoint release failed"),
+            let end = if ok {
+                conn.prepare_cached("RELEASE w")
+                    .and_then(|mut s| s.execute([]).map(drop))
+            } else {
+                conn.execute_batch("ROLLBACK TO w; RELEASE w")
+            };
+            match end {
+                Ok(()) if ok => fx.append(job_fx),
+                Ok(()) => undone.append(job_fx),
+                Err(e) => {
+                    undone.append(job_fx);
+                    broken = Some(format!("savepoint release failed: {e}"));
+                    break;
+                }
+            }
         }
-        completions.push(done);
-    }
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => Some(Committed {
-            writes: n,
-            ops,
-            max_seq,
-            completions,
-            started,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, writes = n, "group commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            for done in completions {
-                done(Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-                    Some(e.to_string()),
-                ))));
+        // Jobs not run yet (the group broke before them) go first into the next group:
+        // each broken group answers at least the job that broke it, so this ends.
+        jobs.extend(queued);
+        if let Some(why) = broken {
+            tracing::error!(reason = %why, writes = n, "write group failed; rolling it back");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
             }
-            None
+            undone.append(fx);
+            self.fail(&undone, completions, &why);
+            return None;
+        }
+        if !undone.is_empty() {
+            self.hook.abandoned(&undone);
+        }
+        self.progress.committing.fetch_add(1, Ordering::SeqCst);
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => Some(Committed {
+                writes: n,
+                fx: Some(fx),
+                completions,
+                started,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, writes = n, "group commit failed");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                self.fail(&fx, completions, &e.to_string());
+                // Counted as committing: the sync stage counts it done, in order.
+                Some(Committed {
+                    writes: n,
+                    fx: None,
+                    completions: Vec::new(),
+                    started,
+                })
+            }
+        }
+    }
+
+    /// Answers every write of a group that did not commit with an error, after giving
+    /// back what they reserved.
+    fn fail(&self, fx: &Effects, completions: Vec<Completion>, why: &str) {
+        self.hook.abandoned(fx);
+        for done in completions {
+            done(Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some(why.to_owned()),
+            ))));
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
+    use super::*;
     use crate::clock::SystemClock;
     use crate::config::Synchronous;
     use crate::store::{Store, WheelOp};
+
+    /// Records what reaches the hook; optionally blocks `durable` until released.
+    #[derive(Default)]
+    struct Seen {
+        timers: Mutex<Vec<WheelOp>>,
+        gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+        released: AtomicBool,
+    }
+
+    impl CommitHook for Seen {
+        fn durable(&self, fx: &Effects) {
+            if let Some(gate) = self.gate.lock().unwrap().take() {
+                if let Some(e) = self.entered.lock().unwrap().take() {
+                    let _ = e.send(());
+                }
+                let _ = gate.recv();
+                self.released.store(true, Ordering::SeqCst);
+            }
+            self.timers.lock().unwrap().extend_from_slice(&fx.timers);
+        }
+        fn abandoned(&self, _fx: &Effects) {}
+    }
 
     /// With FULL configured the sync stage answers; what the caller sees must still be
     /// committed, its timer changes applied before the answer, and in commit order.
@@ -340,15 +525,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         for sync in [Synchronous::Full, Synchronous::Normal] {
-            let seen: Arc<Mutex<Vec<WheelOp>>> = Arc::default();
-            let hook_seen = seen.clone();
-            let store = Store::open(
-                &path,
-                sync,
-                Arc::new(SystemClock),
-                Box::new(move |ops| hook_seen.lock().unwrap().extend_from_slice(ops)),
-            )
-            .unwrap();
+            let seen = Arc::new(Seen::default());
+            let store = Store::open(&path, sync, Arc::new(SystemClock), seen.clone()).unwrap();
             let mut writes = Vec::new();
             for i in 0..50i64 {
                 let s = store.clone();
@@ -382,7 +560,128 @@ mod tests {
         }
     }
 
-    fn seen_contains(seen: &Arc<Mutex<Vec<WheelOp>>>, i: i64) -> bool {
-        seen.lock().unwrap().contains(&WheelOp::Set(i, 1000 + i))
+    fn seen_contains(seen: &Seen, i: i64) -> bool {
+        seen.timers
+            .lock()
+            .unwrap()
+            .contains(&WheelOp::Set(i, 1000 + i))
+    }
+
+    /// A read sees committed rows; it must not return them before they are durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_returns_only_once_what_it_saw_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Seen::default());
+        let (release, gate) = std::sync::mpsc::channel();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        *seen.gate.lock().unwrap() = Some(gate);
+        *seen.entered.lock().unwrap() = Some(entered_tx);
+        let store = Store::open(
+            &dir.path().join("r.db"),
+            Synchronous::Full,
+            Arc::new(SystemClock),
+            seen.clone(),
+        )
+        .unwrap();
+        let writer = store.clone();
+        let write = tokio::spawn(async move {
+            writer
+                .write(|tx| {
+                    tx.conn.execute_batch("CREATE TABLE t (x INTEGER)")?;
+                    tx.conn.execute("INSERT INTO t VALUES (1)", [])?;
+                    tx.set_timer(1, 1);
+                    Ok(())
+                })
+                .await
+        });
+        // The group committed; its sync stage is held before it counts as durable.
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        let reader = store.clone();
+        let seen2 = seen.clone();
+        let mut read = tokio::spawn(async move {
+            let n = reader
+                .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?))
+                .await;
+            (n, seen2.released.load(Ordering::SeqCst))
+        });
+        // A bound for a negative (the read must still be waiting), not a synchronisation.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut read)
+                .await
+                .is_err(),
+            "a read returned rows whose commit is not durable yet"
+        );
+        release.send(()).unwrap();
+        let (n, released) = read.await.unwrap();
+        assert_eq!(n.unwrap(), 1);
+        assert!(released);
+        write.await.unwrap().unwrap();
+        store.close().await;
+    }
+
+    type Answer = Arc<Mutex<Option<Result<(), StoreError>>>>;
+
+    /// A job that runs `f` and records the answer its caller would get.
+    fn job(f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) -> (Job, Answer) {
+        let answer: Answer = Arc::default();
+        let slot = answer.clone();
+        let job: Job = Box::new(move |tx: &mut Tx<'_>| {
+            let ok = f(tx.conn).is_ok();
+            let done: Completion = Box::new(move |r| *slot.lock().unwrap() = Some(r));
+            (ok, done)
+        });
+        (job, answer)
+    }
+
+    /// SQLite may roll the whole transaction back by itself in the middle of a group
+    /// (SQLITE_FULL, IOERR, NOMEM); the writes after it must not run in autocommit.
+    #[test]
+    fn a_transaction_rolled_back_by_sqlite_mid_group_fails_the_group_and_commits_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let progress = Progress::new();
+        let hook = Seen::default();
+        let mut w = Writer {
+            conn: &conn,
+            hook: &hook,
+            progress: &progress,
+        };
+        let (j1, a1) = job(|c| c.execute("INSERT INTO t VALUES (1)", []).map(drop));
+        // What SQLite does on SQLITE_FULL: the transaction is gone.
+        let (j2, a2) = job(|c| c.execute_batch("ROLLBACK"));
+        let (j3, a3) = job(|c| c.execute("INSERT INTO t VALUES (3)", []).map(drop));
+        let mut jobs = vec![j1, j2, j3];
+        assert!(
+            w.commit_group(&mut jobs, 0).is_none(),
+            "the group must fail"
+        );
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&conn), 0, "a write committed on its own");
+        assert!(matches!(*a1.lock().unwrap(), Some(Err(_))));
+        assert!(matches!(*a2.lock().unwrap(), Some(Err(_))));
+        assert!(
+            a3.lock().unwrap().is_none(),
+            "the write after it must not run"
+        );
+        assert!(conn.is_autocommit());
+        // The write that had not run goes into the next group, and commits there.
+        assert_eq!(jobs.len(), 1);
+        assert!(w.commit_group(&mut jobs, 0).is_some());
+        assert_eq!(count(&conn), 1);
+    }
+
+    #[test]
+    fn a_panic_on_the_writer_thread_is_reported_as_fatal() {
+        let progress = Progress::new();
+        let fatal = progress.fatal();
+        let t = spawn_thread("writer", progress.clone(), || panic!("boom")).unwrap();
+        let _ = t.join();
+        let why = fatal.borrow().clone().expect("fatal set");
+        assert!(why.contains("writer") && why.contains("boom"), "{why}");
     }
 }

@@ -345,9 +345,11 @@ pub async fn wait_item(
 }
 
 impl TestServer {
-    /// Waits until the server is idle: every queued write committed, the wheel advanced
-    /// to the clock, dispatch done with everything it can do now.
+    /// Waits until the server is idle: every queued write committed and durable, the
+    /// wheel advanced to the clock, dispatch done with everything it can do now (see
+    /// `RunningServer::settle`). Messages still on the network are not covered: wait
+    /// for their effect (an event, a state) or fence them with a later message.
     pub async fn settle(&self) {
-        // (placeholder on the old engine: nothing to wait for)
+        self.running().settle().await;
     }
 }
