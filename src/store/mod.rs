@@ -26,6 +26,7 @@ mod checkpoint;
 mod reader;
 pub mod rows;
 pub mod schema;
+pub mod trace;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -189,6 +190,7 @@ fn open_rw(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(unusable)?;
+    trace::install(&conn);
     // The first statement that reads the file tells a non-database apart.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))

@@ -33,6 +33,7 @@ impl ReadPool {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        super::trace::install(&c);
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         c.pragma_update(None, "cache_size", -16384)?;
         Ok(c)
