@@ -74,6 +74,8 @@ pub struct DispatchConfig {
     pub retry_cap_ms: i64,
     /// After this many attempts a transient failure becomes FAILED.
     pub max_attempts: u32,
+    /// How long a graceful stop waits for the answers of jobs out at connectors.
+    pub drain_grace_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -83,6 +85,7 @@ impl Default for DispatchConfig {
             retry_base_ms: 1_000,
             retry_cap_ms: 600_000,
             max_attempts: 10,
+            drain_grace_ms: 5_000,
         }
     }
 }

@@ -255,7 +255,7 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
 
 #[tokio::test]
 async fn answers_in_flight_at_shutdown_are_recorded() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_with(|c| c.dispatch.drain_grace_ms = 5_000).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1).await;
     let item = schedule(&t, chat_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));

@@ -49,6 +49,7 @@ pub struct DispatchFile {
     pub retry_base_ms: Option<u64>,
     pub retry_cap_secs: Option<u64>,
     pub max_attempts: Option<u64>,
+    pub drain_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +206,13 @@ pub fn parse(text: &str) -> Result<Settings> {
             1000,
             dd.max_attempts.into(),
         )? as u32,
+        drain_grace_ms: ranged(
+            "dispatch.drain_grace_secs",
+            f.dispatch.drain_grace_secs,
+            0,
+            600,
+            dd.drain_grace_ms / 1000,
+        )? * 1000,
     };
     let event_retention_ms = f
         .events
@@ -295,6 +303,7 @@ lease_secs = 30
 retry_base_ms = 1000
 retry_cap_secs = 600
 max_attempts = 10
+drain_grace_secs = 5
 
 [tls]
 cert = "server.pem"

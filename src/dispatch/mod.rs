@@ -40,9 +40,6 @@ use writes::{Outcome, Tuning};
 /// Most items leased or recorded in one write.
 const BATCH: usize = 1000;
 
-/// How long a graceful stop waits for the answers of jobs out at connectors.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
-
 /// A job sent to a connector.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -139,7 +136,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts the dispatcher task. When `shutdown` is cancelled it stops handing out
     /// jobs, records the answers of the jobs out at connectors (waiting at most
-    /// [`DRAIN_GRACE`] for them), then ends; the handle resolves then.
+    /// `drain_grace_ms` for them), then ends; the handle resolves then.
     pub fn start(engine: Engine, shutdown: CancellationToken) -> (Dispatcher, JoinHandle<()>) {
         // Unbounded: the senders bound themselves (a permit per answer, credit per job).
         let (tx, rx) = mpsc::unbounded_channel();
@@ -151,7 +148,9 @@ impl Dispatcher {
             max_attempts: cfg.max_attempts,
         };
         let stats = Arc::new(DispatchStats::default());
+        let drain_grace = Duration::from_millis(cfg.drain_grace_ms);
         let actor = Actor {
+            drain_grace,
             stats: stats.clone(),
             engine,
             tuning,
@@ -247,6 +246,8 @@ impl Conn {
 }
 
 struct Actor {
+    /// How long a graceful stop waits for the answers of jobs in flight.
+    drain_grace: Duration,
     stats: Arc<DispatchStats>,
     engine: Engine,
     tuning: Tuning,
@@ -289,7 +290,8 @@ impl Actor {
         mut rx: mpsc::UnboundedReceiver<ConnectorEvent>,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = false;
+        // After a failed round: when to try again.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             if self.draining.is_none() && shutdown.is_cancelled() {
                 tracing::info!(
@@ -297,32 +299,29 @@ impl Actor {
                     in_flight = self.inflight.len(),
                     "dispatcher stopping: recording the answers of jobs in flight"
                 );
-                self.draining = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                self.draining = Some(tokio::time::Instant::now() + self.drain_grace);
             }
             if let Some(deadline) = self.draining {
-                if self.outcomes.is_empty()
-                    && (self.inflight.is_empty() || tokio::time::Instant::now() >= deadline)
-                {
-                    tracing::info!(unanswered = self.inflight.len(), "dispatcher stopped");
+                let done = self.outcomes.is_empty() && self.inflight.is_empty();
+                if done || tokio::time::Instant::now() >= deadline {
+                    // What is left unrecorded is redelivered after the restart.
+                    tracing::info!(
+                        unanswered = self.inflight.len(),
+                        unrecorded = self.outcomes.len(),
+                        "dispatcher stopped"
+                    );
                     return;
                 }
             }
             let ready = self.engine.ready().clone_notify();
             let more_due = self.draining.is_none() && !self.engine.ready().is_empty();
-            if backoff || (!more_due && self.outcomes.is_empty()) {
-                if !backoff {
+            if retry_at.is_some() || (!more_due && self.outcomes.is_empty()) {
+                if retry_at.is_none() {
                     for w in self.idle.drain(..) {
                         let _ = w.send(());
                     }
                 }
-                let pause = if backoff {
-                    Duration::from_millis(100)
-                } else {
-                    Duration::from_secs(3600)
-                };
-                let drain_at = self
-                    .draining
-                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Some(ev) => self.on_event(ev),
@@ -330,17 +329,21 @@ impl Actor {
                     },
                     _ = ready.notified(), if self.draining.is_none() => {}
                     _ = shutdown.cancelled(), if self.draining.is_none() => {}
-                    _ = tokio::time::sleep_until(drain_at), if self.draining.is_some() => {}
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep_until(self.draining.unwrap_or(far)), if self.draining.is_some() => {}
+                    _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
+                        retry_at = None;
+                    }
                 }
-                backoff = false;
             }
             while let Ok(ev) = rx.try_recv() {
                 self.on_event(ev);
             }
+            if retry_at.is_some() {
+                continue; // keep taking answers, but wait before writing again
+            }
             if let Err(e) = self.step().await {
-                tracing::error!(error = %e, "dispatch round failed; retrying");
-                backoff = true;
+                tracing::error!(error = %e, "dispatch round failed; retrying in 100 ms");
+                retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(100));
             }
             self.publish_stats();
         }

@@ -382,15 +382,14 @@ mod tests {
         )
         .unwrap();
         let mut st = c.prepare(PRUNE_EVENTS).unwrap();
-        let deleted = st.execute(params![500, 100]).unwrap();
-        assert_eq!(deleted, 100);
-        let steps = st.get_status(rusqlite::StatementStatus::VmStep);
-        assert!(
-            steps < 20_000,
-            "pruning took {steps} VM steps for a 100-event batch"
-        );
-        assert_eq!(st.execute(params![500, 100]).unwrap(), 50);
-        assert_eq!(st.execute(params![500, 100]).unwrap(), 0);
+        // 150 old events, batches of 100: a full batch, the rest, then nothing left
+        // (the case where a search by time reads the whole table).
+        for want in [100, 50, 0] {
+            st.reset_status(rusqlite::StatementStatus::VmStep);
+            assert_eq!(st.execute(params![500, 100]).unwrap(), want);
+            let steps = st.get_status(rusqlite::StatementStatus::VmStep);
+            assert!(steps < 20_000, "pruning took {steps} VM steps for a 100-event batch");
+        }
         let oldest: i64 = c
             .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
             .unwrap();
