@@ -388,7 +388,10 @@ mod tests {
             st.reset_status(rusqlite::StatementStatus::VmStep);
             assert_eq!(st.execute(params![500, 100]).unwrap(), want);
             let steps = st.get_status(rusqlite::StatementStatus::VmStep);
-            assert!(steps < 20_000, "pruning took {steps} VM steps for a 100-event batch");
+            assert!(
+                steps < 20_000,
+                "pruning took {steps} VM steps for a 100-event batch"
+            );
         }
         let oldest: i64 = c
             .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
