@@ -29,6 +29,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 const SENDLATER_BIN: &str = env!("CARGO_BIN_EXE_sendlater");
+
+/// The server binary: `E2E_SERVER_BIN` when set (to measure another build, e.g. the
+/// previous commit, with the same harness in the same run), else the one cargo built.
+fn server_bin() -> String {
+    std::env::var("E2E_SERVER_BIN").unwrap_or_else(|_| SENDLATER_BIN.to_owned())
+}
 /// Accounts the load is spread over (the default pending quota is 1M per account).
 const ACCOUNTS: u64 = 64;
 const UNARY_CLIENTS: usize = 64;
@@ -188,7 +194,7 @@ fn free_port() -> u16 {
 impl ServerProc {
     fn spawn_sendlater(db: &Path) -> ServerProc {
         let port = free_port();
-        let mut cmd = Command::new(SENDLATER_BIN);
+        let mut cmd = Command::new(server_bin());
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
             .env(
@@ -1368,7 +1374,8 @@ fn main() {
         o.scenarios = ALL.iter().map(|s| s.to_string()).collect();
     }
     println!(
-        "sendlater e2e: server {SENDLATER_BIN}, {} core(s), quick={}, big={}",
+        "sendlater e2e: server {}, {} core(s), quick={}, big={}",
+        server_bin(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),

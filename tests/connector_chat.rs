@@ -300,9 +300,20 @@ async fn a_webhook_400_fails_the_item_at_once_with_the_status_in_last_error() {
     );
     assert_eq!(failed.attempts, 1);
 
-    // No retry follows a permanent failure.
+    // No retry follows a permanent failure: with the clock well past any backoff and
+    // the server idle, the item was not leased again (a second request would need a
+    // second lease, which counts an attempt).
     t.advance(Duration::from_secs(60));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    t.settle().await;
+    let still = t
+        .client
+        .clone()
+        .get_item(item_ref("acme", &item.item_id))
+        .await
+        .expect("get item")
+        .into_inner();
+    assert_eq!(still.state, pb::State::Failed as i32, "{still:?}");
+    assert_eq!(still.attempts, 1, "{still:?}");
     assert!(hook.hits.try_recv().is_err(), "no second request");
 
     connector.stop().await;
@@ -353,9 +364,18 @@ async fn the_connector_waits_for_the_server_and_reconnects_after_a_restart() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut hook = Webhook::start(&[]).await;
-    // Nothing listens yet: the connector keeps retrying with backoff.
+    // No server yet: a stand-in on the port accepts the connector's connections and
+    // closes them at once. Seeing it come back proves it retries (with backoff).
+    let stand_in = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let connector = Connector::start(&url, &hook.url());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    for attempt in 1..=2 {
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(10), stand_in.accept())
+            .await
+            .unwrap_or_else(|_| panic!("connection attempt {attempt} within 10 s"))
+            .unwrap();
+        drop(conn);
+    }
+    drop(stand_in);
     let mut t =
         TestServer::start_with(|c| c.listen = format!("127.0.0.1:{port}").parse().unwrap()).await;
     let first = schedule_chat(&t).await;
@@ -413,14 +433,21 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
     use sendlater::connector::ConnectorError;
 
     let mut t = TestServer::start_with(|c| {
-        c.tokens = vec![TokenConfig {
-            token: "connector-secret".into(),
-            role: Role::Connector,
-            accounts: Accounts::All,
-        }]
+        c.tokens = vec![
+            TokenConfig {
+                token: "connector-secret".into(),
+                role: Role::Connector,
+                accounts: Accounts::All,
+            },
+            TokenConfig {
+                token: "backend-secret".into(),
+                role: Role::Backend,
+                accounts: Accounts::All,
+            },
+        ]
     })
     .await;
-    let hook = Webhook::start(&[]).await;
+    let mut hook = Webhook::start(&[]).await;
     let runner = |token: &str| {
         let mut r = RunnerConfig::new(t.url());
         r.token = Some(token.into());
@@ -448,7 +475,21 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
         ChatConfig::new(hook.url()),
         shutdown.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The right token is accepted: the connector gets a job and delivers it.
+    let mut req = tonic::Request::new(chat_reply("acme", "T1", T0 + 60_000));
+    req.metadata_mut()
+        .insert("authorization", "Bearer backend-secret".parse().unwrap());
+    let item = t
+        .client
+        .schedule_message(req)
+        .await
+        .expect("scheduled")
+        .into_inner();
+    t.advance(Duration::from_secs(60));
+    assert_eq!(
+        hook.next_hit().await.json()["item_id"],
+        item.item_id.as_str()
+    );
     assert!(
         !right.is_finished(),
         "the right token keeps the connector running"

@@ -23,23 +23,10 @@ async fn a_due_item_reaches_the_connector_and_an_ack_marks_it_sent() {
     assert_eq!(got.item_id, item.item_id);
     assert_eq!(got.state, pb::State::Dispatching as i32);
     c.ack(&job, "<smtp-1@example.com>").await;
-    let mut client = t.client.clone();
-    let id = item.item_id.clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = client
-            .get_item(item_ref("acme", &id))
-            .await
-            .unwrap()
-            .into_inner();
-        if now.state == pb::State::Sent as i32 {
-            assert_eq!(now.provider_message_id, "<smtp-1@example.com>");
-            assert_eq!(ms(&now.sent_at), T0 + 60_000);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not SENT: {now:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let sent = wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    assert_eq!(sent.provider_message_id, "<smtp-1@example.com>");
+    assert_eq!(ms(&sent.sent_at), T0 + 60_000);
+    assert_eq!(sent.attempts, 1);
     t.stop().await;
 }
 
@@ -49,6 +36,15 @@ async fn schedule(t: &TestServer, req: pb::ScheduleRequest) -> pb::ScheduledItem
         .schedule_message(req)
         .await
         .expect("schedule")
+        .into_inner()
+}
+
+async fn get(t: &TestServer, id: &str) -> pb::ScheduledItem {
+    t.client
+        .clone()
+        .get_item(item_ref("acme", id))
+        .await
+        .expect("get item")
         .into_inner()
 }
 
@@ -86,10 +82,15 @@ async fn a_transient_nack_retries_after_the_backoff_with_the_next_attempt() {
         (T0 + 500..=T0 + 1000).contains(&retry_at),
         "retry at {retry_at}"
     );
-    // Not before the backoff...
-    assert!(c.job_within(Duration::from_millis(100)).await.is_none());
+    // Not before the backoff: 1 ms short of it, the server is idle and has not leased
+    // the item again...
+    t.advance(Duration::from_millis((retry_at - T0 - 1) as u64));
+    t.settle().await;
+    let waiting = get(&t, &item.item_id).await;
+    assert_eq!(waiting.state, pb::State::Pending as i32, "{waiting:?}");
+    assert_eq!(waiting.attempts, 1, "{waiting:?}");
     // ...and at once after it.
-    t.advance(Duration::from_millis((retry_at - T0) as u64));
+    t.advance(Duration::from_millis(1));
     let again = c.next_job().await;
     assert_eq!(again.attempt, 2);
     assert_eq!(job_item(&again), item.item_id);
@@ -208,7 +209,7 @@ async fn a_connector_never_holds_more_than_max_in_flight() {
     let a2 = a.next_job().await;
     // A second connector takes the rest: if `a` had been given more than 2, `b` would
     // not get 3.
-    let mut b = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
+    let mut b = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 3).await;
     let mut got = vec![job_item(&a1), job_item(&a2)];
     for _ in 0..3 {
         got.push(job_item(&b.next_job().await));
@@ -216,16 +217,18 @@ async fn a_connector_never_holds_more_than_max_in_flight() {
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
-    assert!(a.job_within(Duration::from_millis(50)).await.is_none());
-    // Acking frees credit on `a`.
+    // Both connectors are full: a new due item waits, once the server is idle.
     let more = schedule(&t, chat_reply("acme", "T9", T0)).await;
+    t.settle().await;
+    let waiting = get(&t, &more.item_id).await;
+    assert_eq!(waiting.state, pb::State::Pending as i32, "{waiting:?}");
+    assert_eq!(waiting.attempts, 0, "{waiting:?}");
+    // Acking frees credit on `a`, the only connector with any: the item goes there,
+    // and it is the next thing on `a`'s stream (nothing else was sent to it).
     a.ack(&a1, "x").await;
-    let mut c_got = Vec::new();
-    tokio::select! {
-        j = a.next_job() => c_got.push(job_item(&j)),
-        j = b.next_job() => c_got.push(job_item(&j)),
-    }
-    assert_eq!(c_got, vec![more.item_id]);
+    let j = a.next_job().await;
+    assert_eq!(job_item(&j), more.item_id);
+    assert_eq!(j.attempt, 1);
     t.stop().await;
 }
 
@@ -279,23 +282,33 @@ async fn due_items_wait_for_a_connector_and_go_out_oldest_first() {
     let later = schedule(&t, email_reply("acme", "T1", T0 + 2000)).await;
     let older = schedule(&t, email_reply("acme", "T2", T0 + 1000)).await;
     t.advance(Duration::from_secs(5));
-    // Due, but nobody to send them: still PENDING.
-    let it = t
-        .client
-        .get_item(item_ref("acme", &older.item_id))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(it.state, pb::State::Pending as i32);
+    // Due, but nobody to send them: still PENDING once the server is idle.
+    t.settle().await;
+    for id in [&older.item_id, &later.item_id] {
+        let it = get(&t, id).await;
+        assert_eq!(it.state, pb::State::Pending as i32, "{it:?}");
+        assert_eq!(it.attempts, 0, "{it:?}");
+    }
     // A chat connector does not take email.
-    let mut chat = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
+    let _chat = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
+    t.settle().await;
+    for id in [&older.item_id, &later.item_id] {
+        let it = get(&t, id).await;
+        assert_eq!(it.state, pb::State::Pending as i32, "{it:?}");
+        assert_eq!(it.attempts, 0, "not leased to the chat connector: {it:?}");
+    }
     let mut email = TestConnector::connect(&t.url(), &[pb::Channel::Email], 1).await;
     let j1 = email.next_job().await;
     assert_eq!(job_item(&j1), older.item_id);
     email.ack(&j1, "1").await;
     let j2 = email.next_job().await;
     assert_eq!(job_item(&j2), later.item_id);
-    assert!(chat.job_within(Duration::from_millis(50)).await.is_none());
+    email.ack(&j2, "2").await;
+    // Each went out once, to the email connector.
+    for id in [&older.item_id, &later.item_id] {
+        let sent = wait_state(&t.client, "acme", id, pb::State::Sent).await;
+        assert_eq!(sent.attempts, 1, "{sent:?}");
+    }
     t.stop().await;
 }
 

@@ -38,11 +38,15 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
     let addr = t.running().metrics_addr().expect("metrics enabled");
     let before = scrape(addr).await;
     let scheduled_before = value(&before, "sendlater_schedules_total");
+    let mut ids = Vec::new();
     for i in 0..3 {
-        t.client
+        let item = t
+            .client
             .schedule_message(chat_reply("acme", &format!("T{i}"), T0 + 60_000))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
+        ids.push(item.item_id);
     }
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
     let body = scrape(addr).await;
@@ -56,27 +60,22 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
         let job = c.next_job().await;
         c.ack(&job, "ok").await;
     }
-    // The connector is counted once the dispatcher has published its round.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = scrape(addr).await;
-        if value(&body, "sendlater_connectors") == 1.0
-            && value(&body, "sendlater_pending_timers") == 0.0
-        {
-            assert!(
-                value(
-                    &body,
-                    "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}"
-                ) >= 3.0
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gauges never settled:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // The acks are recorded, then the server is idle (the dispatcher has published
+    // its last round): the gauges follow.
+    for id in &ids {
+        wait_state(&t.client, "acme", id, pb::State::Sent).await;
     }
+    t.settle().await;
+    let body = scrape(addr).await;
+    assert_eq!(value(&body, "sendlater_connectors"), 1.0, "{body}");
+    assert_eq!(value(&body, "sendlater_pending_timers"), 0.0, "{body}");
+    assert!(
+        value(
+            &body,
+            "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}"
+        ) >= 3.0,
+        "{body}"
+    );
     t.stop().await;
 }
 

@@ -143,10 +143,18 @@ async fn a_watcher_sees_only_its_own_accounts_events() {
     let mut s = watch(&t, "acme", 0).await;
     let ev = next(&mut s).await;
     assert_eq!(ev.item.unwrap().item_id, mine.item_id);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), s.message())
-            .await
-            .is_err(),
+    // A fence: the stream is in sequence order, so the next event being this later
+    // one of acme means the other account's event in between was not sent here.
+    let fence = t
+        .client
+        .schedule_message(chat_reply("acme", "T3", T0 + 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let ev = next(&mut s).await;
+    assert_eq!(
+        ev.item.unwrap().item_id,
+        fence.item_id,
         "no event of another account"
     );
     t.stop().await;
