@@ -139,6 +139,23 @@ impl RunningServer {
         }
     }
 
+    /// Live items (PENDING or DISPATCHING) that nothing will ever send: no timer on
+    /// the wheel, not waiting in dispatch's line, not out at a connector. Always empty
+    /// unless there is a bug; call it after [`RunningServer::settle`] (for tests and
+    /// checks).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn stranded_items(&self) -> crate::domain::Result<Vec<crate::domain::ItemId>> {
+        let live = self.engine.live_item_ids().await?;
+        let known: std::collections::HashSet<_> =
+            self.dispatcher.known_ids().await.into_iter().collect();
+        Ok(live
+            .into_iter()
+            .filter(|id| !known.contains(id) && !self.engine.has_timer(*id))
+            .collect())
+    }
+
     /// Graceful stop: say NOT_SERVING, stop accepting, end the watch streams, record
     /// the answers of jobs out at connectors (bounded by a grace period) and end their
     /// streams, let in-flight RPCs finish (bounded), then flush the store and stop the

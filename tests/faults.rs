@@ -1,6 +1,7 @@
 //! The fault and abuse suite: a hostile connector, a failing disk, a stepping clock, a
 //! shutdown with answers in flight. Each test ends by checking the delivery invariants
-//! (see `common::assert_invariants`).
+//! (`common::assert_invariants`: everything answered OK is there, nothing live is
+//! stranded, nothing cancelled or converted was sent, the file is intact).
 mod common;
 
 use std::time::Duration;
@@ -89,6 +90,16 @@ async fn a_forged_ack_for_a_job_never_handed_out_changes_nothing() {
     let mut want = vec![later.item_id.clone(), older.item_id.clone()];
     want.sort();
     assert_eq!(got, want);
+    assert_invariants(
+        &t,
+        "acme",
+        &[
+            later.item_id.clone(),
+            older.item_id.clone(),
+            due.item_id.clone(),
+        ],
+    )
+    .await;
     t.stop().await;
 }
 
@@ -114,6 +125,7 @@ async fn an_answer_counts_only_on_the_stream_that_holds_the_job() {
     holder.ack(&job, "<real@example.com>").await;
     let sent = wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     assert_eq!(sent.provider_message_id, "<real@example.com>");
+    assert_invariants(&t, "acme", &[item.item_id.clone(), own.item_id.clone()]).await;
     t.stop().await;
 }
 
@@ -138,6 +150,7 @@ async fn a_flood_of_forged_answers_is_ignored_and_the_stream_keeps_working() {
     let job = c.next_job().await;
     assert_eq!(job_item(&job), item.item_id);
     fence(&t, &c, &job).await;
+    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
     t.stop().await;
 }
 
@@ -186,6 +199,7 @@ async fn a_connector_that_never_reads_does_not_burn_the_attempts_of_an_item() {
     want.sort();
     assert_eq!(got, want);
     drop(deaf);
+    assert_invariants(&t, "acme", &[first.item_id.clone(), second.item_id.clone()]).await;
     t.stop().await;
 }
 
@@ -250,6 +264,8 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
         let err = err.unwrap_or_default();
         assert!(err.contains("cannot be read"), "last_error: {err:?}");
     }
+    // The corrupt rows are there (read above); GetItem cannot decode them.
+    assert_invariants(&t, "acme", &[held.item_id.clone(), good.item_id.clone()]).await;
     t.stop().await;
 }
 
@@ -281,6 +297,7 @@ async fn answers_in_flight_at_shutdown_are_recorded() {
     let now = get(&t, &item.item_id).await;
     assert_eq!(now.state, pb::State::Sent as i32, "{now:?}");
     assert_eq!(now.provider_message_id, "<sent@example.com>");
+    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
     t.stop().await;
 }
 
@@ -326,6 +343,7 @@ async fn resuming_events_from_a_pruned_sequence_is_out_of_range() {
         .into_inner();
     let ev = s.message().await.unwrap().unwrap();
     assert_eq!(ev.sequence, 4);
+    assert_invariants(&t, "acme", &[]).await;
     t.stop().await;
 }
 
@@ -344,6 +362,7 @@ async fn a_database_reached_through_a_symlink_is_synced_and_kept() {
         get(&t, &item.item_id).await.state,
         pb::State::Pending as i32
     );
+    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
     t.stop().await;
     assert!(real.join("data.db-wal").exists() || real.join("data.db").exists());
 }
@@ -415,6 +434,7 @@ async fn reporting_a_message_that_is_ours_and_still_dispatching_converts_nothing
         get(&t, &later.item_id).await.state,
         pb::State::Pending as i32
     );
+    assert_invariants(&t, "acme", &[ours.item_id.clone(), later.item_id.clone()]).await;
     t.stop().await;
 }
 
@@ -449,11 +469,14 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
         }));
     }
     let mut ok = std::collections::BTreeSet::new();
+    let mut ok_ids = Vec::new();
     let mut failed = 0;
     for task in tasks {
         match task.await.unwrap() {
             Ok(item) => {
-                ok.insert(numeric_id(&item.into_inner().item_id));
+                let id = item.into_inner().item_id;
+                ok.insert(numeric_id(&id));
+                ok_ids.push(id);
             }
             Err(s) => {
                 assert_eq!(s.code(), tonic::Code::Internal, "{s:?}");
@@ -509,6 +532,7 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
         assert!(more <= quota, "quota never reached");
     }
     assert_eq!(more + ok.len() as u64, quota, "the quota counter drifted");
+    assert_invariants(&t, "acme", &ok_ids).await;
     t.stop().await;
 }
 
@@ -545,5 +569,6 @@ async fn a_clock_step_back_after_an_item_fell_due_strands_nothing() {
     other.ack(&again, "ok").await;
     wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     drop(c);
+    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
     t.stop().await;
 }

@@ -69,6 +69,13 @@ impl<T> FairQueue<T> {
         }
     }
 
+    /// Every queued entry with its account, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.queues
+            .iter()
+            .flat_map(|(a, q)| q.iter().map(move |t| (a.as_str(), t)))
+    }
+
     /// Ids queued.
     pub fn len(&self) -> usize {
         self.len

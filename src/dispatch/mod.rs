@@ -112,6 +112,9 @@ pub enum ConnectorEvent {
     },
     /// Answered once the dispatcher has nothing left to do.
     Idle(oneshot::Sender<()>),
+    /// Answered with the ids of the due items waiting in line and of the jobs out at
+    /// connectors (for checks of "nothing stranded").
+    Inspect(oneshot::Sender<Vec<ItemId>>),
 }
 
 /// What the dispatcher shows of itself (for metrics), updated after each round.
@@ -181,6 +184,15 @@ impl Dispatcher {
     /// A fresh connection number for a stream.
     pub fn next_conn(&self) -> u64 {
         self.next_conn.fetch_add(1, Relaxed)
+    }
+
+    /// The ids of the due items waiting in line and of the jobs out at connectors.
+    pub async fn known_ids(&self) -> Vec<ItemId> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(ConnectorEvent::Inspect(tx)) {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Resolves once the actor has stopped.
@@ -386,6 +398,13 @@ impl Actor {
             }
             ConnectorEvent::Gone { conn } => self.on_gone(conn),
             ConnectorEvent::Idle(waiter) => self.idle.push(waiter),
+            ConnectorEvent::Inspect(reply) => {
+                let mut ids: Vec<ItemId> = self.inflight.keys().copied().collect();
+                for q in self.waiting.values() {
+                    ids.extend(q.iter().map(|(_, (id, _))| *id));
+                }
+                let _ = reply.send(ids);
+            }
         }
     }
 

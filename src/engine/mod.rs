@@ -226,6 +226,22 @@ impl Engine {
         self.inner.timers.due_by(now)
     }
 
+    /// Whether the item has a timer (on the wheel, or fired early and held back).
+    pub fn has_timer(&self, id: ItemId) -> bool {
+        self.inner.timers.contains(id)
+    }
+
+    /// Ids of every live (PENDING or DISPATCHING) item, from the store.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
+        self.inner
+            .store
+            .read(|conn| Ok(rows::live_item_ids(conn)?))
+            .await
+    }
+
     /// Pending timers on the wheel.
     pub fn pending_timers(&self) -> usize {
         self.inner.timers.len()

@@ -183,6 +183,12 @@ impl Timers {
         self.wake.notify_one();
     }
 
+    /// Whether the item has a timer, on the wheel or held back.
+    pub(crate) fn contains(&self, id: ItemId) -> bool {
+        let w = self.wheel();
+        w.wheel.contains(id as u64) || w.early.iter().any(|&(_, i)| i == id)
+    }
+
     /// Timers pending (on the wheel or fired early and held back).
     pub fn len(&self) -> usize {
         let w = self.wheel();

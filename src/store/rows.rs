@@ -193,6 +193,17 @@ pub fn prune_events(conn: &Connection, cutoff: Millis, batch: u32) -> Result<usi
         .execute(params![cutoff, batch])?)
 }
 
+/// Ids of every live (PENDING or DISPATCHING) item.
+pub fn live_item_ids(conn: &Connection) -> Result<Vec<ItemId>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT id FROM items INDEXED BY items_live WHERE state IN (1, 2) ORDER BY id",
+    )?;
+    let ids = st
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<ItemId>, _>>()?;
+    Ok(ids)
+}
+
 /// The oldest retained event sequence, and the last one ever written (0 when none):
 /// events after `last` do not exist yet; those before `oldest` were pruned.
 pub fn event_bounds(conn: &Connection) -> Result<(u64, u64), StoreError> {

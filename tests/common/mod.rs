@@ -356,3 +356,38 @@ impl TestServer {
         self.running().settle().await;
     }
 }
+
+/// The delivery invariants every fault test ends with (after the server settled):
+/// every item answered OK is present; no live item is stranded (each has a timer, waits
+/// in dispatch's line, or is out at a connector); no cancelled or converted item
+/// carries a send; the file passes `PRAGMA integrity_check`.
+pub async fn assert_invariants(t: &TestServer, account: &str, acknowledged: &[String]) {
+    t.settle().await;
+    let mut client = t.client.clone();
+    for id in acknowledged {
+        client
+            .get_item(item_ref(account, id))
+            .await
+            .unwrap_or_else(|s| panic!("item {id} answered OK is gone: {s}"));
+    }
+    let stranded = t.running().stranded_items().await.expect("read live items");
+    assert!(
+        stranded.is_empty(),
+        "live items nothing will send: {stranded:?}"
+    );
+    let db = rusqlite::Connection::open(t.db_path()).expect("open db");
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let sent_but_not: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM items WHERE state IN (5, 6) \
+             AND (sent_at IS NOT NULL OR provider_message_id IS NOT NULL)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sent_but_not, 0, "a cancelled or converted item was sent");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
