@@ -150,7 +150,7 @@ async fn a_flood_of_forged_answers_is_ignored_and_the_stream_keeps_working() {
     let job = c.next_job().await;
     assert_eq!(job_item(&job), item.item_id);
     fence(&t, &c, &job).await;
-    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
+    assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
     t.stop().await;
 }
 
@@ -297,7 +297,7 @@ async fn answers_in_flight_at_shutdown_are_recorded() {
     let now = get(&t, &item.item_id).await;
     assert_eq!(now.state, pb::State::Sent as i32, "{now:?}");
     assert_eq!(now.provider_message_id, "<sent@example.com>");
-    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
+    assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
     t.stop().await;
 }
 
@@ -362,7 +362,7 @@ async fn a_database_reached_through_a_symlink_is_synced_and_kept() {
         get(&t, &item.item_id).await.state,
         pb::State::Pending as i32
     );
-    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
+    assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
     t.stop().await;
     assert!(real.join("data.db-wal").exists() || real.join("data.db").exists());
 }
@@ -569,6 +569,6 @@ async fn a_clock_step_back_after_an_item_fell_due_strands_nothing() {
     other.ack(&again, "ok").await;
     wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     drop(c);
-    assert_invariants(&t, "acme", &[item.item_id.clone()]).await;
+    assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
     t.stop().await;
 }
