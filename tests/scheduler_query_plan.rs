@@ -59,10 +59,7 @@ async fn exercise(t: &mut TestServer) {
     let _held = c.next_job().await;
     c.ack(&first, "<a@example.com>").await;
     c.nack(&second, "550 no such user", true).await;
-    wait_state(&t.client, "acme", &job_item(&first), pb::State::Sent)
-        .await
-        .item_id
-        .len();
+    wait_state(&t.client, "acme", &job_item(&first), pb::State::Sent).await;
     // Every listing: state x order x filter combination, with a second page.
     let states = [
         pb::State::Unspecified,
