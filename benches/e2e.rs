@@ -154,6 +154,7 @@ fn schedule_req(i: u64, send_at: i64) -> pb::ScheduleRequest {
         send_at: Some(ts(send_at)),
         on_activity: 0,
         request_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -168,6 +169,7 @@ fn batch_entry(i: u64, send_at: i64) -> pb::BatchEntry {
         send_at: Some(ts(send_at)),
         on_activity: 0,
         request_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -447,6 +449,42 @@ impl pb::scheduler_server::Scheduler for Noop {
         &self,
         _r: tonic::Request<pb::WatchEventsRequest>,
     ) -> Result<tonic::Response<Self::WatchEventsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("noop"))
+    }
+    async fn set_business_hours(
+        &self,
+        _r: tonic::Request<pb::BusinessHours>,
+    ) -> Result<tonic::Response<pb::BusinessHours>, tonic::Status> {
+        Err(tonic::Status::unimplemented("noop"))
+    }
+    async fn get_business_hours(
+        &self,
+        _r: tonic::Request<pb::GetBusinessHoursRequest>,
+    ) -> Result<tonic::Response<pb::BusinessHours>, tonic::Status> {
+        Err(tonic::Status::unimplemented("noop"))
+    }
+    async fn pause_dispatch(
+        &self,
+        _r: tonic::Request<pb::DispatchControlRequest>,
+    ) -> Result<tonic::Response<pb::DispatchControls>, tonic::Status> {
+        Err(tonic::Status::unimplemented("noop"))
+    }
+    async fn resume_dispatch(
+        &self,
+        _r: tonic::Request<pb::DispatchControlRequest>,
+    ) -> Result<tonic::Response<pb::DispatchControls>, tonic::Status> {
+        Err(tonic::Status::unimplemented("noop"))
+    }
+    async fn set_rate_limit(
+        &self,
+        _r: tonic::Request<pb::SetRateLimitRequest>,
+    ) -> Result<tonic::Response<pb::DispatchControls>, tonic::Status> {
+        Err(tonic::Status::unimplemented("noop"))
+    }
+    async fn get_dispatch_controls(
+        &self,
+        _r: tonic::Request<pb::GetDispatchControlsRequest>,
+    ) -> Result<tonic::Response<pb::DispatchControls>, tonic::Status> {
         Err(tonic::Status::unimplemented("noop"))
     }
 }

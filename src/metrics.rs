@@ -133,6 +133,8 @@ pub trait Gauges: Send + Sync + 'static {
     fn due_backlog(&self, ch: Channel) -> u64;
     /// Connector streams connected.
     fn connectors(&self) -> u64;
+    /// Due items held back by a pause (`true`) or a rate limit (`false`).
+    fn held_back(&self, paused: bool) -> u64;
 }
 
 /// Renders the whole exposition.
@@ -194,6 +196,9 @@ pub fn render(g: &dyn Gauges) -> String {
             g.due_backlog(ch)
         );
     }
+    let _ = writeln!(out, "# HELP sendlater_held_back Due items held back by a pause or a rate limit.\n# TYPE sendlater_held_back gauge");
+    let _ = writeln!(out, "sendlater_held_back{{reason=\"pause\"}} {}", g.held_back(true));
+    let _ = writeln!(out, "sendlater_held_back{{reason=\"rate_limit\"}} {}", g.held_back(false));
     let _ = writeln!(out, "# HELP sendlater_connectors Connected connector streams.\n# TYPE sendlater_connectors gauge\nsendlater_connectors {}", g.connectors());
     let _ = writeln!(out, "# HELP sendlater_dispatch_lateness_seconds First delivery to a connector minus send_at.\n# TYPE sendlater_dispatch_lateness_seconds histogram");
     m.lateness_email.render(

@@ -62,6 +62,14 @@ impl Gauges for ServerGauges {
             .connectors
             .load(std::sync::atomic::Ordering::Relaxed)
     }
+    fn held_back(&self, paused: bool) -> u64 {
+        let n = if paused {
+            &self.stats.held_paused
+        } else {
+            &self.stats.held_rate_limited
+        };
+        n.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// HTTP/2 keepalive: a connection that does not answer a PING within the timeout is

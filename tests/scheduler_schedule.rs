@@ -42,6 +42,7 @@ async fn schedule_message_creates_a_pending_reply_with_every_requested_field() {
         send_at: Some(ts(T0 + 2 * HOUR)),
         on_activity: pb::OnActivity::Keep as i32,
         request_id: "req-1".into(),
+        ..Default::default()
     };
     let item = schedule(&mut t, req).await;
     assert!(!item.item_id.is_empty());

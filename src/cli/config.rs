@@ -166,6 +166,7 @@ fn schedule(args: &ScheduleArgs, config: &ClientConfig, now: DateTime<Utc>) -> R
         send_at: Some(timestamp::to_pb(send_at)),
         on_activity: on_activity(args.on_activity) as i32,
         request_id: args.request_id.clone().unwrap_or_default(),
+        ..Default::default()
     };
     Ok(Action::Schedule {
         kind: pb::Kind::from(args.kind),
@@ -530,6 +531,7 @@ mod tests {
             send_at: ts("2026-11-26T06:00:00Z"),
             on_activity: pb::OnActivity::Keep as i32,
             request_id: "r-1".into(),
+            ..Default::default()
         };
         assert_eq!(
             action,

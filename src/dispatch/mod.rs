@@ -19,7 +19,7 @@
 mod fair;
 pub mod writes;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Accounts;
-use crate::domain::{self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State};
+use crate::domain::{
+    self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State, Timing,
+};
 use crate::engine::{Engine, Fired};
 use crate::metrics::METRICS;
 use crate::store::rows::{with_lease, LEASE_EXPIRES};
@@ -123,6 +125,10 @@ pub struct DispatchStats {
     pub connectors: AtomicU64,
     pub backlog_email: AtomicU64,
     pub backlog_chat: AtomicU64,
+    /// Due items held back by a pause.
+    pub held_paused: AtomicU64,
+    /// Due items held back by a rate limit.
+    pub held_rate_limited: AtomicU64,
 }
 
 /// Handle to the dispatcher; cheap to clone.
@@ -162,6 +168,9 @@ impl Dispatcher {
             inflight: HashMap::new(),
             outcomes: Vec::new(),
             idle: Vec::new(),
+            parked: HashMap::new(),
+            limiter: Limiter::default(),
+            late_at: BTreeSet::new(),
             draining: None,
         };
         let stopped = CancellationToken::new();
@@ -272,6 +281,11 @@ struct Actor {
     outcomes: Vec<Outcome>,
     /// Callers of [`Dispatcher::idle`].
     idle: Vec<oneshot::Sender<()>>,
+    /// Due items held back by a pause or a rate limit, per account and channel.
+    parked: HashMap<(String, Channel), (Hold, VecDeque<Fired>)>,
+    limiter: Limiter,
+    /// Waiting items with a lateness window, by the time it ends.
+    late_at: BTreeSet<(Millis, ItemId)>,
     /// Set when stopping: no new jobs; stop once nothing is in flight, or at this time.
     draining: Option<tokio::time::Instant>,
 }
@@ -294,6 +308,48 @@ struct Meta {
     decoded: Result<(Channel, State), String>,
     lease_expires_at: Option<Millis>,
     attempts: u32,
+    /// When its lateness window ends, if it has one.
+    late_after: Option<Millis>,
+}
+
+/// Why due items wait without being handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Pause,
+    RateLimit,
+}
+
+/// Starts of the last minute per account and channel, for rate limits.
+#[derive(Default)]
+struct Limiter {
+    starts: HashMap<(String, Channel), VecDeque<Millis>>,
+}
+
+/// The window of a rate limit.
+const RATE_WINDOW_MS: Millis = 60_000;
+
+impl Limiter {
+    /// Counts a start at `now` if fewer than `per_minute` started in the last minute.
+    fn try_start(&mut self, account: &str, ch: Channel, per_minute: u32, now: Millis) -> bool {
+        let q = self.starts.entry((account.to_owned(), ch)).or_default();
+        while q.front().is_some_and(|&t| t <= now - RATE_WINDOW_MS) {
+            q.pop_front();
+        }
+        if q.len() < per_minute as usize {
+            q.push_back(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next start of `account` on `ch` is allowed.
+    fn next_free(&self, account: &str, ch: Channel) -> Option<Millis> {
+        self.starts
+            .get(&(account.to_owned(), ch))
+            .and_then(|q| q.front())
+            .map(|&t| t + RATE_WINDOW_MS)
+    }
 }
 
 impl Actor {
@@ -334,12 +390,17 @@ impl Actor {
                     }
                 }
                 let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+                let wake = self.next_wake();
+                let clock = self.engine.clock().clone();
+                let controls = self.engine.clone();
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Some(ev) => self.on_event(ev),
                         None => return,
                     },
                     _ = ready.notified(), if self.draining.is_none() => {}
+                    _ = controls.controls().changed.notified(), if self.draining.is_none() => {}
+                    _ = clock.sleep_until(wake.unwrap_or(i64::MAX)), if wake.is_some() && self.draining.is_none() => {}
                     _ = shutdown.cancelled(), if self.draining.is_none() => {}
                     _ = tokio::time::sleep_until(self.draining.unwrap_or(far)), if self.draining.is_some() => {}
                     _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
@@ -501,6 +562,83 @@ impl Actor {
         self.stats
             .backlog_chat
             .store(backlog(Channel::Chat), Relaxed);
+        let held = |h| {
+            self.parked
+                .values()
+                .filter(|(r, _)| *r == h)
+                .map(|(_, q)| q.len() as u64)
+                .sum::<u64>()
+        };
+        self.stats.held_paused.store(held(Hold::Pause), Relaxed);
+        self.stats
+            .held_rate_limited
+            .store(held(Hold::RateLimit), Relaxed);
+    }
+
+    /// When the actor must look again without being told: the end of a lateness window
+    /// or of a rate limit's minute (on the engine's clock).
+    fn next_wake(&self) -> Option<Millis> {
+        let late = self.late_at.first().map(|&(t, _)| t);
+        let rate = self
+            .parked
+            .iter()
+            .filter(|(_, (h, _))| *h == Hold::RateLimit)
+            .filter_map(|((a, ch), _)| self.limiter.next_free(a, *ch))
+            .min();
+        match (late, rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Waiting items whose lateness window ended: their policy applies now (the write
+    /// checks again that they are still waiting and late).
+    fn expire_late(&mut self, now: Millis) {
+        while let Some(&(at, id)) = self.late_at.first() {
+            if at > now {
+                break;
+            }
+            self.late_at.pop_first();
+            self.outcomes.push(Outcome::Late { id });
+        }
+    }
+
+    /// Puts held-back items back in line once their pause ended or their rate limit has
+    /// room again; the plan holds back again whatever still may not start.
+    fn release_parked(&mut self, now: Millis) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let controls = self.engine.controls().snapshot();
+        let free: Vec<(String, Channel)> = self
+            .parked
+            .iter()
+            .filter(|((a, ch), (hold, _))| match hold {
+                Hold::Pause => !controls.is_paused(a, *ch),
+                Hold::RateLimit => {
+                    controls.limit(a, *ch).is_none()
+                        || self.limiter.next_free(a, *ch).is_none_or(|t| t <= now)
+                }
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in free {
+            if let Some((_, items)) = self.parked.remove(&key) {
+                let q = self.waiting.entry(key.1).or_default();
+                for f in items {
+                    q.push(&key.0, f);
+                }
+            }
+        }
+    }
+
+    fn park(&mut self, account: String, ch: Channel, hold: Hold, f: Fired) {
+        let e = self
+            .parked
+            .entry((account, ch))
+            .or_insert_with(|| (hold, VecDeque::new()));
+        e.0 = hold;
+        e.1.push_back(f);
     }
 
     /// One round: read what fell due, then record the answers and lease new jobs in
@@ -508,6 +646,9 @@ impl Actor {
     async fn step(&mut self) -> domain::Result<()> {
         if self.draining.is_none() {
             self.take_due().await?;
+            let now = self.engine.clock().now_ms();
+            self.expire_late(now);
+            self.release_parked(now);
         }
         loop {
             let planned = if self.draining.is_none() {
@@ -589,11 +730,15 @@ impl Actor {
                 }
             };
             match state {
-                State::Pending => self
-                    .waiting
-                    .entry(channel)
-                    .or_default()
-                    .push(&m.account, (m.id, m.due)),
+                State::Pending => {
+                    if let Some(at) = m.late_after {
+                        self.late_at.insert((at, m.id));
+                    }
+                    self.waiting
+                        .entry(channel)
+                        .or_default()
+                        .push(&m.account, (m.id, m.due))
+                }
                 State::Dispatching => self.on_lease_timer(&m),
                 // Sent, cancelled or converted meanwhile: a stream that still holds it
                 // (a late answer of another attempt settled it) gets its credit back.
@@ -651,6 +796,9 @@ impl Actor {
     /// whose token allows its account.
     fn plan(&mut self) -> Vec<Planned> {
         let mut out: Vec<Planned> = Vec::new();
+        let controls = self.engine.controls().snapshot();
+        let now = self.engine.clock().now_ms();
+        let mut held: Vec<(String, Channel, Hold, Fired)> = Vec::new();
         let channels: Vec<Channel> = self.waiting.keys().copied().collect();
         for ch in channels {
             let mut free: Vec<(u64, usize)> = self
@@ -674,10 +822,22 @@ impl Actor {
                 let Some((account, (id, due))) = q.pop() else {
                     break;
                 };
+                if !controls.is_empty() && controls.is_paused(&account, ch) {
+                    held.push((account, ch, Hold::Pause, (id, due)));
+                    continue;
+                }
                 let target = free
                     .iter_mut()
                     .filter(|(c, n)| *n > 0 && self.connectors[c].accounts.allows(&account))
                     .max_by_key(|(_, n)| *n);
+                if target.is_some() {
+                    if let Some(per_minute) = controls.limit(&account, ch) {
+                        if !self.limiter.try_start(&account, ch, per_minute, now) {
+                            held.push((account, ch, Hold::RateLimit, (id, due)));
+                            continue;
+                        }
+                    }
+                }
                 match target {
                     Some((c, n)) => {
                         *n -= 1;
@@ -697,6 +857,9 @@ impl Actor {
             for (account, f) in unplaced.into_iter().rev() {
                 q.push_front(&account, f);
             }
+        }
+        for (account, ch, hold, f) in held {
+            self.park(account, ch, hold, f);
         }
         self.waiting.retain(|_, q| !q.is_empty());
         out
@@ -760,8 +923,8 @@ fn read_meta(conn: &rusqlite::Connection, fired: &[Fired]) -> domain::Result<Vec
     for chunk in fired.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
         let mut st = conn.prepare_cached(&format!(
-            "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts FROM items \
-             WHERE id IN ({marks})"
+            "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts, send_at, timing \
+             FROM items WHERE id IN ({marks})"
         ))?;
         let rows = st.query_map(
             rusqlite::params_from_iter(chunk.iter().map(|&(i, _)| Value::Integer(i))),
@@ -773,18 +936,27 @@ fn read_meta(conn: &rusqlite::Connection, fired: &[Fired]) -> domain::Result<Vec
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
                     r.get::<_, u32>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<Vec<u8>>>(7)?,
                 ))
             },
         )?;
         let mut by_id: HashMap<ItemId, Meta> = HashMap::with_capacity(chunk.len());
         for r in rows {
-            let (id, account, channel, state, lease_expires_at, attempts) = r?;
-            let decoded = match (Channel::from_i64(channel), State::from_i64(state)) {
-                (Some(c), Some(s)) => Ok((c, s)),
+            let (id, account, channel, state, lease_expires_at, attempts, send_at, timing) = r?;
+            let timing = match timing {
+                None => Some(Timing::default()),
+                Some(b) => Timing::from_bytes(&b),
+            };
+            let decoded = match (Channel::from_i64(channel), State::from_i64(state), &timing) {
+                (Some(c), Some(s), Some(_)) => Ok((c, s)),
                 _ => Err(format!(
-                    "stored item cannot be read (channel {channel}, state {state})"
+                    "stored item cannot be read (channel {channel}, state {state}, timing)"
                 )),
             };
+            let late_after = timing
+                .and_then(|t| t.max_lateness)
+                .map(|max| send_at.saturating_add(max).saturating_add(1));
             let (decoded, attempts) = match decoded {
                 Ok((c, s)) => {
                     let (s, a) = with_lease(s, attempts, lease_expires_at);
@@ -801,6 +973,7 @@ fn read_meta(conn: &rusqlite::Connection, fired: &[Fired]) -> domain::Result<Vec
                     decoded,
                     lease_expires_at,
                     attempts,
+                    late_after,
                 },
             );
         }

@@ -6,7 +6,8 @@
 //! leased item that a stale timer pushed into the queue is simply skipped.
 
 use crate::domain::{
-    self, can_transition, retry_backoff_ms, Activity, AuthorKind, EventType, Item, ItemId, State,
+    self, can_transition, retry_backoff_ms, Activity, AuthorKind, EventType, Item, ItemId, OnLate,
+    State,
 };
 use crate::engine::{Engine, Fired};
 use rand::RngExt;
@@ -43,6 +44,9 @@ pub enum Outcome {
     Unsent { id: ItemId, attempt: u32 },
     /// The item's stored row cannot be decoded: it fails with `why`, alone.
     Unreadable { id: ItemId, why: String },
+    /// The item's lateness window ended while it waited (for a connector, a pause, a
+    /// rate limit): its on_late policy applies, if it is still waiting and late.
+    Late { id: ItemId },
 }
 
 /// Tuning the writes need, copied out of the config.
@@ -75,11 +79,24 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Vec<
                 continue;
             }
         };
+        if item.state != State::Pending {
+            continue; // leased already, cancelled, sent or converted
+        }
         // Due by the deadline its timer fired for (not by a second reading of the
-        // clock, which may have stepped back since). Later: it was rescheduled and a
-        // newer timer exists.
-        if item.state != State::Pending || item.next_send_at() > due.max(tx.now) {
-            continue; // leased already, cancelled, sent, or rescheduled to later
+        // clock, which may have stepped back since). Later: it was rescheduled; its
+        // timer is set again (the same one its reschedule set) so nothing is stranded.
+        if item.next_send_at() > due.max(tx.now) {
+            tx.set_timer(id, item.next_send_at());
+            continue;
+        }
+        // Starting later than its lateness allows: its policy applies instead.
+        if let Some(late_by) = item.timing.too_late(item.send_at, tx.now) {
+            item.timing.late_by = Some(late_by);
+            if item.timing.on_late() != OnLate::Send {
+                apply_on_late(tx, item)?;
+                continue;
+            }
+            update_item(tx.conn, &item)?;
         }
         insert_lease(tx.conn, id, expires)?;
         // As the item now reads back.
@@ -91,6 +108,54 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Vec<
         out.push((item, rng.random::<u128>()));
     }
     Ok(out)
+}
+
+/// Applies a late item's on_late policy (CONVERT_TO_NOTE or FAIL) instead of sending
+/// it: the outcome is an event like any other, with late_by set.
+fn apply_on_late(tx: &mut Tx<'_>, mut item: Item) -> domain::Result<()> {
+    let late_by = item.timing.late_by.unwrap_or_default();
+    item.updated_at = tx.now;
+    item.next_attempt_at = None;
+    let event = match item.timing.on_late() {
+        OnLate::ConvertToNote => {
+            item.state = State::ConvertedToNote;
+            item.note_at = Some(item.created_at);
+            EventType::ConvertedToNote
+        }
+        OnLate::Fail | OnLate::Send => {
+            item.state = State::Failed;
+            item.last_error = Some(format!(
+                "late by {} s, past its max_lateness of {} s: not sent (on_late FAIL)",
+                late_by / 1000,
+                item.timing.max_lateness.unwrap_or_default() / 1000
+            ));
+            EventType::Failed
+        }
+    };
+    update_item(tx.conn, &item)?;
+    tx.event(event, &item)?;
+    tx.remove_timer(item.id);
+    tx.release(&item.account_id);
+    Ok(())
+}
+
+/// The lateness window of a waiting item ended: if it is still PENDING (not out at a
+/// connector) and late, its policy applies; a SEND policy waits on.
+fn late(tx: &mut Tx<'_>, id: ItemId) -> domain::Result<()> {
+    let Some(mut item) = get_item_any(tx.conn, id)? else {
+        return Ok(());
+    };
+    if item.state != State::Pending || item.next_send_at() > tx.now {
+        return Ok(());
+    }
+    let Some(late_by) = item.timing.too_late(item.send_at, tx.now) else {
+        return Ok(());
+    };
+    if item.timing.on_late() == OnLate::Send {
+        return Ok(());
+    }
+    item.timing.late_by = Some(late_by);
+    apply_on_late(tx, item)
 }
 
 /// Fails an item whose row cannot be decoded, without decoding it.
@@ -149,7 +214,8 @@ impl Outcome {
             | Outcome::Nack { id, .. }
             | Outcome::Abandoned { id, .. }
             | Outcome::Unsent { id, .. }
-            | Outcome::Unreadable { id, .. } => *id,
+            | Outcome::Unreadable { id, .. }
+            | Outcome::Late { id } => *id,
         }
     }
 }
@@ -189,6 +255,7 @@ fn record_one(
         }
         Outcome::Unsent { id, attempt } => unsent(tx, *id, *attempt),
         Outcome::Unreadable { id, why } => fail_unreadable_item(tx, *id, why),
+        Outcome::Late { id } => late(tx, *id),
     }
 }
 

@@ -84,6 +84,15 @@ int_enum!(
     }
 );
 
+int_enum!(
+    /// Whether a send time may fall outside the account's business hours.
+    DeliveryWindow { Any = 1 => "ANY", BusinessHours = 2 => "BUSINESS_HOURS" }
+);
+int_enum!(
+    /// What happens to an item that would start later than send_at + max_lateness.
+    OnLate { Send = 1 => "SEND", ConvertToNote = 2 => "CONVERT_TO_NOTE", Fail = 3 => "FAIL" }
+);
+
 impl State {
     /// PENDING or DISPATCHING: not yet sent, shown in the deferred-sending view.
     pub fn is_live(self) -> bool {
@@ -180,6 +189,113 @@ struct StoredContent {
     content: Option<Content>,
 }
 
+/// When an item goes out, as asked: the local time it was given in, the delivery
+/// window, and the lateness policy (API.md "When it goes out"). The default is "a UTC
+/// instant, any time, sent however late".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Timing {
+    /// The wall-clock time and zone the caller gave instead of an instant.
+    pub send_at_local: Option<crate::domain::LocalTime>,
+    /// The instant asked for, before the business-hours move (set when the window is
+    /// BUSINESS_HOURS; re-resolved from when the hours change).
+    pub requested_send_at: Option<Millis>,
+    pub window: Option<DeliveryWindow>,
+    /// Absent: no limit.
+    pub max_lateness: Option<Millis>,
+    pub on_late: Option<OnLate>,
+    /// How late the item was when its lateness policy applied.
+    pub late_by: Option<Millis>,
+}
+
+impl Timing {
+    /// The delivery window (ANY unless BUSINESS_HOURS was asked for).
+    pub fn window(&self) -> DeliveryWindow {
+        self.window.unwrap_or(DeliveryWindow::Any)
+    }
+
+    /// The lateness policy (SEND unless another was asked for).
+    pub fn on_late(&self) -> OnLate {
+        self.on_late.unwrap_or(OnLate::Send)
+    }
+
+    /// How late an item due at `send_at` starting at `now` is, if that is past its
+    /// max_lateness.
+    pub fn too_late(&self, send_at: Millis, now: Millis) -> Option<Millis> {
+        let late = now - send_at;
+        self.max_lateness
+            .filter(|&max| max > 0 && late > max)
+            .map(|_| late)
+    }
+
+    /// The storage encoding; `None` for the default (nothing stored).
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        use prost::Message;
+        if *self == Timing::default() {
+            return None;
+        }
+        let (local, zone) = match &self.send_at_local {
+            Some(l) => (l.local_time_string(), l.zone_name().to_owned()),
+            None => (String::new(), String::new()),
+        };
+        Some(
+            StoredTiming {
+                local_time: local,
+                time_zone: zone,
+                requested_send_at: self.requested_send_at,
+                window: self.window.map(|w| w.as_i64() as i32),
+                max_lateness: self.max_lateness,
+                on_late: self.on_late.map(|o| o.as_i64() as i32),
+                late_by: self.late_by,
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    /// Decodes the storage encoding.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Timing> {
+        use prost::Message;
+        let s = StoredTiming::decode(bytes).ok()?;
+        let send_at_local = if s.time_zone.is_empty() {
+            None
+        } else {
+            Some(crate::domain::LocalTime::parse(&s.local_time, &s.time_zone, "timing").ok()?)
+        };
+        Some(Timing {
+            send_at_local,
+            requested_send_at: s.requested_send_at,
+            window: match s.window {
+                Some(w) => Some(DeliveryWindow::from_i64(w.into())?),
+                None => None,
+            },
+            max_lateness: s.max_lateness,
+            on_late: match s.on_late {
+                Some(o) => Some(OnLate::from_i64(o.into())?),
+                None => None,
+            },
+            late_by: s.late_by,
+        })
+    }
+}
+
+/// Storage envelope of `Timing`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredTiming {
+    #[prost(string, tag = "1")]
+    local_time: String,
+    #[prost(string, tag = "2")]
+    time_zone: String,
+    #[prost(int64, optional, tag = "3")]
+    requested_send_at: Option<i64>,
+    #[prost(int32, optional, tag = "4")]
+    window: Option<i32>,
+    #[prost(int64, optional, tag = "5")]
+    max_lateness: Option<i64>,
+    #[prost(int32, optional, tag = "6")]
+    on_late: Option<i32>,
+    #[prost(int64, optional, tag = "7")]
+    late_by: Option<i64>,
+}
+
 /// A message reported in a ticket (by the backend, or a send of ours).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
@@ -201,6 +317,9 @@ pub struct NewItem {
     pub on_activity: OnActivity,
     /// The caller's idempotency key; unique per account when present.
     pub request_id: Option<String>,
+    /// Local time, delivery window, lateness policy (`send_at` is the instant asked
+    /// for; the business-hours move happens when it is stored).
+    pub timing: Timing,
 }
 
 impl NewItem {
@@ -218,6 +337,10 @@ impl NewItem {
         h.u64(self.send_at as u64);
         h.u64(self.on_activity.as_i64() as u64);
         h.str(self.request_id.as_deref().unwrap_or(""));
+        // Only when set, so fingerprints stored before these fields existed still match.
+        if let Some(t) = self.timing.to_bytes() {
+            h.bytes(&t);
+        }
         h.finish()
     }
 }
@@ -247,6 +370,7 @@ impl NewItem {
             sent_at: None,
             provider_message_id: None,
             request_id: self.request_id,
+            timing: self.timing,
         }
     }
 }
@@ -307,6 +431,8 @@ pub struct Item {
     pub sent_at: Option<Millis>,
     pub provider_message_id: Option<String>,
     pub request_id: Option<String>,
+    /// Local time, delivery window and lateness policy.
+    pub timing: Timing,
 }
 
 impl Item {

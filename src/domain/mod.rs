@@ -3,11 +3,15 @@
 //! clock: every function that needs "now" takes it as an argument (UTC milliseconds).
 
 mod error;
+mod hours;
 mod item;
+mod local_time;
 mod rules;
 mod validate;
 
 pub use error::{Error, Result};
+pub use hours::*;
 pub use item::*;
+pub use local_time::*;
 pub use rules::*;
 pub use validate::*;

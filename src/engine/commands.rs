@@ -7,11 +7,12 @@ use rusqlite::params;
 use super::Engine;
 use crate::domain::{
     self, activity_effect, apply_activity, cancel, require_pending, validate_content, validate_new,
-    validate_send_at, Activity, CancelOutcome, Content, Error, EventType, Item, ItemId, Kind,
-    Millis, NewItem, OnActivity, State,
+    validate_send_at, Activity, CancelOutcome, Content, DeliveryWindow, Error, EventType, Item,
+    ItemId, Kind, LocalTime, Millis, NewItem, OnActivity, State, Timing,
 };
 use crate::store::rows::{
-    find_by_request, get_item, insert_item, item_from_row, update_item, ITEM_COLUMNS,
+    find_by_request, get_business_hours, get_item, insert_item, item_from_row, update_item,
+    ITEM_COLUMNS,
 };
 use crate::store::Tx;
 
@@ -19,6 +20,8 @@ use crate::store::Tx;
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     pub send_at: Option<Millis>,
+    /// The new send time was given as this local time (`send_at` is its instant).
+    pub send_at_local: Option<LocalTime>,
     pub content: Option<Content>,
     pub on_activity: Option<OnActivity>,
 }
@@ -29,6 +32,34 @@ fn not_found(id: ItemId) -> Error {
 
 fn load(tx: &Tx<'_>, account: &str, id: ItemId) -> domain::Result<Item> {
     get_item(tx.conn, account, id)?.ok_or_else(|| not_found(id))
+}
+
+/// The send time of an item asked for at `requested` with `timing`: moved to the next
+/// opening of the account's business hours when its window says so.
+///
+/// # Errors
+/// `FailedPrecondition` when the window is BUSINESS_HOURS and the account has none set
+/// (or they never open).
+pub(crate) fn window_send_at(
+    conn: &rusqlite::Connection,
+    account: &str,
+    requested: Millis,
+    timing: &Timing,
+) -> domain::Result<Millis> {
+    if timing.window() != DeliveryWindow::BusinessHours {
+        return Ok(requested);
+    }
+    let hours = get_business_hours(conn, account)?.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "delivery_window: account {account:?} has no business hours; set them with \
+             SetBusinessHours first"
+        ))
+    })?;
+    hours.next_opening(requested).ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "delivery_window: the business hours of account {account:?} never open"
+        ))
+    })
 }
 
 impl Engine {
@@ -120,8 +151,15 @@ impl Engine {
                 new.account_id
             )));
         }
-        let id = insert_item(tx.conn, new, tx.now)?;
-        let item = new.clone().into_pending(id, tx.now);
+        let mut timing = new.timing.clone();
+        let send_at = window_send_at(tx.conn, &new.account_id, new.send_at, &timing)?;
+        if timing.window() == DeliveryWindow::BusinessHours {
+            timing.requested_send_at = Some(new.send_at);
+        }
+        let id = insert_item(tx.conn, new, send_at, &timing, tx.now)?;
+        let mut item = new.clone().into_pending(id, tx.now);
+        item.send_at = send_at;
+        item.timing = timing;
         tx.event(EventType::Scheduled, &item)?;
         tx.set_timer(id, item.send_at);
         // Counted now, so that the other writes of this group see it; handed back by
@@ -212,7 +250,12 @@ impl Engine {
                     item.content = c;
                 }
                 if let Some(at) = changes.send_at {
-                    item.send_at = at;
+                    // The window applies again, from the new requested time.
+                    item.timing.send_at_local = changes.send_at_local;
+                    item.send_at = window_send_at(tx.conn, &item.account_id, at, &item.timing)?;
+                    if item.timing.window() == DeliveryWindow::BusinessHours {
+                        item.timing.requested_send_at = Some(at);
+                    }
                     // A new send time replaces a pending retry time.
                     item.next_attempt_at = None;
                 }

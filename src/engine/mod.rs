@@ -12,7 +12,9 @@
 //! every decision is re-checked against SQLite when the item is leased.
 
 mod commands;
+mod controls;
 mod queries;
+mod settings;
 mod timers;
 
 use std::collections::HashMap;
@@ -24,6 +26,8 @@ use crate::domain::{self, ItemId, Millis};
 use crate::store::{rows, CommitHook, Effects, Store, StoreError};
 
 pub use commands::Changes;
+pub use controls::{Controls, ControlsSnapshot, EVERY_ACCOUNT};
+pub use settings::{AccountControls, ControlChange};
 pub use queries::{Audience, DeferredTicket, Event, ListQuery, Order, Page};
 pub use timers::{Fired, ReadyQueue, Timers};
 
@@ -93,6 +97,7 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     pub(crate) dispatch: DispatchConfig,
     pub(crate) live: Arc<LiveCounts>,
+    pub(crate) controls: Controls,
 }
 
 /// What start-up recovery found.
@@ -134,6 +139,7 @@ impl Engine {
                 limits,
                 dispatch,
                 live,
+                controls: Controls::default(),
             }),
         };
         let recovery = engine.recover().await.map_err(|e| StoreError::Unusable {
@@ -148,7 +154,7 @@ impl Engine {
     /// the partial index `items_live` (the wheel fires overdue items oldest first).
     async fn recover(&self) -> domain::Result<Recovery> {
         let now = self.inner.clock.now_ms();
-        let (entries, counts, leased) = self
+        let (entries, counts, leased, controls) = self
             .inner
             .store
             .read(move |conn| {
@@ -175,9 +181,11 @@ impl Engine {
                 let leased: i64 =
                     conn.query_row("SELECT COUNT(*) FROM leases", [], |r| r.get(0))?;
                 let leased = leased as usize;
-                Ok((entries, counts, leased))
+                let controls = rows::all_controls(conn)?;
+                Ok((entries, counts, leased, controls))
             })
             .await?;
+        self.inner.controls.apply(&controls);
         let overdue = entries.iter().filter(|(_, at)| *at <= now).count();
         self.inner.timers.load(&entries);
         for (account, n) in counts {
@@ -208,6 +216,11 @@ impl Engine {
     /// Dispatch tuning.
     pub fn dispatch_config(&self) -> &DispatchConfig {
         &self.inner.dispatch
+    }
+
+    /// Dispatch controls (pause, rate limits) in force.
+    pub fn controls(&self) -> &Controls {
+        &self.inner.controls
     }
 
     /// The queue of item ids that fell due.

@@ -5,10 +5,11 @@
 use prost_types::Timestamp;
 
 use crate::domain::{
-    self, Activity, Attachment, AuthorKind, Channel, ChatContent, Content, EmailContent, Error,
-    EventType, Item, Kind, Millis, NewItem, OnActivity, State,
+    self, resolve_local, Activity, Attachment, AuthorKind, BusinessHours, Channel, ChatContent, Content,
+    DeliveryWindow, EmailContent, Error, EventType, Item, Kind, LocalTime, Millis, NewItem,
+    OnActivity, OnLate, State, Timing,
 };
-use crate::engine::{Audience, DeferredTicket, Event, Order};
+use crate::engine::{AccountControls, Audience, DeferredTicket, Event, Order};
 use crate::pb;
 
 /// Milliseconds to a protobuf timestamp.
@@ -141,6 +142,64 @@ pub struct ScheduleFields {
     pub send_at: Option<Timestamp>,
     pub on_activity: i32,
     pub request_id: String,
+    pub send_at_local: Option<pb::LocalTime>,
+    pub delivery_window: i32,
+    pub max_lateness: Option<prost_types::Duration>,
+    pub on_late: i32,
+}
+
+/// The send time of a request: exactly one of `send_at` / `send_at_local`, the latter
+/// resolved in its zone (DST gap: forward by the gap; overlap: the earlier instant).
+///
+/// # Errors
+/// `InvalidArgument` naming `send_at` (neither or both given) or the local time's part.
+pub fn send_time(
+    send_at: Option<&Timestamp>,
+    local: Option<&pb::LocalTime>,
+) -> domain::Result<(Millis, Option<LocalTime>)> {
+    match (send_at, local) {
+        (Some(t), None) => Ok((ms("send_at", t)?, None)),
+        (None, Some(l)) => {
+            let lt = LocalTime::parse(&l.local_time, &l.time_zone, "send_at_local")?;
+            Ok((resolve_local(lt.local, lt.zone), Some(lt)))
+        }
+        (None, None) => Err(Error::invalid(
+            "send_at",
+            "is required (or send_at_local: a local time and an IANA time zone)",
+        )),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "send_at",
+            "give either send_at or send_at_local, not both",
+        )),
+    }
+}
+
+/// A duration from the wire, in milliseconds (`None` when absent or zero).
+///
+/// # Errors
+/// `InvalidArgument` on `field` when negative or malformed.
+pub fn duration_ms(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> domain::Result<Option<Millis>> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "must be a non-negative duration"));
+    }
+    let ms = d
+        .seconds
+        .checked_mul(1000)
+        .and_then(|s| s.checked_add(i64::from(d.nanos) / 1_000_000))
+        .ok_or_else(|| Error::invalid(field, "is too long"))?;
+    Ok((ms > 0).then_some(ms))
+}
+
+/// A duration for the wire.
+pub fn duration(ms: Millis) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 impl ScheduleFields {
@@ -153,6 +212,30 @@ impl ScheduleFields {
             .content
             .ok_or_else(|| Error::invalid("email", "one of email or chat content is required"))?;
         let channel = channel("channel", self.channel)?.unwrap_or(content.channel());
+        let (send_at, send_at_local) =
+            send_time(self.send_at.as_ref(), self.send_at_local.as_ref())?;
+        let window = enum_value(
+            "delivery_window",
+            self.delivery_window,
+            DeliveryWindow::from_i64,
+        )?
+        .filter(|&w| w != DeliveryWindow::Any);
+        let on_late = enum_value("on_late", self.on_late, OnLate::from_i64)?
+            .filter(|&o| o != OnLate::Send);
+        if kind == Kind::NewTicket && on_late == Some(OnLate::ConvertToNote) {
+            return Err(Error::invalid(
+                "on_late",
+                "a NEW_TICKET cannot become a note; use ON_LATE_SEND or ON_LATE_FAIL",
+            ));
+        }
+        let timing = Timing {
+            send_at_local,
+            requested_send_at: None,
+            window,
+            max_lateness: duration_ms("max_lateness", self.max_lateness.as_ref())?,
+            on_late,
+            late_by: None,
+        };
         Ok(NewItem {
             account_id: self.account_id,
             ticket_id: self.ticket_id,
@@ -160,10 +243,11 @@ impl ScheduleFields {
             channel,
             author_id: self.author_id,
             content,
-            send_at: required_ms("send_at", self.send_at.as_ref())?,
+            send_at,
             on_activity: on_activity("on_activity", self.on_activity)?
                 .unwrap_or(OnActivity::ConvertToNote),
             request_id: (!self.request_id.is_empty()).then_some(self.request_id),
+            timing,
         })
     }
 }
@@ -182,6 +266,10 @@ impl From<pb::ScheduleRequest> for ScheduleFields {
             send_at: r.send_at,
             on_activity: r.on_activity,
             request_id: r.request_id,
+            send_at_local: r.send_at_local,
+            delivery_window: r.delivery_window,
+            max_lateness: r.max_lateness,
+            on_late: r.on_late,
         }
     }
 }
@@ -206,8 +294,72 @@ pub fn batch_entry(e: pb::BatchEntry) -> domain::Result<(Kind, ScheduleFields)> 
             send_at: e.send_at,
             on_activity: e.on_activity,
             request_id: e.request_id,
+            send_at_local: e.send_at_local,
+            delivery_window: e.delivery_window,
+            max_lateness: e.max_lateness,
+            on_late: e.on_late,
         },
     ))
+}
+
+/// The channels a control request names: one, or every channel for UNSPECIFIED.
+///
+/// # Errors
+/// `InvalidArgument` on `field` for an unknown value.
+pub fn channels(field: &str, v: i32) -> domain::Result<Vec<Channel>> {
+    Ok(match channel(field, v)? {
+        Some(c) => vec![c],
+        None => Channel::ALL.to_vec(),
+    })
+}
+
+/// Business hours from the wire, validated (fields named as in the request).
+///
+/// # Errors
+/// `InvalidArgument` naming `time_zone`, `days[i].weekday|open|close` or `holidays[i]`.
+pub fn business_hours(r: &pb::BusinessHours) -> domain::Result<BusinessHours> {
+    let days: Vec<(i32, &str, &str)> = r
+        .days
+        .iter()
+        .map(|d| (d.weekday, d.open.as_str(), d.close.as_str()))
+        .collect();
+    let holidays: Vec<&str> = r.holidays.iter().map(String::as_str).collect();
+    BusinessHours::parse(&r.time_zone, &days, &holidays)
+}
+
+/// Business hours for the wire (canonical: merged intervals, sorted).
+pub fn business_hours_pb(account_id: String, h: &BusinessHours) -> pb::BusinessHours {
+    let spec = h.to_spec();
+    pb::BusinessHours {
+        account_id,
+        time_zone: spec.time_zone,
+        days: spec
+            .days
+            .into_iter()
+            .map(|d| pb::BusinessDay {
+                weekday: d.weekday,
+                open: d.open,
+                close: d.close,
+            })
+            .collect(),
+        holidays: spec.holidays,
+    }
+}
+
+/// Dispatch controls for the wire.
+pub fn controls_pb(c: AccountControls) -> pb::DispatchControls {
+    pb::DispatchControls {
+        account_id: c.account_id,
+        paused_channels: c.paused.iter().map(|ch| ch.as_i64() as i32).collect(),
+        rate_limits: c
+            .rate_limits
+            .into_iter()
+            .map(|(ch, n)| pb::RateLimit {
+                channel: ch.as_i64() as i32,
+                per_minute: i64::from(n),
+            })
+            .collect(),
+    }
 }
 
 /// A reported ticket activity.
@@ -278,6 +430,15 @@ impl From<Item> for pb::ScheduledItem {
             sent_at: i.sent_at.map(ts),
             provider_message_id: i.provider_message_id.unwrap_or_default(),
             request_id: i.request_id.unwrap_or_default(),
+            send_at_local: i.timing.send_at_local.map(|l| pb::LocalTime {
+                local_time: l.local_time_string(),
+                time_zone: l.zone_name().to_owned(),
+            }),
+            requested_send_at: i.timing.requested_send_at.map(ts),
+            delivery_window: i.timing.window().as_i64() as i32,
+            max_lateness: i.timing.max_lateness.map(duration),
+            on_late: i.timing.on_late().as_i64() as i32,
+            late_by: i.timing.late_by.map(duration),
         }
     }
 }
@@ -474,6 +635,7 @@ mod never_panics {
                         send_at,
                         on_activity,
                         request_id,
+                        ..Default::default()
                     }
                 },
             )

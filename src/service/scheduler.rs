@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth;
 use super::convert::{self, status, ScheduleFields};
 use crate::domain::{self, parse_item_id, Error, ItemId, Kind};
-use crate::engine::{Changes, Engine, ListQuery};
+use crate::engine::{Changes, ControlChange, Engine, ListQuery, EVERY_ACCOUNT};
 use crate::pb;
 
 /// The Scheduler service.
@@ -161,8 +161,17 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let (account, id) = item_ref(&r.account_id, &r.item_id)?;
+        let (send_at, send_at_local) = match (&r.send_at, &r.send_at_local) {
+            (None, None) => (None, None),
+            (t, l) => {
+                let (at, local) =
+                    convert::send_time(t.as_ref(), l.as_ref()).map_err(status)?;
+                (Some(at), local)
+            }
+        };
         let changes = Changes {
-            send_at: convert::optional_ms("send_at", r.send_at.as_ref()).map_err(status)?,
+            send_at,
+            send_at_local,
             content: r.content.map(|c| match c {
                 pb::reschedule_request::Content::Email(e) => convert::email(e),
                 pb::reschedule_request::Content::Chat(c) => convert::chat(c),
@@ -261,6 +270,91 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn set_business_hours(
+        &self,
+        req: Request<pb::BusinessHours>,
+    ) -> Result<Response<pb::BusinessHours>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
+        let r = req.into_inner();
+        let hours = convert::business_hours(&r).map_err(status)?;
+        let (hours, moved) = self
+            .engine
+            .set_business_hours(r.account_id.clone(), hours)
+            .await
+            .map_err(status)?;
+        tracing::info!(moved = moved.len(), "business hours set");
+        Ok(Response::new(convert::business_hours_pb(r.account_id, &hours)))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn get_business_hours(
+        &self,
+        req: Request<pb::GetBusinessHoursRequest>,
+    ) -> Result<Response<pb::BusinessHours>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
+        let account = req.into_inner().account_id;
+        let hours = self
+            .engine
+            .business_hours(account.clone())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::business_hours_pb(account, &hours)))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn pause_dispatch(
+        &self,
+        req: Request<pb::DispatchControlRequest>,
+    ) -> Result<Response<pb::DispatchControls>, Status> {
+        self.control(req, ControlChange::Pause).await
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn resume_dispatch(
+        &self,
+        req: Request<pb::DispatchControlRequest>,
+    ) -> Result<Response<pb::DispatchControls>, Status> {
+        self.control(req, ControlChange::Resume).await
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn set_rate_limit(
+        &self,
+        req: Request<pb::SetRateLimitRequest>,
+    ) -> Result<Response<pb::DispatchControls>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
+        let r = req.into_inner();
+        let per_minute = u32::try_from(r.per_minute).map_err(|_| {
+            status(Error::invalid(
+                "per_minute",
+                format!("must be 0 (no limit) .. {}, got {}", u32::MAX, r.per_minute),
+            ))
+        })?;
+        let channels = convert::channels("channel", r.channel).map_err(status)?;
+        let c = self
+            .engine
+            .change_controls(r.account_id, channels, ControlChange::RateLimit(per_minute))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::controls_pb(c)))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
+    async fn get_dispatch_controls(
+        &self,
+        req: Request<pb::GetDispatchControlsRequest>,
+    ) -> Result<Response<pb::DispatchControls>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
+        let account = req.into_inner().account_id;
+        if account != EVERY_ACCOUNT {
+            domain::validate_id("account_id", &account).map_err(status)?;
+        }
+        Ok(Response::new(convert::controls_pb(
+            self.engine.controls_of(account),
+        )))
+    }
+
     type WatchEventsStream = EventStream;
 
     #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id, after = req.get_ref().after_sequence))]
@@ -278,6 +372,25 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             stream_events(engine, r.account_id, r.after_sequence, tx, shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl SchedulerService {
+    /// PauseDispatch / ResumeDispatch.
+    async fn control(
+        &self,
+        req: Request<pb::DispatchControlRequest>,
+        change: ControlChange,
+    ) -> Result<Response<pb::DispatchControls>, Status> {
+        authorize(&req, &req.get_ref().account_id)?;
+        let r = req.into_inner();
+        let channels = convert::channels("channel", r.channel).map_err(status)?;
+        let c = self
+            .engine
+            .change_controls(r.account_id, channels, change)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::controls_pb(c)))
     }
 }
 

@@ -6,8 +6,8 @@ use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::domain::{
-    Activity, AuthorKind, Channel, Content, EventType, Item, ItemId, Kind, Millis, NewItem,
-    OnActivity, State,
+    Activity, AuthorKind, BusinessHours, Channel, Content, EventType, Item, ItemId, Kind, Millis,
+    NewItem, OnActivity, State, Timing,
 };
 
 use super::StoreError;
@@ -18,7 +18,7 @@ pub const ITEM_COLUMNS: &str = "id, account_id, ticket_id, kind, channel, author
     send_at, created_at, updated_at, state, on_activity, note_at, conv_author_kind, \
     conv_message_id, conv_occurred_at, attempts, last_error, next_attempt_at, \
     (SELECT expires_at FROM leases WHERE item = items.id), sent_at, provider_message_id, \
-    request_id";
+    request_id, timing";
 
 /// The column of [`ITEM_COLUMNS`] that reads the item's lease, if any.
 pub const LEASE_EXPIRES: &str = "(SELECT expires_at FROM leases WHERE item = items.id)";
@@ -103,15 +103,26 @@ pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
         sent_at: row.get(o + 20)?,
         provider_message_id: row.get(o + 21)?,
         request_id: row.get(o + 22)?,
+        timing: match row.get::<_, Option<Vec<u8>>>(o + 23)? {
+            Some(b) => Timing::from_bytes(&b).ok_or_else(|| bad(o + 23, "timing"))?,
+            None => Timing::default(),
+        },
     })
 }
 
-/// Inserts a new PENDING item; returns its id.
-pub fn insert_item(conn: &Connection, n: &NewItem, now: Millis) -> Result<ItemId, StoreError> {
+/// Inserts a new PENDING item, due at `send_at` (the request's time after its delivery
+/// window) with `timing`; returns its id. The idempotency fingerprint is the request's.
+pub fn insert_item(
+    conn: &Connection,
+    n: &NewItem,
+    send_at: Millis,
+    timing: &Timing,
+    now: Millis,
+) -> Result<ItemId, StoreError> {
     let mut st = conn.prepare_cached(
         "INSERT INTO items (account_id, ticket_id, kind, channel, author_id, content, send_at, \
-         next_send_at, created_at, updated_at, state, on_activity, request_id, request_fp) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8, ?9, ?10, ?11, ?12)",
+         next_send_at, created_at, updated_at, state, on_activity, request_id, request_fp, \
+         timing) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     st.execute(params![
         n.account_id,
@@ -120,12 +131,13 @@ pub fn insert_item(conn: &Connection, n: &NewItem, now: Millis) -> Result<ItemId
         n.channel.as_i64(),
         n.author_id,
         n.content.to_bytes(),
-        n.send_at,
+        send_at,
         now,
         State::Pending.as_i64(),
         n.on_activity.as_i64(),
         n.request_id,
         n.request_id.as_ref().map(|_| n.fingerprint() as i64),
+        timing.to_bytes(),
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -216,6 +228,119 @@ pub fn event_bounds(conn: &Connection) -> Result<(u64, u64), StoreError> {
     Ok((oldest.unwrap_or(last + 1) as u64, last as u64))
 }
 
+/// The business hours of an account, if set.
+pub fn get_business_hours(
+    conn: &Connection,
+    account: &str,
+) -> Result<Option<BusinessHours>, StoreError> {
+    let spec: Option<String> = conn
+        .prepare_cached("SELECT spec FROM business_hours WHERE account_id = ?1")?
+        .query_row(params![account], |r| r.get(0))
+        .optional()?;
+    match spec {
+        None => Ok(None),
+        Some(s) => BusinessHours::decode(&s).map(Some).map_err(|e| {
+            StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                e.to_string().into(),
+            ))
+        }),
+    }
+}
+
+/// Sets (replaces) the business hours of an account.
+pub fn put_business_hours(
+    conn: &Connection,
+    account: &str,
+    hours: &BusinessHours,
+    now: Millis,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO business_hours (account_id, spec, updated_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (account_id) DO UPDATE SET spec = excluded.spec, \
+         updated_at = excluded.updated_at",
+    )?
+    .execute(params![account, hours.encode(), now])?;
+    Ok(())
+}
+
+/// The account's live items whose send time follows the business hours and that are
+/// not out at a connector or waiting for a retry: the ones a change of hours moves.
+pub fn business_hours_items(conn: &Connection, account: &str) -> Result<Vec<Item>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_live \
+         WHERE account_id = ?1 AND state IN (1, 2) AND state = 1 AND timing IS NOT NULL \
+         AND next_attempt_at IS NULL AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)"
+    ))?;
+    let rows = st.query_map(params![account], item_from_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let item = r?;
+        if item.timing.window() == crate::domain::DeliveryWindow::BusinessHours {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
+/// Pause and rate limit of one account and channel (account `*`: every account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlRow {
+    pub account_id: String,
+    pub channel: Channel,
+    pub paused: bool,
+    /// 0: no limit.
+    pub per_minute: u32,
+}
+
+/// Every stored control (read at start-up; a handful of rows).
+pub fn all_controls(conn: &Connection) -> Result<Vec<ControlRow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT account_id, channel, paused, per_minute FROM dispatch_controls \
+         WHERE paused != 0 OR per_minute != 0",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (account_id, channel, paused, per_minute) = r?;
+        let channel = Channel::from_i64(channel).ok_or_else(|| bad(1, "channel"))?;
+        out.push(ControlRow {
+            account_id,
+            channel,
+            paused: paused != 0,
+            per_minute: u32::try_from(per_minute).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(out)
+}
+
+/// Sets the pause flag (`Some`) and/or the rate limit (`Some`) of one account and
+/// channel, keeping the other part.
+pub fn put_control(
+    conn: &Connection,
+    account: &str,
+    channel: Channel,
+    paused: Option<bool>,
+    per_minute: Option<u32>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO dispatch_controls (account_id, channel, paused, per_minute) \
+         VALUES (?1, ?2, COALESCE(?3, 0), COALESCE(?4, 0)) \
+         ON CONFLICT (account_id, channel) DO UPDATE SET \
+         paused = COALESCE(?3, paused), per_minute = COALESCE(?4, per_minute)",
+    )?
+    .execute(params![account, channel.as_i64(), paused, per_minute])?;
+    Ok(())
+}
+
 /// The item holding this idempotency key, with the fingerprint of its request.
 pub fn find_by_request(
     conn: &Connection,
@@ -244,7 +369,8 @@ pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
         "UPDATE items SET content = ?2, send_at = ?3, next_send_at = ?4, updated_at = ?5, \
          state = ?6, on_activity = ?7, note_at = ?8, conv_author_kind = ?9, \
          conv_message_id = ?10, conv_occurred_at = ?11, attempts = ?12, last_error = ?13, \
-         next_attempt_at = ?14, sent_at = ?15, provider_message_id = ?16 WHERE id = ?1",
+         next_attempt_at = ?14, sent_at = ?15, provider_message_id = ?16, timing = ?17 \
+         WHERE id = ?1",
     )?;
     let conv = item.converted_by.as_ref();
     st.execute(params![
@@ -264,6 +390,7 @@ pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
         item.next_attempt_at,
         item.sent_at,
         item.provider_message_id,
+        item.timing.to_bytes(),
     ])?;
     Ok(())
 }

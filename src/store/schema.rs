@@ -99,6 +99,26 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX items_live ON items(account_id, next_send_at) WHERE state IN (1, 2);
     CREATE INDEX items_done ON items(account_id, state, next_send_at) WHERE state NOT IN (1, 2);
     "#,
+    // 5: when it goes out. `timing` holds what an item asked of its send time (local
+    // time and zone, delivery window, requested instant, lateness policy, late_by) in a
+    // small encoded blob, NULL for the default (most items): one column, no index.
+    // Accounts' business hours and dispatch controls (pause, rate limit) are tiny
+    // tables read at start-up and on change.
+    r#"
+    ALTER TABLE items ADD COLUMN timing BLOB;
+    CREATE TABLE business_hours (
+        account_id TEXT    PRIMARY KEY,
+        spec       TEXT    NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE dispatch_controls (
+        account_id TEXT    NOT NULL,
+        channel    INTEGER NOT NULL,
+        paused     INTEGER NOT NULL DEFAULT 0,
+        per_minute INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (account_id, channel)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -176,6 +196,32 @@ mod tests {
             .unwrap();
         // Attempt 3 was in flight: two ended, the lease keeps the third.
         assert_eq!(rows, vec![(7, 1, 2, Some(5000)), (8, 1, 0, None)]);
+    }
+
+    #[test]
+    fn v5_keeps_the_items_of_a_v4_file_and_adds_their_timing_as_default() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_to(&mut c, 0, 4).unwrap();
+        c.execute_batch(
+            "INSERT INTO items (id, account_id, ticket_id, kind, channel, author_id, content, \
+             send_at, next_send_at, created_at, updated_at, state, on_activity, attempts) \
+             VALUES (7, 'a', 't', 1, 1, 'u', x'', 10, 10, 1, 1, 1, 1, 0)",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let (id, timing): (i64, Option<Vec<u8>>) = c
+            .query_row("SELECT id, timing FROM items", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((id, timing), (7, None));
+        let tables: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN \
+                 ('business_hours', 'dispatch_controls')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
     }
 
     #[test]

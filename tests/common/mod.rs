@@ -153,6 +153,7 @@ pub fn email_reply(account: &str, ticket: &str, send_at: i64) -> pb::ScheduleReq
         send_at: Some(ts(send_at)),
         on_activity: 0,
         request_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -171,6 +172,7 @@ pub fn chat_reply(account: &str, ticket: &str, send_at: i64) -> pb::ScheduleRequ
         send_at: Some(ts(send_at)),
         on_activity: 0,
         request_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -318,6 +320,10 @@ pub fn batch_entry(r: pb::ScheduleRequest) -> pb::BatchEntry {
         send_at: r.send_at,
         on_activity: r.on_activity,
         request_id: r.request_id,
+        send_at_local: r.send_at_local,
+        delivery_window: r.delivery_window,
+        max_lateness: r.max_lateness,
+        on_late: r.on_late,
     }
 }
 

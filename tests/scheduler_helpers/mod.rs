@@ -45,6 +45,10 @@ pub fn entry(req: pb::ScheduleRequest, kind: pb::Kind) -> pb::BatchEntry {
         send_at: req.send_at,
         on_activity: req.on_activity,
         request_id: req.request_id,
+        send_at_local: req.send_at_local,
+        delivery_window: req.delivery_window,
+        max_lateness: req.max_lateness,
+        on_late: req.on_late,
     }
 }
 

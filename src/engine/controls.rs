@@ -1,0 +1,146 @@
+//! Dispatch controls in memory: which (account, channel) pairs are paused and which
+//! have a rate limit. The durable copy is the `dispatch_controls` table; this copy is
+//! loaded at start-up and replaced after each change is durable. Account `*` stands for
+//! every account (an operator pausing a whole channel during a provider outage).
+//!
+//! Readers (the dispatcher, once per round) take an `Arc` of the current snapshot: no
+//! lock is held while they use it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::domain::Channel;
+use crate::store::rows::ControlRow;
+
+/// The account that stands for every account.
+pub const EVERY_ACCOUNT: &str = "*";
+
+/// One immutable view of the controls.
+#[derive(Debug, Default, Clone)]
+pub struct ControlsSnapshot {
+    paused: HashSet<(String, Channel)>,
+    limits: HashMap<(String, Channel), u32>,
+}
+
+impl ControlsSnapshot {
+    /// Whether items of `account` on `channel` are held back by a pause.
+    pub fn is_paused(&self, account: &str, channel: Channel) -> bool {
+        !self.paused.is_empty()
+            && (self.paused.contains(&(account.to_owned(), channel))
+                || self.paused.contains(&(EVERY_ACCOUNT.to_owned(), channel)))
+    }
+
+    /// At most this many starts per rolling minute for `account` on `channel`.
+    pub fn limit(&self, account: &str, channel: Channel) -> Option<u32> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        self.limits.get(&(account.to_owned(), channel)).copied()
+    }
+
+    /// Every (account, channel) with a pause or a limit.
+    pub fn keys(&self) -> Vec<(String, Channel)> {
+        let mut k: HashSet<(String, Channel)> = self.paused.clone();
+        k.extend(self.limits.keys().cloned());
+        k.into_iter().collect()
+    }
+
+    /// Whether nothing is paused or limited (the common case: dispatch skips the checks).
+    pub fn is_empty(&self) -> bool {
+        self.paused.is_empty() && self.limits.is_empty()
+    }
+
+    /// The paused channels and rate limits of one account, in channel order.
+    pub fn of_account(&self, account: &str) -> (Vec<Channel>, Vec<(Channel, u32)>) {
+        let mut paused: Vec<Channel> = Channel::ALL
+            .iter()
+            .copied()
+            .filter(|&c| self.paused.contains(&(account.to_owned(), c)))
+            .collect();
+        paused.sort();
+        let limits = Channel::ALL
+            .iter()
+            .filter_map(|&c| self.limits.get(&(account.to_owned(), c)).map(|&n| (c, n)))
+            .collect();
+        (paused, limits)
+    }
+}
+
+/// The controls and a signal for the dispatcher when they change.
+#[derive(Default)]
+pub struct Controls {
+    current: Mutex<Arc<ControlsSnapshot>>,
+    /// Signalled after every change (one stored permit).
+    pub changed: Notify,
+}
+
+impl Controls {
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<ControlsSnapshot> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies durable rows (start-up, or after a change committed).
+    pub fn apply(&self, rows: &[ControlRow]) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**cur).clone();
+        for r in rows {
+            let key = (r.account_id.clone(), r.channel);
+            if r.paused {
+                next.paused.insert(key.clone());
+            } else {
+                next.paused.remove(&key);
+            }
+            if r.per_minute > 0 {
+                next.limits.insert(key, r.per_minute);
+            } else {
+                next.limits.remove(&key);
+            }
+        }
+        *cur = Arc::new(next);
+        drop(cur);
+        self.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(account: &str, channel: Channel, paused: bool, per_minute: u32) -> ControlRow {
+        ControlRow {
+            account_id: account.into(),
+            channel,
+            paused,
+            per_minute,
+        }
+    }
+
+    #[test]
+    fn a_pause_of_every_account_holds_back_each_account() {
+        let c = Controls::default();
+        c.apply(&[row("*", Channel::Email, true, 0)]);
+        let s = c.snapshot();
+        assert!(s.is_paused("acme", Channel::Email));
+        assert!(!s.is_paused("acme", Channel::Chat));
+        c.apply(&[row("*", Channel::Email, false, 0)]);
+        assert!(!c.snapshot().is_paused("acme", Channel::Email));
+        assert!(c.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_rate_limit_is_per_account_and_channel_and_zero_removes_it() {
+        let c = Controls::default();
+        c.apply(&[row("acme", Channel::Chat, false, 60)]);
+        assert_eq!(c.snapshot().limit("acme", Channel::Chat), Some(60));
+        assert_eq!(c.snapshot().limit("acme", Channel::Email), None);
+        assert_eq!(c.snapshot().limit("globex", Channel::Chat), None);
+        c.apply(&[row("acme", Channel::Chat, false, 0)]);
+        assert_eq!(c.snapshot().limit("acme", Channel::Chat), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! Account settings that decide when items go out: business hours (and the
+//! re-resolution of pending items when they change) and dispatch controls (pause,
+//! rate limit). Each change is one write; the in-memory copies follow once it is
+//! durable.
+
+use super::Engine;
+use crate::domain::{self, BusinessHours, Channel, Error, EventType, Item};
+use crate::store::rows::{
+    all_controls, business_hours_items, get_business_hours, put_business_hours, put_control,
+    update_item, ControlRow,
+};
+
+/// The dispatch controls of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountControls {
+    pub account_id: String,
+    pub paused: Vec<Channel>,
+    pub rate_limits: Vec<(Channel, u32)>,
+}
+
+/// A change to the controls of an account, on some channels.
+#[derive(Debug, Clone, Copy)]
+pub enum ControlChange {
+    Pause,
+    Resume,
+    RateLimit(u32),
+}
+
+impl Engine {
+    /// Sets the account's business hours and, in the same commit, moves every PENDING
+    /// item of the account whose window is BUSINESS_HOURS (and that is not out at a
+    /// connector or waiting for a retry) to the next opening after its requested time.
+    /// Returns the hours and the items that moved.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn set_business_hours(
+        &self,
+        account: String,
+        hours: BusinessHours,
+    ) -> domain::Result<(BusinessHours, Vec<Item>)> {
+        domain::validate_id("account_id", &account)?;
+        self.inner
+            .store
+            .write(move |tx| {
+                put_business_hours(tx.conn, &account, &hours, tx.now)?;
+                let mut moved = Vec::new();
+                for mut item in business_hours_items(tx.conn, &account)? {
+                    let requested = item.timing.requested_send_at.unwrap_or(item.send_at);
+                    let Some(at) = hours.next_opening(requested) else {
+                        continue;
+                    };
+                    if at == item.send_at {
+                        continue;
+                    }
+                    item.send_at = at;
+                    item.updated_at = tx.now;
+                    update_item(tx.conn, &item)?;
+                    tx.event(EventType::Updated, &item)?;
+                    tx.set_timer(item.id, item.next_send_at());
+                    moved.push(item);
+                }
+                Ok((hours, moved))
+            })
+            .await
+    }
+
+    /// The account's business hours.
+    ///
+    /// # Errors
+    /// `NotFound` if never set.
+    pub async fn business_hours(&self, account: String) -> domain::Result<BusinessHours> {
+        domain::validate_id("account_id", &account)?;
+        let a = account.clone();
+        self.inner
+            .store
+            .read(move |conn| Ok(get_business_hours(conn, &a)?))
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("account {account:?} has no business hours set"))
+            })
+    }
+
+    /// Pauses, resumes or rate-limits the account's dispatch on `channels`; durable,
+    /// then applied to the dispatcher.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn change_controls(
+        &self,
+        account: String,
+        channels: Vec<Channel>,
+        change: ControlChange,
+    ) -> domain::Result<AccountControls> {
+        if account != super::controls::EVERY_ACCOUNT {
+            domain::validate_id("account_id", &account)?;
+        }
+        let a = account.clone();
+        let rows = self
+            .inner
+            .store
+            .write(move |tx| {
+                for &ch in &channels {
+                    let (paused, per_minute) = match change {
+                        ControlChange::Pause => (Some(true), None),
+                        ControlChange::Resume => (Some(false), None),
+                        ControlChange::RateLimit(n) => (None, Some(n)),
+                    };
+                    put_control(tx.conn, &a, ch, paused, per_minute)?;
+                }
+                Ok(all_controls(tx.conn)?)
+            })
+            .await?;
+        self.apply_controls(&rows);
+        Ok(self.controls_of(account))
+    }
+
+    /// The account's controls as they are in force.
+    pub fn controls_of(&self, account: String) -> AccountControls {
+        let (paused, rate_limits) = self.inner.controls.snapshot().of_account(&account);
+        AccountControls {
+            account_id: account,
+            paused,
+            rate_limits,
+        }
+    }
+
+    /// Replaces the in-memory controls with the durable rows.
+    fn apply_controls(&self, rows: &[ControlRow]) {
+        let mut all: Vec<ControlRow> = Vec::new();
+        // Rows absent from the table are neither paused nor limited: clear what the
+        // snapshot holds, then apply what is stored.
+        let snap = self.inner.controls.snapshot();
+        for (account, ch) in snap.keys() {
+            all.push(ControlRow {
+                account_id: account,
+                channel: ch,
+                paused: false,
+                per_minute: 0,
+            });
+        }
+        all.extend_from_slice(rows);
+        self.inner.controls.apply(&all);
+    }
+}
