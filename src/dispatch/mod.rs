@@ -167,6 +167,7 @@ impl Dispatcher {
             waiting: HashMap::new(),
             inflight: HashMap::new(),
             outcomes: Vec::new(),
+            isolate: 0,
             idle: Vec::new(),
             parked: HashMap::new(),
             limiter: Limiter::default(),
@@ -242,8 +243,10 @@ struct Conn {
     jobs: mpsc::Sender<Job>,
     kick: CancellationToken,
     /// Jobs sent to this stream and not answered. Invariant: at most `max_in_flight`
-    /// not expired.
+    /// not expired. Changed only through `hold` / `take` / `expire`.
     held: HashMap<ItemId, Held>,
+    /// How many of `held` are not expired (the credit in use).
+    live: usize,
     /// A lease of this stream expired unanswered: it gets no more jobs, and its stream
     /// is ended once it holds no unexpired job.
     stalled: bool,
@@ -251,7 +254,43 @@ struct Conn {
 
 impl Conn {
     fn in_flight(&self) -> usize {
-        self.held.values().filter(|h| !h.expired).count()
+        debug_assert_eq!(
+            self.live,
+            self.held.values().filter(|h| !h.expired).count(),
+            "live count of {}",
+            self.connector_id
+        );
+        self.live
+    }
+
+    fn hold(&mut self, id: ItemId, h: Held) {
+        if let Some(old) = self.held.insert(id, h) {
+            if !old.expired {
+                self.live -= 1;
+            }
+        }
+        if !h.expired {
+            self.live += 1;
+        }
+    }
+
+    /// Removes the job of `id`, if held.
+    fn take(&mut self, id: ItemId) -> Option<Held> {
+        let h = self.held.remove(&id)?;
+        if !h.expired {
+            self.live -= 1;
+        }
+        Some(h)
+    }
+
+    /// The lease of `id` ended; the stream may still answer it (late).
+    fn expire(&mut self, id: ItemId) {
+        if let Some(h) = self.held.get_mut(&id) {
+            if !h.expired {
+                h.expired = true;
+                self.live -= 1;
+            }
+        }
     }
 
     /// Credit for new jobs: none when stalled; never more than the stream's buffer
@@ -279,6 +318,9 @@ struct Actor {
     inflight: HashMap<ItemId, u64>,
     /// Answers and ended leases waiting to be recorded.
     outcomes: Vec<Outcome>,
+    /// After a failed write: how many of the outcomes at the front to record one by
+    /// one, each in its own savepoint, so a bad one cannot hold back the others.
+    isolate: usize,
     /// Callers of [`Dispatcher::idle`].
     idle: Vec<oneshot::Sender<()>>,
     /// Due items held back by a pause or a rate limit, per account and channel.
@@ -444,6 +486,7 @@ impl Actor {
                         jobs,
                         kick,
                         held: HashMap::new(),
+                        live: 0,
                         stalled: false,
                     },
                 );
@@ -488,7 +531,7 @@ impl Actor {
             return;
         };
         if let Some(c) = self.connectors.get_mut(&conn) {
-            c.held.remove(&job.item);
+            c.take(job.item);
         }
         match answer {
             Answer::Ack {
@@ -659,7 +702,12 @@ impl Actor {
             if planned.is_empty() && self.outcomes.is_empty() {
                 return Ok(());
             }
-            let n = self.outcomes.len().min(BATCH);
+            let isolated = self.isolate > 0;
+            let n = self.outcomes.len().min(BATCH).min(if isolated {
+                self.isolate
+            } else {
+                BATCH
+            });
             let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
             let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
             let t = self.tuning;
@@ -672,13 +720,18 @@ impl Actor {
                     move |tx| {
                         let mut rng = rand::rng();
                         let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
-                        writes::record(&engine, tx, &batch, t, &mut jitter)?;
+                        if isolated {
+                            writes::record_isolated(&engine, tx, &batch, t, &mut jitter)?;
+                        } else {
+                            writes::record(&engine, tx, &batch, t, &mut jitter)?;
+                        }
                         writes::lease(tx, &due, t)
                     }
                 })
                 .await;
             match result {
                 Ok(leased) => {
+                    self.isolate = self.isolate.saturating_sub(n);
                     let conn_of: HashMap<ItemId, u64> =
                         planned.iter().map(|p| (p.id, p.conn)).collect();
                     for (item, token) in leased {
@@ -687,8 +740,10 @@ impl Actor {
                     }
                 }
                 Err(e) => {
-                    // Nothing was written: the answers wait to be recorded again, the
-                    // planned items wait again, first in line.
+                    // Nothing was written: the answers wait to be recorded again (one
+                    // by one, in case one of them is what failed), the planned items
+                    // wait again, first in line.
+                    self.isolate = self.isolate.max(batch.len());
                     self.outcomes.splice(0..0, batch);
                     for p in planned.into_iter().rev() {
                         self.waiting
@@ -765,9 +820,7 @@ impl Actor {
         if let Some(conn) = holder {
             self.inflight.remove(&m.id);
             if let Some(c) = self.connectors.get_mut(&conn) {
-                if let Some(h) = c.held.get_mut(&m.id) {
-                    h.expired = true;
-                }
+                c.expire(m.id);
                 c.stalled = true;
             }
             self.kick_if_stalled(conn);
@@ -783,9 +836,7 @@ impl Actor {
     fn forget(&mut self, id: ItemId) {
         if let Some(conn) = self.inflight.remove(&id) {
             if let Some(c) = self.connectors.get_mut(&conn) {
-                if let Some(h) = c.held.get_mut(&id) {
-                    h.expired = true;
-                }
+                c.expire(id);
             }
             self.kick_if_stalled(conn);
         }
@@ -895,7 +946,7 @@ impl Actor {
                 if attempt == 1 {
                     METRICS.lateness(channel).observe(late_ms as f64 / 1000.0);
                 }
-                c.held.insert(
+                c.hold(
                     id,
                     Held {
                         attempt,

@@ -172,11 +172,26 @@ fn fail_unreadable_item(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain::Resul
     Ok(())
 }
 
-/// Records outcomes; jitter in [0,1) comes from `jitter`. Each outcome is recorded in
-/// its own savepoint: one that cannot be recorded (its row cannot be decoded) is
-/// handled alone and the others are recorded; a storage error that ends the whole
-/// transaction fails the write (and the dispatcher keeps the outcomes for the next).
+/// Records outcomes; jitter in [0,1) comes from `jitter`. Any error fails the write
+/// (the dispatcher keeps the outcomes and records them again, isolated: see
+/// [`record_isolated`]).
 pub fn record(
+    engine: &Engine,
+    tx: &mut Tx<'_>,
+    outcomes: &[Outcome],
+    t: Tuning,
+    jitter: &mut dyn FnMut() -> f64,
+) -> domain::Result<()> {
+    for o in outcomes {
+        record_one(engine, tx, o, t, jitter)?;
+    }
+    Ok(())
+}
+
+/// Records outcomes each in its own savepoint, after a write of them failed: one that
+/// cannot be recorded (its row cannot be decoded) is handled alone and the others are
+/// recorded; a storage error that ends the whole transaction still fails the write.
+pub fn record_isolated(
     engine: &Engine,
     tx: &mut Tx<'_>,
     outcomes: &[Outcome],
