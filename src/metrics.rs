@@ -197,8 +197,16 @@ pub fn render(g: &dyn Gauges) -> String {
         );
     }
     let _ = writeln!(out, "# HELP sendlater_held_back Due items held back by a pause or a rate limit.\n# TYPE sendlater_held_back gauge");
-    let _ = writeln!(out, "sendlater_held_back{{reason=\"pause\"}} {}", g.held_back(true));
-    let _ = writeln!(out, "sendlater_held_back{{reason=\"rate_limit\"}} {}", g.held_back(false));
+    let _ = writeln!(
+        out,
+        "sendlater_held_back{{reason=\"pause\"}} {}",
+        g.held_back(true)
+    );
+    let _ = writeln!(
+        out,
+        "sendlater_held_back{{reason=\"rate_limit\"}} {}",
+        g.held_back(false)
+    );
     let _ = writeln!(out, "# HELP sendlater_connectors Connected connector streams.\n# TYPE sendlater_connectors gauge\nsendlater_connectors {}", g.connectors());
     let _ = writeln!(out, "# HELP sendlater_dispatch_lateness_seconds First delivery to a connector minus send_at.\n# TYPE sendlater_dispatch_lateness_seconds histogram");
     m.lateness_email.render(

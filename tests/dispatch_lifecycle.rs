@@ -48,6 +48,7 @@ async fn reschedule_to(t: &TestServer, id: &str, send_at: i64) -> pb::ScheduledI
             send_at: Some(ts(send_at)),
             content: None,
             on_activity: 0,
+            ..Default::default()
         })
         .await
         .expect("reschedule")

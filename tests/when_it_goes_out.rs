@@ -94,12 +94,19 @@ async fn a_local_time_is_resolved_in_its_zone_and_kept_as_given() {
     let mut t = TestServer::start().await;
     let item = schedule(
         &t,
-        at_local(email_reply("acme", "T1", 0), "2026-11-26T09:00", "Europe/Moscow"),
+        at_local(
+            email_reply("acme", "T1", 0),
+            "2026-11-26T09:00",
+            "Europe/Moscow",
+        ),
     )
     .await;
     // 09:00 in Moscow (UTC+3) is 06:00 UTC.
     assert_eq!(ms(&item.send_at), T0 + 18 * HOUR);
-    assert_eq!(item.send_at_local, local("2026-11-26T09:00:00", "Europe/Moscow"));
+    assert_eq!(
+        item.send_at_local,
+        local("2026-11-26T09:00:00", "Europe/Moscow")
+    );
     let again = get(&t, &item.item_id).await;
     assert_eq!(again.send_at_local, item.send_at_local);
     t.stop().await;
@@ -111,7 +118,11 @@ async fn a_local_time_in_a_spring_forward_gap_moves_forward_by_the_gap() {
     // 2027-03-14 02:30 does not exist in New York (02:00 -> 03:00): it is 03:30 EDT.
     let item = schedule(
         &t,
-        at_local(email_reply("acme", "T1", 0), "2027-03-14T02:30", "America/New_York"),
+        at_local(
+            email_reply("acme", "T1", 0),
+            "2027-03-14T02:30",
+            "America/New_York",
+        ),
     )
     .await;
     let expected = chrono::DateTime::parse_from_rfc3339("2027-03-14T07:30:00Z")
@@ -121,7 +132,11 @@ async fn a_local_time_in_a_spring_forward_gap_moves_forward_by_the_gap() {
     // An ambiguous one (fall back) is the earlier instant: 01:30 EDT.
     let overlap = schedule(
         &t,
-        at_local(email_reply("acme", "T2", 0), "2027-11-07T01:30", "America/New_York"),
+        at_local(
+            email_reply("acme", "T2", 0),
+            "2027-11-07T01:30",
+            "America/New_York",
+        ),
     )
     .await;
     let expected = chrono::DateTime::parse_from_rfc3339("2027-11-07T05:30:00Z")
@@ -148,13 +163,22 @@ async fn bad_send_times_are_invalid_argument_naming_the_field_and_store_nothing(
         tonic::Code::InvalidArgument,
         "send_at:",
     );
-    let zone = at_local(email_reply("acme", "T1", 0), "2026-11-26T09:00", "Mars/Olympus");
+    let zone = at_local(
+        email_reply("acme", "T1", 0),
+        "2026-11-26T09:00",
+        "Mars/Olympus",
+    );
     assert_status(
         t.client.clone().schedule_message(zone).await,
         tonic::Code::InvalidArgument,
         "send_at_local.time_zone:",
     );
-    for bad in ["2026-11-26 09:00", "2026-13-01T09:00", "2026-11-26T09:00+03:00", ""] {
+    for bad in [
+        "2026-11-26 09:00",
+        "2026-13-01T09:00",
+        "2026-11-26T09:00+03:00",
+        "",
+    ] {
         let r = at_local(email_reply("acme", "T1", 0), bad, "Europe/Moscow");
         assert_status(
             t.client.clone().schedule_message(r).await,
@@ -215,7 +239,10 @@ async fn business_hours_move_a_send_time_to_the_next_opening_skipping_holidays()
     let item = schedule(&t, business(email_reply("acme", "T1", saturday_evening))).await;
     assert_eq!(ms(&item.send_at), T0 + 6 * 24 * HOUR - 6 * HOUR);
     assert_eq!(ms(&item.requested_send_at), saturday_evening);
-    assert_eq!(item.delivery_window, pb::DeliveryWindow::BusinessHours as i32);
+    assert_eq!(
+        item.delivery_window,
+        pb::DeliveryWindow::BusinessHours as i32
+    );
     // Inside the lunch break (13:30 Moscow on Thursday) -> 14:00.
     let lunch = T0 + 24 * HOUR - 2 * HOUR + 30 * MINUTE; // Thu 10:30 UTC = 13:30 MSK
     let item = schedule(&t, business(email_reply("acme", "T2", lunch))).await;
@@ -258,9 +285,19 @@ async fn changing_the_hours_moves_pending_business_hours_items_from_their_reques
     assert_eq!(ms(&now.send_at), T0 + 4 * 24 * HOUR + 4 * HOUR);
     assert_eq!(ms(&now.requested_send_at), saturday_evening);
     assert_eq!(get(&t, &fixed.item_id).await.send_at, fixed.send_at);
-    // And it goes out then.
+    // And it goes out then (after the fixed one, due on Saturday evening).
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
-    t.clock.set(T0 + 4 * 24 * HOUR + 4 * HOUR);
+    t.clock.set(T0 + 4 * 24 * HOUR + 4 * HOUR - 1);
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), fixed.item_id);
+    c.ack(&job, "ok").await;
+    wait_state(&t.client, "acme", &fixed.item_id, pb::State::Sent).await;
+    t.settle().await;
+    assert_eq!(
+        get(&t, &moved.item_id).await.state,
+        pb::State::Pending as i32
+    );
+    t.advance(Duration::from_millis(1));
     let job = c.next_job().await;
     assert_eq!(job_item(&job), moved.item_id);
     c.ack(&job, "ok").await;
@@ -271,12 +308,19 @@ async fn changing_the_hours_moves_pending_business_hours_items_from_their_reques
 #[tokio::test]
 async fn bad_business_hours_are_invalid_argument_naming_the_field_and_store_nothing() {
     let mut t = TestServer::start().await;
-    let cases: Vec<(Box<dyn Fn(&mut pb::BusinessHours)>, &str)> = vec![
-        (Box::new(|h| h.time_zone = "Nowhere/Land".into()), "time_zone:"),
+    type Spoil = Box<dyn Fn(&mut pb::BusinessHours)>;
+    let cases: Vec<(Spoil, &str)> = vec![
+        (
+            Box::new(|h| h.time_zone = "Nowhere/Land".into()),
+            "time_zone:",
+        ),
         (Box::new(|h| h.days[1].weekday = 8), "days[1].weekday:"),
         (Box::new(|h| h.days[0].weekday = 0), "days[0].weekday:"),
         (Box::new(|h| h.days[2].open = "9am".into()), "days[2].open:"),
-        (Box::new(|h| h.days[3].close = "25:00".into()), "days[3].close:"),
+        (
+            Box::new(|h| h.days[3].close = "25:00".into()),
+            "days[3].close:",
+        ),
         (
             Box::new(|h| {
                 h.days[0].open = "18:00".into();
@@ -284,7 +328,10 @@ async fn bad_business_hours_are_invalid_argument_naming_the_field_and_store_noth
             }),
             "days[0].close:",
         ),
-        (Box::new(|h| h.holidays = vec!["2026-02-30".into()]), "holidays[0]:"),
+        (
+            Box::new(|h| h.holidays = vec!["2026-02-30".into()]),
+            "holidays[0]:",
+        ),
         (Box::new(|h| h.days.clear()), "days:"),
     ];
     for (spoil, field) in cases {
@@ -331,7 +378,10 @@ async fn business_hours_and_a_pause_survive_a_restart() {
     let item = schedule(&t, chat_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
     t.settle().await;
-    assert_eq!(get(&t, &item.item_id).await.state, pb::State::Pending as i32);
+    assert_eq!(
+        get(&t, &item.item_id).await.state,
+        pb::State::Pending as i32
+    );
     resume(&t, "acme", pb::Channel::Unspecified).await;
     let job = conn.next_job().await;
     assert_eq!(job_item(&job), item.item_id);
@@ -407,9 +457,15 @@ async fn a_paused_account_waits_while_others_flow_and_resumes_fairly() {
         order.push(job_item(&job));
         c.ack(&job, "ok").await;
     }
-    let pos = order.iter().position(|i| *i == other2.item_id).expect("globex sent");
+    let pos = order
+        .iter()
+        .position(|i| *i == other2.item_id)
+        .expect("globex sent");
     assert!(pos <= 2, "globex waited behind acme's backlog: {order:?}");
-    assert_eq!(controls(&t, "acme").await.paused_channels, Vec::<i32>::new());
+    assert_eq!(
+        controls(&t, "acme").await.paused_channels,
+        Vec::<i32>::new()
+    );
     t.stop().await;
 }
 
@@ -502,17 +558,29 @@ async fn an_item_past_its_max_lateness_gets_its_on_late_policy_instead_of_a_send
     let mut t = TestServer::start().await;
     let note = schedule(
         &t,
-        lateness(email_reply("acme", "T1", T0 + 1_000), 60_000, pb::OnLate::ConvertToNote),
+        lateness(
+            email_reply("acme", "T1", T0 + 1_000),
+            60_000,
+            pb::OnLate::ConvertToNote,
+        ),
     )
     .await;
     let fail = schedule(
         &t,
-        lateness(email_reply("acme", "T2", T0 + 1_000), 60_000, pb::OnLate::Fail),
+        lateness(
+            email_reply("acme", "T2", T0 + 1_000),
+            60_000,
+            pb::OnLate::Fail,
+        ),
     )
     .await;
     let send = schedule(
         &t,
-        lateness(email_reply("acme", "T3", T0 + 1_000), 60_000, pb::OnLate::Send),
+        lateness(
+            email_reply("acme", "T3", T0 + 1_000),
+            60_000,
+            pb::OnLate::Send,
+        ),
     )
     .await;
     // No connector for 2 minutes: a backlog.
@@ -525,7 +593,10 @@ async fn an_item_past_its_max_lateness_gets_its_on_late_policy_instead_of_a_send
     let f = get(&t, &fail.item_id).await;
     assert_eq!(f.state, pb::State::Failed as i32, "{f:?}");
     assert!(f.last_error.contains("late"), "{f:?}");
-    assert_eq!(get(&t, &send.item_id).await.state, pb::State::Pending as i32);
+    assert_eq!(
+        get(&t, &send.item_id).await.state,
+        pb::State::Pending as i32
+    );
     // SEND goes out late, and says by how much.
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let job = c.next_job().await;
@@ -541,7 +612,11 @@ async fn an_item_whose_lateness_passed_while_the_server_was_down_gets_its_policy
     let mut t = TestServer::start().await;
     let item = schedule(
         &t,
-        lateness(chat_reply("acme", "T1", T0 + 10_000), 60_000, pb::OnLate::ConvertToNote),
+        lateness(
+            chat_reply("acme", "T1", T0 + 10_000),
+            60_000,
+            pb::OnLate::ConvertToNote,
+        ),
     )
     .await;
     let on_time = schedule(&t, chat_reply("acme", "T2", T0 + 10_000)).await;
@@ -551,7 +626,10 @@ async fn an_item_whose_lateness_passed_while_the_server_was_down_gets_its_policy
     t.settle().await;
     let it = get(&t, &item.item_id).await;
     assert_eq!(it.state, pb::State::ConvertedToNote as i32, "{it:?}");
-    assert_eq!(get(&t, &on_time.item_id).await.state, pb::State::Pending as i32);
+    assert_eq!(
+        get(&t, &on_time.item_id).await.state,
+        pb::State::Pending as i32
+    );
     t.stop().await;
 }
 
@@ -562,7 +640,11 @@ async fn a_paused_item_past_its_max_lateness_is_failed_and_not_sent_on_resume() 
     pause(&t, "acme", pb::Channel::Unspecified).await;
     let late = schedule(
         &t,
-        lateness(email_reply("acme", "T1", T0 + 1_000), 30_000, pb::OnLate::Fail),
+        lateness(
+            email_reply("acme", "T1", T0 + 1_000),
+            30_000,
+            pb::OnLate::Fail,
+        ),
     )
     .await;
     let ok = schedule(&t, email_reply("acme", "T2", T0 + 1_000)).await;
@@ -597,7 +679,10 @@ async fn reschedule_with_a_local_time_applies_the_window_again() {
         .into_inner();
     // Saturday 20:00 Moscow -> Monday 09:00 Moscow.
     assert_eq!(ms(&r.send_at), T0 + 5 * 24 * HOUR - 6 * HOUR);
-    assert_eq!(r.send_at_local, local("2026-11-28T20:00:00", "Europe/Moscow"));
+    assert_eq!(
+        r.send_at_local,
+        local("2026-11-28T20:00:00", "Europe/Moscow")
+    );
     assert_eq!(ms(&r.requested_send_at), T0 + 77 * HOUR);
     t.stop().await;
 }

@@ -446,6 +446,42 @@ mod tests {
         ) -> Reply<Self::WatchEventsStream> {
             Err(Status::unimplemented("fake"))
         }
+        async fn set_business_hours(
+            &self,
+            _: Request<pb::BusinessHours>,
+        ) -> Reply<pb::BusinessHours> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_business_hours(
+            &self,
+            _: Request<pb::GetBusinessHoursRequest>,
+        ) -> Reply<pb::BusinessHours> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn pause_dispatch(
+            &self,
+            _: Request<pb::DispatchControlRequest>,
+        ) -> Reply<pb::DispatchControls> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn resume_dispatch(
+            &self,
+            _: Request<pb::DispatchControlRequest>,
+        ) -> Reply<pb::DispatchControls> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn set_rate_limit(
+            &self,
+            _: Request<pb::SetRateLimitRequest>,
+        ) -> Reply<pb::DispatchControls> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_dispatch_controls(
+            &self,
+            _: Request<pb::GetDispatchControlsRequest>,
+        ) -> Reply<pb::DispatchControls> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     /// A fake server on a free loopback port; send on the returned sender to stop it.

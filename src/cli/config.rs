@@ -311,6 +311,7 @@ fn reschedule(args: &RescheduleArgs, config: &ClientConfig, now: DateTime<Utc>) 
         send_at: send_at.map(timestamp::to_pb),
         content: None,
         on_activity: on_activity(args.on_activity) as i32,
+        ..Default::default()
     };
     Ok(Action::Reschedule {
         request,
@@ -813,6 +814,7 @@ mod tests {
                     send_at: ts("2026-11-25T12:00:00Z"),
                     content: None,
                     on_activity: 0,
+                    ..Default::default()
                 },
                 new_text: Some("new".into()),
             }

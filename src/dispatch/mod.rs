@@ -703,11 +703,11 @@ impl Actor {
                 return Ok(());
             }
             let isolated = self.isolate > 0;
-            let n = self.outcomes.len().min(BATCH).min(if isolated {
-                self.isolate
-            } else {
-                BATCH
-            });
+            let n = self
+                .outcomes
+                .len()
+                .min(BATCH)
+                .min(if isolated { self.isolate } else { BATCH });
             let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
             let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
             let t = self.tuning;

@@ -192,7 +192,7 @@ struct StoredContent {
 /// When an item goes out, as asked: the local time it was given in, the delivery
 /// window, and the lateness policy (API.md "When it goes out"). The default is "a UTC
 /// instant, any time, sent however late".
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Timing {
     /// The wall-clock time and zone the caller gave instead of an instant.
     pub send_at_local: Option<crate::domain::LocalTime>,
@@ -527,6 +527,7 @@ mod tests {
             send_at: 1000,
             on_activity: OnActivity::ConvertToNote,
             request_id: Some("r1".into()),
+            timing: Timing::default(),
         };
         assert_eq!(a.fingerprint(), a.clone().fingerprint());
         let mut b = a.clone();

@@ -24,7 +24,7 @@ use super::{Error, Millis, Result};
 const LOCAL_TIME_FORMS: &str = "YYYY-MM-DDTHH:MM or YYYY-MM-DDTHH:MM:SS (no offset)";
 
 /// A wall-clock time in an IANA zone, as a caller gave it (`send_at_local`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LocalTime {
     /// The wall-clock date and time; whole seconds (the parser accepts no fraction).
     pub local: NaiveDateTime,

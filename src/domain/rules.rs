@@ -186,6 +186,7 @@ mod tests {
             send_at: 10_000,
             on_activity: policy,
             request_id: None,
+            timing: Default::default(),
         };
         Item {
             state,

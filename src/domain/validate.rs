@@ -224,6 +224,7 @@ mod tests {
             send_at: NOW + 60_000,
             on_activity: OnActivity::ConvertToNote,
             request_id: None,
+            timing: Default::default(),
         }
     }
 

@@ -27,8 +27,8 @@ use crate::store::{rows, CommitHook, Effects, Store, StoreError};
 
 pub use commands::Changes;
 pub use controls::{Controls, ControlsSnapshot, EVERY_ACCOUNT};
-pub use settings::{AccountControls, ControlChange};
 pub use queries::{Audience, DeferredTicket, Event, ListQuery, Order, Page};
+pub use settings::{AccountControls, ControlChange};
 pub use timers::{Fired, ReadyQueue, Timers};
 
 /// Live (PENDING + DISPATCHING) item counts per account, for the pending quota:

@@ -5,9 +5,9 @@
 use prost_types::Timestamp;
 
 use crate::domain::{
-    self, resolve_local, Activity, Attachment, AuthorKind, BusinessHours, Channel, ChatContent, Content,
-    DeliveryWindow, EmailContent, Error, EventType, Item, Kind, LocalTime, Millis, NewItem,
-    OnActivity, OnLate, State, Timing,
+    self, resolve_local, Activity, Attachment, AuthorKind, BusinessHours, Channel, ChatContent,
+    Content, DeliveryWindow, EmailContent, Error, EventType, Item, Kind, LocalTime, Millis,
+    NewItem, OnActivity, OnLate, State, Timing,
 };
 use crate::engine::{AccountControls, Audience, DeferredTicket, Event, Order};
 use crate::pb;
@@ -220,8 +220,8 @@ impl ScheduleFields {
             DeliveryWindow::from_i64,
         )?
         .filter(|&w| w != DeliveryWindow::Any);
-        let on_late = enum_value("on_late", self.on_late, OnLate::from_i64)?
-            .filter(|&o| o != OnLate::Send);
+        let on_late =
+            enum_value("on_late", self.on_late, OnLate::from_i64)?.filter(|&o| o != OnLate::Send);
         if kind == Kind::NewTicket && on_late == Some(OnLate::ConvertToNote) {
             return Err(Error::invalid(
                 "on_late",

@@ -164,8 +164,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let (send_at, send_at_local) = match (&r.send_at, &r.send_at_local) {
             (None, None) => (None, None),
             (t, l) => {
-                let (at, local) =
-                    convert::send_time(t.as_ref(), l.as_ref()).map_err(status)?;
+                let (at, local) = convert::send_time(t.as_ref(), l.as_ref()).map_err(status)?;
                 (Some(at), local)
             }
         };
@@ -284,7 +283,10 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .await
             .map_err(status)?;
         tracing::info!(moved = moved.len(), "business hours set");
-        Ok(Response::new(convert::business_hours_pb(r.account_id, &hours)))
+        Ok(Response::new(convert::business_hours_pb(
+            r.account_id,
+            &hours,
+        )))
     }
 
     #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]

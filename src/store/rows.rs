@@ -20,6 +20,9 @@ pub const ITEM_COLUMNS: &str = "id, account_id, ticket_id, kind, channel, author
     (SELECT expires_at FROM leases WHERE item = items.id), sent_at, provider_message_id, \
     request_id, timing";
 
+/// How many columns [`ITEM_COLUMNS`] has (the next one is the first after the item).
+pub const ITEM_COLUMN_COUNT: usize = 24;
+
 /// The column of [`ITEM_COLUMNS`] that reads the item's lease, if any.
 pub const LEASE_EXPIRES: &str = "(SELECT expires_at FROM leases WHERE item = items.id)";
 
@@ -66,6 +69,11 @@ pub fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
 
 /// Reads an item whose [`ITEM_COLUMNS`] start at column `o`.
 pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
+    debug_assert_eq!(
+        ITEM_COLUMNS.split(", ").count(),
+        ITEM_COLUMN_COUNT,
+        "ITEM_COLUMN_COUNT is the length of ITEM_COLUMNS"
+    );
     let content: Vec<u8> = row.get(o + 6)?;
     let converted_by = match row.get::<_, Option<i64>>(o + 13)? {
         Some(k) => Some(Activity {
@@ -352,7 +360,10 @@ pub fn find_by_request(
     ))?;
     Ok(st
         .query_row(params![account, request_id], |r| {
-            Ok((item_from_row(r)?, r.get::<_, i64>(23)? as u64))
+            Ok((
+                item_from_row(r)?,
+                r.get::<_, i64>(ITEM_COLUMN_COUNT)? as u64,
+            ))
         })
         .optional()?)
 }

@@ -210,7 +210,9 @@ mod tests {
         .unwrap();
         migrate(&mut c).unwrap();
         let (id, timing): (i64, Option<Vec<u8>>) = c
-            .query_row("SELECT id, timing FROM items", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT id, timing FROM items", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
         assert_eq!((id, timing), (7, None));
         let tables: i64 = c
