@@ -169,6 +169,89 @@ async fn every_rpc(
                 .await,
             ),
         ),
+        (
+            "SetBusinessHours",
+            code(
+                c.set_business_hours(with(
+                    pb::BusinessHours {
+                        account_id: account.into(),
+                        time_zone: "Europe/Moscow".into(),
+                        days: vec![pb::BusinessDay {
+                            weekday: 1,
+                            open: "09:00".into(),
+                            close: "18:00".into(),
+                        }],
+                        holidays: vec![],
+                    },
+                    tok,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "GetBusinessHours",
+            code(
+                c.get_business_hours(with(
+                    pb::GetBusinessHoursRequest {
+                        account_id: account.into(),
+                    },
+                    tok,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "PauseDispatch",
+            code(
+                c.pause_dispatch(with(
+                    pb::DispatchControlRequest {
+                        account_id: account.into(),
+                        channel: pb::Channel::Chat as i32,
+                    },
+                    tok,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "ResumeDispatch",
+            code(
+                c.resume_dispatch(with(
+                    pb::DispatchControlRequest {
+                        account_id: account.into(),
+                        channel: pb::Channel::Chat as i32,
+                    },
+                    tok,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "SetRateLimit",
+            code(
+                c.set_rate_limit(with(
+                    pb::SetRateLimitRequest {
+                        account_id: account.into(),
+                        channel: pb::Channel::Chat as i32,
+                        per_minute: 100,
+                    },
+                    tok,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "GetDispatchControls",
+            code(
+                c.get_dispatch_controls(with(
+                    pb::GetDispatchControlsRequest {
+                        account_id: account.into(),
+                    },
+                    tok,
+                ))
+                .await,
+            ),
+        ),
     ]
 }
 

@@ -686,3 +686,89 @@ async fn reschedule_with_a_local_time_applies_the_window_again() {
     assert_eq!(ms(&r.requested_send_at), T0 + 77 * HOUR);
     t.stop().await;
 }
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+fn gauge(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("{series} missing in:\n{body}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics() {
+    let mut t =
+        TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email, pb::Channel::Chat], 10)
+        .await;
+    // The provider is down: every account's email waits, chat flows.
+    pause(&t, "*", pb::Channel::Email).await;
+    let a = schedule(&t, email_reply("acme", "T1", T0 + 1_000)).await;
+    let b = schedule(&t, email_reply("globex", "T2", T0 + 1_000)).await;
+    let chat = schedule(&t, chat_reply("acme", "T3", T0 + 1_000)).await;
+    // A rate limit holds back the rest of a burst.
+    t.client
+        .clone()
+        .set_rate_limit(pb::SetRateLimitRequest {
+            account_id: "initech".into(),
+            channel: pb::Channel::Chat as i32,
+            per_minute: 1,
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        schedule(&t, chat_reply("initech", &format!("I{i}"), T0 + 1_000)).await;
+    }
+    t.advance(Duration::from_secs(1));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let job = c.next_job().await;
+        got.push(job_item(&job));
+        c.ack(&job, "ok").await;
+    }
+    assert!(got.contains(&chat.item_id), "{got:?}");
+    t.settle().await;
+    let addr = t.running().metrics_addr().expect("metrics on");
+    let body = scrape(addr).await;
+    assert_eq!(gauge(&body, "sendlater_held_back{reason=\"pause\"}"), 2.0);
+    assert_eq!(gauge(&body, "sendlater_held_back{reason=\"rate_limit\"}"), 2.0);
+    for id in [&a.item_id, &b.item_id] {
+        let account = if id == &a.item_id { "acme" } else { "globex" };
+        let it = t
+            .client
+            .clone()
+            .get_item(item_ref(account, id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(it.state, pb::State::Pending as i32);
+    }
+    resume(&t, "*", pb::Channel::Email).await;
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        let job = c.next_job().await;
+        rest.push(job_item(&job));
+        c.ack(&job, "ok").await;
+    }
+    rest.sort();
+    let mut want = vec![a.item_id.clone(), b.item_id.clone()];
+    want.sort();
+    assert_eq!(rest, want);
+    t.stop().await;
+}
