@@ -715,8 +715,8 @@ fn gauge(body: &str, series: &str) -> f64 {
 async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics() {
     let mut t =
         TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email, pb::Channel::Chat], 10)
-        .await;
+    let mut c =
+        TestConnector::connect(&t.url(), &[pb::Channel::Email, pb::Channel::Chat], 10).await;
     // The provider is down: every account's email waits, chat flows.
     pause(&t, "*", pb::Channel::Email).await;
     let a = schedule(&t, email_reply("acme", "T1", T0 + 1_000)).await;
@@ -747,7 +747,10 @@ async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics
     let addr = t.running().metrics_addr().expect("metrics on");
     let body = scrape(addr).await;
     assert_eq!(gauge(&body, "sendlater_held_back{reason=\"pause\"}"), 2.0);
-    assert_eq!(gauge(&body, "sendlater_held_back{reason=\"rate_limit\"}"), 2.0);
+    assert_eq!(
+        gauge(&body, "sendlater_held_back{reason=\"rate_limit\"}"),
+        2.0
+    );
     for id in [&a.item_id, &b.item_id] {
         let account = if id == &a.item_id { "acme" } else { "globex" };
         let it = t
