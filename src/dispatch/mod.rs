@@ -114,6 +114,8 @@ pub enum ConnectorEvent {
     },
     /// Answered once the dispatcher has nothing left to do.
     Idle(oneshot::Sender<()>),
+    /// A dispatch write of the actor's own finished (committed and durable, or not).
+    WriteDone { write: u64, ok: bool },
     /// Answered with the ids of the due items waiting in line and of the jobs out at
     /// connectors (for checks of "nothing stranded").
     Inspect(oneshot::Sender<Vec<ItemId>>),
@@ -159,6 +161,10 @@ impl Dispatcher {
         let stats = Arc::new(DispatchStats::default());
         let drain_grace = Duration::from_millis(cfg.drain_grace_ms);
         let actor = Actor {
+            events: tx.clone(),
+            writes: HashMap::new(),
+            next_write: 0,
+            write_failed: false,
             drain_grace,
             stats: stats.clone(),
             engine,
@@ -305,7 +311,28 @@ impl Conn {
     }
 }
 
+/// A dispatch write whose jobs went out when it executed, not yet known durable.
+struct PendingWrite {
+    /// The answers it records: put back if it does not commit.
+    outcomes: Vec<Outcome>,
+    /// The items it leased and handed out: due again at once if it does not commit.
+    handed_out: Vec<ItemId>,
+    /// It was an isolated write of this many outcomes.
+    isolated: usize,
+}
+
+/// Dispatch writes in flight at once: the next round plans and hands out while the
+/// previous write's fsync runs.
+const WRITES_IN_FLIGHT: usize = 2;
+
 struct Actor {
+    /// The actor's own event queue (for write completions).
+    events: mpsc::UnboundedSender<ConnectorEvent>,
+    /// Writes executed (their jobs handed out) and not yet durable.
+    writes: HashMap<u64, PendingWrite>,
+    next_write: u64,
+    /// A write failed since the loop last looked: wait before writing again.
+    write_failed: bool,
     /// How long a graceful stop waits for the answers of jobs in flight.
     drain_grace: Duration,
     stats: Arc<DispatchStats>,
@@ -412,7 +439,8 @@ impl Actor {
                 self.draining = Some(tokio::time::Instant::now() + self.drain_grace);
             }
             if let Some(deadline) = self.draining {
-                let done = self.outcomes.is_empty() && self.inflight.is_empty();
+                let done =
+                    self.outcomes.is_empty() && self.inflight.is_empty() && self.writes.is_empty();
                 if done || tokio::time::Instant::now() >= deadline {
                     // What is left unrecorded is redelivered after the restart.
                     tracing::info!(
@@ -425,8 +453,9 @@ impl Actor {
             }
             let ready = self.engine.ready().clone_notify();
             let more_due = self.draining.is_none() && !self.engine.ready().is_empty();
-            if retry_at.is_some() || (!more_due && self.outcomes.is_empty()) {
-                if retry_at.is_none() {
+            let writes_full = self.writes.len() >= WRITES_IN_FLIGHT;
+            if retry_at.is_some() || writes_full || (!more_due && self.outcomes.is_empty()) {
+                if retry_at.is_none() && self.writes.is_empty() && !more_due {
                     for w in self.idle.drain(..) {
                         let _ = w.send(());
                     }
@@ -453,7 +482,10 @@ impl Actor {
             while let Ok(ev) = rx.try_recv() {
                 self.on_event(ev);
             }
-            if retry_at.is_some() {
+            if std::mem::take(&mut self.write_failed) {
+                retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+            }
+            if retry_at.is_some() || self.writes.len() >= WRITES_IN_FLIGHT {
                 continue; // keep taking answers, but wait before writing again
             }
             if let Err(e) = self.step().await {
@@ -502,6 +534,7 @@ impl Actor {
             }
             ConnectorEvent::Gone { conn } => self.on_gone(conn),
             ConnectorEvent::Idle(waiter) => self.idle.push(waiter),
+            ConnectorEvent::WriteDone { write, ok } => self.on_write_done(write, ok),
             ConnectorEvent::Inspect(reply) => {
                 let mut ids: Vec<ItemId> = self.inflight.keys().copied().collect();
                 for q in self.waiting.values() {
@@ -693,7 +726,7 @@ impl Actor {
             self.expire_late(now);
             self.release_parked(now);
         }
-        loop {
+        while self.writes.len() < WRITES_IN_FLIGHT {
             let planned = if self.draining.is_none() {
                 self.plan()
             } else {
@@ -702,58 +735,117 @@ impl Actor {
             if planned.is_empty() && self.outcomes.is_empty() {
                 return Ok(());
             }
-            let isolated = self.isolate > 0;
-            let n = self
-                .outcomes
-                .len()
-                .min(BATCH)
-                .min(if isolated { self.isolate } else { BATCH });
-            let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
-            let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
-            let t = self.tuning;
-            let engine = self.engine.clone();
-            let result = self
-                .engine
-                .store()
-                .write({
-                    let batch = batch.clone();
-                    move |tx| {
-                        let mut rng = rand::rng();
-                        let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
-                        if isolated {
-                            writes::record_isolated(&engine, tx, &batch, t, &mut jitter)?;
-                        } else {
-                            writes::record(&engine, tx, &batch, t, &mut jitter)?;
-                        }
-                        writes::lease(tx, &due, t)
+            self.write_round(planned).await;
+        }
+        Ok(())
+    }
+
+    /// Records the answers and leases the planned items in one store write, and hands
+    /// the leased jobs out as soon as the write has *executed* (its rows are in the
+    /// writer's open transaction, so every later write sees them, e.g. a cancel finds
+    /// the item DISPATCHING), without waiting for its commit and fsync: a lease need
+    /// not be durable before the job leaves (at-least-once covers the redelivery a
+    /// crash would cause, with the attempt count one low). The write's outcome comes
+    /// back as [`ConnectorEvent::WriteDone`]; if it did not commit, its answers are
+    /// recorded again and its items are due again.
+    async fn write_round(&mut self, planned: Vec<Planned>) {
+        let isolated = if self.isolate > 0 {
+            self.isolate.min(BATCH)
+        } else {
+            0
+        };
+        let n = self
+            .outcomes
+            .len()
+            .min(if isolated > 0 { isolated } else { BATCH });
+        let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
+        let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
+        let t = self.tuning;
+        let engine = self.engine.clone();
+        let (executed_tx, executed) = oneshot::channel::<Vec<(Item, u128)>>();
+        let write = self.next_write;
+        self.next_write += 1;
+        let store = self.engine.store().clone();
+        let events = self.events.clone();
+        let records = batch.clone();
+        tokio::spawn(async move {
+            let r = store
+                .write(move |tx| {
+                    let mut rng = rand::rng();
+                    let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
+                    if isolated > 0 {
+                        writes::record_isolated(&engine, tx, &records, t, &mut jitter)?;
+                    } else {
+                        writes::record(&engine, tx, &records, t, &mut jitter)?;
                     }
+                    let leased = writes::lease(tx, &due, t)?;
+                    let _ = executed_tx.send(leased);
+                    Ok(())
                 })
                 .await;
-            match result {
-                Ok(leased) => {
-                    self.isolate = self.isolate.saturating_sub(n);
-                    let conn_of: HashMap<ItemId, u64> =
-                        planned.iter().map(|p| (p.id, p.conn)).collect();
-                    for (item, token) in leased {
-                        let conn = conn_of.get(&item.id).copied();
-                        self.hand_out(conn, item, token);
-                    }
-                }
-                Err(e) => {
-                    // Nothing was written: the answers wait to be recorded again (one
-                    // by one, in case one of them is what failed), the planned items
-                    // wait again, first in line.
-                    self.isolate = self.isolate.max(batch.len());
-                    self.outcomes.splice(0..0, batch);
-                    for p in planned.into_iter().rev() {
-                        self.waiting
-                            .entry(p.channel)
-                            .or_default()
-                            .push_front(&p.account, (p.id, p.due));
-                    }
-                    return Err(e);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "dispatch write failed");
+            }
+            let _ = events.send(ConnectorEvent::WriteDone {
+                write,
+                ok: r.is_ok(),
+            });
+        });
+        let mut handed_out = Vec::new();
+        match executed.await {
+            Ok(leased) => {
+                let conn_of: HashMap<ItemId, u64> =
+                    planned.iter().map(|p| (p.id, p.conn)).collect();
+                for (item, token) in leased {
+                    let conn = conn_of.get(&item.id).copied();
+                    handed_out.push(item.id);
+                    self.hand_out(conn, item, token);
                 }
             }
+            Err(_) => {
+                // The write failed before leasing: the planned items wait again, first
+                // in line (the answers are put back when its WriteDone arrives).
+                for p in planned.into_iter().rev() {
+                    self.waiting
+                        .entry(p.channel)
+                        .or_default()
+                        .push_front(&p.account, (p.id, p.due));
+                }
+            }
+        }
+        self.writes.insert(
+            write,
+            PendingWrite {
+                outcomes: batch,
+                handed_out,
+                isolated,
+            },
+        );
+    }
+
+    /// A write of ours finished. Durable: done. Not committed: its answers are recorded
+    /// again (one by one, in case one of them is what failed) and the jobs it handed out
+    /// are leased again at once (the connectors may still answer them: a late Ack
+    /// counts; the item may go out twice, as at-least-once allows).
+    fn on_write_done(&mut self, write: u64, ok: bool) {
+        let Some(w) = self.writes.remove(&write) else {
+            return;
+        };
+        if ok {
+            self.isolate = self.isolate.saturating_sub(w.isolated);
+            return;
+        }
+        self.write_failed = true;
+        self.isolate = self.isolate.max(w.outcomes.len());
+        self.outcomes.splice(0..0, w.outcomes);
+        let now = self.engine.clock().now_ms();
+        let mut again = Vec::with_capacity(w.handed_out.len());
+        for id in w.handed_out {
+            self.forget(id);
+            again.push((id, now));
+        }
+        if !again.is_empty() {
+            self.engine.ready().put_back(again);
         }
     }
 
