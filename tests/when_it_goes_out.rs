@@ -775,3 +775,26 @@ async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics
     assert_eq!(rest, want);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_pause_of_every_account_shows_in_each_accounts_controls_and_a_rate_limit_needs_one_account(
+) {
+    let mut t = TestServer::start().await;
+    pause(&t, "*", pb::Channel::Email).await;
+    assert_eq!(
+        controls(&t, "acme").await.paused_channels,
+        vec![pb::Channel::Email as i32]
+    );
+    let r = t
+        .client
+        .clone()
+        .set_rate_limit(pb::SetRateLimitRequest {
+            account_id: "*".into(),
+            channel: pb::Channel::Chat as i32,
+            per_minute: 1,
+        })
+        .await;
+    assert_status(r, tonic::Code::InvalidArgument, "account_id:");
+    assert!(controls(&t, "*").await.rate_limits.is_empty());
+    t.stop().await;
+}

@@ -52,6 +52,80 @@ pub enum Command {
     Connector(ConnectorCommand),
     /// Copy the database to a file with SQLite's online backup API (safe while serving).
     Backup(BackupArgs),
+    /// Show or set the account's business hours (used by --business-hours).
+    #[command(subcommand)]
+    Hours(HoursCommand),
+    /// Hold due items of the account (one channel, or all) until `resume`; durable.
+    Pause(DispatchControlArgs),
+    /// Let held items of the account (one channel, or all) go out again.
+    Resume(DispatchControlArgs),
+    /// Start at most N jobs of the account per rolling minute (0 removes the limit).
+    RateLimit(RateLimitArgs),
+    /// Show the account's paused channels and rate limits.
+    Controls(ControlsArgs),
+}
+
+/// `sendlater hours get|set`.
+#[derive(Debug, Subcommand)]
+pub enum HoursCommand {
+    /// Show the account's business hours.
+    Get(HoursGetArgs),
+    /// Replace the account's business hours, read in the --tz zone (required here);
+    /// pending --business-hours items move at once.
+    Set(HoursSetArgs),
+}
+
+/// `sendlater hours get`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct HoursGetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `sendlater hours set`. The zone of the hours is `--tz` (required here).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct HoursSetArgs {
+    /// Opening hours of some weekdays: "DAYS HH:MM-HH:MM[,HH:MM-HH:MM...]", where DAYS
+    /// are ISO weekdays (1 = Monday .. 7 = Sunday) as a day, a range or a list
+    /// ("1-5", "6", "1-3,5"); close may be 24:00. Repeat for other days, e.g.
+    /// --day "1-5 09:00-13:00,14:00-18:00" --day "6 10:00-14:00".
+    #[arg(long = "day", value_name = "SPEC", required = true)]
+    pub days: Vec<String>,
+    /// A date (YYYY-MM-DD, in --tz) with no opening; repeat for several.
+    #[arg(long = "holiday", value_name = "DATE")]
+    pub holidays: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `sendlater pause|resume`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct DispatchControlArgs {
+    /// Only this channel (default: every channel).
+    #[arg(long, value_enum)]
+    pub channel: Option<ChannelArg>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `sendlater rate-limit`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct RateLimitArgs {
+    /// Only this channel (default: every channel, each with its own limit).
+    #[arg(long, value_enum)]
+    pub channel: Option<ChannelArg>,
+    /// Jobs started in any rolling 60 s; 0 removes the limit.
+    #[arg(long, value_name = "N")]
+    pub per_minute: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `sendlater controls`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ControlsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `sendlater connector email|chat`.
@@ -206,7 +280,8 @@ pub struct ClientArgs {
     pub json: bool,
 
     /// IANA time zone (e.g. Europe/Moscow) for reading times without an offset and for
-    /// showing times. Default: UTC.
+    /// showing times. Default: UTC. When given, a wall-clock --at is sent as a local
+    /// time in this zone, so the zone is on record with the item.
     #[arg(long, env = "SENDLATER_TZ", value_name = "ZONE")]
     pub tz: Option<String>,
 }
@@ -216,7 +291,8 @@ pub struct ClientArgs {
 #[group(id = "send_time", required = true, multiple = false)]
 pub struct SendTimeArgs {
     /// When to send: 2026-11-26T09:00:00+03:00, "2026-11-26 09:00", "tomorrow 09:00",
-    /// "today 18:30", "next monday [10:00]" or "09:00" (next time the clock shows it).
+    /// "today 18:30", "next monday [10:00]", "09:00" (next time the clock shows it) or
+    /// "next business morning" (the next opening of the account's business hours).
     /// Times without an offset are in --tz; a time skipped by a DST change is moved
     /// forward by the gap, a repeated one means its first occurrence.
     #[arg(long, value_name = "WHEN")]
@@ -302,6 +378,20 @@ pub struct ScheduleArgs {
     /// Idempotency key: scheduling again with the same key returns the same item.
     #[arg(long, value_name = "KEY")]
     pub request_id: Option<String>,
+
+    /// Send only within the account's business hours (see `sendlater hours`): a time
+    /// outside them, or on a holiday, moves to the next opening.
+    #[arg(long)]
+    pub business_hours: bool,
+
+    /// Do not start later than this after the send time (after an outage, a pause, a
+    /// backlog or a rate limit): 30m, 2h, 1d; then --on-late applies. Default: no limit.
+    #[arg(long, value_name = "DURATION")]
+    pub max_lateness: Option<String>,
+
+    /// What to do with an item later than --max-lateness (server default: send).
+    #[arg(long, value_enum, requires = "max_lateness")]
+    pub on_late: Option<OnLateArg>,
 
     #[command(flatten)]
     pub content: ContentArgs,
@@ -466,6 +556,17 @@ pub enum OnActivityArg {
     Cancel,
 }
 
+/// `--on-late`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLateArg {
+    /// Send it anyway, late.
+    Send,
+    /// Turn it into an internal note (replies only).
+    Note,
+    /// Mark it failed.
+    Fail,
+}
+
 /// `--state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StateArg {
@@ -505,6 +606,11 @@ impl Command {
             Command::Reschedule(a) => Some(&a.client),
             Command::Activity(a) => Some(&a.client),
             Command::Watch(a) => Some(&a.client),
+            Command::Hours(HoursCommand::Get(a)) => Some(&a.client),
+            Command::Hours(HoursCommand::Set(a)) => Some(&a.client),
+            Command::Pause(a) | Command::Resume(a) => Some(&a.client),
+            Command::RateLimit(a) => Some(&a.client),
+            Command::Controls(a) => Some(&a.client),
         }
     }
 }

@@ -4,16 +4,20 @@
 //! `authorization: Bearer TOKEN`. Output goes to stdout (a table, or `--json`); notes
 //! such as "more pages" and "nothing found" go to stderr so stdout stays clean for pipes.
 //! A connection that cannot be made is [`CliError::Unreachable`] (exit 69); an error
-//! status from the server is [`CliError::Status`].
+//! status from the server is [`CliError::Status`]. A missing business-hours setup
+//! (GetBusinessHours NOT_FOUND, or a BUSINESS_HOURS schedule refused) says which command
+//! sets the hours.
 
 use std::io::Write;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
-use super::config::{replace_text, Action, ClientConfig};
+use super::config::{replace_text, Action, ClientConfig, SettingsAction};
 use super::error::{error_chain, CliError, Result};
-use super::{json, output, signal};
+use super::{hours, json, output, settings, signal, timestamp};
 use crate::pb;
 use crate::pb::scheduler_client::SchedulerClient;
 
@@ -88,6 +92,64 @@ impl Printer<'_> {
             self.print(&output::item_detail(item, config.tz))
         }
     }
+
+    fn hours(&mut self, config: &ClientConfig, hours: &pb::BusinessHours) -> Result<()> {
+        if config.json {
+            self.json(&settings::hours_json(hours))
+        } else {
+            self.print(&settings::hours_text(hours))
+        }
+    }
+
+    fn controls(&mut self, config: &ClientConfig, controls: &pb::DispatchControls) -> Result<()> {
+        if config.json {
+            self.json(&settings::controls_json(controls))
+        } else {
+            self.print(&settings::controls_text(controls))
+        }
+    }
+}
+
+/// How to set business hours, appended to errors about their absence.
+const SET_HOURS_HINT: &str =
+    "set them with `sendlater hours set --tz ZONE --day \"1-5 09:00-18:00\"`";
+
+/// The account's business hours; NOT_FOUND says how to set them.
+async fn business_hours(client: &mut Client, account: &str) -> Result<pb::BusinessHours> {
+    let request = client.request(pb::GetBusinessHoursRequest {
+        account_id: account.to_owned(),
+    });
+    match client.inner.get_business_hours(request).await {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) if status.code() == Code::NotFound => Err(CliError::from(Status::not_found(
+            format!("account {account:?} has no business hours; {SET_HOURS_HINT}"),
+        ))),
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// The send time of `--at "next business morning"`: the next opening of the account's
+/// hours strictly after `after`.
+async fn next_opening(
+    client: &mut Client,
+    account: &str,
+    after: DateTime<Utc>,
+) -> Result<prost_types::Timestamp> {
+    let hours = business_hours(client, account).await?;
+    hours::next_business_morning(&hours, after).map(timestamp::to_pb)
+}
+
+/// A schedule or reschedule refused because the account has no business hours gets the
+/// hint of how to set them; other statuses pass unchanged.
+fn with_hours_hint(status: Status) -> CliError {
+    let no_hours = status.code() == Code::FailedPrecondition
+        && status.message().starts_with("delivery_window:")
+        && status.message().contains("no business hours");
+    if no_hours {
+        let message = format!("{} ({SET_HOURS_HINT})", status.message());
+        return CliError::from(Status::failed_precondition(message));
+    }
+    status.into()
 }
 
 /// Connects, runs `action`, prints the result to stdout and remarks to stderr.
@@ -116,12 +178,21 @@ pub async fn run_with(
     let mut client = Client::connect(config).await?;
     let tz = config.tz;
     match action {
-        Action::Schedule { kind, request } => {
+        Action::Schedule {
+            kind,
+            mut request,
+            next_opening_after,
+        } => {
+            if let Some(after) = next_opening_after {
+                let account = request.account_id.clone();
+                request.send_at = Some(next_opening(&mut client, &account, after).await?);
+            }
             let request = client.request(request);
             let item = match kind {
-                pb::Kind::NewTicket => client.inner.schedule_ticket(request).await?,
-                _ => client.inner.schedule_message(request).await?,
+                pb::Kind::NewTicket => client.inner.schedule_ticket(request).await,
+                _ => client.inner.schedule_message(request).await,
             }
+            .map_err(with_hours_hint)?
             .into_inner();
             printer.item(config, &item)
         }
@@ -152,7 +223,12 @@ pub async fn run_with(
         Action::Reschedule {
             mut request,
             new_text,
+            next_opening_after,
         } => {
+            if let Some(after) = next_opening_after {
+                let account = request.account_id.clone();
+                request.send_at = Some(next_opening(&mut client, &account, after).await?);
+            }
             if let Some(text) = new_text {
                 // The API replaces content as a whole: start from the item's own content
                 // so only the text changes.
@@ -169,7 +245,8 @@ pub async fn run_with(
             let item = client
                 .inner
                 .reschedule(client.request(request))
-                .await?
+                .await
+                .map_err(with_hours_hint)?
                 .into_inner();
             printer.item(config, &item)
         }
@@ -258,7 +335,45 @@ pub async fn run_with(
             printer.print(&output::items_table(&affected, tz))
         }
         Action::Watch(request) => watch(&mut client, request, printer).await,
+        Action::Settings(action) => settings(&mut client, config, action, printer).await,
     }
+}
+
+/// Runs a settings request and prints the hours or controls the server answered with.
+async fn settings(
+    client: &mut Client,
+    config: &ClientConfig,
+    action: SettingsAction,
+    printer: &mut Printer<'_>,
+) -> Result<()> {
+    let controls = match action {
+        SettingsAction::HoursGet(request) => {
+            let hours = business_hours(client, &request.account_id).await?;
+            return printer.hours(config, &hours);
+        }
+        SettingsAction::HoursSet(request) => {
+            let request = client.request(request);
+            let hours = client.inner.set_business_hours(request).await?.into_inner();
+            return printer.hours(config, &hours);
+        }
+        SettingsAction::Pause(request) => {
+            let request = client.request(request);
+            client.inner.pause_dispatch(request).await?
+        }
+        SettingsAction::Resume(request) => {
+            let request = client.request(request);
+            client.inner.resume_dispatch(request).await?
+        }
+        SettingsAction::RateLimit(request) => {
+            let request = client.request(request);
+            client.inner.set_rate_limit(request).await?
+        }
+        SettingsAction::Controls(request) => {
+            let request = client.request(request);
+            client.inner.get_dispatch_controls(request).await?
+        }
+    };
+    printer.controls(config, &controls.into_inner())
 }
 
 /// Prints events until the server ends the stream or the user presses Ctrl-C.
@@ -312,6 +427,10 @@ mod tests {
         calls: Mutex<Vec<String>>,
         /// The last Reschedule request.
         rescheduled: Mutex<Option<pb::RescheduleRequest>>,
+        /// The last ScheduleMessage request.
+        scheduled: Mutex<Option<pb::ScheduleRequest>>,
+        /// The last pause, resume or rate-limit request, as "method channel per_minute".
+        control: Mutex<Option<String>>,
     }
 
     /// A Scheduler that answers from fixed data, just enough to drive the client.
@@ -332,6 +451,37 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("{method} {detail} {auth}"));
+        }
+    }
+
+    impl Fake {
+        /// Records a control call and answers with fixed controls.
+        fn control(&self, call: String) -> Reply<pb::DispatchControls> {
+            *self.0.control.lock().unwrap() = Some(call);
+            Ok(Response::new(pb::DispatchControls {
+                account_id: "acme".into(),
+                paused_channels: vec![pb::Channel::Email as i32],
+                rate_limits: vec![pb::RateLimit {
+                    channel: pb::Channel::Chat as i32,
+                    per_minute: 60,
+                }],
+            }))
+        }
+    }
+
+    /// Monday to Friday 09:00-18:00 in Moscow.
+    fn moscow_hours(account: &str) -> pb::BusinessHours {
+        pb::BusinessHours {
+            account_id: account.into(),
+            time_zone: "Europe/Moscow".into(),
+            days: (1..=5)
+                .map(|weekday| pb::BusinessDay {
+                    weekday,
+                    open: "09:00".into(),
+                    close: "18:00".into(),
+                })
+                .collect(),
+            holidays: vec![],
         }
     }
 
@@ -365,8 +515,16 @@ mod tests {
             r: Request<pb::ScheduleRequest>,
         ) -> Reply<pb::ScheduledItem> {
             self.record("schedule_message", "", &r);
+            let request = r.into_inner();
+            if request.account_id == "no-hours" {
+                return Err(Status::failed_precondition(
+                    "delivery_window: account \"no-hours\" has no business hours; set them \
+                     with SetBusinessHours first",
+                ));
+            }
             let mut item = stored_item("new-1");
-            item.ticket_id = r.into_inner().ticket_id;
+            item.ticket_id = request.ticket_id.clone();
+            *self.0.scheduled.lock().unwrap() = Some(request);
             Ok(Response::new(item))
         }
         async fn schedule_ticket(
@@ -448,39 +606,45 @@ mod tests {
         }
         async fn set_business_hours(
             &self,
-            _: Request<pb::BusinessHours>,
+            r: Request<pb::BusinessHours>,
         ) -> Reply<pb::BusinessHours> {
-            Err(Status::unimplemented("fake"))
+            self.record("set_business_hours", &r.get_ref().account_id.clone(), &r);
+            Ok(Response::new(r.into_inner()))
         }
         async fn get_business_hours(
             &self,
-            _: Request<pb::GetBusinessHoursRequest>,
+            r: Request<pb::GetBusinessHoursRequest>,
         ) -> Reply<pb::BusinessHours> {
-            Err(Status::unimplemented("fake"))
+            self.record("get_business_hours", &r.get_ref().account_id.clone(), &r);
+            match r.get_ref().account_id.as_str() {
+                "no-hours" => Err(Status::not_found("no business hours")),
+                account => Ok(Response::new(moscow_hours(account))),
+            }
         }
         async fn pause_dispatch(
             &self,
-            _: Request<pb::DispatchControlRequest>,
+            r: Request<pb::DispatchControlRequest>,
         ) -> Reply<pb::DispatchControls> {
-            Err(Status::unimplemented("fake"))
+            self.control(format!("pause {}", r.get_ref().channel))
         }
         async fn resume_dispatch(
             &self,
-            _: Request<pb::DispatchControlRequest>,
+            r: Request<pb::DispatchControlRequest>,
         ) -> Reply<pb::DispatchControls> {
-            Err(Status::unimplemented("fake"))
+            self.control(format!("resume {}", r.get_ref().channel))
         }
         async fn set_rate_limit(
             &self,
-            _: Request<pb::SetRateLimitRequest>,
+            r: Request<pb::SetRateLimitRequest>,
         ) -> Reply<pb::DispatchControls> {
-            Err(Status::unimplemented("fake"))
+            let r = r.get_ref();
+            self.control(format!("rate_limit {} {}", r.channel, r.per_minute))
         }
         async fn get_dispatch_controls(
             &self,
             _: Request<pb::GetDispatchControlsRequest>,
         ) -> Reply<pb::DispatchControls> {
-            Err(Status::unimplemented("fake"))
+            self.control("controls".into())
         }
     }
 
@@ -511,6 +675,7 @@ mod tests {
             account: "acme".into(),
             json,
             tz: chrono_tz::UTC,
+            tz_given: false,
         }
     }
 
@@ -580,6 +745,7 @@ mod tests {
                 ..Default::default()
             },
             new_text: Some("new".into()),
+            next_opening_after: None,
         };
         let (_out, _notes, result) = run_captured(&config(&url, false), action).await;
         result.unwrap();
@@ -607,6 +773,7 @@ mod tests {
                 ticket_id: "T-5".into(),
                 ..Default::default()
             },
+            next_opening_after: None,
         };
         let (out, _notes, result) = run_captured(&config(&url, true), action).await;
         result.unwrap();
@@ -634,12 +801,151 @@ mod tests {
         let ticket = Action::Schedule {
             kind: pb::Kind::NewTicket,
             request: pb::ScheduleRequest::default(),
+            next_opening_after: None,
         };
         let (_out, _notes, result) = run_captured(&config(&url, false), ticket).await;
         assert_eq!(
             result.unwrap_err().to_string(),
             "ALREADY_EXISTS: request_id: used with other content"
         );
+        let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn next_business_morning_fetches_the_hours_and_sends_their_next_opening() {
+        let (url, state, stop) = start_fake().await;
+        // Friday 2026-11-27 20:00 in Moscow: the next opening is Monday 09:00 (06:00Z).
+        let friday_evening = DateTime::parse_from_rfc3339("2026-11-27T17:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let action = Action::Schedule {
+            kind: pb::Kind::Reply,
+            request: pb::ScheduleRequest {
+                account_id: "acme".into(),
+                delivery_window: pb::DeliveryWindow::BusinessHours as i32,
+                ..Default::default()
+            },
+            next_opening_after: Some(friday_evening),
+        };
+        let (_out, _notes, result) = run_captured(&config(&url, false), action).await;
+        result.unwrap();
+        assert_eq!(
+            *state.calls.lock().unwrap(),
+            [
+                "get_business_hours acme Bearer t0k",
+                "schedule_message  Bearer t0k"
+            ]
+        );
+        let sent = state.scheduled.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            sent.send_at
+                .as_ref()
+                .and_then(timestamp::rfc3339_utc)
+                .as_deref(),
+            Some("2026-11-30T06:00:00Z")
+        );
+        assert_eq!(sent.send_at_local, None);
+        let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn missing_business_hours_say_which_command_sets_them() {
+        let (url, _state, stop) = start_fake().await;
+        let get = Action::Settings(SettingsAction::HoursGet(pb::GetBusinessHoursRequest {
+            account_id: "no-hours".into(),
+        }));
+        let (out, _notes, result) = run_captured(&config(&url, false), get).await;
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.starts_with("NOT_FOUND: account \"no-hours\""),
+            "{message}"
+        );
+        assert!(message.contains("sendlater hours set --tz"), "{message}");
+        assert_eq!(out, "");
+
+        let morning = Action::Schedule {
+            kind: pb::Kind::Reply,
+            request: pb::ScheduleRequest {
+                account_id: "no-hours".into(),
+                ..Default::default()
+            },
+            next_opening_after: Some(Utc::now()),
+        };
+        let (_out, _notes, result) = run_captured(&config(&url, false), morning).await;
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("sendlater hours set"), "{message}");
+
+        let business = Action::Schedule {
+            kind: pb::Kind::Reply,
+            request: pb::ScheduleRequest {
+                account_id: "no-hours".into(),
+                ..Default::default()
+            },
+            next_opening_after: None,
+        };
+        let (_out, _notes, result) = run_captured(&config(&url, false), business).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("FAILED_PRECONDITION: delivery_window:"),
+            "{message}"
+        );
+        assert!(message.contains("sendlater hours set"), "{message}");
+        let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn hours_and_dispatch_controls_print_as_tables_or_json() {
+        let (url, state, stop) = start_fake().await;
+        let set = Action::Settings(SettingsAction::HoursSet(moscow_hours("acme")));
+        let (out, _notes, result) = run_captured(&config(&url, false), set).await;
+        result.unwrap();
+        assert!(out.starts_with("time zone: Europe/Moscow\nDAY "), "{out}");
+        assert!(out.contains("\n5 Friday     09:00-18:00\n"), "{out}");
+        assert!(out.contains("\n7 Sunday     closed\n"), "{out}");
+
+        let get = Action::Settings(SettingsAction::HoursGet(pb::GetBusinessHoursRequest {
+            account_id: "acme".into(),
+        }));
+        let (out, _notes, result) = run_captured(&config(&url, true), get).await;
+        result.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["time_zone"], "Europe/Moscow");
+        assert_eq!(value["days"].as_array().map(Vec::len), Some(5));
+
+        let request = pb::DispatchControlRequest {
+            account_id: "acme".into(),
+            channel: pb::Channel::Email as i32,
+        };
+        let pause = Action::Settings(SettingsAction::Pause(request.clone()));
+        let (out, _notes, result) = run_captured(&config(&url, false), pause).await;
+        result.unwrap();
+        assert!(out.contains("\nEMAIL    paused    -\n"), "{out}");
+        assert_eq!(state.control.lock().unwrap().as_deref(), Some("pause 1"));
+        let resume = Action::Settings(SettingsAction::Resume(request));
+        let (_out, _notes, result) = run_captured(&config(&url, false), resume).await;
+        result.unwrap();
+        assert_eq!(state.control.lock().unwrap().as_deref(), Some("resume 1"));
+        let limit = Action::Settings(SettingsAction::RateLimit(pb::SetRateLimitRequest {
+            account_id: "acme".into(),
+            channel: pb::Channel::Chat as i32,
+            per_minute: 60,
+        }));
+        let (out, _notes, result) = run_captured(&config(&url, true), limit).await;
+        result.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["rate_limits"][0]["per_minute"], 60);
+        assert_eq!(
+            state.control.lock().unwrap().as_deref(),
+            Some("rate_limit 2 60")
+        );
+        let controls = Action::Settings(SettingsAction::Controls(pb::GetDispatchControlsRequest {
+            account_id: "acme".into(),
+        }));
+        let (out, _notes, result) = run_captured(&config(&url, false), controls).await;
+        result.unwrap();
+        assert!(out.contains("\nCHAT     running   60/min\n"), "{out}");
         let _ = stop.send(());
     }
 

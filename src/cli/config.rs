@@ -13,11 +13,11 @@ use tonic::metadata::AsciiMetadataValue;
 
 use super::args::{
     ActivityArgs, AudienceArg, AuthorKindArg, ChannelArg, ClientArgs, Command, ContentArgs,
-    KindArg, ListArgs, OnActivityArg, RescheduleArgs, ScheduleArgs, StateArg, TicketsArgs,
-    TimelineArgs, WatchArgs,
+    DispatchControlArgs, HoursCommand, HoursSetArgs, KindArg, ListArgs, OnActivityArg, OnLateArg,
+    RateLimitArgs, RescheduleArgs, ScheduleArgs, StateArg, TicketsArgs, TimelineArgs, WatchArgs,
 };
 use super::error::{CliError, Result};
-use super::{timestamp, when};
+use super::{hours, timestamp, when};
 use crate::pb;
 
 /// Where and as whom a client subcommand connects, and how it prints.
@@ -31,8 +31,12 @@ pub struct ClientConfig {
     pub account: String,
     /// Print JSON instead of tables.
     pub json: bool,
-    /// Zone for reading naive times and showing times.
+    /// Zone for reading naive times and showing times (UTC unless given).
     pub tz: Tz,
+    /// Whether the user named the zone (`--tz` or `SENDLATER_TZ`). Only then is a
+    /// wall-clock `--at` sent as `send_at_local`, so the zone the agent meant is on record;
+    /// `hours set` needs it.
+    pub tz_given: bool,
 }
 
 impl ClientConfig {
@@ -90,6 +94,7 @@ impl ClientConfig {
             account,
             json: args.json,
             tz,
+            tz_given: args.tz.is_some(),
         })
     }
 }
@@ -97,10 +102,14 @@ impl ClientConfig {
 /// A client subcommand, validated, with its request built.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// ScheduleMessage (`kind` REPLY) or ScheduleTicket (`kind` NEW_TICKET).
+    /// ScheduleMessage (`kind` REPLY) or ScheduleTicket (`kind` NEW_TICKET). With
+    /// `next_opening_after` (`--at "next business morning"`), the request has no send time
+    /// yet: the client fetches the account's business hours and sets `send_at` to their
+    /// next opening strictly after that instant (see [`hours::next_business_morning`]).
     Schedule {
         kind: pb::Kind,
         request: pb::ScheduleRequest,
+        next_opening_after: Option<DateTime<Utc>>,
     },
     /// ListScheduled; `all` follows `next_page_token` to the end.
     List {
@@ -114,12 +123,44 @@ pub enum Action {
     Cancel(pb::ItemRef),
     /// Reschedule. With `new_text`, the item is fetched first and its content, with the
     /// text replaced (see [`replace_text`]), goes into `request.content`.
+    /// `next_opening_after` as for [`Action::Schedule`].
     Reschedule {
         request: pb::RescheduleRequest,
         new_text: Option<String>,
+        next_opening_after: Option<DateTime<Utc>>,
     },
     Activity(pb::RecordTicketActivityRequest),
     Watch(pb::WatchEventsRequest),
+    /// The account's business hours or dispatch controls.
+    Settings(SettingsAction),
+}
+
+/// A request about the account's settings (API.md "When it goes out").
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettingsAction {
+    /// GetBusinessHours.
+    HoursGet(pb::GetBusinessHoursRequest),
+    /// SetBusinessHours, validated as the server will.
+    HoursSet(pb::BusinessHours),
+    /// PauseDispatch.
+    Pause(pb::DispatchControlRequest),
+    /// ResumeDispatch.
+    Resume(pb::DispatchControlRequest),
+    /// SetRateLimit.
+    RateLimit(pb::SetRateLimitRequest),
+    /// GetDispatchControls.
+    Controls(pb::GetDispatchControlsRequest),
+}
+
+/// When to send, as the flags said it.
+#[derive(Debug, Clone, PartialEq)]
+enum SendTime {
+    /// An instant: RFC 3339, `--in`, or a wall-clock time read in the default zone.
+    At(DateTime<Utc>),
+    /// A wall-clock time in the zone the user named.
+    Local(pb::LocalTime),
+    /// `--at "next business morning"`: the next opening after this instant (now).
+    NextOpening(DateTime<Utc>),
 }
 
 /// Builds the request of a client subcommand. `now` anchors relative times.
@@ -142,36 +183,155 @@ pub fn action(command: &Command, config: &ClientConfig, now: DateTime<Utc>) -> R
         Command::Reschedule(args) => reschedule(args, config, now),
         Command::Activity(args) => activity(args, config, now),
         Command::Watch(args) => Ok(Action::Watch(watch(args, config))),
+        Command::Hours(_)
+        | Command::Pause(_)
+        | Command::Resume(_)
+        | Command::RateLimit(_)
+        | Command::Controls(_) => settings(command, config).map(Action::Settings),
+    }
+}
+
+/// The request of a settings subcommand (`hours`, `pause`, `resume`, `rate-limit`,
+/// `controls`).
+fn settings(command: &Command, config: &ClientConfig) -> Result<SettingsAction> {
+    let account_id = config.account.clone();
+    match command {
+        Command::Hours(HoursCommand::Get(_)) => {
+            Ok(SettingsAction::HoursGet(pb::GetBusinessHoursRequest {
+                account_id,
+            }))
+        }
+        Command::Hours(HoursCommand::Set(args)) => hours_set(args, config),
+        Command::Pause(args) => Ok(SettingsAction::Pause(dispatch_control(args, config))),
+        Command::Resume(args) => Ok(SettingsAction::Resume(dispatch_control(args, config))),
+        Command::RateLimit(args) => Ok(SettingsAction::RateLimit(rate_limit(args, config))),
+        Command::Controls(_) => Ok(SettingsAction::Controls(pb::GetDispatchControlsRequest {
+            account_id,
+        })),
+        _ => Err(CliError::Config("not a settings subcommand".to_owned())),
     }
 }
 
 fn schedule(args: &ScheduleArgs, config: &ClientConfig, now: DateTime<Utc>) -> Result<Action> {
-    let send_at = send_time(
+    let when = send_time(
         args.when.at.as_deref(),
         args.when.in_.as_deref(),
         now,
-        config.tz,
+        config,
     )?
     .ok_or_else(|| CliError::Config("one of --at and --in is required".to_owned()))?;
     let content = match content(args.channel, &args.content)? {
         Content::Email(email) => pb::schedule_request::Content::Email(email),
         Content::Chat(chat) => pb::schedule_request::Content::Chat(chat),
     };
+    let (send_at, send_at_local, next_opening_after) = split_send_time(when);
+    let business_hours = args.business_hours || next_opening_after.is_some();
     let request = pb::ScheduleRequest {
         account_id: config.account.clone(),
         ticket_id: args.ticket.clone(),
         channel: pb::Channel::from(args.channel) as i32,
         author_id: args.author.clone(),
         content: Some(content),
-        send_at: Some(timestamp::to_pb(send_at)),
+        send_at,
         on_activity: on_activity(args.on_activity) as i32,
         request_id: args.request_id.clone().unwrap_or_default(),
-        ..Default::default()
+        send_at_local,
+        delivery_window: delivery_window(business_hours) as i32,
+        max_lateness: max_lateness(args.max_lateness.as_deref())?,
+        on_late: on_late(args.on_late) as i32,
     };
     Ok(Action::Schedule {
         kind: pb::Kind::from(args.kind),
         request,
+        next_opening_after,
     })
+}
+
+/// The request fields of a send time: `send_at`, `send_at_local`, and the instant after
+/// which the next business opening is wanted.
+fn split_send_time(
+    when: SendTime,
+) -> (
+    Option<prost_types::Timestamp>,
+    Option<pb::LocalTime>,
+    Option<DateTime<Utc>>,
+) {
+    match when {
+        SendTime::At(t) => (Some(timestamp::to_pb(t)), None, None),
+        SendTime::Local(local) => (None, Some(local), None),
+        SendTime::NextOpening(after) => (None, None, Some(after)),
+    }
+}
+
+fn delivery_window(business_hours: bool) -> pb::DeliveryWindow {
+    if business_hours {
+        pb::DeliveryWindow::BusinessHours
+    } else {
+        pb::DeliveryWindow::Unspecified
+    }
+}
+
+/// `--max-lateness` as a protobuf duration (same forms as `--in`).
+fn max_lateness(flag: Option<&str>) -> Result<Option<prost_types::Duration>> {
+    let Some(input) = flag else {
+        return Ok(None);
+    };
+    let delta = when::parse_duration(input)
+        .map_err(|e| CliError::Config(format!("--max-lateness: {e}")))?;
+    Ok(Some(prost_types::Duration {
+        seconds: delta.num_seconds(),
+        nanos: 0,
+    }))
+}
+
+fn on_late(arg: Option<OnLateArg>) -> pb::OnLate {
+    match arg {
+        None => pb::OnLate::Unspecified,
+        Some(OnLateArg::Send) => pb::OnLate::Send,
+        Some(OnLateArg::Note) => pb::OnLate::ConvertToNote,
+        Some(OnLateArg::Fail) => pb::OnLate::Fail,
+    }
+}
+
+/// `hours set`: the zone is `--tz`, which must be given.
+fn hours_set(args: &HoursSetArgs, config: &ClientConfig) -> Result<SettingsAction> {
+    if !config.tz_given {
+        return Err(CliError::Config(
+            "--tz: required by `hours set`: the zone the hours are in, e.g. \
+             --tz Europe/Moscow"
+                .to_owned(),
+        ));
+    }
+    let request = hours::business_hours_request(
+        &config.account,
+        config.tz.name(),
+        &args.days,
+        &args.holidays,
+    )?;
+    Ok(SettingsAction::HoursSet(request))
+}
+
+fn dispatch_control(
+    args: &DispatchControlArgs,
+    config: &ClientConfig,
+) -> pb::DispatchControlRequest {
+    pb::DispatchControlRequest {
+        account_id: config.account.clone(),
+        channel: channel_or_every(args.channel) as i32,
+    }
+}
+
+fn rate_limit(args: &RateLimitArgs, config: &ClientConfig) -> pb::SetRateLimitRequest {
+    pb::SetRateLimitRequest {
+        account_id: config.account.clone(),
+        channel: channel_or_every(args.channel) as i32,
+        per_minute: i64::from(args.per_minute),
+    }
+}
+
+/// A channel flag; none means every channel (CHANNEL_UNSPECIFIED).
+fn channel_or_every(arg: Option<ChannelArg>) -> pb::Channel {
+    arg.map_or(pb::Channel::Unspecified, pb::Channel::from)
 }
 
 /// Content of either channel, before it goes into a request's `oneof`.
@@ -294,28 +454,31 @@ fn item_ref(item_id: &str, config: &ClientConfig) -> Result<pb::ItemRef> {
 
 fn reschedule(args: &RescheduleArgs, config: &ClientConfig, now: DateTime<Utc>) -> Result<Action> {
     let item = item_ref(&args.item_id, config)?;
-    let send_at = send_time(
+    let when = send_time(
         args.when.at.as_deref(),
         args.when.in_.as_deref(),
         now,
-        config.tz,
+        config,
     )?;
-    if send_at.is_none() && args.text.is_none() && args.on_activity.is_none() {
+    if when.is_none() && args.text.is_none() && args.on_activity.is_none() {
         return Err(CliError::Config(
             "nothing to change: give --at or --in, --text, or --on-activity".to_owned(),
         ));
     }
+    let (send_at, send_at_local, next_opening_after) =
+        when.map_or((None, None, None), split_send_time);
     let request = pb::RescheduleRequest {
         account_id: item.account_id,
         item_id: item.item_id,
-        send_at: send_at.map(timestamp::to_pb),
+        send_at,
         content: None,
         on_activity: on_activity(args.on_activity) as i32,
-        ..Default::default()
+        send_at_local,
     };
     Ok(Action::Reschedule {
         request,
         new_text: args.text.clone(),
+        next_opening_after,
     })
 }
 
@@ -372,20 +535,38 @@ fn watch(args: &WatchArgs, config: &ClientConfig) -> pb::WatchEventsRequest {
     }
 }
 
-/// `--at` or `--in`, whichever was given (clap lets at most one through).
+/// `--at` or `--in`, whichever was given (clap lets at most one through). A wall-clock
+/// `--at` is a [`SendTime::Local`] when the user named the zone, else it is resolved in
+/// UTC; RFC 3339 and `--in` are instants.
 fn send_time(
     at_flag: Option<&str>,
     in_flag: Option<&str>,
     now: DateTime<Utc>,
-    tz: Tz,
-) -> Result<Option<DateTime<Utc>>> {
+    config: &ClientConfig,
+) -> Result<Option<SendTime>> {
     match (at_flag, in_flag) {
-        (Some(s), _) => at("--at", s, now, tz).map(Some),
+        (Some(s), _) if hours::is_next_business_morning(s) => Ok(Some(SendTime::NextOpening(now))),
+        (Some(s), _) if config.tz_given => wall_clock(s, now, config.tz).map(Some),
+        (Some(s), _) => at("--at", s, now, config.tz).map(|t| Some(SendTime::At(t))),
         (None, Some(s)) => when::parse_in(s, now)
-            .map(Some)
+            .map(|t| Some(SendTime::At(t)))
             .map_err(|e| CliError::Config(format!("--in: {e}"))),
         (None, None) => Ok(None),
     }
+}
+
+/// A `--at` in the zone the user named: an instant for RFC 3339, else the wall-clock
+/// time it names, to be sent as `send_at_local` ("YYYY-MM-DDTHH:MM:SS" and the zone).
+fn wall_clock(input: &str, now: DateTime<Utc>, tz: Tz) -> Result<SendTime> {
+    let parsed = when::parse_when_local(input, now, tz)
+        .map_err(|e| CliError::Config(format!("--at: {e}")))?;
+    Ok(match parsed {
+        when::When::Instant(t) => SendTime::At(t),
+        when::When::Local(local) => SendTime::Local(pb::LocalTime {
+            local_time: local.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            time_zone: tz.name().to_owned(),
+        }),
+    })
 }
 
 /// A time flag read by [`when::parse_when`], errors prefixed with the flag.
@@ -469,6 +650,45 @@ mod tests {
         }
     }
 
+    fn local(local_time: &str, time_zone: &str) -> Option<pb::LocalTime> {
+        Some(pb::LocalTime {
+            local_time: local_time.into(),
+            time_zone: time_zone.into(),
+        })
+    }
+
+    /// `schedule` of a chat message in account acme with `extra` flags.
+    fn schedule_with(extra: &[&str]) -> Result<Action> {
+        let base = [
+            "schedule",
+            "--account",
+            "acme",
+            "--ticket",
+            "T",
+            "--channel",
+            "chat",
+            "--author",
+            "a",
+            "--conversation",
+            "c",
+            "--text",
+            "hi",
+        ];
+        build(&[&base[..], extra].concat())
+    }
+
+    /// The request of a `schedule` command line that must be valid.
+    fn scheduled(extra: &[&str]) -> (pb::ScheduleRequest, Option<DateTime<Utc>>) {
+        match schedule_with(extra) {
+            Ok(Action::Schedule {
+                request,
+                next_opening_after,
+                ..
+            }) => (request, next_opening_after),
+            other => panic!("{extra:?}: not a schedule action: {other:?}"),
+        }
+    }
+
     fn ts(s: &str) -> Option<prost_types::Timestamp> {
         Some(timestamp::to_pb(
             DateTime::parse_from_rfc3339(s)
@@ -529,7 +749,9 @@ mod tests {
                 in_reply_to: "<m1@acme.test>".into(),
                 attachments: vec![],
             })),
-            send_at: ts("2026-11-26T06:00:00Z"),
+            // "tomorrow" is read in --tz, and the wall-clock time goes with its zone.
+            send_at: None,
+            send_at_local: local("2026-11-26T09:00:00", "Europe/Moscow"),
             on_activity: pb::OnActivity::Keep as i32,
             request_id: "r-1".into(),
             ..Default::default()
@@ -538,7 +760,8 @@ mod tests {
             action,
             Action::Schedule {
                 kind: pb::Kind::Reply,
-                request: expected
+                request: expected,
+                next_opening_after: None,
             }
         );
     }
@@ -565,7 +788,7 @@ mod tests {
             "Hello",
         ])
         .expect("valid schedule");
-        let Action::Schedule { kind, request } = action else {
+        let Action::Schedule { kind, request, .. } = action else {
             panic!("not a schedule action: {action:?}");
         };
         assert_eq!(kind, pb::Kind::NewTicket);
@@ -581,6 +804,371 @@ mod tests {
                 attachments: vec![],
             }))
         );
+    }
+
+    #[test]
+    fn a_wall_clock_at_with_tz_is_sent_as_a_local_time_in_that_zone() {
+        // now = Wednesday 2026-11-25 10:00Z = 13:00 in Moscow.
+        let table: &[(&str, &str)] = &[
+            ("2026-12-01 09:00", "2026-12-01T09:00:00"),
+            ("2026-12-01T09:00:30", "2026-12-01T09:00:30"),
+            ("2026-12-01", "2026-12-01T09:00:00"),
+            ("tomorrow 09:00", "2026-11-26T09:00:00"),
+            ("today 18:30", "2026-11-25T18:30:00"),
+            ("next monday 10:00", "2026-11-30T10:00:00"),
+            ("09:00", "2026-11-26T09:00:00"),
+            ("18:00", "2026-11-25T18:00:00"),
+        ];
+        for (at, want) in table {
+            let (request, after) = scheduled(&["--at", at, "--tz", "Europe/Moscow"]);
+            assert_eq!(request.send_at, None, "{at}");
+            assert_eq!(request.send_at_local, local(want, "Europe/Moscow"), "{at}");
+            assert_eq!(after, None);
+        }
+        // "tomorrow" is tomorrow in --tz: at 22:30Z it is already the 26th in Moscow,
+        // checked through the wall-clock parser the request is built from.
+        let late = DateTime::parse_from_rfc3339("2026-11-25T22:30:00Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        assert_eq!(
+            when::parse_when_local("tomorrow 09:00", late, chrono_tz::Europe::Moscow),
+            Ok(when::When::Local(
+                chrono::NaiveDate::from_ymd_opt(2026, 11, 27)
+                    .and_then(|d| d.and_hms_opt(9, 0, 0))
+                    .expect("valid")
+            ))
+        );
+    }
+
+    #[test]
+    fn an_rfc3339_at_or_an_in_is_sent_as_send_at_even_with_tz() {
+        let (request, _) = scheduled(&["--at", "2026-12-01T09:00:00+03:00", "--tz", "Asia/Tokyo"]);
+        assert_eq!(request.send_at, ts("2026-12-01T06:00:00Z"));
+        assert_eq!(request.send_at_local, None);
+        let (request, _) = scheduled(&["--in", "30m", "--tz", "Europe/Moscow"]);
+        assert_eq!(request.send_at, ts("2026-11-25T10:30:00Z"));
+        assert_eq!(request.send_at_local, None);
+    }
+
+    #[test]
+    fn a_wall_clock_at_without_tz_is_sent_as_a_utc_send_at() {
+        let (request, _) = scheduled(&["--at", "2026-12-01 09:00"]);
+        assert_eq!(request.send_at, ts("2026-12-01T09:00:00Z"));
+        assert_eq!(request.send_at_local, None);
+        assert_eq!(
+            request.delivery_window,
+            pb::DeliveryWindow::Unspecified as i32
+        );
+        assert_eq!(request.max_lateness, None);
+        assert_eq!(request.on_late, pb::OnLate::Unspecified as i32);
+    }
+
+    #[test]
+    fn business_hours_flag_asks_for_the_business_hours_window() {
+        let (request, after) = scheduled(&["--in", "1h", "--business-hours"]);
+        assert_eq!(
+            request.delivery_window,
+            pb::DeliveryWindow::BusinessHours as i32
+        );
+        assert_eq!(request.send_at, ts("2026-11-25T11:00:00Z"));
+        assert_eq!(after, None);
+    }
+
+    #[test]
+    fn next_business_morning_leaves_the_send_time_to_the_hours_and_asks_for_the_window() {
+        for at in ["next business morning", "Next Business Morning"] {
+            let (request, after) = scheduled(&["--at", at, "--tz", "Europe/Moscow"]);
+            assert_eq!(request.send_at, None, "{at}");
+            assert_eq!(request.send_at_local, None, "{at}");
+            assert_eq!(
+                request.delivery_window,
+                pb::DeliveryWindow::BusinessHours as i32
+            );
+            assert_eq!(after, Some(now()), "{at}");
+        }
+    }
+
+    #[test]
+    fn max_lateness_and_on_late_set_the_lateness_policy() {
+        let table: &[(&str, &str, i64, pb::OnLate)] = &[
+            ("30m", "send", 1_800, pb::OnLate::Send),
+            ("2h", "note", 7_200, pb::OnLate::ConvertToNote),
+            ("1h30m", "fail", 5_400, pb::OnLate::Fail),
+        ];
+        for (max, policy, seconds, want) in table {
+            let (request, _) =
+                scheduled(&["--in", "1h", "--max-lateness", max, "--on-late", policy]);
+            assert_eq!(
+                request.max_lateness,
+                Some(prost_types::Duration {
+                    seconds: *seconds,
+                    nanos: 0
+                }),
+                "{max}"
+            );
+            assert_eq!(request.on_late, *want as i32, "{policy}");
+        }
+        let (request, _) = scheduled(&["--in", "1h", "--max-lateness", "45s"]);
+        assert_eq!(request.on_late, pb::OnLate::Unspecified as i32);
+        let message = config_error(schedule_with(&["--in", "1h", "--max-lateness", "soon"]));
+        assert!(message.starts_with("--max-lateness: "), "{message}");
+        assert!(message.contains("1h30m"), "{message}");
+    }
+
+    #[test]
+    fn on_late_without_max_lateness_and_unknown_policies_are_usage_errors() {
+        let base = [
+            "sendlater",
+            "schedule",
+            "--account",
+            "a",
+            "--ticket",
+            "T",
+            "--channel",
+            "chat",
+            "--author",
+            "a",
+            "--in",
+            "1h",
+        ];
+        let alone = Args::try_parse_from(base.iter().chain(&["--on-late", "fail"]))
+            .expect_err("--on-late needs --max-lateness");
+        assert!(alone.to_string().contains("--max-lateness"), "{alone}");
+        let unknown =
+            Args::try_parse_from(
+                base.iter()
+                    .chain(&["--max-lateness", "1m", "--on-late", "drop"]),
+            )
+            .expect_err("no such policy");
+        assert_eq!(crate::cli::clap_exit_code(&unknown), 64);
+    }
+
+    #[test]
+    fn reschedule_with_a_wall_clock_and_tz_sends_a_local_time() {
+        let Ok(Action::Reschedule { request, .. }) = build(&[
+            "reschedule",
+            "it-1",
+            "--account",
+            "acme",
+            "--at",
+            "next monday 10:00",
+            "--tz",
+            "Europe/Moscow",
+        ]) else {
+            panic!("not a reschedule action");
+        };
+        assert_eq!(request.send_at, None);
+        assert_eq!(
+            request.send_at_local,
+            local("2026-11-30T10:00:00", "Europe/Moscow")
+        );
+        let Ok(Action::Reschedule { request, .. }) = build(&[
+            "reschedule",
+            "it-1",
+            "--account",
+            "acme",
+            "--at",
+            "2026-11-30T10:00:00Z",
+            "--tz",
+            "Europe/Moscow",
+        ]) else {
+            panic!("not a reschedule action");
+        };
+        assert_eq!(request.send_at, ts("2026-11-30T10:00:00Z"));
+        assert_eq!(request.send_at_local, None);
+        let Ok(Action::Reschedule {
+            request,
+            next_opening_after,
+            ..
+        }) = build(&[
+            "reschedule",
+            "it-1",
+            "--account",
+            "acme",
+            "--at",
+            "next business morning",
+        ])
+        else {
+            panic!("not a reschedule action");
+        };
+        assert_eq!((request.send_at, next_opening_after), (None, Some(now())));
+    }
+
+    #[test]
+    fn hours_set_builds_the_business_hours_in_the_tz_zone() {
+        let action = build(&[
+            "hours",
+            "set",
+            "--account",
+            "acme",
+            "--tz",
+            "Europe/Moscow",
+            "--day",
+            "1-5 09:00-13:00,14:00-18:00",
+            "--day",
+            "6 10:00-14:00",
+            "--holiday",
+            "2026-12-31",
+            "--holiday",
+            "2027-01-01",
+        ])
+        .expect("valid hours");
+        let Action::Settings(SettingsAction::HoursSet(hours)) = action else {
+            panic!("not an hours set action: {action:?}");
+        };
+        assert_eq!(hours.account_id, "acme");
+        assert_eq!(hours.time_zone, "Europe/Moscow");
+        let days: Vec<(i32, &str, &str)> = hours
+            .days
+            .iter()
+            .map(|d| (d.weekday, d.open.as_str(), d.close.as_str()))
+            .collect();
+        assert_eq!(days.len(), 11);
+        assert_eq!(days[0], (1, "09:00", "13:00"));
+        assert_eq!(days[1], (1, "14:00", "18:00"));
+        assert_eq!(days[9], (5, "14:00", "18:00"));
+        assert_eq!(days[10], (6, "10:00", "14:00"));
+        assert_eq!(hours.holidays, ["2026-12-31", "2027-01-01"]);
+        assert_eq!(
+            build(&["hours", "get", "--account", "acme"]).ok(),
+            Some(Action::Settings(SettingsAction::HoursGet(
+                pb::GetBusinessHoursRequest {
+                    account_id: "acme".into()
+                }
+            )))
+        );
+    }
+
+    #[test]
+    fn bad_hours_are_refused_naming_the_flag_with_exit_code_64() {
+        let base = ["hours", "set", "--account", "acme"];
+        let cases: &[(&[&str], &str)] = &[
+            (&["--day", "1-5 09:00-18:00"], "--tz: "),
+            (
+                &["--tz", "Europe/Moscow", "--day", "1-5 9-18"],
+                "--day \"1-5 9-18\": ",
+            ),
+            (
+                &["--tz", "Europe/Moscow", "--day", "monday 09:00-18:00"],
+                "--day \"monday 09:00-18:00\": ",
+            ),
+            (
+                &[
+                    "--tz",
+                    "UTC",
+                    "--day",
+                    "1 09:00-18:00",
+                    "--day",
+                    "8 09:00-18:00",
+                ],
+                "--day \"8 09:00-18:00\": ",
+            ),
+            (
+                &["--tz", "UTC", "--day", "1-5 18:00-09:00"],
+                "--day \"1-5 18:00-09:00\": ",
+            ),
+            (
+                &[
+                    "--tz",
+                    "UTC",
+                    "--day",
+                    "1 09:00-18:00",
+                    "--holiday",
+                    "31.12.2026",
+                ],
+                "--holiday \"31.12.2026\": ",
+            ),
+        ];
+        for (extra, prefix) in cases {
+            let result = build(&[&base[..], extra].concat());
+            let Err(error) = result else {
+                panic!("{extra:?} was accepted: {result:?}");
+            };
+            assert_eq!(error.exit_code(), 64, "{error}");
+            let message = error.to_string();
+            assert!(message.starts_with(prefix), "{extra:?}: {message}");
+        }
+        let no_day = Args::try_parse_from(["sendlater", "hours", "set", "--account", "a"]);
+        assert!(no_day.is_err(), "--day is required");
+    }
+
+    #[test]
+    fn pause_resume_rate_limit_and_controls_name_a_channel_or_every_channel() {
+        let control = |channel: pb::Channel| pb::DispatchControlRequest {
+            account_id: "acme".into(),
+            channel: channel as i32,
+        };
+        assert_eq!(
+            build(&["pause", "--account", "acme"]).ok(),
+            Some(Action::Settings(SettingsAction::Pause(control(
+                pb::Channel::Unspecified
+            ))))
+        );
+        assert_eq!(
+            build(&["pause", "--account", "acme", "--channel", "email"]).ok(),
+            Some(Action::Settings(SettingsAction::Pause(control(
+                pb::Channel::Email
+            ))))
+        );
+        assert_eq!(
+            build(&["resume", "--account", "acme", "--channel", "chat"]).ok(),
+            Some(Action::Settings(SettingsAction::Resume(control(
+                pb::Channel::Chat
+            ))))
+        );
+        assert_eq!(
+            build(&["resume", "--account", "acme"]).ok(),
+            Some(Action::Settings(SettingsAction::Resume(control(
+                pb::Channel::Unspecified
+            ))))
+        );
+        assert_eq!(
+            build(&[
+                "rate-limit",
+                "--account",
+                "acme",
+                "--channel",
+                "chat",
+                "--per-minute",
+                "60"
+            ])
+            .ok(),
+            Some(Action::Settings(SettingsAction::RateLimit(
+                pb::SetRateLimitRequest {
+                    account_id: "acme".into(),
+                    channel: pb::Channel::Chat as i32,
+                    per_minute: 60,
+                }
+            )))
+        );
+        assert_eq!(
+            build(&["rate-limit", "--account", "acme", "--per-minute", "0"]).ok(),
+            Some(Action::Settings(SettingsAction::RateLimit(
+                pb::SetRateLimitRequest {
+                    account_id: "acme".into(),
+                    channel: pb::Channel::Unspecified as i32,
+                    per_minute: 0,
+                }
+            )))
+        );
+        assert_eq!(
+            build(&["controls", "--account", "acme"]).ok(),
+            Some(Action::Settings(SettingsAction::Controls(
+                pb::GetDispatchControlsRequest {
+                    account_id: "acme".into()
+                }
+            )))
+        );
+        let negative = Args::try_parse_from([
+            "sendlater",
+            "rate-limit",
+            "--account",
+            "a",
+            "--per-minute",
+            "lots",
+        ])
+        .expect_err("not a number");
+        assert_eq!(crate::cli::clap_exit_code(&negative), 64);
     }
 
     #[test]
@@ -817,6 +1405,7 @@ mod tests {
                     ..Default::default()
                 },
                 new_text: Some("new".into()),
+                next_opening_after: None,
             }
         );
     }
@@ -872,6 +1461,7 @@ mod tests {
             json: false,
             tz: None,
         };
+        assert!(!ClientConfig::from_args(&args).expect("valid").tz_given);
         let config = ClientConfig::from_args(&args).expect("valid");
         assert_eq!(
             config.authorization.as_ref().map(|v| v.to_str().ok()),

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{output, timestamp};
+use super::{output, timestamp, timing};
 use crate::pb;
 
 fn time(t: &Option<prost_types::Timestamp>) -> Value {
@@ -16,8 +16,14 @@ fn time(t: &Option<prost_types::Timestamp>) -> Value {
         .map_or(Value::Null, Value::String)
 }
 
+/// A duration in the proto3 JSON form (`"1800s"`), `null` when unset.
+fn duration(d: &Option<prost_types::Duration>) -> Value {
+    d.as_ref()
+        .map_or(Value::Null, |d| Value::String(timing::json(d)))
+}
+
 /// An enum short name as JSON: a string, or the number when unknown.
-fn enum_value(short: String) -> Value {
+pub(super) fn enum_value(short: String) -> Value {
     match short.parse::<i64>() {
         Ok(n) => Value::from(n),
         Err(_) => Value::String(short),
@@ -65,6 +71,15 @@ pub fn item(item: &pb::ScheduledItem) -> Value {
         "sent_at": time(&item.sent_at),
         "provider_message_id": item.provider_message_id,
         "request_id": item.request_id,
+        "send_at_local": item.send_at_local.as_ref().map_or(Value::Null, |l| json!({
+            "local_time": l.local_time,
+            "time_zone": l.time_zone,
+        })),
+        "requested_send_at": time(&item.requested_send_at),
+        "delivery_window": enum_value(output::delivery_window(item.delivery_window)),
+        "max_lateness": duration(&item.max_lateness),
+        "on_late": enum_value(output::on_late(item.on_late)),
+        "late_by": duration(&item.late_by),
     });
     if let (Value::Object(map), Some(content)) = (&mut v, &item.content) {
         match content {
@@ -182,6 +197,42 @@ mod tests {
         assert_eq!(v["chat"]["conversation_id"], "c-1");
         assert_eq!(v["chat"]["text"], "hi");
         assert!(v.get("email").is_none());
+        assert_eq!(v["send_at_local"], Value::Null);
+        assert_eq!(v["max_lateness"], Value::Null);
+        assert_eq!(v["delivery_window"], "UNSPECIFIED");
+    }
+
+    #[test]
+    fn an_item_carries_its_local_time_window_and_lateness_policy() {
+        let it = pb::ScheduledItem {
+            send_at_local: Some(pb::LocalTime {
+                local_time: "2026-11-26T09:00:00".into(),
+                time_zone: "Europe/Moscow".into(),
+            }),
+            requested_send_at: Some(prost_types::Timestamp {
+                seconds: 1_795_672_800,
+                nanos: 0,
+            }),
+            delivery_window: pb::DeliveryWindow::BusinessHours as i32,
+            max_lateness: Some(prost_types::Duration {
+                seconds: 1_800,
+                nanos: 0,
+            }),
+            on_late: pb::OnLate::Fail as i32,
+            late_by: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 500_000_000,
+            }),
+            ..Default::default()
+        };
+        let v = item(&it);
+        assert_eq!(v["send_at_local"]["local_time"], "2026-11-26T09:00:00");
+        assert_eq!(v["send_at_local"]["time_zone"], "Europe/Moscow");
+        assert_eq!(v["requested_send_at"], "2026-11-26T06:00:00Z");
+        assert_eq!(v["delivery_window"], "BUSINESS_HOURS");
+        assert_eq!(v["max_lateness"], "1800s");
+        assert_eq!(v["on_late"], "FAIL");
+        assert_eq!(v["late_by"], "2.5s");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! [`config::ClientConfig`] plus an [`config::Action`] carrying the finished gRPC
 //! request; [`serve`] and [`client`] run those; [`output`] and [`json`] print. `main`
 //! only parses, starts [`logging`], calls [`run`] and turns the result into an exit code
-//! ([`error`] lists them). Human time input (`--at`, `--in`) is parsed only in [`when`].
+//! ([`error`] lists them). Human time input (`--at`, `--in`) is parsed only in [`when`];
+//! business hours (`hours set --day`, "next business morning") in [`hours`]; an item's
+//! timing is shown by [`timing`], account settings by [`settings`].
 
 pub mod args;
 pub mod backup;
@@ -15,12 +17,15 @@ pub mod config;
 pub mod config_file;
 pub mod connector;
 pub mod error;
+pub mod hours;
 pub mod json;
 pub mod logging;
 pub mod output;
 pub mod serve;
+pub mod settings;
 pub mod signal;
 pub mod timestamp;
+pub mod timing;
 pub mod when;
 
 use std::process::ExitCode;

@@ -6,7 +6,7 @@
 
 use chrono_tz::Tz;
 
-use super::timestamp;
+use super::{timestamp, timing};
 use crate::pb;
 
 /// Longest summary (subject or text) in a table cell, in characters.
@@ -47,7 +47,9 @@ proto_name!(
     pb::State,
     pb::OnActivity,
     pb::AuthorKind,
-    pb::EventType
+    pb::EventType,
+    pb::DeliveryWindow,
+    pb::OnLate
 );
 
 pub fn kind(v: i32) -> String {
@@ -67,6 +69,14 @@ pub fn author_kind(v: i32) -> String {
 }
 pub fn event_type(v: i32) -> String {
     short_name::<pb::EventType>(v, "EVENT_TYPE_")
+}
+/// `BUSINESS_HOURS`, `ANY`, ...
+pub fn delivery_window(v: i32) -> String {
+    short_name::<pb::DeliveryWindow>(v, "DELIVERY_WINDOW_")
+}
+/// `SEND`, `CONVERT_TO_NOTE`, `FAIL`, ...
+pub fn on_late(v: i32) -> String {
+    short_name::<pb::OnLate>(v, "ON_LATE_")
 }
 
 /// Columns separated by two spaces, each as wide as its widest cell (in characters);
@@ -133,28 +143,35 @@ pub fn when(item: &pb::ScheduledItem) -> Option<&prost_types::Timestamp> {
     }
 }
 
-/// Items as a table: id, ticket, kind, channel, state, time, summary.
+/// Items as a table: id, ticket, kind, channel, state, time, summary. When some item was
+/// scheduled at a local time (`send_at_local`), a LOCAL column after AT shows that time in
+/// the item's zone (`-` for the others).
 pub fn items_table(items: &[pb::ScheduledItem], tz: Tz) -> String {
+    let with_local = items.iter().any(|item| item.send_at_local.is_some());
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|item| {
-            vec![
+            let mut row = vec![
                 item.item_id.clone(),
                 item.ticket_id.clone(),
                 kind(item.kind),
                 channel(item.channel),
                 state(item.state),
                 timestamp::display(when(item), tz),
-                summary(item),
-            ]
+            ];
+            if with_local {
+                row.push(timing::in_item_zone(when(item), item).unwrap_or_else(|| "-".into()));
+            }
+            row.push(summary(item));
+            row
         })
         .collect();
-    table(
-        &[
-            "ITEM", "TICKET", "KIND", "CHANNEL", "STATE", "AT", "SUMMARY",
-        ],
-        &rows,
-    )
+    let mut headers = vec!["ITEM", "TICKET", "KIND", "CHANNEL", "STATE", "AT"];
+    if with_local {
+        headers.push("LOCAL");
+    }
+    headers.push("SUMMARY");
+    table(&headers, &rows)
 }
 
 /// The deferred-sending view as a table.
@@ -184,10 +201,11 @@ pub fn item_detail(item: &pb::ScheduledItem, tz: Tz) -> String {
         ("channel", channel(item.channel)),
         ("state", state(item.state)),
         ("author", item.author_id.clone()),
-        ("send at", time(&item.send_at)),
-        ("created at", time(&item.created_at)),
-        ("on activity", on_activity(item.on_activity)),
+        ("send at", timing::beside(&item.send_at, item, tz)),
     ];
+    fields.extend(timing::fields(item, tz));
+    fields.push(("created at", time(&item.created_at)));
+    fields.push(("on activity", on_activity(item.on_activity)));
     match &item.content {
         Some(pb::scheduled_item::Content::Email(e)) => {
             fields.push(("from", e.from.clone()));
@@ -345,6 +363,30 @@ it-22  T-7     NEW_TICKET  CHAT     SENT     2026-11-26T06:00:00Z  Привет!
     }
 
     #[test]
+    fn items_scheduled_at_a_local_time_show_it_in_a_local_column() {
+        let mut moscow = email_item();
+        moscow.send_at_local = Some(pb::LocalTime {
+            local_time: "2026-11-26T09:00:00".into(),
+            time_zone: "Europe/Moscow".into(),
+        });
+        let got = items_table(&[moscow.clone(), chat_item()], chrono_tz::UTC);
+        let want = "\
+ITEM   TICKET  KIND        CHANNEL  STATE    AT                    LOCAL                           SUMMARY
+it-1   T-100   REPLY       EMAIL    PENDING  2026-11-26T06:00:00Z  2026-11-26 09:00 Europe/Moscow  Your refund has been approved and is on…
+it-22  T-7     NEW_TICKET  CHAT     SENT     2026-11-26T06:00:00Z  -                               Привет! Как дела?
+";
+        assert_eq!(got, want);
+        let detail = item_detail(&moscow, chrono_tz::UTC);
+        assert!(
+            detail.contains(
+                "\nsend at:         2026-11-26T06:00:00Z (2026-11-26 09:00 Europe/Moscow)\n\
+                 send at local:   2026-11-26 09:00 Europe/Moscow\n"
+            ),
+            "{detail}"
+        );
+    }
+
+    #[test]
     fn table_times_are_shown_in_the_display_zone() {
         let got = items_table(&[email_item()], chrono_tz::Europe::Moscow);
         assert!(got.contains("2026-11-26T09:00:00+03:00"), "{got}");
@@ -384,13 +426,17 @@ it-22  T-7     NEW_TICKET  CHAT     SENT     2026-11-26T06:00:00Z  Привет!
     #[test]
     fn item_detail_lists_the_set_fields_and_indents_multiline_text() {
         let got = item_detail(&email_item(), chrono_tz::UTC);
-        assert!(got.starts_with("item:        it-1\n"), "{got}");
-        assert!(got.contains("\nto:          a@x.test, b@x.test\n"), "{got}");
+        assert!(got.starts_with("item:            it-1\n"), "{got}");
         assert!(
-            got.contains("\ntext:        Hello,\n             it is done.\n"),
+            got.contains("\nto:              a@x.test, b@x.test\n"),
             "{got}"
         );
-        assert!(got.contains("\non activity: UNSPECIFIED\n"), "{got}");
+        assert!(
+            got.contains("\ntext:            Hello,\n                 it is done.\n"),
+            "{got}"
+        );
+        assert!(got.contains("\non activity:     UNSPECIFIED\n"), "{got}");
+        assert!(got.contains("\ndelivery window: ANY\n"), "{got}");
         assert!(!got.contains("cc:"), "empty fields are left out: {got}");
         assert!(!got.contains("sent at"), "{got}");
     }

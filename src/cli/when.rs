@@ -69,6 +69,17 @@ pub enum WhenError {
     OutOfRange { input: String },
 }
 
+/// What a `--at` value names: an instant (RFC 3339 with an offset), or a wall-clock time
+/// in the user's zone (every other form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// RFC 3339 with an offset or `Z`: that instant, whatever the zone.
+    Instant(DateTime<Utc>),
+    /// A wall-clock date and time (whole seconds) in the zone given to [`parse_when_local`];
+    /// relative forms (`tomorrow`, `next monday`, `09:00`) are already turned into a date.
+    Local(NaiveDateTime),
+}
+
 /// Reads a `--at` value as a UTC instant; naive wall-clock times are in `tz`.
 ///
 /// See the module documentation for the forms and for how DST gaps and folds resolve.
@@ -77,6 +88,22 @@ pub enum WhenError {
 /// [`WhenError::Time`] naming the accepted forms when `input` is none of them;
 /// [`WhenError::OutOfRange`] when the result does not fit a timestamp.
 pub fn parse_when(input: &str, now: DateTime<Utc>, tz: Tz) -> Result<DateTime<Utc>, WhenError> {
+    match parse_when_local(input, now, tz)? {
+        When::Instant(instant) => Ok(instant),
+        When::Local(local) => resolve_local(tz, local).ok_or_else(|| WhenError::OutOfRange {
+            input: input.to_owned(),
+        }),
+    }
+}
+
+/// Reads a `--at` value without resolving a wall-clock time: RFC 3339 gives
+/// [`When::Instant`], every other form the wall-clock time it names in `tz` (days named in
+/// words are dates in `tz` at `now`; a bare time of day is today's when that is later
+/// than `now`, else tomorrow's). [`parse_when`] is this plus [`resolve_local`].
+///
+/// # Errors
+/// As [`parse_when`].
+pub fn parse_when_local(input: &str, now: DateTime<Utc>, tz: Tz) -> Result<When, WhenError> {
     let unknown = || WhenError::Time {
         input: input.to_owned(),
     };
@@ -85,7 +112,7 @@ pub fn parse_when(input: &str, now: DateTime<Utc>, tz: Tz) -> Result<DateTime<Ut
     };
     let trimmed = input.trim();
     if let Ok(instant) = DateTime::parse_from_rfc3339(trimmed) {
-        return Ok(instant.with_timezone(&Utc));
+        return Ok(When::Instant(instant.with_timezone(&Utc)));
     }
     let lower = trimmed.to_ascii_lowercase();
     let words: Vec<&str> = lower.split_whitespace().collect();
@@ -116,15 +143,13 @@ pub fn parse_when(input: &str, now: DateTime<Utc>, tz: Tz) -> Result<DateTime<Ut
                 // A bare time of day: the next time the clock shows it.
                 let time = parse_time(word).ok_or_else(unknown)?;
                 let candidate = resolve_local(tz, today.and_time(time)).ok_or_else(out_of_range)?;
-                if candidate > now {
-                    return Ok(candidate);
-                }
-                (tomorrow, time)
+                let date = if candidate > now { today } else { tomorrow };
+                (date, time)
             }
         }
         _ => return Err(unknown()),
     };
-    resolve_local(tz, date.and_time(time)).ok_or_else(out_of_range)
+    Ok(When::Local(date.and_time(time)))
 }
 
 /// Reads a `--in` value: one or more `<number><unit>`, units `s m h d w`.
@@ -317,6 +342,34 @@ mod tests {
             let got = parse_when(input, now, *tz);
             assert_eq!(got, Ok(utc(want)), "parse_when({input:?}, tz = {tz})");
         }
+    }
+
+    #[test]
+    fn only_rfc3339_is_an_instant_every_other_form_a_wall_clock_time() {
+        let now = utc("2026-11-25T10:00:00Z");
+        let wall = |s: &str| {
+            When::Local(NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").expect("valid"))
+        };
+        let table: &[(&str, When)] = &[
+            (
+                "2026-11-26T09:00:00+03:00",
+                When::Instant(utc("2026-11-26T06:00:00Z")),
+            ),
+            ("2026-11-26 09:00", wall("2026-11-26T09:00:00")),
+            ("tomorrow", wall("2026-11-26T09:00:00")),
+            ("next monday 10:00", wall("2026-11-30T10:00:00")),
+            // 13:00 in Moscow now: 09:00 has passed today, 18:30 has not.
+            ("09:00", wall("2026-11-26T09:00:00")),
+            ("18:30", wall("2026-11-25T18:30:00")),
+        ];
+        for (input, want) in table {
+            assert_eq!(parse_when_local(input, now, MOSCOW), Ok(*want), "{input:?}");
+        }
+        // A time in a DST gap stays as typed: whoever resolves it moves it forward.
+        assert_eq!(
+            parse_when_local("2027-03-28 02:30", now, BERLIN),
+            Ok(wall("2027-03-28T02:30:00"))
+        );
     }
 
     #[test]

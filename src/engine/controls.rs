@@ -52,12 +52,13 @@ impl ControlsSnapshot {
         self.paused.is_empty() && self.limits.is_empty()
     }
 
-    /// The paused channels and rate limits of one account, in channel order.
+    /// The paused channels (by the account's own pause or one of every account) and
+    /// the rate limits of one account, in channel order.
     pub fn of_account(&self, account: &str) -> (Vec<Channel>, Vec<(Channel, u32)>) {
         let mut paused: Vec<Channel> = Channel::ALL
             .iter()
             .copied()
-            .filter(|&c| self.paused.contains(&(account.to_owned(), c)))
+            .filter(|&c| self.is_paused(account, c))
             .collect();
         paused.sort();
         let limits = Channel::ALL

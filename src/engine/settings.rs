@@ -94,6 +94,13 @@ impl Engine {
     ) -> domain::Result<AccountControls> {
         if account != super::controls::EVERY_ACCOUNT {
             domain::validate_id("account_id", &account)?;
+        } else if matches!(change, ControlChange::RateLimit(_)) {
+            // A pause can hold a channel for everyone (a provider outage); a rate limit
+            // is a budget of one account.
+            return Err(Error::invalid(
+                "account_id",
+                "a rate limit is set per account, not for every account (*)",
+            ));
         }
         let a = account.clone();
         let rows = self
