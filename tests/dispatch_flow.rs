@@ -73,8 +73,12 @@ async fn a_transient_nack_retries_after_the_backoff_with_the_next_attempt() {
     let job = c.next_job().await;
     assert_eq!(job.attempt, 1);
     c.nack(&job, "451 try later", false).await;
-    let pending = wait_state(&t.client, "acme", &item.item_id, pb::State::Pending).await;
-    assert_eq!(pending.attempts, 1);
+    // (Until its lease commits, a read may still show the item PENDING with no attempt:
+    // the job leaves before the lease is durable. Wait for the nack itself.)
+    let pending = wait_item(&t, &item.item_id, "the nack recorded", |i| {
+        i.state == pb::State::Pending as i32 && i.attempts == 1
+    })
+    .await;
     assert_eq!(pending.last_error, "451 try later");
     let retry_at = ms(&pending.next_attempt_at);
     // Base 1 s with equal jitter: between 0.5 s and 1 s after the nack.
@@ -558,5 +562,31 @@ async fn listings_and_cancel_tell_a_leased_item_from_a_pending_one() {
     let sent = wait_state(&t.client, "acme", &due.item_id, pb::State::Sent).await;
     assert_eq!(sent.attempts, 1, "the attempt that ended is counted once");
     assert!(list(pb::State::Dispatching).await.is_empty());
+    t.stop().await;
+}
+
+/// A lease need not be durable before its job leaves: the job goes out as soon as the
+/// lease is written (in the open group transaction), and a cancel that comes after it
+/// already finds the item DISPATCHING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leaves_before_its_lease_is_durable_and_a_cancel_after_it_sees_it_dispatching() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
+    let item = schedule(&t, email_reply("acme", "T1", T0 + 1_000)).await;
+    t.settle().await;
+    let hold = t.running().engine().store().hold_durability();
+    t.advance(Duration::from_secs(1));
+    // No fsync happens while held, yet the job arrives.
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), item.item_id);
+    let mut client = t.client.clone();
+    let id = item.item_id.clone();
+    let cancel = tokio::spawn(async move { client.cancel(item_ref("acme", &id)).await });
+    drop(hold);
+    let r = cancel.await.unwrap();
+    assert_status(r, tonic::Code::FailedPrecondition, "");
+    c.ack(&job, "ok").await;
+    let sent = wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 1);
     t.stop().await;
 }

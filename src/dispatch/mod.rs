@@ -115,7 +115,10 @@ pub enum ConnectorEvent {
     /// Answered once the dispatcher has nothing left to do.
     Idle(oneshot::Sender<()>),
     /// A dispatch write of the actor's own finished (committed and durable, or not).
-    WriteDone { write: u64, ok: bool },
+    WriteDone {
+        write: u64,
+        ok: bool,
+    },
     /// Answered with the ids of the due items waiting in line and of the jobs out at
     /// connectors (for checks of "nothing stranded").
     Inspect(oneshot::Sender<Vec<ItemId>>),

@@ -177,6 +177,16 @@ pub struct Store {
     progress: Arc<writer::Progress>,
 }
 
+/// Releases the sync stage when dropped (see [`Store::hold_durability`]).
+#[doc(hidden)]
+pub struct DurabilityHold(Arc<writer::Progress>);
+
+impl Drop for DurabilityHold {
+    fn drop(&mut self) {
+        self.0.set_hold(false);
+    }
+}
+
 /// Opens the database file read-write, applying pragmas; shared by writer and tools.
 fn open_rw(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
     let unusable = |e: rusqlite::Error| StoreError::Unusable {
@@ -283,6 +293,15 @@ impl Store {
             events,
             progress,
         })
+    }
+
+    /// For tests: until the returned guard is dropped, committed groups are not made
+    /// durable (no fsync, no answers, no effects): what a client or a connector can see
+    /// between a commit and its fsync can then be checked deterministically.
+    #[doc(hidden)]
+    pub fn hold_durability(&self) -> DurabilityHold {
+        self.progress.set_hold(true);
+        DurabilityHold(self.progress.clone())
     }
 
     /// The reason the writer died (a panic or a lost thread), once it has; writes fail

@@ -74,6 +74,10 @@ pub(super) struct Progress {
     /// Set once, when the writer or the sync stage stopped for a reason other than a
     /// close: a panic, or a lost channel. Writes fail from then on.
     fatal: watch::Sender<Option<String>>,
+    /// While true, the sync stage does not make anything durable (tests use it to
+    /// observe what happens between a commit and its fsync; see `Store::hold_durability`).
+    hold: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
 }
 
 impl Progress {
@@ -82,7 +86,23 @@ impl Progress {
             committing: AtomicU64::new(0),
             done: watch::channel(0).0,
             fatal: watch::channel(None).0,
+            hold: std::sync::Mutex::new(false),
+            released: std::sync::Condvar::new(),
         })
+    }
+
+    /// Holds (`true`) or releases the sync stage.
+    pub(super) fn set_hold(&self, on: bool) {
+        *self.hold.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        self.released.notify_all();
+    }
+
+    /// Waits while the sync stage is held.
+    fn wait_released(&self) {
+        let mut held = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Waits until every group that had started committing when this was called is
@@ -205,6 +225,7 @@ fn sync_stage(
     let mut wal: Option<std::fs::File> = None;
     let mut batch: Vec<Committed> = Vec::new();
     while let Ok(first) = rx.recv() {
+        progress.wait_released();
         batch.push(first);
         batch.extend(rx.try_iter());
         if let Durability::SyncWal(path) = &durability {
