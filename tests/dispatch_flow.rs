@@ -30,29 +30,11 @@ async fn a_due_item_reaches_the_connector_and_an_ack_marks_it_sent() {
     t.stop().await;
 }
 
-async fn schedule(t: &TestServer, req: pb::ScheduleRequest) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .schedule_message(req)
-        .await
-        .expect("schedule")
-        .into_inner()
-}
-
-async fn get(t: &TestServer, id: &str) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .get_item(item_ref("acme", id))
-        .await
-        .expect("get item")
-        .into_inner()
-}
-
 #[tokio::test]
 async fn send_now_dispatches_at_once_without_moving_the_clock() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
-    let item = schedule(&t, chat_reply("acme", "T1", T0 + 86_400_000)).await;
+    let item = t.schedule(chat_reply("acme", "T1", T0 + 86_400_000)).await;
     let now = t
         .client
         .send_now(item_ref("acme", &item.item_id))
@@ -69,7 +51,7 @@ async fn send_now_dispatches_at_once_without_moving_the_clock() {
 async fn a_transient_nack_retries_after_the_backoff_with_the_next_attempt() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0)).await;
     let job = c.next_job().await;
     assert_eq!(job.attempt, 1);
     c.nack(&job, "451 try later", false).await;
@@ -90,7 +72,7 @@ async fn a_transient_nack_retries_after_the_backoff_with_the_next_attempt() {
     // the item again...
     t.advance(Duration::from_millis((retry_at - T0 - 1) as u64));
     t.settle().await;
-    let waiting = get(&t, &item.item_id).await;
+    let waiting = t.get_acme(&item.item_id).await;
     assert_eq!(waiting.state, pb::State::Pending as i32, "{waiting:?}");
     assert_eq!(waiting.attempts, 1, "{waiting:?}");
     // ...and at once after it.
@@ -108,7 +90,7 @@ async fn a_transient_nack_retries_after_the_backoff_with_the_next_attempt() {
 async fn a_permanent_nack_fails_the_item_at_once() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0)).await;
     let job = c.next_job().await;
     c.nack(&job, "550 no such user", true).await;
     let failed = wait_state(&t.client, "acme", &item.item_id, pb::State::Failed).await;
@@ -125,7 +107,7 @@ async fn transient_failures_stop_after_max_attempts() {
     })
     .await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0)).await;
     for attempt in 1..=3 {
         let job = c.next_job().await;
         assert_eq!(job.attempt, attempt);
@@ -140,11 +122,11 @@ async fn transient_failures_stop_after_max_attempts() {
 async fn an_expired_lease_redelivers_elsewhere_and_a_late_ack_still_marks_sent() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0)).await;
     let first = c.next_job().await;
     assert_eq!(ms(&first.lease_expires_at), T0 + 30_000);
     // A second job keeps `c` connected after the first lease expires.
-    let other = schedule(&t, email_reply("acme", "T2", T0 + 10_000)).await;
+    let other = t.schedule(email_reply("acme", "T2", T0 + 10_000)).await;
     t.advance(Duration::from_secs(10));
     let second_job = c.next_job().await;
     assert_eq!(job_item(&second_job), other.item_id);
@@ -161,7 +143,7 @@ async fn an_expired_lease_redelivers_elsewhere_and_a_late_ack_still_marks_sent()
     assert_eq!(sent.attempts, 2);
     // The second ack is accepted and changes nothing; fenced by a later ack on the
     // same stream.
-    let fence = schedule(&t, email_reply("acme", "T3", T0 + 30_000)).await;
+    let fence = t.schedule(email_reply("acme", "T3", T0 + 30_000)).await;
     let fence_job = d.next_job().await;
     assert_eq!(job_item(&fence_job), fence.item_id);
     d.ack(&second, "dup").await;
@@ -184,7 +166,7 @@ async fn an_expired_lease_redelivers_elsewhere_and_a_late_ack_still_marks_sent()
 async fn a_dropped_stream_redelivers_to_another_connector_at_once() {
     let mut t = TestServer::start().await;
     let mut a = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
-    let item = schedule(&t, chat_reply("acme", "T1", T0)).await;
+    let item = t.schedule(chat_reply("acme", "T1", T0)).await;
     let job = a.next_job().await;
     assert_eq!(job.attempt, 1);
     let mut b = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 4).await;
@@ -204,7 +186,7 @@ async fn a_connector_never_holds_more_than_max_in_flight() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            schedule(&t, chat_reply("acme", &format!("T{i}"), T0))
+            t.schedule(chat_reply("acme", &format!("T{i}"), T0))
                 .await
                 .item_id,
         );
@@ -222,9 +204,9 @@ async fn a_connector_never_holds_more_than_max_in_flight() {
     ids.sort();
     assert_eq!(got, ids);
     // Both connectors are full: a new due item waits, once the server is idle.
-    let more = schedule(&t, chat_reply("acme", "T9", T0)).await;
+    let more = t.schedule(chat_reply("acme", "T9", T0)).await;
     t.settle().await;
-    let waiting = get(&t, &more.item_id).await;
+    let waiting = t.get_acme(&more.item_id).await;
     assert_eq!(waiting.state, pb::State::Pending as i32, "{waiting:?}");
     assert_eq!(waiting.attempts, 0, "{waiting:?}");
     // Acking frees credit on `a`, the only connector with any: the item goes there,
@@ -249,10 +231,10 @@ async fn one_accounts_burst_does_not_starve_another_account() {
         .await
         .unwrap();
     let small: Vec<String> = vec![
-        schedule(&t, chat_reply("small", "S1", T0 + 1000))
+        t.schedule(chat_reply("small", "S1", T0 + 1000))
             .await
             .item_id,
-        schedule(&t, chat_reply("small", "S2", T0 + 1000))
+        t.schedule(chat_reply("small", "S2", T0 + 1000))
             .await
             .item_id,
     ];
@@ -283,13 +265,13 @@ async fn one_accounts_burst_does_not_starve_another_account() {
 #[tokio::test]
 async fn due_items_wait_for_a_connector_and_go_out_oldest_first() {
     let mut t = TestServer::start().await;
-    let later = schedule(&t, email_reply("acme", "T1", T0 + 2000)).await;
-    let older = schedule(&t, email_reply("acme", "T2", T0 + 1000)).await;
+    let later = t.schedule(email_reply("acme", "T1", T0 + 2000)).await;
+    let older = t.schedule(email_reply("acme", "T2", T0 + 1000)).await;
     t.advance(Duration::from_secs(5));
     // Due, but nobody to send them: still PENDING once the server is idle.
     t.settle().await;
     for id in [&older.item_id, &later.item_id] {
-        let it = get(&t, id).await;
+        let it = t.get_acme(id).await;
         assert_eq!(it.state, pb::State::Pending as i32, "{it:?}");
         assert_eq!(it.attempts, 0, "{it:?}");
     }
@@ -297,7 +279,7 @@ async fn due_items_wait_for_a_connector_and_go_out_oldest_first() {
     let _chat = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
     t.settle().await;
     for id in [&older.item_id, &later.item_id] {
-        let it = get(&t, id).await;
+        let it = t.get_acme(id).await;
         assert_eq!(it.state, pb::State::Pending as i32, "{it:?}");
         assert_eq!(it.attempts, 0, "not leased to the chat connector: {it:?}");
     }
@@ -319,7 +301,7 @@ async fn due_items_wait_for_a_connector_and_go_out_oldest_first() {
 #[tokio::test]
 async fn a_restart_redelivers_jobs_that_were_leased() {
     let mut t = TestServer::start().await;
-    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0)).await;
     {
         let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
         let job = c.next_job().await;
@@ -339,15 +321,15 @@ async fn a_restart_redelivers_jobs_that_were_leased() {
 #[tokio::test]
 async fn sending_a_reply_converts_the_tickets_older_pending_replies_only() {
     let mut t = TestServer::start().await;
-    let older = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let older = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
     let mut keep = email_reply("acme", "T1", T0 + 3_600_000);
     keep.on_activity = pb::OnActivity::Keep as i32;
-    let kept = schedule(&t, keep).await;
+    let kept = t.schedule(keep).await;
     t.advance(Duration::from_secs(1));
-    let sent = schedule(&t, email_reply("acme", "T1", T0 + 10_000)).await;
+    let sent = t.schedule(email_reply("acme", "T1", T0 + 10_000)).await;
     t.advance(Duration::from_secs(1));
-    let newer = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
-    let other_ticket = schedule(&t, email_reply("acme", "T2", T0 + 3_600_000)).await;
+    let newer = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let other_ticket = t.schedule(email_reply("acme", "T2", T0 + 3_600_000)).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
     t.advance(Duration::from_secs(10));
     let job = c.next_job().await;
@@ -391,8 +373,8 @@ async fn the_client_timeline_shows_sent_items_without_internal_fields() {
         e.bcc = vec!["audit@example.com".into()];
     }
     req.request_id = "r-1".into();
-    let item = schedule(&t, req).await;
-    let pending = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let item = t.schedule(req).await;
+    let pending = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
     let job = c.next_job().await;
     assert_eq!(job_item(&job), item.item_id);
     c.ack(&job, "<m1@example.com>").await;
@@ -457,14 +439,14 @@ async fn a_new_ticket_exists_for_the_client_once_sent() {
 async fn reporting_our_own_sent_message_back_converts_nothing() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
-    let sent = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let sent = t.schedule(email_reply("acme", "T1", T0)).await;
     let job = c.next_job().await;
     c.ack(&job, "<provider-77@example.com>").await;
     wait_state(&t.client, "acme", &sent.item_id, pb::State::Sent).await;
     t.advance(Duration::from_secs(1));
     // A reply written after the send, then the backend reports our message (by its
     // provider id) as new activity: a no-op.
-    let later = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let later = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
     t.advance(Duration::from_secs(1));
     let r = t
         .client
@@ -492,8 +474,8 @@ async fn reporting_our_own_sent_message_back_converts_nothing() {
 #[tokio::test]
 async fn deferred_tickets_count_items_being_dispatched() {
     let mut t = TestServer::start().await;
-    schedule(&t, email_reply("acme", "T1", T0)).await;
-    schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
+    t.schedule(email_reply("acme", "T1", T0)).await;
+    t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
     let job = c.next_job().await;
     wait_state(&t.client, "acme", &job_item(&job), pb::State::Dispatching).await;
@@ -519,8 +501,8 @@ async fn deferred_tickets_count_items_being_dispatched() {
 #[tokio::test]
 async fn listings_and_cancel_tell_a_leased_item_from_a_pending_one() {
     let mut t = TestServer::start().await;
-    let due = schedule(&t, email_reply("acme", "T1", T0)).await;
-    let later = schedule(&t, email_reply("acme", "T2", T0 + 3_600_000)).await;
+    let due = t.schedule(email_reply("acme", "T1", T0)).await;
+    let later = t.schedule(email_reply("acme", "T2", T0 + 3_600_000)).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
     let job = c.next_job().await;
     assert_eq!(job_item(&job), due.item_id);
@@ -572,7 +554,7 @@ async fn listings_and_cancel_tell_a_leased_item_from_a_pending_one() {
 async fn a_job_leaves_before_its_lease_is_durable_and_a_cancel_after_it_sees_it_dispatching() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0 + 1_000)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 1_000)).await;
     t.settle().await;
     let hold = t.running().engine().store().hold_durability();
     t.advance(Duration::from_secs(1));

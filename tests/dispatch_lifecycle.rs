@@ -21,24 +21,6 @@ use tonic::Streaming;
 const SEC: i64 = 1000;
 const HOUR: i64 = 3_600_000;
 
-async fn schedule(t: &TestServer, req: pb::ScheduleRequest) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .schedule_message(req)
-        .await
-        .expect("schedule")
-        .into_inner()
-}
-
-async fn get(t: &TestServer, id: &str) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .get_item(item_ref("acme", id))
-        .await
-        .expect("get item")
-        .into_inner()
-}
-
 async fn reschedule_to(t: &TestServer, id: &str, send_at: i64) -> pb::ScheduledItem {
     t.client
         .clone()
@@ -59,7 +41,7 @@ async fn reschedule_to(t: &TestServer, id: &str, send_at: i64) -> pb::ScheduledI
 /// connector: that would read DISPATCHING).
 async fn assert_state_after_settle(t: &TestServer, id: &str, state: pb::State, why: &str) {
     t.settle().await;
-    let it = get(t, id).await;
+    let it = t.get_acme(id).await;
     assert_eq!(it.state, state as i32, "{why}: {it:?}");
 }
 
@@ -71,7 +53,7 @@ async fn item_waiting_for_retry(
     c: &mut TestConnector,
     ticket: &str,
 ) -> pb::ScheduledItem {
-    let item = schedule(t, email_reply("acme", ticket, T0 + SEC)).await;
+    let item = t.schedule(email_reply("acme", ticket, T0 + SEC)).await;
     t.advance(Duration::from_secs(1));
     let job = c.next_job().await;
     assert_eq!(job_item(&job), item.item_id);
@@ -94,7 +76,7 @@ async fn item_waiting_for_retry(
 async fn a_reply_rescheduled_to_later_goes_out_at_the_new_time_and_not_the_old() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0 + 60 * SEC)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 60 * SEC)).await;
     let moved = reschedule_to(&t, &item.item_id, T0 + 120 * SEC).await;
     assert_eq!(ms(&moved.send_at), T0 + 120 * SEC);
     assert_eq!(moved.state, pb::State::Pending as i32);
@@ -133,7 +115,7 @@ async fn a_reply_rescheduled_to_later_goes_out_at_the_new_time_and_not_the_old()
 async fn a_reply_rescheduled_to_earlier_goes_out_at_the_earlier_time() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
-    let item = schedule(&t, chat_reply("acme", "T1", T0 + HOUR)).await;
+    let item = t.schedule(chat_reply("acme", "T1", T0 + HOUR)).await;
     let moved = reschedule_to(&t, &item.item_id, T0 + 10 * SEC).await;
     assert_eq!(ms(&moved.send_at), T0 + 10 * SEC);
     t.advance(Duration::from_millis(9_999));
@@ -154,7 +136,7 @@ async fn a_reply_rescheduled_to_earlier_goes_out_at_the_earlier_time() {
     assert_eq!(ms(&sent.sent_at), T0 + 10 * SEC);
     // The old time passing later changes nothing: no second delivery (fenced by a
     // later item being the next job).
-    let fence = schedule(&t, chat_reply("acme", "T2", T0 + HOUR + SEC)).await;
+    let fence = t.schedule(chat_reply("acme", "T2", T0 + HOUR + SEC)).await;
     t.advance(Duration::from_millis((HOUR + SEC - 10 * SEC) as u64));
     let next = c.next_job().await;
     assert_eq!(job_item(&next), fence.item_id, "no second delivery");
@@ -166,7 +148,7 @@ async fn a_reply_rescheduled_to_earlier_goes_out_at_the_earlier_time() {
 #[tokio::test]
 async fn a_due_reply_waiting_for_a_connector_and_rescheduled_to_later_waits_for_the_new_time() {
     let mut t = TestServer::start().await;
-    let item = schedule(&t, email_reply("acme", "T1", T0 + 10 * SEC)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 10 * SEC)).await;
     // Due with no connector: it waits, persisted, in line for one.
     t.advance(Duration::from_secs(10));
     assert_state_after_settle(&t, &item.item_id, pb::State::Pending, "no connector yet").await;
@@ -194,7 +176,7 @@ async fn a_due_reply_waiting_for_a_connector_and_rescheduled_to_later_waits_for_
 #[tokio::test]
 async fn a_due_reply_waiting_for_a_connector_and_cancelled_never_goes_out() {
     let mut t = TestServer::start().await;
-    let cancelled = schedule(&t, chat_reply("acme", "T1", T0 + 10 * SEC)).await;
+    let cancelled = t.schedule(chat_reply("acme", "T1", T0 + 10 * SEC)).await;
     t.advance(Duration::from_secs(10));
     assert_state_after_settle(
         &t,
@@ -217,7 +199,7 @@ async fn a_due_reply_waiting_for_a_connector_and_cancelled_never_goes_out() {
     )
     .await;
     // The first job the connector gets is a later item.
-    let fence = schedule(&t, chat_reply("acme", "T2", T0 + 10 * SEC)).await;
+    let fence = t.schedule(chat_reply("acme", "T2", T0 + 10 * SEC)).await;
     let job = c.next_job().await;
     assert_eq!(
         job_item(&job),
@@ -226,7 +208,7 @@ async fn a_due_reply_waiting_for_a_connector_and_cancelled_never_goes_out() {
     );
     c.ack(&job, "fence").await;
     wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
-    assert_eq!(get(&t, &cancelled.item_id).await.attempts, 0);
+    assert_eq!(t.get_acme(&cancelled.item_id).await.attempts, 0);
     t.stop().await;
 }
 
@@ -234,8 +216,8 @@ async fn a_due_reply_waiting_for_a_connector_and_cancelled_never_goes_out() {
 async fn a_cancelled_reply_never_goes_out() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
-    let cancelled = schedule(&t, email_reply("acme", "T1", T0 + 10 * SEC)).await;
-    let later = schedule(&t, email_reply("acme", "T2", T0 + 20 * SEC)).await;
+    let cancelled = t.schedule(email_reply("acme", "T1", T0 + 10 * SEC)).await;
+    let later = t.schedule(email_reply("acme", "T2", T0 + 20 * SEC)).await;
     let c_item = t
         .client
         .clone()
@@ -263,7 +245,7 @@ async fn a_cancelled_reply_never_goes_out() {
     );
     c.ack(&job, "m-2").await;
     wait_state(&t.client, "acme", &later.item_id, pb::State::Sent).await;
-    let after = get(&t, &cancelled.item_id).await;
+    let after = t.get_acme(&cancelled.item_id).await;
     assert_eq!(after.state, pb::State::Cancelled as i32, "{after:?}");
     assert_eq!(after.attempts, 0);
     assert_eq!(after.sent_at, None);
@@ -325,7 +307,9 @@ async fn cancel_on_an_item_waiting_for_a_retry_means_it_never_goes_out_again() {
     )
     .await;
     // Fence: the next job on this connector is a new item, not the retry.
-    let fence = schedule(&t, email_reply("acme", "T2", t.clock.now_ms())).await;
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
     let job = c.next_job().await;
     assert_eq!(
         job_item(&job),
@@ -334,7 +318,7 @@ async fn cancel_on_an_item_waiting_for_a_retry_means_it_never_goes_out_again() {
     );
     c.ack(&job, "fence").await;
     wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
-    let after = get(&t, &waiting.item_id).await;
+    let after = t.get_acme(&waiting.item_id).await;
     assert_eq!(after.state, pb::State::Cancelled as i32);
     assert_eq!(after.attempts, 1);
     t.stop().await;
@@ -385,12 +369,14 @@ async fn client_activity_converts_an_item_waiting_for_a_retry_into_a_note() {
         "a note is never retried",
     )
     .await;
-    let fence = schedule(&t, email_reply("acme", "T2", t.clock.now_ms())).await;
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
     let job = c.next_job().await;
     assert_eq!(job_item(&job), fence.item_id, "the note is not retried");
     c.ack(&job, "fence").await;
     wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
-    assert_eq!(&get(&t, &waiting.item_id).await, note);
+    assert_eq!(&t.get_acme(&waiting.item_id).await, note);
     t.stop().await;
 }
 
@@ -401,9 +387,9 @@ async fn older_pending_and_newer_due(
     t: &TestServer,
     c: &mut TestConnector,
 ) -> (pb::ScheduledItem, pb::ScheduledItem, pb::DeliveryJob) {
-    let b = schedule(t, email_reply("acme", "T1", T0 + HOUR)).await;
+    let b = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
     t.advance(Duration::from_secs(1));
-    let a = schedule(t, email_reply("acme", "T1", T0 + 10 * SEC)).await;
+    let a = t.schedule(email_reply("acme", "T1", T0 + 10 * SEC)).await;
     assert!(ms(&b.created_at) < ms(&a.created_at));
     t.advance(Duration::from_secs(9));
     let job = c.next_job().await;
@@ -446,7 +432,7 @@ async fn a_failed_send_converts_none_of_the_tickets_older_pending_replies() {
         "a failed send converts nothing",
     )
     .await;
-    let still = get(&t, &b.item_id).await;
+    let still = t.get_acme(&b.item_id).await;
     assert_eq!(still.converted_by, None);
     assert_eq!(still.note_at, None);
     // And B still goes out when due.
@@ -466,7 +452,7 @@ async fn an_acknowledged_send_converts_the_tickets_older_pending_replies() {
     let (b, a, job) = older_pending_and_newer_due(&t, &mut c).await;
     c.ack(&job, "<a@example.com>").await;
     wait_state(&t.client, "acme", &a.item_id, pb::State::Sent).await;
-    let note = get(&t, &b.item_id).await;
+    let note = t.get_acme(&b.item_id).await;
     assert_eq!(note.state, pb::State::ConvertedToNote as i32, "{note:?}");
     assert_eq!(note.note_at, b.created_at);
     assert_eq!(
@@ -485,10 +471,10 @@ async fn sending_a_new_ticket_converts_the_tickets_replies_written_before_it_onl
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
     // Ticket N1: a reply written first, then the NEW_TICKET, then a follow-up reply.
-    let before = schedule(&t, chat_reply("acme", "N1", T0 + HOUR)).await;
+    let before = t.schedule(chat_reply("acme", "N1", T0 + HOUR)).await;
     let mut keep = chat_reply("acme", "N1", T0 + HOUR);
     keep.on_activity = pb::OnActivity::Keep as i32;
-    let kept = schedule(&t, keep).await;
+    let kept = t.schedule(keep).await;
     t.advance(Duration::from_secs(1));
     let ticket = t
         .client
@@ -499,14 +485,14 @@ async fn sending_a_new_ticket_converts_the_tickets_replies_written_before_it_onl
         .into_inner();
     assert_eq!(ticket.kind, pb::Kind::NewTicket as i32);
     t.advance(Duration::from_secs(1));
-    let after = schedule(&t, chat_reply("acme", "N1", T0 + HOUR)).await;
-    let elsewhere = schedule(&t, chat_reply("acme", "N2", T0 + HOUR)).await;
+    let after = t.schedule(chat_reply("acme", "N1", T0 + HOUR)).await;
+    let elsewhere = t.schedule(chat_reply("acme", "N2", T0 + HOUR)).await;
     t.advance(Duration::from_secs(8));
     let job = c.next_job().await;
     assert_eq!(job_item(&job), ticket.item_id);
     c.ack(&job, "chat-new-1").await;
     wait_state(&t.client, "acme", &ticket.item_id, pb::State::Sent).await;
-    let note = get(&t, &before.item_id).await;
+    let note = t.get_acme(&before.item_id).await;
     assert_eq!(note.state, pb::State::ConvertedToNote as i32, "{note:?}");
     assert_eq!(note.note_at, before.created_at);
     assert_eq!(
@@ -522,7 +508,7 @@ async fn sending_a_new_ticket_converts_the_tickets_replies_written_before_it_onl
         (&after.item_id, "written after the new ticket was scheduled"),
         (&elsewhere.item_id, "another ticket"),
     ] {
-        let it = get(&t, id).await;
+        let it = t.get_acme(id).await;
         assert_eq!(it.state, pb::State::Pending as i32, "{why}: {it:?}");
     }
     t.stop().await;
@@ -579,13 +565,13 @@ async fn watch_events_shows_updated_sent_converted_and_failed_with_the_item_in_t
         .into_inner();
     let mut seq = 0;
     // N: an older reply in T1, to be converted when S goes out.
-    let n = schedule(&t, email_reply("acme", "T1", T0 + HOUR)).await;
+    let n = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
     expect_event(&mut s, &mut seq, E::Scheduled, &n.item_id, S::Pending).await;
     t.advance(Duration::from_secs(1));
-    let sent = schedule(&t, email_reply("acme", "T1", T0 + 10 * SEC)).await;
+    let sent = t.schedule(email_reply("acme", "T1", T0 + 10 * SEC)).await;
     expect_event(&mut s, &mut seq, E::Scheduled, &sent.item_id, S::Pending).await;
     // F: in T2, rescheduled, then failing.
-    let f = schedule(&t, email_reply("acme", "T2", T0 + 20 * SEC)).await;
+    let f = t.schedule(email_reply("acme", "T2", T0 + 20 * SEC)).await;
     expect_event(&mut s, &mut seq, E::Scheduled, &f.item_id, S::Pending).await;
     reschedule_to(&t, &f.item_id, T0 + 30 * SEC).await;
     let updated = expect_event(&mut s, &mut seq, E::Updated, &f.item_id, S::Pending).await;
@@ -632,7 +618,7 @@ async fn watch_events_shows_updated_sent_converted_and_failed_with_the_item_in_t
 
     // Nothing else was recorded for the account after FAILED (no RETRYING, no second
     // DISPATCHING): the next event is the SCHEDULED of a new item.
-    let last = schedule(&t, email_reply("acme", "T3", T0 + HOUR)).await;
+    let last = t.schedule(email_reply("acme", "T3", T0 + HOUR)).await;
     expect_event(&mut s, &mut seq, E::Scheduled, &last.item_id, S::Pending).await;
     t.stop().await;
 }
@@ -692,7 +678,7 @@ fn hello(channels: &[pb::Channel], max_in_flight: u32) -> pb::Hello {
 #[tokio::test]
 async fn a_bad_hello_is_invalid_argument_and_the_connector_gets_no_jobs() {
     let mut t = TestServer::start().await;
-    let item = schedule(&t, email_reply("acme", "T1", T0)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0)).await;
     for (h, field) in [
         (hello(&[pb::Channel::Email], 0), "hello.max_in_flight"),
         (hello(&[pb::Channel::Email], 10_001), "hello.max_in_flight"),
@@ -727,7 +713,7 @@ async fn a_bad_hello_is_invalid_argument_and_the_connector_gets_no_jobs() {
     let (tx, r) = open_dispatch(&t, hello(&[pb::Channel::Chat], 1)).await;
     let jobs = r.expect("max_in_flight 1 is accepted");
     let mut narrow = TestConnector { tx, jobs };
-    let chat = schedule(&t, chat_reply("acme", "T2", T0)).await;
+    let chat = t.schedule(chat_reply("acme", "T2", T0)).await;
     let job = narrow.next_job().await;
     assert_eq!(job_item(&job), chat.item_id);
     narrow.ack(&job, "chat-1").await;

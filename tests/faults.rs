@@ -9,24 +9,6 @@ use std::time::Duration;
 use common::*;
 use sendlater::pb;
 
-async fn schedule(t: &TestServer, req: pb::ScheduleRequest) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .schedule_message(req)
-        .await
-        .expect("schedule")
-        .into_inner()
-}
-
-async fn get(t: &TestServer, id: &str) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .get_item(item_ref("acme", id))
-        .await
-        .expect("get item")
-        .into_inner()
-}
-
 fn answer_ack(job_id: &str) -> pb::ConnectorMessage {
     pb::ConnectorMessage {
         msg: Some(pb::connector_message::Msg::Ack(pb::Ack {
@@ -63,9 +45,9 @@ async fn fence(t: &TestServer, c: &TestConnector, job: &pb::DeliveryJob) {
 async fn a_forged_ack_for_a_job_never_handed_out_changes_nothing() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
-    let later = schedule(&t, email_reply("acme", "T1", T0 + 3_600_000)).await;
-    let older = schedule(&t, email_reply("acme", "T1", T0 + 7_200_000)).await;
-    let due = schedule(&t, email_reply("acme", "T2", T0 + 1_000)).await;
+    let later = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let older = t.schedule(email_reply("acme", "T1", T0 + 7_200_000)).await;
+    let due = t.schedule(email_reply("acme", "T2", T0 + 1_000)).await;
     // Every id the connector could spell: the item, attempts 0..3.
     for attempt in 0..3 {
         c.tx.send(answer_ack(&spelt_job_id(&later.item_id, attempt)))
@@ -79,9 +61,9 @@ async fn a_forged_ack_for_a_job_never_handed_out_changes_nothing() {
     let job = c.next_job().await;
     assert_eq!(job_item(&job), due.item_id);
     fence(&t, &c, &job).await;
-    let later = get(&t, &later.item_id).await;
+    let later = t.get_acme(&later.item_id).await;
     assert_eq!(later.state, pb::State::Pending as i32, "{later:?}");
-    let older = get(&t, &older.item_id).await;
+    let older = t.get_acme(&older.item_id).await;
     assert_eq!(older.state, pb::State::Pending as i32, "{older:?}");
     // Both still go out when due.
     t.advance(Duration::from_secs(7_200));
@@ -107,7 +89,7 @@ async fn a_forged_ack_for_a_job_never_handed_out_changes_nothing() {
 async fn an_answer_counts_only_on_the_stream_that_holds_the_job() {
     let mut t = TestServer::start().await;
     let mut holder = TestConnector::connect(&t.url(), &[pb::Channel::Email], 1).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0 + 1_000)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
     let job = holder.next_job().await;
     // Another connector (same token, same channel) answers for it, with the real id.
@@ -115,11 +97,11 @@ async fn an_answer_counts_only_on_the_stream_that_holds_the_job() {
     thief.tx.send(answer_nack(&job.job_id, true)).await.unwrap();
     thief.tx.send(answer_ack(&job.job_id)).await.unwrap();
     // Fence on the thief's stream: a job of its own, acked.
-    let own = schedule(&t, email_reply("acme", "T2", T0 + 1_000)).await;
+    let own = t.schedule(email_reply("acme", "T2", T0 + 1_000)).await;
     let own_job = thief.next_job().await;
     assert_eq!(job_item(&own_job), own.item_id);
     fence(&t, &thief, &own_job).await;
-    let now = get(&t, &item.item_id).await;
+    let now = t.get_acme(&item.item_id).await;
     assert_eq!(now.state, pb::State::Dispatching as i32, "{now:?}");
     // The holder's own answer counts.
     holder.ack(&job, "<real@example.com>").await;
@@ -133,7 +115,7 @@ async fn an_answer_counts_only_on_the_stream_that_holds_the_job() {
 async fn a_flood_of_forged_answers_is_ignored_and_the_stream_keeps_working() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 2).await;
-    let item = schedule(&t, chat_reply("acme", "T1", T0 + 1_000)).await;
+    let item = t.schedule(chat_reply("acme", "T1", T0 + 1_000)).await;
     let flood = tokio::spawn({
         let tx = c.tx.clone();
         async move {
@@ -169,8 +151,8 @@ async fn a_connector_that_never_reads_does_not_burn_the_attempts_of_an_item() {
     let mut t = TestServer::start().await;
     // Connects, sends Hello, never reads a job and never answers.
     let deaf = TestConnector::connect(&t.url(), &[pb::Channel::Email], 1).await;
-    let first = schedule(&t, big_email("T1", T0 + 1_000)).await;
-    let second = schedule(&t, big_email("T2", T0 + 1_000)).await;
+    let first = t.schedule(big_email("T1", T0 + 1_000)).await;
+    let second = t.schedule(big_email("T2", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
     t.settle().await;
     // Leases expire unanswered, twice over.
@@ -179,7 +161,7 @@ async fn a_connector_that_never_reads_does_not_burn_the_attempts_of_an_item() {
         t.settle().await;
     }
     for id in [&first.item_id, &second.item_id] {
-        let it = get(&t, id).await;
+        let it = t.get_acme(id).await;
         assert_ne!(it.state, pb::State::Failed as i32, "{it:?}");
         assert!(
             it.attempts <= 2,
@@ -218,10 +200,10 @@ fn numeric_id(item_id: &str) -> i64 {
 async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
-    let held = schedule(&t, email_reply("acme", "T0", T0 + 1_000)).await;
-    let bad_content = schedule(&t, email_reply("acme", "T1", T0 + 5_000)).await;
-    let bad_channel = schedule(&t, email_reply("acme", "T2", T0 + 5_000)).await;
-    let good = schedule(&t, email_reply("acme", "T3", T0 + 5_000)).await;
+    let held = t.schedule(email_reply("acme", "T0", T0 + 1_000)).await;
+    let bad_content = t.schedule(email_reply("acme", "T1", T0 + 5_000)).await;
+    let bad_channel = t.schedule(email_reply("acme", "T2", T0 + 5_000)).await;
+    let good = t.schedule(email_reply("acme", "T3", T0 + 5_000)).await;
     t.advance(Duration::from_secs(1));
     let held_job = c.next_job().await;
     assert_eq!(job_item(&held_job), held.item_id);
@@ -273,7 +255,7 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
 async fn answers_in_flight_at_shutdown_are_recorded() {
     let mut t = TestServer::start_with(|c| c.dispatch.drain_grace_ms = 5_000).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1).await;
-    let item = schedule(&t, chat_reply("acme", "T1", T0 + 1_000)).await;
+    let item = t.schedule(chat_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
     let job = c.next_job().await;
     // Begin the graceful stop (one poll runs its synchronous start: stop accepting,
@@ -294,7 +276,7 @@ async fn answers_in_flight_at_shutdown_are_recorded() {
         "no job after the stop"
     );
     t.restart().await;
-    let now = get(&t, &item.item_id).await;
+    let now = t.get_acme(&item.item_id).await;
     assert_eq!(now.state, pb::State::Sent as i32, "{now:?}");
     assert_eq!(now.provider_message_id, "<sent@example.com>");
     assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
@@ -305,10 +287,11 @@ async fn answers_in_flight_at_shutdown_are_recorded() {
 async fn resuming_events_from_a_pruned_sequence_is_out_of_range() {
     let mut t = TestServer::start_with(|c| c.event_retention_ms = 60_000).await;
     for i in 0..3 {
-        schedule(&t, email_reply("acme", &format!("T{i}"), T0 + 3_600_000)).await;
+        t.schedule(email_reply("acme", &format!("T{i}"), T0 + 3_600_000))
+            .await;
     }
     t.advance(Duration::from_secs(120));
-    schedule(&t, email_reply("acme", "T9", T0 + 3_600_000)).await;
+    t.schedule(email_reply("acme", "T9", T0 + 3_600_000)).await;
     // The background pruner may have run already; either way events 1..=3 are gone.
     t.running().engine().prune_events(60_000).await.unwrap();
     let mut client = t.client.clone();
@@ -356,10 +339,10 @@ async fn a_database_reached_through_a_symlink_is_synced_and_kept() {
     std::fs::create_dir(&link_dir).unwrap();
     std::os::unix::fs::symlink(real.join("data.db"), link_dir.join("sendlater.db")).unwrap();
     let mut t = TestServer::start_with(|c| c.db_path = link_dir.join("sendlater.db")).await;
-    let item = schedule(&t, email_reply("acme", "T1", T0 + 60_000)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 60_000)).await;
     t.restart().await;
     assert_eq!(
-        get(&t, &item.item_id).await.state,
+        t.get_acme(&item.item_id).await.state,
         pb::State::Pending as i32
     );
     assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
@@ -408,8 +391,8 @@ async fn a_panic_on_the_writer_thread_takes_the_service_out_of_rotation() {
 async fn reporting_a_message_that_is_ours_and_still_dispatching_converts_nothing() {
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1).await;
-    let ours = schedule(&t, chat_reply("acme", "T1", T0 + 1_000)).await;
-    let later = schedule(&t, chat_reply("acme", "T1", T0 + 3_600_000)).await;
+    let ours = t.schedule(chat_reply("acme", "T1", T0 + 1_000)).await;
+    let later = t.schedule(chat_reply("acme", "T1", T0 + 3_600_000)).await;
     t.advance(Duration::from_secs(1));
     let job = c.next_job().await;
     assert_eq!(job_item(&job), ours.item_id);
@@ -431,7 +414,7 @@ async fn reporting_a_message_that_is_ours_and_still_dispatching_converts_nothing
         .into_inner();
     assert!(r.affected.is_empty(), "{r:?}");
     assert_eq!(
-        get(&t, &later.item_id).await.state,
+        t.get_acme(&later.item_id).await.state,
         pb::State::Pending as i32
     );
     assert_invariants(&t, "acme", &[ours.item_id.clone(), later.item_id.clone()]).await;
@@ -539,7 +522,7 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
 #[tokio::test]
 async fn a_clock_step_back_after_an_item_fell_due_strands_nothing() {
     let mut t = TestServer::start().await;
-    let item = schedule(&t, email_reply("acme", "T1", T0 + 10_000)).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 10_000)).await;
     // The item falls due while no connector is there: it waits in line.
     t.clock.set(T0 + 10_000);
     let engine = t.running().engine().clone();

@@ -38,24 +38,6 @@ fn business(mut r: pb::ScheduleRequest) -> pb::ScheduleRequest {
     r
 }
 
-async fn schedule(t: &TestServer, req: pb::ScheduleRequest) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .schedule_message(req)
-        .await
-        .expect("schedule")
-        .into_inner()
-}
-
-async fn get(t: &TestServer, id: &str) -> pb::ScheduledItem {
-    t.client
-        .clone()
-        .get_item(item_ref("acme", id))
-        .await
-        .expect("get item")
-        .into_inner()
-}
-
 /// Monday to Friday 09:00-13:00 and 14:00-18:00 in Moscow, with a holiday on Monday
 /// 2026-11-30.
 fn moscow_week(holidays: &[&str]) -> pb::BusinessHours {
@@ -92,22 +74,20 @@ async fn set_hours(t: &TestServer, h: pb::BusinessHours) -> pb::BusinessHours {
 #[tokio::test]
 async fn a_local_time_is_resolved_in_its_zone_and_kept_as_given() {
     let mut t = TestServer::start().await;
-    let item = schedule(
-        &t,
-        at_local(
+    let item = t
+        .schedule(at_local(
             email_reply("acme", "T1", 0),
             "2026-11-26T09:00",
             "Europe/Moscow",
-        ),
-    )
-    .await;
+        ))
+        .await;
     // 09:00 in Moscow (UTC+3) is 06:00 UTC.
     assert_eq!(ms(&item.send_at), T0 + 18 * HOUR);
     assert_eq!(
         item.send_at_local,
         local("2026-11-26T09:00:00", "Europe/Moscow")
     );
-    let again = get(&t, &item.item_id).await;
+    let again = t.get_acme(&item.item_id).await;
     assert_eq!(again.send_at_local, item.send_at_local);
     t.stop().await;
 }
@@ -116,29 +96,25 @@ async fn a_local_time_is_resolved_in_its_zone_and_kept_as_given() {
 async fn a_local_time_in_a_spring_forward_gap_moves_forward_by_the_gap() {
     let mut t = TestServer::start().await;
     // 2027-03-14 02:30 does not exist in New York (02:00 -> 03:00): it is 03:30 EDT.
-    let item = schedule(
-        &t,
-        at_local(
+    let item = t
+        .schedule(at_local(
             email_reply("acme", "T1", 0),
             "2027-03-14T02:30",
             "America/New_York",
-        ),
-    )
-    .await;
+        ))
+        .await;
     let expected = chrono::DateTime::parse_from_rfc3339("2027-03-14T07:30:00Z")
         .unwrap()
         .timestamp_millis();
     assert_eq!(ms(&item.send_at), expected);
     // An ambiguous one (fall back) is the earlier instant: 01:30 EDT.
-    let overlap = schedule(
-        &t,
-        at_local(
+    let overlap = t
+        .schedule(at_local(
             email_reply("acme", "T2", 0),
             "2027-11-07T01:30",
             "America/New_York",
-        ),
-    )
-    .await;
+        ))
+        .await;
     let expected = chrono::DateTime::parse_from_rfc3339("2027-11-07T05:30:00Z")
         .unwrap()
         .timestamp_millis();
@@ -236,7 +212,9 @@ async fn business_hours_move_a_send_time_to_the_next_opening_skipping_holidays()
     assert_eq!(stored.days.len(), 10);
     // Saturday 20:00 Moscow -> Monday is a holiday -> Tuesday 09:00 Moscow (06:00 UTC).
     let saturday_evening = T0 + 77 * HOUR;
-    let item = schedule(&t, business(email_reply("acme", "T1", saturday_evening))).await;
+    let item = t
+        .schedule(business(email_reply("acme", "T1", saturday_evening)))
+        .await;
     assert_eq!(ms(&item.send_at), T0 + 6 * 24 * HOUR - 6 * HOUR);
     assert_eq!(ms(&item.requested_send_at), saturday_evening);
     assert_eq!(
@@ -245,11 +223,11 @@ async fn business_hours_move_a_send_time_to_the_next_opening_skipping_holidays()
     );
     // Inside the lunch break (13:30 Moscow on Thursday) -> 14:00.
     let lunch = T0 + 24 * HOUR - 2 * HOUR + 30 * MINUTE; // Thu 10:30 UTC = 13:30 MSK
-    let item = schedule(&t, business(email_reply("acme", "T2", lunch))).await;
+    let item = t.schedule(business(email_reply("acme", "T2", lunch))).await;
     assert_eq!(ms(&item.send_at), lunch + 30 * MINUTE);
     // Inside the hours: unchanged.
     let open = T0 + 24 * HOUR; // Thu 12:00 UTC = 15:00 MSK
-    let item = schedule(&t, business(email_reply("acme", "T3", open))).await;
+    let item = t.schedule(business(email_reply("acme", "T3", open))).await;
     assert_eq!(ms(&item.send_at), open);
     t.stop().await;
 }
@@ -259,8 +237,12 @@ async fn changing_the_hours_moves_pending_business_hours_items_from_their_reques
     let mut t = TestServer::start().await;
     set_hours(&t, moscow_week(&[])).await;
     let saturday_evening = T0 + 77 * HOUR;
-    let moved = schedule(&t, business(email_reply("acme", "T1", saturday_evening))).await;
-    let fixed = schedule(&t, email_reply("acme", "T2", saturday_evening)).await;
+    let moved = t
+        .schedule(business(email_reply("acme", "T1", saturday_evening)))
+        .await;
+    let fixed = t
+        .schedule(email_reply("acme", "T2", saturday_evening))
+        .await;
     // Monday 09:00 Moscow.
     assert_eq!(ms(&moved.send_at), T0 + 5 * 24 * HOUR - 6 * HOUR);
     // Saturdays open 10:00-14:00 from now on.
@@ -280,11 +262,11 @@ async fn changing_the_hours_moves_pending_business_hours_items_from_their_reques
         close: "24:00".into(),
     });
     set_hours(&t, week).await;
-    let now = get(&t, &moved.item_id).await;
+    let now = t.get_acme(&moved.item_id).await;
     // Sunday 19:00 Moscow = 16:00 UTC = T0 + 4 days + 4 h.
     assert_eq!(ms(&now.send_at), T0 + 4 * 24 * HOUR + 4 * HOUR);
     assert_eq!(ms(&now.requested_send_at), saturday_evening);
-    assert_eq!(get(&t, &fixed.item_id).await.send_at, fixed.send_at);
+    assert_eq!(t.get_acme(&fixed.item_id).await.send_at, fixed.send_at);
     // And it goes out then (after the fixed one, due on Saturday evening).
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     t.clock.set(T0 + 4 * 24 * HOUR + 4 * HOUR - 1);
@@ -294,7 +276,7 @@ async fn changing_the_hours_moves_pending_business_hours_items_from_their_reques
     wait_state(&t.client, "acme", &fixed.item_id, pb::State::Sent).await;
     t.settle().await;
     assert_eq!(
-        get(&t, &moved.item_id).await.state,
+        t.get_acme(&moved.item_id).await.state,
         pb::State::Pending as i32
     );
     t.advance(Duration::from_millis(1));
@@ -375,11 +357,11 @@ async fn business_hours_and_a_pause_survive_a_restart() {
     assert_eq!(c.paused_channels, vec![pb::Channel::Chat as i32]);
     // The pause is in force after the restart: a due chat item waits.
     let mut conn = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
-    let item = schedule(&t, chat_reply("acme", "T1", T0 + 1_000)).await;
+    let item = t.schedule(chat_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
     t.settle().await;
     assert_eq!(
-        get(&t, &item.item_id).await.state,
+        t.get_acme(&item.item_id).await.state,
         pb::State::Pending as i32
     );
     resume(&t, "acme", pb::Channel::Unspecified).await;
@@ -433,9 +415,12 @@ async fn a_paused_account_waits_while_others_flow_and_resumes_fairly() {
     assert_eq!(paused.paused_channels, vec![pb::Channel::Email as i32]);
     let mut held = Vec::new();
     for i in 0..6 {
-        held.push(schedule(&t, email_reply("acme", &format!("A{i}"), T0 + 1_000)).await);
+        held.push(
+            t.schedule(email_reply("acme", &format!("A{i}"), T0 + 1_000))
+                .await,
+        );
     }
-    let other = schedule(&t, email_reply("globex", "G1", T0 + 1_000)).await;
+    let other = t.schedule(email_reply("globex", "G1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
     // Only globex goes out.
     let job = c.next_job().await;
@@ -444,11 +429,14 @@ async fn a_paused_account_waits_while_others_flow_and_resumes_fairly() {
     wait_state(&t.client, "globex", &other.item_id, pb::State::Sent).await;
     t.settle().await;
     for it in &held {
-        assert_eq!(get(&t, &it.item_id).await.state, pb::State::Pending as i32);
+        assert_eq!(
+            t.get_acme(&it.item_id).await.state,
+            pb::State::Pending as i32
+        );
     }
     // Another globex item falls due while acme is still paused; then acme resumes:
     // globex is not starved behind acme's backlog (round-robin across accounts).
-    let other2 = schedule(&t, email_reply("globex", "G2", T0 + 2_000)).await;
+    let other2 = t.schedule(email_reply("globex", "G2", T0 + 2_000)).await;
     resume(&t, "acme", pb::Channel::Email).await;
     t.advance(Duration::from_secs(1));
     let mut order = Vec::new();
@@ -488,7 +476,10 @@ async fn a_rate_limit_starts_at_most_n_jobs_per_rolling_minute() {
     assert_eq!(set.rate_limits[0].per_minute, 2);
     let mut items = Vec::new();
     for i in 0..5 {
-        items.push(schedule(&t, chat_reply("acme", &format!("T{i}"), T0 + 1_000)).await);
+        items.push(
+            t.schedule(chat_reply("acme", &format!("T{i}"), T0 + 1_000))
+                .await,
+        );
     }
     t.advance(Duration::from_secs(1));
     for _ in 0..2 {
@@ -556,45 +547,39 @@ async fn a_rate_limit_starts_at_most_n_jobs_per_rolling_minute() {
 #[tokio::test]
 async fn an_item_past_its_max_lateness_gets_its_on_late_policy_instead_of_a_send() {
     let mut t = TestServer::start().await;
-    let note = schedule(
-        &t,
-        lateness(
+    let note = t
+        .schedule(lateness(
             email_reply("acme", "T1", T0 + 1_000),
             60_000,
             pb::OnLate::ConvertToNote,
-        ),
-    )
-    .await;
-    let fail = schedule(
-        &t,
-        lateness(
+        ))
+        .await;
+    let fail = t
+        .schedule(lateness(
             email_reply("acme", "T2", T0 + 1_000),
             60_000,
             pb::OnLate::Fail,
-        ),
-    )
-    .await;
-    let send = schedule(
-        &t,
-        lateness(
+        ))
+        .await;
+    let send = t
+        .schedule(lateness(
             email_reply("acme", "T3", T0 + 1_000),
             60_000,
             pb::OnLate::Send,
-        ),
-    )
-    .await;
+        ))
+        .await;
     // No connector for 2 minutes: a backlog.
     t.advance(Duration::from_secs(121));
     t.settle().await;
-    let n = get(&t, &note.item_id).await;
+    let n = t.get_acme(&note.item_id).await;
     assert_eq!(n.state, pb::State::ConvertedToNote as i32, "{n:?}");
     assert_eq!(ms(&n.note_at), ms(&n.created_at));
     assert!(n.late_by.as_ref().unwrap().seconds >= 60, "{n:?}");
-    let f = get(&t, &fail.item_id).await;
+    let f = t.get_acme(&fail.item_id).await;
     assert_eq!(f.state, pb::State::Failed as i32, "{f:?}");
     assert!(f.last_error.contains("late"), "{f:?}");
     assert_eq!(
-        get(&t, &send.item_id).await.state,
+        t.get_acme(&send.item_id).await.state,
         pb::State::Pending as i32
     );
     // SEND goes out late, and says by how much.
@@ -610,24 +595,22 @@ async fn an_item_past_its_max_lateness_gets_its_on_late_policy_instead_of_a_send
 #[tokio::test]
 async fn an_item_whose_lateness_passed_while_the_server_was_down_gets_its_policy_at_start_up() {
     let mut t = TestServer::start().await;
-    let item = schedule(
-        &t,
-        lateness(
+    let item = t
+        .schedule(lateness(
             chat_reply("acme", "T1", T0 + 10_000),
             60_000,
             pb::OnLate::ConvertToNote,
-        ),
-    )
-    .await;
-    let on_time = schedule(&t, chat_reply("acme", "T2", T0 + 10_000)).await;
+        ))
+        .await;
+    let on_time = t.schedule(chat_reply("acme", "T2", T0 + 10_000)).await;
     t.stop().await;
     t.advance(Duration::from_secs(3_600));
     t.restart().await;
     t.settle().await;
-    let it = get(&t, &item.item_id).await;
+    let it = t.get_acme(&item.item_id).await;
     assert_eq!(it.state, pb::State::ConvertedToNote as i32, "{it:?}");
     assert_eq!(
-        get(&t, &on_time.item_id).await.state,
+        t.get_acme(&on_time.item_id).await.state,
         pb::State::Pending as i32
     );
     t.stop().await;
@@ -638,16 +621,14 @@ async fn a_paused_item_past_its_max_lateness_is_failed_and_not_sent_on_resume() 
     let mut t = TestServer::start().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     pause(&t, "acme", pb::Channel::Unspecified).await;
-    let late = schedule(
-        &t,
-        lateness(
+    let late = t
+        .schedule(lateness(
             email_reply("acme", "T1", T0 + 1_000),
             30_000,
             pb::OnLate::Fail,
-        ),
-    )
-    .await;
-    let ok = schedule(&t, email_reply("acme", "T2", T0 + 1_000)).await;
+        ))
+        .await;
+    let ok = t.schedule(email_reply("acme", "T2", T0 + 1_000)).await;
     t.advance(Duration::from_secs(60));
     t.settle().await;
     resume(&t, "acme", pb::Channel::Unspecified).await;
@@ -655,7 +636,7 @@ async fn a_paused_item_past_its_max_lateness_is_failed_and_not_sent_on_resume() 
     assert_eq!(job_item(&job), ok.item_id);
     c.ack(&job, "ok").await;
     wait_state(&t.client, "acme", &ok.item_id, pb::State::Sent).await;
-    let l = get(&t, &late.item_id).await;
+    let l = t.get_acme(&late.item_id).await;
     assert_eq!(l.state, pb::State::Failed as i32, "{l:?}");
     t.stop().await;
 }
@@ -664,7 +645,9 @@ async fn a_paused_item_past_its_max_lateness_is_failed_and_not_sent_on_resume() 
 async fn reschedule_with_a_local_time_applies_the_window_again() {
     let mut t = TestServer::start().await;
     set_hours(&t, moscow_week(&[])).await;
-    let item = schedule(&t, business(email_reply("acme", "T1", T0 + HOUR))).await;
+    let item = t
+        .schedule(business(email_reply("acme", "T1", T0 + HOUR)))
+        .await;
     let r = t
         .client
         .clone()
@@ -719,9 +702,9 @@ async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics
         TestConnector::connect(&t.url(), &[pb::Channel::Email, pb::Channel::Chat], 10).await;
     // The provider is down: every account's email waits, chat flows.
     pause(&t, "*", pb::Channel::Email).await;
-    let a = schedule(&t, email_reply("acme", "T1", T0 + 1_000)).await;
-    let b = schedule(&t, email_reply("globex", "T2", T0 + 1_000)).await;
-    let chat = schedule(&t, chat_reply("acme", "T3", T0 + 1_000)).await;
+    let a = t.schedule(email_reply("acme", "T1", T0 + 1_000)).await;
+    let b = t.schedule(email_reply("globex", "T2", T0 + 1_000)).await;
+    let chat = t.schedule(chat_reply("acme", "T3", T0 + 1_000)).await;
     // A rate limit holds back the rest of a burst.
     t.client
         .clone()
@@ -733,7 +716,8 @@ async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics
         .await
         .unwrap();
     for i in 0..3 {
-        schedule(&t, chat_reply("initech", &format!("I{i}"), T0 + 1_000)).await;
+        t.schedule(chat_reply("initech", &format!("I{i}"), T0 + 1_000))
+            .await;
     }
     t.advance(Duration::from_secs(1));
     let mut got = Vec::new();

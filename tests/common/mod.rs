@@ -354,6 +354,26 @@ pub async fn wait_item(
 }
 
 impl TestServer {
+    /// ScheduleMessage that must succeed.
+    pub async fn schedule(&self, req: pb::ScheduleRequest) -> pb::ScheduledItem {
+        self.client
+            .clone()
+            .schedule_message(req)
+            .await
+            .expect("schedule")
+            .into_inner()
+    }
+
+    /// GetItem of an `acme` item that must succeed.
+    pub async fn get_acme(&self, id: &str) -> pb::ScheduledItem {
+        self.client
+            .clone()
+            .get_item(item_ref("acme", id))
+            .await
+            .expect("get item")
+            .into_inner()
+    }
+
     /// Waits until the server is idle: every queued write committed and durable, the
     /// wheel advanced to the clock, dispatch done with everything it can do now (see
     /// `RunningServer::settle`). Messages still on the network are not covered: wait
