@@ -383,7 +383,7 @@ async fn next_business_morning_is_the_next_opening_of_the_accounts_hours() {
     let hours = BusinessHours::parse("Europe/Moscow", &days, &[]).expect("valid hours");
     let opening = |now: DateTime<Utc>| {
         hours
-            .next_open_start(now.timestamp_millis())
+            .next_morning(now.timestamp_millis())
             .map(ts)
             .expect("opens")
     };

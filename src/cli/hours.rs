@@ -145,8 +145,8 @@ fn blame(error: domain::Error, origin: &[&str], holidays: &[String], zone: &str)
 }
 
 /// The start of the account's next opening strictly after `now`, for `--at "next
-/// business morning"`: [`BusinessHours::next_open_start`] over the hours the server
-/// returned.
+/// business morning"`: [`BusinessHours::next_morning`] (the first opening of the next
+/// business day, not a reopening after lunch) over the hours the server returned.
 ///
 /// # Errors
 /// [`CliError::Protocol`] when the server's hours do not validate;
@@ -164,7 +164,7 @@ pub fn next_business_morning(
     let parsed = BusinessHours::parse(&hours.time_zone, &triples, &holidays)
         .map_err(|e| CliError::Protocol(format!("the account's business hours: {e}")))?;
     parsed
-        .next_open_start(now.timestamp_millis())
+        .next_morning(now.timestamp_millis())
         .and_then(DateTime::from_timestamp_millis)
         .ok_or_else(|| {
             CliError::Config(format!(
@@ -309,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn next_business_morning_is_the_next_opening_after_now() {
+    fn next_business_morning_is_the_first_opening_of_the_next_business_day() {
         let mut hours = business_hours_request(
             "acme",
             "Europe/Moscow",
@@ -323,11 +323,11 @@ mod tests {
             next_business_morning(&hours, friday_evening).ok(),
             Some(utc("2026-12-01T06:00:00Z"))
         );
-        // Open now (Thursday 10:00 Moscow): the next opening is after lunch, 14:00.
+        // Open now (Thursday 10:00 Moscow): not the reopening after lunch, Friday 09:00.
         let thursday_morning = utc("2026-11-26T07:00:00Z");
         assert_eq!(
             next_business_morning(&hours, thursday_morning).ok(),
-            Some(utc("2026-11-26T11:00:00Z"))
+            Some(utc("2026-11-27T06:00:00Z"))
         );
         hours.time_zone = "Nowhere/Land".into();
         assert!(matches!(

@@ -278,6 +278,20 @@ impl BusinessHours {
         })
     }
 
+    /// The next business morning after `after`: the first opening of a business day
+    /// (a day's first window, starting a closed period) strictly after `after`. Unlike
+    /// [`BusinessHours::next_open_start`], a reopening after lunch is not a morning: at
+    /// 10:00 with 09:00-13:00 and 14:00-18:00 it is tomorrow's 09:00, not today's 14:00.
+    pub fn next_morning(&self, after: Millis) -> Option<Millis> {
+        self.earliest(after, |open, _| {
+            let first_of_day = self
+                .windows(local_of(open, self.zone).date())
+                .next()
+                .map(|(o, _)| o);
+            (open > after && first_of_day == Some(open) && !self.is_open(open - 1)).then_some(open)
+        })
+    }
+
     /// The least candidate over the windows of the dates from just before `from` onwards.
     fn earliest(
         &self,
@@ -369,6 +383,44 @@ fn at_minute(day: NaiveDate, minute: u16) -> Option<NaiveDateTime> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_next_morning_skips_a_reopening_after_lunch_and_closed_days() {
+        let h = BusinessHours::parse(
+            "Europe/Moscow",
+            &[
+                (1, "09:00", "13:00"),
+                (1, "14:00", "18:00"),
+                (2, "09:00", "18:00"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let at = |s: &str| {
+            resolve_local(
+                NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M").unwrap(),
+                h.zone,
+            )
+        };
+        // Monday 2026-11-30 10:00: not 14:00 the same day, Tuesday 09:00.
+        assert_eq!(
+            h.next_morning(at("2026-11-30T10:00")),
+            Some(at("2026-12-01T09:00"))
+        );
+        assert_eq!(
+            h.next_open_start(at("2026-11-30T10:00")),
+            Some(at("2026-11-30T14:00"))
+        );
+        // Monday 07:00: this morning. Tuesday 10:00: next Monday (closed Wed-Sun).
+        assert_eq!(
+            h.next_morning(at("2026-11-30T07:00")),
+            Some(at("2026-11-30T09:00"))
+        );
+        assert_eq!(
+            h.next_morning(at("2026-12-01T10:00")),
+            Some(at("2026-12-07T09:00"))
+        );
+    }
     use super::*;
     use chrono::{Offset, TimeZone, Timelike};
     use proptest::prelude::*;

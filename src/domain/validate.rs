@@ -72,6 +72,17 @@ pub fn validate_new(item: &NewItem, now: Millis, limits: &Limits) -> Result<()> 
         ));
     }
     validate_content(&item.content, limits)?;
+    if let Some(max) = item.timing.max_lateness {
+        if max > limits.max_horizon_ms() {
+            return Err(Error::invalid(
+                "max_lateness",
+                format!(
+                    "is longer than the scheduling horizon ({} days)",
+                    limits.max_horizon_days
+                ),
+            ));
+        }
+    }
     validate_send_at(item.send_at, now, limits)
 }
 
@@ -208,6 +219,17 @@ mod tests {
     use crate::domain::{Channel, ChatContent, Kind, OnActivity};
 
     const NOW: Millis = 1_800_000_000_000;
+
+    #[test]
+    fn a_max_lateness_beyond_the_horizon_is_invalid_naming_the_field() {
+        let limits = Limits::default();
+        let mut n = email(&["a@example.com"], "hi");
+        n.timing.max_lateness = Some(limits.max_horizon_ms());
+        assert!(validate_new(&n, NOW, &limits).is_ok());
+        n.timing.max_lateness = Some(limits.max_horizon_ms() + 1);
+        let e = validate_new(&n, NOW, &limits).unwrap_err();
+        assert!(e.to_string().starts_with("max_lateness: "), "{e}");
+    }
 
     fn email(to: &[&str], text: &str) -> NewItem {
         NewItem {
