@@ -1,22 +1,30 @@
 //! Dispatch: hands due items to connectors and records what they answer.
 //!
 //! One actor task owns all dispatch state (connectors and their credit, the due items
-//! waiting per channel and account, the jobs in flight); the gRPC stream tasks talk to
-//! it over an mpsc. An actor here, unlike the wheel's short lock, because each step
-//! awaits a store write and the state must not change under it.
+//! waiting per channel and account, the jobs in flight, held-back items); the gRPC
+//! stream tasks talk to it over an mpsc. An actor here, unlike the wheel's short lock,
+//! because each round awaits a store write and the state must not change under it.
 //!
 //! A round of the loop:
-//! 1. record the acks/nacks/abandoned leases received so far, in one write;
-//! 2. take the due ids the wheel pushed, read their channel and account in one batch
-//!    read, and queue them per channel, round-robin across accounts; a DISPATCHING row
-//!    whose lease expired (or that no live stream holds, after a restart) is abandoned:
-//!    the attempt counts and the item is retried at once;
-//! 3. while connectors of a channel have credit (max_in_flight minus unacknowledged),
-//!    lease up to that many items in one write (PENDING -> DISPATCHING, lease timer on
-//!    the wheel) and only then send the jobs, spread over the connectors with the most
-//!    free credit.
+//! 1. take the ids the wheel fired, with the deadline each fired for, and read their
+//!    account, channel, state and lease in one batch read ([`meta`]); queue PENDING ones
+//!    per channel, round-robin across accounts ([`fair`]); a DISPATCHING one whose lease
+//!    ended by that deadline (or that no stream holds, after a restart) is abandoned:
+//!    the attempt counts and the stream that held it gets no more jobs ([`conn`]);
+//! 2. apply lateness windows that ended, release held-back items whose pause ended or
+//!    whose rate limit has room ([`hold`]);
+//! 3. plan up to the connectors' free credit (never more than a stream's buffer takes),
+//!    holding back paused or rate-limited items, and write the answers received so far
+//!    plus the leases in one store write ([`writes`]); the jobs go out as soon as that
+//!    write has executed in the writer's open group, before its fsync; up to
+//!    [`WRITES_IN_FLIGHT`] such writes overlap. An answer counts only for a job its
+//!    stream holds ([`job`]: the job id carries a secret lease token).
 
+mod conn;
 mod fair;
+mod hold;
+mod job;
+mod meta;
 pub mod writes;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -24,67 +32,23 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::types::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Accounts;
-use crate::domain::{
-    self, format_item_id, parse_item_id, Channel, Item, ItemId, Millis, State, Timing,
-};
+use crate::domain::{self, Channel, Item, ItemId, Millis, State};
 use crate::engine::{Engine, Fired};
 use crate::metrics::METRICS;
-use crate::store::rows::{with_lease, LEASE_EXPIRES};
+use conn::{Conn, Held};
 use fair::FairQueue;
+use hold::{Hold, Limiter};
+pub use job::{job_id, parse_job_id, Answer, Job, JobKey};
+use meta::{read_meta, Meta};
 use writes::{Outcome, Tuning};
 
 /// Most items leased or recorded in one write.
 const BATCH: usize = 1000;
-
-/// A job sent to a connector.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub job_id: String,
-    pub item: Item,
-    pub attempt: u32,
-    pub lease_expires_at: Millis,
-}
-
-/// What a job id names: the item, the attempt, and the lease's secret token. The
-/// token makes a job id a capability: only the stream it was sent to can know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobKey {
-    pub item: ItemId,
-    pub attempt: u32,
-    pub token: u128,
-}
-
-/// `itm_42#3.<32 hex digits>`: the item, the attempt and the lease token.
-pub fn job_id(k: JobKey) -> String {
-    format!("{}#{}.{:032x}", format_item_id(k.item), k.attempt, k.token)
-}
-
-/// Parses a job id; `None` for anything not spelt as [`job_id`] spells it.
-pub fn parse_job_id(s: &str) -> Option<JobKey> {
-    let (item, rest) = s.split_once('#')?;
-    let (attempt, token) = rest.split_once('.')?;
-    if token.len() != 32 {
-        return None;
-    }
-    Some(JobKey {
-        item: parse_item_id(item)?,
-        attempt: attempt.parse().ok()?,
-        token: u128::from_str_radix(token, 16).ok()?,
-    })
-}
-
-/// A connector's answer to a job.
-#[derive(Debug)]
-pub enum Answer {
-    Ack { provider_message_id: String },
-    Nack { error: String, permanent: bool },
-}
 
 /// What a connector stream tells the dispatcher.
 #[derive(Debug)]
@@ -234,86 +198,6 @@ impl Dispatcher {
     }
 }
 
-/// A job a stream was given and has not answered.
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    attempt: u32,
-    token: u128,
-    /// Its lease expired: the attempt has ended (the item went back in line), but the
-    /// connector may still report that it did send it (a late Ack counts).
-    expired: bool,
-}
-
-struct Conn {
-    connector_id: String,
-    channels: Vec<Channel>,
-    accounts: Accounts,
-    max_in_flight: usize,
-    jobs: mpsc::Sender<Job>,
-    kick: CancellationToken,
-    /// Jobs sent to this stream and not answered. Invariant: at most `max_in_flight`
-    /// not expired. Changed only through `hold` / `take` / `expire`.
-    held: HashMap<ItemId, Held>,
-    /// How many of `held` are not expired (the credit in use).
-    live: usize,
-    /// A lease of this stream expired unanswered: it gets no more jobs, and its stream
-    /// is ended once it holds no unexpired job.
-    stalled: bool,
-}
-
-impl Conn {
-    fn in_flight(&self) -> usize {
-        debug_assert_eq!(
-            self.live,
-            self.held.values().filter(|h| !h.expired).count(),
-            "live count of {}",
-            self.connector_id
-        );
-        self.live
-    }
-
-    fn hold(&mut self, id: ItemId, h: Held) {
-        if let Some(old) = self.held.insert(id, h) {
-            if !old.expired {
-                self.live -= 1;
-            }
-        }
-        if !h.expired {
-            self.live += 1;
-        }
-    }
-
-    /// Removes the job of `id`, if held.
-    fn take(&mut self, id: ItemId) -> Option<Held> {
-        let h = self.held.remove(&id)?;
-        if !h.expired {
-            self.live -= 1;
-        }
-        Some(h)
-    }
-
-    /// The lease of `id` ended; the stream may still answer it (late).
-    fn expire(&mut self, id: ItemId) {
-        if let Some(h) = self.held.get_mut(&id) {
-            if !h.expired {
-                h.expired = true;
-                self.live -= 1;
-            }
-        }
-    }
-
-    /// Credit for new jobs: none when stalled; never more than the stream's buffer
-    /// has room for (a job that cannot be written is not handed out).
-    fn free(&self) -> usize {
-        if self.stalled {
-            return 0;
-        }
-        self.max_in_flight
-            .saturating_sub(self.in_flight())
-            .min(self.jobs.capacity())
-    }
-}
-
 /// A dispatch write whose jobs went out when it executed, not yet known durable.
 struct PendingWrite {
     /// The answers it records: put back if it does not commit.
@@ -369,59 +253,6 @@ struct Planned {
     account: String,
     channel: Channel,
     conn: u64,
-}
-
-/// What the batch read tells about a due id.
-struct Meta {
-    id: ItemId,
-    due: Millis,
-    account: String,
-    /// `Err` when the stored row cannot be decoded.
-    decoded: Result<(Channel, State), String>,
-    lease_expires_at: Option<Millis>,
-    attempts: u32,
-    /// When its lateness window ends, if it has one.
-    late_after: Option<Millis>,
-}
-
-/// Why due items wait without being handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    Pause,
-    RateLimit,
-}
-
-/// Starts of the last minute per account and channel, for rate limits.
-#[derive(Default)]
-struct Limiter {
-    starts: HashMap<(String, Channel), VecDeque<Millis>>,
-}
-
-/// The window of a rate limit.
-const RATE_WINDOW_MS: Millis = 60_000;
-
-impl Limiter {
-    /// Counts a start at `now` if fewer than `per_minute` started in the last minute.
-    fn try_start(&mut self, account: &str, ch: Channel, per_minute: u32, now: Millis) -> bool {
-        let q = self.starts.entry((account.to_owned(), ch)).or_default();
-        while q.front().is_some_and(|&t| t <= now - RATE_WINDOW_MS) {
-            q.pop_front();
-        }
-        if q.len() < per_minute as usize {
-            q.push_back(now);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// When the next start of `account` on `ch` is allowed.
-    fn next_free(&self, account: &str, ch: Channel) -> Option<Millis> {
-        self.starts
-            .get(&(account.to_owned(), ch))
-            .and_then(|q| q.front())
-            .map(|&t| t + RATE_WINDOW_MS)
-    }
 }
 
 impl Actor {
@@ -652,72 +483,6 @@ impl Actor {
         self.stats
             .held_rate_limited
             .store(held(Hold::RateLimit), Relaxed);
-    }
-
-    /// When the actor must look again without being told: the end of a lateness window
-    /// or of a rate limit's minute (on the engine's clock).
-    fn next_wake(&self) -> Option<Millis> {
-        let late = self.late_at.first().map(|&(t, _)| t);
-        let rate = self
-            .parked
-            .iter()
-            .filter(|(_, (h, _))| *h == Hold::RateLimit)
-            .filter_map(|((a, ch), _)| self.limiter.next_free(a, *ch))
-            .min();
-        match (late, rate) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Waiting items whose lateness window ended: their policy applies now (the write
-    /// checks again that they are still waiting and late).
-    fn expire_late(&mut self, now: Millis) {
-        while let Some(&(at, id)) = self.late_at.first() {
-            if at > now {
-                break;
-            }
-            self.late_at.pop_first();
-            self.outcomes.push(Outcome::Late { id });
-        }
-    }
-
-    /// Puts held-back items back in line once their pause ended or their rate limit has
-    /// room again; the plan holds back again whatever still may not start.
-    fn release_parked(&mut self, now: Millis) {
-        if self.parked.is_empty() {
-            return;
-        }
-        let controls = self.engine.controls().snapshot();
-        let free: Vec<(String, Channel)> = self
-            .parked
-            .iter()
-            .filter(|((a, ch), (hold, _))| match hold {
-                Hold::Pause => !controls.is_paused(a, *ch),
-                Hold::RateLimit => {
-                    controls.limit(a, *ch).is_none()
-                        || self.limiter.next_free(a, *ch).is_none_or(|t| t <= now)
-                }
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in free {
-            if let Some((_, items)) = self.parked.remove(&key) {
-                let q = self.waiting.entry(key.1).or_default();
-                for f in items {
-                    q.push(&key.0, f);
-                }
-            }
-        }
-    }
-
-    fn park(&mut self, account: String, ch: Channel, hold: Hold, f: Fired) {
-        let e = self
-            .parked
-            .entry((account, ch))
-            .or_insert_with(|| (hold, VecDeque::new()));
-        e.0 = hold;
-        e.1.push_back(f);
     }
 
     /// One round: read what fell due, then record the answers and lease new jobs in
@@ -1062,74 +827,4 @@ impl Actor {
             }
         }
     }
-}
-
-fn read_meta(conn: &rusqlite::Connection, fired: &[Fired]) -> domain::Result<Vec<Meta>> {
-    let mut out = Vec::with_capacity(fired.len());
-    for chunk in fired.chunks(500) {
-        let marks = vec!["?"; chunk.len()].join(",");
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts, send_at, timing \
-             FROM items WHERE id IN ({marks})"
-        ))?;
-        let rows = st.query_map(
-            rusqlite::params_from_iter(chunk.iter().map(|&(i, _)| Value::Integer(i))),
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<Vec<u8>>>(7)?,
-                ))
-            },
-        )?;
-        let mut by_id: HashMap<ItemId, Meta> = HashMap::with_capacity(chunk.len());
-        for r in rows {
-            let (id, account, channel, state, lease_expires_at, attempts, send_at, timing) = r?;
-            let timing = match timing {
-                None => Some(Timing::default()),
-                Some(b) => Timing::from_bytes(&b),
-            };
-            let decoded = match (Channel::from_i64(channel), State::from_i64(state), &timing) {
-                (Some(c), Some(s), Some(_)) => Ok((c, s)),
-                _ => Err(format!(
-                    "stored item cannot be read (channel {channel}, state {state}, timing)"
-                )),
-            };
-            let late_after = timing
-                .and_then(|t| t.max_lateness)
-                .map(|max| send_at.saturating_add(max).saturating_add(1));
-            let (decoded, attempts) = match decoded {
-                Ok((c, s)) => {
-                    let (s, a) = with_lease(s, attempts, lease_expires_at);
-                    (Ok((c, s)), a)
-                }
-                Err(e) => (Err(e), attempts),
-            };
-            by_id.insert(
-                id,
-                Meta {
-                    id,
-                    due: 0,
-                    account,
-                    decoded,
-                    lease_expires_at,
-                    attempts,
-                    late_after,
-                },
-            );
-        }
-        // Keep the due order the wheel gave.
-        out.extend(chunk.iter().filter_map(|&(id, due)| {
-            by_id.remove(&id).map(|mut m| {
-                m.due = due;
-                m
-            })
-        }));
-    }
-    Ok(out)
 }
