@@ -7,18 +7,18 @@
 //!
 //! A round of the loop:
 //! 1. take the ids the wheel fired, with the deadline each fired for, and read their
-//!    account, channel, state and lease in one batch read ([`meta`]); queue PENDING ones
-//!    per channel, round-robin across accounts ([`fair`]); a DISPATCHING one whose lease
+//!    account, channel, state and lease in one batch read (`meta`); queue PENDING ones
+//!    per channel, round-robin across accounts (`fair`); a DISPATCHING one whose lease
 //!    ended by that deadline (or that no stream holds, after a restart) is abandoned:
-//!    the attempt counts and the stream that held it gets no more jobs ([`conn`]);
+//!    the attempt counts and the stream that held it gets no more jobs (`conn`);
 //! 2. apply lateness windows that ended, release held-back items whose pause ended or
-//!    whose rate limit has room ([`hold`]);
+//!    whose rate limit has room (`hold`);
 //! 3. plan up to the connectors' free credit (never more than a stream's buffer takes),
 //!    holding back paused or rate-limited items, and write the answers received so far
-//!    plus the leases in one store write ([`writes`]); the jobs go out as soon as that
+//!    plus the leases in one store write (`writes`); the jobs go out as soon as that
 //!    write has executed in the writer's open group, before its fsync; up to
-//!    [`WRITES_IN_FLIGHT`] such writes overlap. An answer counts only for a job its
-//!    stream holds ([`job`]: the job id carries a secret lease token).
+//!    `WRITES_IN_FLIGHT` such writes overlap. An answer counts only for a job its
+//!    stream holds (`job`: the job id carries a secret lease token).
 
 mod conn;
 mod fair;
