@@ -5,39 +5,14 @@ use std::time::Duration;
 
 use common::*;
 use sendlater::pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    body
-}
-
-fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("{series} missing in:\n{body}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn metrics_are_scraped_over_http_and_follow_the_service() {
     let mut t =
         TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let addr = t.running().metrics_addr().expect("metrics enabled");
-    let before = scrape(addr).await;
-    let scheduled_before = value(&before, "sendlater_schedules_total");
+    let before = scrape_metrics(addr).await;
+    let scheduled_before = metric_value(&before, "sendlater_schedules_total");
     let mut ids = Vec::new();
     for i in 0..3 {
         let item = t
@@ -49,10 +24,10 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
         ids.push(item.item_id);
     }
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
-    let body = scrape(addr).await;
+    let body = scrape_metrics(addr).await;
     // Counters are process-wide (other tests in this binary may add to them).
-    assert!(value(&body, "sendlater_schedules_total") >= scheduled_before + 3.0);
-    assert_eq!(value(&body, "sendlater_pending_timers"), 3.0);
+    assert!(metric_value(&body, "sendlater_schedules_total") >= scheduled_before + 3.0);
+    assert_eq!(metric_value(&body, "sendlater_pending_timers"), 3.0);
     assert!(body.contains("# TYPE sendlater_dispatch_lateness_seconds histogram"));
     assert!(body.contains("sendlater_commit_batch_size_bucket{le=\"+Inf\"}"));
     t.advance(Duration::from_secs(60));
@@ -66,11 +41,15 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
         wait_state(&t.client, "acme", id, pb::State::Sent).await;
     }
     t.settle().await;
-    let body = scrape(addr).await;
-    assert_eq!(value(&body, "sendlater_connectors"), 1.0, "{body}");
-    assert_eq!(value(&body, "sendlater_pending_timers"), 0.0, "{body}");
+    let body = scrape_metrics(addr).await;
+    assert_eq!(metric_value(&body, "sendlater_connectors"), 1.0, "{body}");
+    assert_eq!(
+        metric_value(&body, "sendlater_pending_timers"),
+        0.0,
+        "{body}"
+    );
     assert!(
-        value(
+        metric_value(
             &body,
             "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}"
         ) >= 3.0,

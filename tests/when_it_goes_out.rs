@@ -670,30 +670,6 @@ async fn reschedule_with_a_local_time_applies_the_window_again() {
     t.stop().await;
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
-}
-
-fn gauge(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("{series} missing in:\n{body}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics() {
     let mut t =
@@ -729,10 +705,13 @@ async fn an_operator_pause_of_a_channel_holds_every_account_and_shows_in_metrics
     assert!(got.contains(&chat.item_id), "{got:?}");
     t.settle().await;
     let addr = t.running().metrics_addr().expect("metrics on");
-    let body = scrape(addr).await;
-    assert_eq!(gauge(&body, "sendlater_held_back{reason=\"pause\"}"), 2.0);
+    let body = scrape_metrics(addr).await;
     assert_eq!(
-        gauge(&body, "sendlater_held_back{reason=\"rate_limit\"}"),
+        metric_value(&body, "sendlater_held_back{reason=\"pause\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&body, "sendlater_held_back{reason=\"rate_limit\"}"),
         2.0
     );
     for id in [&a.item_id, &b.item_id] {
