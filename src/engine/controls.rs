@@ -40,13 +40,6 @@ impl ControlsSnapshot {
         self.limits.get(&(account.to_owned(), channel)).copied()
     }
 
-    /// Every (account, channel) with a pause or a limit.
-    pub fn keys(&self) -> Vec<(String, Channel)> {
-        let mut k: HashSet<(String, Channel)> = self.paused.clone();
-        k.extend(self.limits.keys().cloned());
-        k.into_iter().collect()
-    }
-
     /// Whether nothing is paused or limited (the common case: dispatch skips the checks).
     pub fn is_empty(&self) -> bool {
         self.paused.is_empty() && self.limits.is_empty()
@@ -86,25 +79,20 @@ impl Controls {
             .clone()
     }
 
-    /// Applies durable rows (start-up, or after a change committed).
-    pub fn apply(&self, rows: &[ControlRow]) {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = (**cur).clone();
+    /// Replaces the controls with every stored row (at start-up, and after each change
+    /// is durable): the table is a handful of rows, so the snapshot is rebuilt whole.
+    pub fn replace(&self, rows: &[ControlRow]) {
+        let mut next = ControlsSnapshot::default();
         for r in rows {
             let key = (r.account_id.clone(), r.channel);
             if r.paused {
                 next.paused.insert(key.clone());
-            } else {
-                next.paused.remove(&key);
             }
             if r.per_minute > 0 {
                 next.limits.insert(key, r.per_minute);
-            } else {
-                next.limits.remove(&key);
             }
         }
-        *cur = Arc::new(next);
-        drop(cur);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.changed.notify_one();
     }
 }
@@ -125,11 +113,11 @@ mod tests {
     #[test]
     fn a_pause_of_every_account_holds_back_each_account() {
         let c = Controls::default();
-        c.apply(&[row("*", Channel::Email, true, 0)]);
+        c.replace(&[row("*", Channel::Email, true, 0)]);
         let s = c.snapshot();
         assert!(s.is_paused("acme", Channel::Email));
         assert!(!s.is_paused("acme", Channel::Chat));
-        c.apply(&[row("*", Channel::Email, false, 0)]);
+        c.replace(&[row("*", Channel::Email, false, 0)]);
         assert!(!c.snapshot().is_paused("acme", Channel::Email));
         assert!(c.snapshot().is_empty());
     }
@@ -137,11 +125,11 @@ mod tests {
     #[test]
     fn a_rate_limit_is_per_account_and_channel_and_zero_removes_it() {
         let c = Controls::default();
-        c.apply(&[row("acme", Channel::Chat, false, 60)]);
+        c.replace(&[row("acme", Channel::Chat, false, 60)]);
         assert_eq!(c.snapshot().limit("acme", Channel::Chat), Some(60));
         assert_eq!(c.snapshot().limit("acme", Channel::Email), None);
         assert_eq!(c.snapshot().limit("globex", Channel::Chat), None);
-        c.apply(&[row("acme", Channel::Chat, false, 0)]);
+        c.replace(&[row("acme", Channel::Chat, false, 0)]);
         assert_eq!(c.snapshot().limit("acme", Channel::Chat), None);
     }
 }

@@ -185,7 +185,7 @@ impl Engine {
                 Ok((entries, counts, leased, controls))
             })
             .await?;
-        self.inner.controls.apply(&controls);
+        self.inner.controls.replace(&controls);
         let overdue = entries.iter().filter(|(_, at)| *at <= now).count();
         self.inner.timers.load(&entries);
         for (account, n) in counts {

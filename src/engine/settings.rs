@@ -7,7 +7,7 @@ use super::Engine;
 use crate::domain::{self, BusinessHours, Channel, Error, EventType, Item};
 use crate::store::rows::{
     all_controls, business_hours_items, get_business_hours, put_business_hours, put_control,
-    update_item, ControlRow,
+    update_item,
 };
 
 /// The dispatch controls of one account.
@@ -118,7 +118,7 @@ impl Engine {
                 Ok(all_controls(tx.conn)?)
             })
             .await?;
-        self.apply_controls(&rows);
+        self.inner.controls.replace(&rows);
         Ok(self.controls_of(account))
     }
 
@@ -130,23 +130,5 @@ impl Engine {
             paused,
             rate_limits,
         }
-    }
-
-    /// Replaces the in-memory controls with the durable rows.
-    fn apply_controls(&self, rows: &[ControlRow]) {
-        let mut all: Vec<ControlRow> = Vec::new();
-        // Rows absent from the table are neither paused nor limited: clear what the
-        // snapshot holds, then apply what is stored.
-        let snap = self.inner.controls.snapshot();
-        for (account, ch) in snap.keys() {
-            all.push(ControlRow {
-                account_id: account,
-                channel: ch,
-                paused: false,
-                per_minute: 0,
-            });
-        }
-        all.extend_from_slice(rows);
-        self.inner.controls.apply(&all);
     }
 }
