@@ -333,13 +333,12 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 format!("must be 0 (no limit) .. {}, got {}", u32::MAX, r.per_minute),
             ))
         })?;
-        let channels = convert::channels("channel", r.channel).map_err(status)?;
-        let c = self
-            .engine
-            .change_controls(r.account_id, channels, ControlChange::RateLimit(per_minute))
-            .await
-            .map_err(status)?;
-        Ok(Response::new(convert::controls_pb(c)))
+        self.change_controls(
+            r.account_id,
+            r.channel,
+            ControlChange::RateLimit(per_minute),
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id))]
@@ -386,10 +385,21 @@ impl SchedulerService {
     ) -> Result<Response<pb::DispatchControls>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
-        let channels = convert::channels("channel", r.channel).map_err(status)?;
+        self.change_controls(r.account_id, r.channel, change).await
+    }
+
+    /// A control change on the request's channel (UNSPECIFIED: every channel), answered
+    /// with the account's controls in force.
+    async fn change_controls(
+        &self,
+        account: String,
+        channel: i32,
+        change: ControlChange,
+    ) -> Result<Response<pb::DispatchControls>, Status> {
+        let channels = convert::channels("channel", channel).map_err(status)?;
         let c = self
             .engine
-            .change_controls(r.account_id, channels, change)
+            .change_controls(account, channels, change)
             .await
             .map_err(status)?;
         Ok(Response::new(convert::controls_pb(c)))
