@@ -374,6 +374,17 @@ impl TestServer {
             .into_inner()
     }
 
+    /// No retry follows a permanent failure: with the clock well past any backoff and
+    /// the server idle, the `acme` item is still FAILED after one attempt (a second
+    /// delivery would need a second lease, which counts an attempt).
+    pub async fn assert_not_retried(&self, id: &str) {
+        self.advance(Duration::from_secs(60));
+        self.settle().await;
+        let still = self.get_acme(id).await;
+        assert_eq!(still.state, pb::State::Failed as i32, "{still:?}");
+        assert_eq!(still.attempts, 1, "{still:?}");
+    }
+
     /// Waits until the server is idle: every queued write committed and durable, the
     /// wheel advanced to the clock, dispatch done with everything it can do now (see
     /// `RunningServer::settle`). Messages still on the network are not covered: wait
