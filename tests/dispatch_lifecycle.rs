@@ -281,6 +281,29 @@ async fn send_now_on_an_item_waiting_for_a_retry_sends_it_at_once_as_attempt_two
     t.stop().await;
 }
 
+/// With the clock a minute past `retry_at` (the clock stands at T0 + 1 s), the item
+/// waiting for that retry stays in `state` once the server is idle, and the next job on
+/// `c` is a fresh item (a fence), not the retry.
+async fn past_the_retry_nothing_goes_out(
+    t: &TestServer,
+    c: &mut TestConnector,
+    id: &str,
+    retry_at: i64,
+    state: pb::State,
+) {
+    t.advance(Duration::from_millis(
+        (retry_at - (T0 + SEC)) as u64 + 60_000,
+    ));
+    assert_state_after_settle(t, id, state, "not retried").await;
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), fence.item_id, "{id} is not retried");
+    c.ack(&job, "fence").await;
+    wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
+}
+
 #[tokio::test]
 async fn cancel_on_an_item_waiting_for_a_retry_means_it_never_goes_out_again() {
     let mut t = TestServer::start().await;
@@ -296,28 +319,8 @@ async fn cancel_on_an_item_waiting_for_a_retry_means_it_never_goes_out_again() {
         .into_inner();
     assert_eq!(cancelled.state, pb::State::Cancelled as i32);
     // Well past the retry time: still cancelled, not leased again.
-    t.advance(Duration::from_millis(
-        (retry_at - (T0 + SEC)) as u64 + 60_000,
-    ));
-    assert_state_after_settle(
-        &t,
-        &waiting.item_id,
-        pb::State::Cancelled,
-        "no retry of a cancelled item",
-    )
-    .await;
-    // Fence: the next job on this connector is a new item, not the retry.
-    let fence = t
-        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+    past_the_retry_nothing_goes_out(&t, &mut c, &waiting.item_id, retry_at, pb::State::Cancelled)
         .await;
-    let job = c.next_job().await;
-    assert_eq!(
-        job_item(&job),
-        fence.item_id,
-        "the cancelled item is not retried"
-    );
-    c.ack(&job, "fence").await;
-    wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
     let after = t.get_acme(&waiting.item_id).await;
     assert_eq!(after.state, pb::State::Cancelled as i32);
     assert_eq!(after.attempts, 1);
@@ -359,23 +362,14 @@ async fn client_activity_converts_an_item_waiting_for_a_retry_into_a_note() {
         })
     );
     // The retry time passes: the note is not sent.
-    t.advance(Duration::from_millis(
-        (retry_at - (T0 + SEC)) as u64 + 60_000,
-    ));
-    assert_state_after_settle(
+    past_the_retry_nothing_goes_out(
         &t,
+        &mut c,
         &waiting.item_id,
+        retry_at,
         pb::State::ConvertedToNote,
-        "a note is never retried",
     )
     .await;
-    let fence = t
-        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
-        .await;
-    let job = c.next_job().await;
-    assert_eq!(job_item(&job), fence.item_id, "the note is not retried");
-    c.ack(&job, "fence").await;
-    wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
     assert_eq!(&t.get_acme(&waiting.item_id).await, note);
     t.stop().await;
 }
