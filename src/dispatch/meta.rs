@@ -1,13 +1,14 @@
 //! The batch read of what fell due: each item's account, channel, state, lease and
-//! lateness window, telling a row that cannot be decoded apart.
+//! lateness window, telling a row that cannot be decoded apart, in the order the wheel
+//! fired them. The rows come from `store::meta`; this module keeps the due order and
+//! works out the lateness window.
 
 use std::collections::HashMap;
 
-use rusqlite::types::Value;
-
-use crate::domain::{self, Channel, ItemId, Millis, State, Timing};
+use crate::domain::{self, Channel, ItemId, Millis, State};
 use crate::engine::Fired;
-use crate::store::rows::{with_lease, LEASE_EXPIRES};
+use crate::store::meta::{item_meta, ItemMeta};
+use crate::store::Store;
 
 /// What the batch read tells about a due id.
 pub(super) struct Meta {
@@ -22,72 +23,43 @@ pub(super) struct Meta {
     pub(super) late_after: Option<Millis>,
 }
 
-pub(super) fn read_meta(conn: &rusqlite::Connection, fired: &[Fired]) -> domain::Result<Vec<Meta>> {
-    let mut out = Vec::with_capacity(fired.len());
-    for chunk in fired.chunks(500) {
-        let marks = vec!["?"; chunk.len()].join(",");
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts, send_at, timing \
-             FROM items WHERE id IN ({marks})"
-        ))?;
-        let rows = st.query_map(
-            rusqlite::params_from_iter(chunk.iter().map(|&(i, _)| Value::Integer(i))),
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<Vec<u8>>>(7)?,
-                ))
-            },
-        )?;
-        let mut by_id: HashMap<ItemId, Meta> = HashMap::with_capacity(chunk.len());
-        for r in rows {
-            let (id, account, channel, state, lease_expires_at, attempts, send_at, timing) = r?;
-            let timing = match timing {
-                None => Some(Timing::default()),
-                Some(b) => Timing::from_bytes(&b),
-            };
-            let decoded = match (Channel::from_i64(channel), State::from_i64(state), &timing) {
-                (Some(c), Some(s), Some(_)) => Ok((c, s)),
-                _ => Err(format!(
-                    "stored item cannot be read (channel {channel}, state {state}, timing)"
-                )),
-            };
-            let late_after = timing
-                .and_then(|t| t.max_lateness)
-                .map(|max| send_at.saturating_add(max).saturating_add(1));
-            let (decoded, attempts) = match decoded {
-                Ok((c, s)) => {
-                    let (s, a) = with_lease(s, attempts, lease_expires_at);
-                    (Ok((c, s)), a)
-                }
-                Err(e) => (Err(e), attempts),
-            };
-            by_id.insert(
-                id,
-                Meta {
-                    id,
-                    due: 0,
-                    account,
-                    decoded,
-                    lease_expires_at,
-                    attempts,
-                    late_after,
-                },
-            );
+impl Meta {
+    fn new(m: ItemMeta, due: Millis) -> Meta {
+        let (decoded, late_after) = match m.decoded {
+            Ok((channel, state, timing)) => {
+                let late_after = timing
+                    .max_lateness
+                    .map(|max| m.send_at.saturating_add(max).saturating_add(1));
+                (Ok((channel, state)), late_after)
+            }
+            Err(why) => (Err(why), None),
+        };
+        Meta {
+            id: m.id,
+            due,
+            account: m.account,
+            decoded,
+            lease_expires_at: m.lease_expires_at,
+            attempts: m.attempts,
+            late_after,
         }
-        // Keep the due order the wheel gave.
-        out.extend(chunk.iter().filter_map(|&(id, due)| {
-            by_id.remove(&id).map(|mut m| {
-                m.due = due;
-                m
-            })
-        }));
     }
-    Ok(out)
+}
+
+/// Reads the items of `fired` (a hint: every decision is re-checked in a write) and
+/// returns those that still exist, in the order given.
+///
+/// # Errors
+/// Storage errors.
+pub(super) async fn read_meta(store: &Store, fired: &[Fired]) -> domain::Result<Vec<Meta>> {
+    let ids: Vec<ItemId> = fired.iter().map(|&(id, _)| id).collect();
+    let rows = store
+        .read_hint(move |conn| Ok(item_meta(conn, &ids)?))
+        .await?;
+    let mut by_id: HashMap<ItemId, ItemMeta> = rows.into_iter().map(|m| (m.id, m)).collect();
+    // Keep the due order the wheel gave.
+    Ok(fired
+        .iter()
+        .filter_map(|&(id, due)| by_id.remove(&id).map(|m| Meta::new(m, due)))
+        .collect())
 }

@@ -622,13 +622,7 @@ impl Actor {
         if fired.is_empty() {
             return Ok(());
         }
-        let ids = fired.clone();
-        let metas = match self
-            .engine
-            .store()
-            .read_hint(move |conn| read_meta(conn, &ids))
-            .await
-        {
+        let metas = match read_meta(self.engine.store(), &fired).await {
             Ok(m) => m,
             Err(e) => {
                 // Not lost: they are read again next round.

@@ -5,6 +5,7 @@
 mod error;
 mod hours;
 mod item;
+mod listing;
 mod local_time;
 mod rules;
 mod validate;
@@ -12,6 +13,7 @@ mod validate;
 pub use error::{Error, Result};
 pub use hours::*;
 pub use item::*;
+pub use listing::{DeferredTicket, Event, ListQuery, Order};
 pub use local_time::*;
 pub use rules::*;
 pub use validate::*;

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use crate::clock::Clock;
 use crate::config::{DispatchConfig, Limits, Synchronous};
 use crate::domain::{self, ItemId, Millis};
-use crate::store::{rows, CommitHook, Effects, Store, StoreError};
+use crate::store::{recovery, rows, CommitHook, Effects, Store, StoreError};
 
 pub use commands::Changes;
 pub use controls::{Controls, ControlsSnapshot, EVERY_ACCOUNT};
@@ -154,47 +154,21 @@ impl Engine {
     /// the partial index `items_live` (the wheel fires overdue items oldest first).
     async fn recover(&self) -> domain::Result<Recovery> {
         let now = self.inner.clock.now_ms();
-        let (entries, counts, leased, controls) = self
+        let scan = self
             .inner
             .store
-            .read(move |conn| {
-                // One pass over items_live: ids and times for the wheel, and the
-                // live count of each account (the index is in account order).
-                let mut st = conn.prepare(
-                    "SELECT account_id, id, next_send_at FROM items INDEXED BY items_live \
-                     WHERE state IN (1, 2)",
-                )?;
-                let mut entries: Vec<(ItemId, Millis)> = Vec::new();
-                let mut counts: Vec<(String, u64)> = Vec::new();
-                let mut rows = st.query([])?;
-                while let Some(r) = rows.next()? {
-                    let account = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-                    match counts.last_mut() {
-                        Some((a, n)) if a == account => *n += 1,
-                        _ => counts.push((account.to_owned(), 1)),
-                    }
-                    entries.push((r.get(1)?, r.get(2)?));
-                }
-                drop(rows);
-                // A leased item was due when leased (next_send_at <= its lease time),
-                // so it fires at once: the lease holder is gone with the old process.
-                let leased: i64 =
-                    conn.query_row("SELECT COUNT(*) FROM leases", [], |r| r.get(0))?;
-                let leased = leased as usize;
-                let controls = rows::all_controls(conn)?;
-                Ok((entries, counts, leased, controls))
-            })
+            .read(|conn| Ok(recovery::recovery_scan(conn)?))
             .await?;
-        self.inner.controls.replace(&controls);
-        let overdue = entries.iter().filter(|(_, at)| *at <= now).count();
-        self.inner.timers.load(&entries);
-        for (account, n) in counts {
+        self.inner.controls.replace(&scan.controls);
+        let overdue = scan.timers.iter().filter(|(_, at)| *at <= now).count();
+        self.inner.timers.load(&scan.timers);
+        for (account, n) in scan.live_counts {
             self.inner.live.add(&account, n);
         }
         Ok(Recovery {
-            timers: entries.len(),
+            timers: scan.timers.len(),
             overdue,
-            leased,
+            leased: scan.leased,
         })
     }
 

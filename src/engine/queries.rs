@@ -5,20 +5,11 @@
 //! skipped or repeated rows, unlike OFFSET). Tokens are opaque to callers and carry
 //! the order they were made for.
 
-use rusqlite::types::Value;
-use rusqlite::Connection;
-
 use super::Engine;
-use crate::domain::{self, Channel, Error, EventType, Item, ItemId, Kind, Millis, State};
-use crate::store::rows::{event_bounds, get_item, item_from_row, ItemSnapshot, ITEM_COLUMNS};
+use crate::domain::{self, Error, Item, ItemId, Millis};
+use crate::store::queries::{self as reads, Rows};
 
-/// Sort order of listings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Order {
-    #[default]
-    Asc,
-    Desc,
-}
+pub use crate::domain::{DeferredTicket, Event, ListQuery, Order};
 
 /// Who looks at a timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,25 +17,6 @@ pub enum Audience {
     #[default]
     Staff,
     Client,
-}
-
-/// ListScheduled filters.
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    pub account_id: String,
-    pub state: Option<State>,
-    pub ticket_id: Option<String>,
-    pub channel: Option<Channel>,
-    pub author_id: Option<String>,
-    pub kind: Option<Kind>,
-    /// Inclusive lower bound on the next send time.
-    pub send_at_from: Option<Millis>,
-    /// Exclusive upper bound on the next send time.
-    pub send_at_to: Option<Millis>,
-    pub order: Order,
-    /// 0 = default.
-    pub page_size: u32,
-    pub page_token: String,
 }
 
 /// One page of results.
@@ -55,21 +27,21 @@ pub struct Page<T> {
     pub next_page_token: String,
 }
 
-/// A ticket in the "Deferred sending" view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeferredTicket {
-    pub ticket_id: String,
-    pub next_send_at: Millis,
-    pub pending_count: u32,
-}
-
-/// An event of the outbox with the item as it was right after the change.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub sequence: u64,
-    pub kind: EventType,
-    pub at: Millis,
-    pub item: Item,
+impl<T> Page<T> {
+    /// The page of `rows`; its token names the key of the last row when more follow.
+    fn of(rows: Rows<T>, order: Order, key: impl Fn(&T) -> (Millis, Vec<u8>)) -> Self {
+        let next_page_token = match rows.rows.last() {
+            Some(last) if rows.more => {
+                let (at, k) = key(last);
+                make_token(order, at, &k)
+            }
+            _ => String::new(),
+        };
+        Page {
+            items: rows.rows,
+            next_page_token,
+        }
+    }
 }
 
 fn order_tag(o: Order) -> char {
@@ -131,12 +103,11 @@ impl Engine {
     pub async fn get(&self, account: String, id: ItemId) -> domain::Result<Item> {
         self.inner
             .store
-            .read(move |conn| {
-                get_item(conn, &account, id)?.ok_or_else(|| {
-                    Error::NotFound(format!("item {} not found", domain::format_item_id(id)))
-                })
+            .read(move |conn| Ok(reads::get_item(conn, &account, id)?))
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("item {} not found", domain::format_item_id(id)))
             })
-            .await
     }
 
     /// ListScheduled.
@@ -156,10 +127,15 @@ impl Engine {
                 .ok_or_else(bad_token)?;
             Some((at, id))
         };
-        self.inner
+        let order = q.order;
+        let rows = self
+            .inner
             .store
-            .read(move |conn| list_items(conn, &q, after, limit))
-            .await
+            .read(move |conn| Ok(reads::list_items(conn, &q, after, limit)?))
+            .await?;
+        Ok(Page::of(rows, order, |item: &Item| {
+            (item.next_send_at(), item.id.to_string().into_bytes())
+        }))
     }
 
     /// ListDeferredTickets: tickets with PENDING or DISPATCHING items, by next send time.
@@ -181,54 +157,19 @@ impl Engine {
             let (at, key) = parse_token(&page_token, order)?;
             Some((at, String::from_utf8(key).map_err(|_| bad_token())?))
         };
-        self.inner
+        let rows = self
+            .inner
             .store
             .read(move |conn| {
-                let (cmp, dir) = match order {
-                    Order::Asc => (">", "ASC"),
-                    Order::Desc => ("<", "DESC"),
-                };
-                let having = if after.is_some() {
-                    format!("HAVING (next_at, ticket_id) {cmp} (?2, ?3)")
-                } else {
-                    String::new()
-                };
-                let sql = format!(
-                    "SELECT ticket_id, MIN(next_send_at) AS next_at, COUNT(*) \
-                     FROM items INDEXED BY items_deferred \
-                     WHERE account_id = ?1 AND state IN (1, 2) GROUP BY ticket_id {having} \
-                     ORDER BY next_at {dir}, ticket_id {dir} LIMIT {}",
-                    limit + 1
-                );
-                let mut st = conn.prepare_cached(&sql)?;
-                let map = |r: &rusqlite::Row| {
-                    Ok(DeferredTicket {
-                        ticket_id: r.get(0)?,
-                        next_send_at: r.get(1)?,
-                        pending_count: r.get::<_, i64>(2)? as u32,
-                    })
-                };
-                let mut tickets: Vec<DeferredTicket> = match &after {
-                    Some((at, t)) => st
-                        .query_map(rusqlite::params![account, at, t], map)?
-                        .collect::<Result<_, _>>()?,
-                    None => st
-                        .query_map(rusqlite::params![account], map)?
-                        .collect::<Result<_, _>>()?,
-                };
-                let next_page_token = if tickets.len() > limit {
-                    tickets.truncate(limit);
-                    let last = &tickets[limit - 1];
-                    make_token(order, last.next_send_at, last.ticket_id.as_bytes())
-                } else {
-                    String::new()
-                };
-                Ok(Page {
-                    items: tickets,
-                    next_page_token,
-                })
+                let after = after.as_ref().map(|(at, t)| (*at, t.as_str()));
+                Ok(reads::deferred_tickets(
+                    conn, &account, order, after, limit,
+                )?)
             })
-            .await
+            .await?;
+        Ok(Page::of(rows, order, |t: &DeferredTicket| {
+            (t.next_send_at, t.ticket_id.clone().into_bytes())
+        }))
     }
 
     /// GetTicketTimeline.
@@ -243,17 +184,10 @@ impl Engine {
     ) -> domain::Result<Vec<Item>> {
         domain::validate_id("account_id", &account)?;
         domain::validate_id("ticket_id", &ticket)?;
-        let items: Vec<Item> = self
+        let items = self
             .inner
             .store
-            .read(move |conn| {
-                let mut st = conn.prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_by_ticket \
-                     WHERE account_id = ?1 AND ticket_id = ?2"
-                ))?;
-                let rows = st.query_map(rusqlite::params![account, ticket], item_from_row)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
+            .read(move |conn| Ok(reads::ticket_items(conn, &account, &ticket)?))
             .await?;
         domain::timeline(items, audience == Audience::Client)
     }
@@ -262,179 +196,27 @@ impl Engine {
     /// each with its item as it was right after the change.
     ///
     /// # Errors
-    /// Storage errors.
+    /// `OutOfRange` when events after `after` were pruned (resuming would skip them);
+    /// storage errors.
     pub async fn events_after(
         &self,
         account: Option<String>,
         after: u64,
         limit: usize,
     ) -> domain::Result<Vec<Event>> {
-        self.inner
+        let read = self
+            .inner
             .store
-            .read(move |conn| read_events(conn, account.as_deref(), after, limit))
-            .await
-    }
-}
-
-fn list_items(
-    conn: &Connection,
-    q: &ListQuery,
-    after: Option<(Millis, ItemId)>,
-    limit: usize,
-) -> domain::Result<Page<Item>> {
-    let state = q.state.unwrap_or(State::Pending);
-    // PENDING items are listed from items_live, finished ones from items_done (the
-    // literal WHERE terms let SQLite use those partial indexes). DISPATCHING is stored
-    // as PENDING with a row in `leases`: those are listed from `leases`, which holds
-    // only the jobs out at connectors (a sort of those, never a walk of every pending
-    // item of the account; CROSS JOIN keeps SQLite from starting at items).
-    let (from, filter, finished) = match state {
-        State::Pending => (
-            "items INDEXED BY items_live",
-            "state IN (1, 2) AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)",
-            None,
-        ),
-        State::Dispatching => (
-            "leases CROSS JOIN items ON items.id = leases.item",
-            "state = 1",
-            None,
-        ),
-        other => (
-            "items INDEXED BY items_done",
-            "state NOT IN (1, 2) AND state = ?",
-            Some(other),
-        ),
-    };
-    let mut sql = format!(
-        "SELECT {ITEM_COLUMNS}, next_send_at FROM {from} WHERE account_id = ? AND {filter}"
-    );
-    let mut args: Vec<Value> = vec![Value::Text(q.account_id.clone())];
-    if let Some(state) = finished {
-        args.push(Value::Integer(state.as_i64()));
-    }
-    if let Some(t) = &q.ticket_id {
-        sql.push_str(" AND ticket_id = ?");
-        args.push(Value::Text(t.clone()));
-    }
-    if let Some(c) = q.channel {
-        sql.push_str(" AND channel = ?");
-        args.push(Value::Integer(c.as_i64()));
-    }
-    if let Some(a) = &q.author_id {
-        sql.push_str(" AND author_id = ?");
-        args.push(Value::Text(a.clone()));
-    }
-    if let Some(k) = q.kind {
-        sql.push_str(" AND kind = ?");
-        args.push(Value::Integer(k.as_i64()));
-    }
-    if let Some(f) = q.send_at_from {
-        sql.push_str(" AND next_send_at >= ?");
-        args.push(Value::Integer(f));
-    }
-    if let Some(t) = q.send_at_to {
-        sql.push_str(" AND next_send_at < ?");
-        args.push(Value::Integer(t));
-    }
-    let (cmp, dir) = match q.order {
-        Order::Asc => (">", "ASC"),
-        Order::Desc => ("<", "DESC"),
-    };
-    if let Some((at, id)) = after {
-        sql.push_str(&format!(" AND (next_send_at, id) {cmp} (?, ?)"));
-        args.push(Value::Integer(at));
-        args.push(Value::Integer(id));
-    }
-    sql.push_str(&format!(
-        " ORDER BY next_send_at {dir}, id {dir} LIMIT {}",
-        limit + 1
-    ));
-    let mut st = conn.prepare_cached(&sql)?;
-    let mut items: Vec<Item> = st
-        .query_map(rusqlite::params_from_iter(args), item_from_row)?
-        .collect::<Result<_, _>>()?;
-    let next_page_token = if items.len() > limit {
-        items.truncate(limit);
-        let last = &items[limit - 1];
-        make_token(q.order, last.next_send_at(), last.id.to_string().as_bytes())
-    } else {
-        String::new()
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-    })
-}
-
-fn read_events(
-    conn: &Connection,
-    account: Option<&str>,
-    after: u64,
-    limit: usize,
-) -> domain::Result<Vec<Event>> {
-    use prost::Message;
-    let sql = format!(
-        "SELECT e.seq, e.type, e.at, e.snapshot, {} FROM events e \
-         JOIN items ON items.id = e.item_id WHERE e.seq > ?1 {} ORDER BY e.seq LIMIT ?2",
-        ITEM_COLUMNS
-            .split(", ")
-            .map(|c| {
-                let c = c.trim();
-                if c.starts_with('(') {
-                    c.to_owned() // the lease subquery names items.id itself
-                } else {
-                    format!("items.{c}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        if account.is_some() {
-            "AND e.account_id = ?3"
-        } else {
-            ""
+            .read(move |conn| Ok(reads::events_after(conn, account.as_deref(), after, limit)?))
+            .await?;
+        // Resuming after a sequence whose successors were pruned would skip events.
+        let oldest = read.oldest;
+        if after > 0 && after + 1 < oldest {
+            return Err(Error::OutOfRange(format!(
+                "after_sequence: events after {after} were pruned; the oldest retained sequence \
+                 is {oldest}: resync (e.g. with ListScheduled) and resume from there"
+            )));
         }
-    );
-    let mut st = conn.prepare_cached(&sql)?;
-    let map = |r: &rusqlite::Row| -> rusqlite::Result<Event> {
-        let seq: i64 = r.get(0)?;
-        let kind: i64 = r.get(1)?;
-        let at: i64 = r.get(2)?;
-        let snap: Vec<u8> = r.get(3)?;
-        let mut item = item_from_offset(r)?;
-        if let Ok(s) = ItemSnapshot::decode(snap.as_slice()) {
-            s.apply_to(&mut item);
-        }
-        Ok(Event {
-            sequence: seq as u64,
-            kind: EventType::from_i64(kind).unwrap_or(EventType::Updated),
-            at,
-            item,
-        })
-    };
-    // One snapshot for the events and the bounds: pruning between the two reads must
-    // not hide a gap.
-    let snapshot = conn.unchecked_transaction()?;
-    let rows = match account {
-        Some(a) => st
-            .query_map(rusqlite::params![after as i64, limit as i64, a], map)?
-            .collect::<Result<Vec<_>, _>>()?,
-        None => st
-            .query_map(rusqlite::params![after as i64, limit as i64], map)?
-            .collect::<Result<Vec<_>, _>>()?,
-    };
-    // Resuming after a sequence whose successors were pruned would skip events.
-    let (oldest, _) = event_bounds(conn)?;
-    drop(snapshot);
-    if after > 0 && after + 1 < oldest {
-        return Err(Error::OutOfRange(format!(
-            "after_sequence: events after {after} were pruned; the oldest retained sequence \
-             is {oldest}: resync (e.g. with ListScheduled) and resume from there"
-        )));
+        Ok(read.events)
     }
-    Ok(rows)
-}
-
-/// Reads the item columns that follow the 4 event columns.
-fn item_from_offset(r: &rusqlite::Row) -> rusqlite::Result<Item> {
-    crate::store::rows::item_from_row_at(r, 4)
 }

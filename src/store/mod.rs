@@ -22,8 +22,12 @@
 //! - If the writer or the sync thread dies, [`Store::fatal`] says why and every later
 //!   write fails: the process should stop and be restarted.
 
+pub mod backup;
 mod checkpoint;
+pub mod meta;
+pub mod queries;
 mod reader;
+pub mod recovery;
 pub mod rows;
 pub mod schema;
 pub mod trace;

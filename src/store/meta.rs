@@ -1,0 +1,96 @@
+//! The batch read dispatch makes of the items whose timers fired: for each, its
+//! account, channel, state (DISPATCHING when it holds a lease), lease, attempts and
+//! timing, telling a row that cannot be decoded apart from a storage error.
+//!
+//! # Contract
+//! [`item_meta`] runs inside [`Store::read_hint`](super::Store::read_hint), which may
+//! see a commit whose fsync is still running: it only says which items to look at, and
+//! every decision taken from it is re-checked inside a write. A client-facing read goes
+//! through [`Store::read`](super::Store::read), which returns only what is durable.
+
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection};
+
+use super::rows::{with_lease, LEASE_EXPIRES};
+use super::StoreError;
+use crate::domain::{Channel, ItemId, Millis, State, Timing};
+
+/// Ids per statement (well under SQLite's bound-parameter limit).
+const CHUNK: usize = 500;
+
+/// What dispatch needs to know about an item whose timer fired.
+#[derive(Debug, Clone)]
+pub struct ItemMeta {
+    pub id: ItemId,
+    pub account: String,
+    /// The channel, the state (DISPATCHING when the item holds a lease) and the
+    /// timing; `Err` says why the stored row cannot be decoded.
+    pub decoded: Result<(Channel, State, Timing), String>,
+    /// When its lease ends, if it holds one.
+    pub lease_expires_at: Option<Millis>,
+    /// Attempts, counting the one under way when it holds a lease (as stored when the
+    /// row cannot be decoded).
+    pub attempts: u32,
+    /// Its send time (a lateness window counts from it).
+    pub send_at: Millis,
+}
+
+/// The [`ItemMeta`] of each of `ids` that has a row, in no particular order.
+///
+/// # Errors
+/// Storage errors (a row that cannot be decoded is not one: see
+/// [`ItemMeta::decoded`]).
+pub fn item_meta(conn: &Connection, ids: &[ItemId]) -> Result<Vec<ItemMeta>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT id, account_id, channel, state, {LEASE_EXPIRES}, attempts, send_at, timing \
+             FROM items WHERE id IN ({marks})"
+        ))?;
+        let rows = st.query_map(
+            params_from_iter(chunk.iter().map(|&i| Value::Integer(i))),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<Vec<u8>>>(7)?,
+                ))
+            },
+        )?;
+        for r in rows {
+            let (id, account, channel, state, lease_expires_at, attempts, send_at, timing) = r?;
+            let timing = match timing {
+                None => Some(Timing::default()),
+                Some(b) => Timing::from_bytes(&b),
+            };
+            let (decoded, attempts) =
+                match (Channel::from_i64(channel), State::from_i64(state), timing) {
+                    (Some(c), Some(s), Some(t)) => {
+                        let (s, a) = with_lease(s, attempts, lease_expires_at);
+                        (Ok((c, s, t)), a)
+                    }
+                    _ => (
+                        Err(format!(
+                            "stored item cannot be read (channel {channel}, state {state}, timing)"
+                        )),
+                        attempts,
+                    ),
+                };
+            out.push(ItemMeta {
+                id,
+                account,
+                decoded,
+                lease_expires_at,
+                attempts,
+                send_at,
+            });
+        }
+    }
+    Ok(out)
+}
