@@ -306,6 +306,16 @@ impl ServerProc {
     }
 
     /// CPU time (user + system) the process used so far, in seconds.
+    /// Bytes the server process has passed to write(2)/pwrite(2) so far (WAL frames,
+    /// checkpoint copies): divided by operations, the storage cost of one.
+    fn written_bytes(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn cpu_secs(&self) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
         let rest = &s[s.rfind(')').unwrap() + 2..];
@@ -824,6 +834,7 @@ async fn scenario_schedule_batch(o: &Opts) {
         // a response is being encoded.
         let conc = 4usize;
         let chans = channels(&s.url, 2).await;
+        let written0 = s.written_bytes();
         let next = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let warm_end = start + Duration::from_secs(1);
@@ -867,6 +878,8 @@ async fn scenario_schedule_batch(o: &Opts) {
             lat.extend(t.await.unwrap());
         }
         lat.sort_unstable();
+        let written = s.written_bytes() - written0;
+        let scheduled = next.load(Ordering::Relaxed);
         s.stop();
         let rps = counted.load(Ordering::Relaxed) as f64 / dur.as_secs_f64();
         result(
@@ -877,6 +890,10 @@ async fn scenario_schedule_batch(o: &Opts) {
                 ("in_flight", conc.to_string()),
                 ("batch_p50_ms", f3(pct(&lat, 50.0) as f64 / 1000.0)),
                 ("batch_p99_ms", f3(pct(&lat, 99.0) as f64 / 1000.0)),
+                (
+                    "written_bytes_per_item",
+                    f1(written as f64 / scheduled.max(1) as f64),
+                ),
             ],
         );
     }
@@ -981,6 +998,7 @@ async fn scenario_dispatch(o: &Opts) {
     let last_b = Arc::new(Mutex::new(Instant::now()));
     let b_start = Instant::now();
     let cpu1 = s.cpu_secs();
+    let written1 = s.written_bytes();
     let conns = vec![
         connector(
             channel(&s.url).await,
@@ -1004,6 +1022,7 @@ async fn scenario_dispatch(o: &Opts) {
     let got_b = received_b.load(Ordering::Relaxed);
     let b_secs = last_b.lock().unwrap().duration_since(b_start).as_secs_f64();
     let b_cpu = s.cpu_secs() - cpu1;
+    let b_written = s.written_bytes() - written1;
     for c in conns {
         c.finish().await;
     }
@@ -1026,6 +1045,10 @@ async fn scenario_dispatch(o: &Opts) {
             ("ontime_server_cpu_cores", f3(a_cpu / a_secs)),
             ("drain_jobs", got_b.to_string()),
             ("drain_server_cpu_cores", f3(b_cpu / b_secs)),
+            (
+                "drain_written_bytes_per_job",
+                f1(b_written as f64 / got_b.max(1) as f64),
+            ),
             (
                 "background_schedules_per_s",
                 f1(bg_n as f64 / (a_secs + b_secs + 2.0)),
@@ -1230,6 +1253,7 @@ async fn scenario_cancel(o: &Opts) {
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let cpu0 = s.cpu_secs();
+    let written0 = s.written_bytes();
     for t in 0..UNARY_CLIENTS {
         let mine: Vec<(String, String)> = ids[t * per..(t + 1) * per].to_vec();
         let mut client = SchedulerClient::new(chans[t % 4].clone());
@@ -1268,6 +1292,7 @@ async fn scenario_cancel(o: &Opts) {
     }
     let secs = last.duration_since(start).as_secs_f64();
     let cpu = s.cpu_secs() - cpu0;
+    let written = s.written_bytes() - written0;
     s.stop();
     lat.sort_unstable();
     result(
@@ -1280,6 +1305,10 @@ async fn scenario_cancel(o: &Opts) {
             ("cancelled", lat.len().to_string()),
             ("errors", errors.load(Ordering::Relaxed).to_string()),
             ("server_cpu_cores", f3(cpu / secs)),
+            (
+                "written_bytes_per_cancel",
+                f1(written as f64 / lat.len().max(1) as f64),
+            ),
         ],
     );
 }

@@ -430,8 +430,10 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
     engine
         .store()
         .write(|tx| {
-            let pages: i64 = tx.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            tx.conn.query_row(
+            let pages: i64 = tx
+                .raw_connection()
+                .query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            tx.raw_connection().query_row(
                 &format!("PRAGMA max_page_count = {}", pages + 40),
                 [],
                 |_| Ok(()),
@@ -473,7 +475,7 @@ async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing
     engine
         .store()
         .write(|tx| {
-            tx.conn
+            tx.raw_connection()
                 .query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))?;
             Ok(())
         })

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::domain::{self, Channel, ItemId, Millis, State};
 use crate::engine::Fired;
-use crate::store::meta::{item_meta, ItemMeta};
+use crate::store::meta::ItemMeta;
 use crate::store::Store;
 
 /// What the batch read tells about a due id.
@@ -53,9 +53,7 @@ impl Meta {
 /// Storage errors.
 pub(super) async fn read_meta(store: &Store, fired: &[Fired]) -> domain::Result<Vec<Meta>> {
     let ids: Vec<ItemId> = fired.iter().map(|&(id, _)| id).collect();
-    let rows = store
-        .read_hint(move |conn| Ok(item_meta(conn, &ids)?))
-        .await?;
+    let rows = store.item_meta(ids).await?;
     let mut by_id: HashMap<ItemId, ItemMeta> = rows.into_iter().map(|m| (m.id, m)).collect();
     // Keep the due order the wheel gave.
     Ok(fired

@@ -7,6 +7,7 @@ mod hours;
 mod item;
 mod listing;
 mod local_time;
+pub mod machine;
 mod rules;
 mod validate;
 

@@ -26,6 +26,7 @@ pub fn can_transition(from: State, to: State) -> bool {
             | (Pending, Dispatching)     // leased to a connector
             | (Pending, Cancelled)
             | (Pending, ConvertedToNote)
+            | (Pending, Failed)          // past its lateness window, on_late FAIL (or unreadable)
             | (Dispatching, Sent)
             | (Dispatching, Pending)     // retry after a failed attempt
             | (Dispatching, Failed)

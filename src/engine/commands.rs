@@ -2,17 +2,12 @@
 //! group transaction, re-reading the row it changes, applying a domain rule, writing
 //! the row and its event, and recording the timer change for after the commit.
 
-use rusqlite::params;
-
+use super::transitions::{activity_rule, apply};
 use super::Engine;
+use crate::domain::machine::{self, Command, SendTime};
 use crate::domain::{
-    self, activity_effect, apply_activity, cancel, require_pending, validate_content, validate_new,
-    validate_send_at, Activity, CancelOutcome, Content, DeliveryWindow, Error, EventType, Item,
-    ItemId, Kind, LocalTime, Millis, NewItem, OnActivity, State, Timing,
-};
-use crate::store::rows::{
-    find_by_request, get_business_hours, get_item, insert_item, item_from_row, update_item,
-    ITEM_COLUMNS,
+    self, validate_content, validate_new, validate_send_at, Activity, Content, DeliveryWindow,
+    Error, Item, ItemId, LocalTime, Millis, NewItem, OnActivity, Timing,
 };
 use crate::store::Tx;
 
@@ -31,7 +26,14 @@ fn not_found(id: ItemId) -> Error {
 }
 
 fn load(tx: &Tx<'_>, account: &str, id: ItemId) -> domain::Result<Item> {
-    get_item(tx.conn, account, id)?.ok_or_else(|| not_found(id))
+    tx.load(account, id)?.ok_or_else(|| not_found(id))
+}
+
+/// Loads the account's item `id`, applies `cmd` and stores the result.
+fn change(tx: &mut Tx<'_>, account: &str, id: ItemId, cmd: Command) -> domain::Result<Item> {
+    let mut item = load(tx, account, id)?;
+    apply(tx, &mut item, cmd)?;
+    Ok(item)
 }
 
 /// The send time of an item asked for at `requested` with `timing`: moved to the next
@@ -41,7 +43,7 @@ fn load(tx: &Tx<'_>, account: &str, id: ItemId) -> domain::Result<Item> {
 /// `FailedPrecondition` when the window is BUSINESS_HOURS and the account has none set
 /// (or they never open).
 pub(crate) fn window_send_at(
-    conn: &rusqlite::Connection,
+    tx: &Tx<'_>,
     account: &str,
     requested: Millis,
     timing: &Timing,
@@ -49,7 +51,7 @@ pub(crate) fn window_send_at(
     if timing.window() != DeliveryWindow::BusinessHours {
         return Ok(requested);
     }
-    let hours = get_business_hours(conn, account)?.ok_or_else(|| {
+    let hours = tx.business_hours(account)?.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "delivery_window: account {account:?} has no business hours; set them with \
              SetBusinessHours first"
@@ -131,7 +133,7 @@ impl Engine {
     /// succeeded must get its item back even when, by now, its send_at lies in the past.
     fn insert_one(&self, tx: &mut Tx<'_>, new: &NewItem) -> domain::Result<Item> {
         if let Some(rid) = &new.request_id {
-            if let Some((existing, fp)) = find_by_request(tx.conn, &new.account_id, rid)? {
+            if let Some((existing, fp)) = tx.find_by_request(&new.account_id, rid)? {
                 return if fp == new.fingerprint() {
                     Ok(existing)
                 } else {
@@ -151,21 +153,13 @@ impl Engine {
                 new.account_id
             )));
         }
-        let mut timing = new.timing.clone();
-        let send_at = window_send_at(tx.conn, &new.account_id, new.send_at, &timing)?;
-        if timing.window() == DeliveryWindow::BusinessHours {
-            timing.requested_send_at = Some(new.send_at);
-        }
-        let id = insert_item(tx.conn, new, send_at, &timing, tx.now)?;
-        let mut item = new.clone().into_pending(id, tx.now);
-        item.send_at = send_at;
-        item.timing = timing;
-        tx.event(EventType::Scheduled, &item)?;
-        tx.set_timer(id, item.send_at);
-        // Counted now, so that the other writes of this group see it; handed back by
+        let send_at = window_send_at(tx, &new.account_id, new.send_at, &new.timing)?;
+        // Counted now, so that the other writes of this group see it; given back by
         // the store if this write does not commit.
-        self.inner.live.add(&item.account_id, 1);
-        tx.reserved(&item.account_id);
+        self.inner.live.add(&new.account_id, 1);
+        let (mut item, change) = machine::schedule(new.clone(), 0, send_at, tx.now);
+        item.id = tx.insert(new, send_at, &item.timing)?;
+        tx.save_new(&item, change)?;
         Ok(item)
     }
 
@@ -176,17 +170,7 @@ impl Engine {
     pub async fn send_now(&self, account: String, id: ItemId) -> domain::Result<Item> {
         self.inner
             .store
-            .write(move |tx| {
-                let mut item = load(tx, &account, id)?;
-                require_pending(&item, "send now")?;
-                item.send_at = tx.now;
-                item.next_attempt_at = None;
-                item.updated_at = tx.now;
-                update_item(tx.conn, &item)?;
-                tx.event(EventType::Updated, &item)?;
-                tx.set_timer(id, item.send_at);
-                Ok(item)
-            })
+            .write(move |tx| change(tx, &account, id, Command::SendNow))
             .await
     }
 
@@ -197,20 +181,7 @@ impl Engine {
     pub async fn cancel(&self, account: String, id: ItemId) -> domain::Result<Item> {
         self.inner
             .store
-            .write(move |tx| {
-                let mut item = load(tx, &account, id)?;
-                if cancel(&item)? == CancelOutcome::AlreadyCancelled {
-                    return Ok(item);
-                }
-                item.state = State::Cancelled;
-                item.next_attempt_at = None;
-                item.updated_at = tx.now;
-                update_item(tx.conn, &item)?;
-                tx.event(EventType::Cancelled, &item)?;
-                tx.remove_timer(id);
-                tx.release(&item.account_id);
-                Ok(item)
-            })
+            .write(move |tx| change(tx, &account, id, Command::Cancel))
             .await
     }
 
@@ -235,37 +206,26 @@ impl Engine {
             .store
             .write(move |tx| {
                 let mut item = load(tx, &account, id)?;
-                require_pending(&item, "reschedule")?;
-                if let Some(c) = changes.content {
-                    if c.channel() != item.channel {
-                        let field = match c.channel() {
-                            domain::Channel::Email => "email",
-                            domain::Channel::Chat => "chat",
-                        };
-                        return Err(Error::invalid(
-                            field,
-                            format!("the item goes out by {}", item.channel),
-                        ));
-                    }
-                    item.content = c;
-                }
-                if let Some(at) = changes.send_at {
-                    // The window applies again, from the new requested time.
-                    item.timing.send_at_local = changes.send_at_local;
-                    item.send_at = window_send_at(tx.conn, &item.account_id, at, &item.timing)?;
-                    if item.timing.window() == DeliveryWindow::BusinessHours {
-                        item.timing.requested_send_at = Some(at);
-                    }
-                    // A new send time replaces a pending retry time.
-                    item.next_attempt_at = None;
-                }
-                if let Some(p) = changes.on_activity {
-                    item.on_activity = p;
-                }
-                item.updated_at = tx.now;
-                update_item(tx.conn, &item)?;
-                tx.event(EventType::Updated, &item)?;
-                tx.set_timer(id, item.next_send_at());
+                let send_at = match changes.send_at {
+                    Some(at) if item.state == domain::State::Pending => Some(SendTime {
+                        requested: at,
+                        // The window applies again, from the new requested time.
+                        at: window_send_at(tx, &item.account_id, at, &item.timing)?,
+                        local: changes.send_at_local,
+                    }),
+                    Some(at) => Some(SendTime {
+                        requested: at,
+                        at,
+                        local: changes.send_at_local,
+                    }),
+                    None => None,
+                };
+                let cmd = Command::Edit {
+                    send_at,
+                    content: changes.content,
+                    on_activity: changes.on_activity,
+                };
+                apply(tx, &mut item, cmd)?;
                 Ok(item)
             })
             .await
@@ -285,84 +245,16 @@ impl Engine {
         domain::validate_id("account_id", &account)?;
         domain::validate_id("ticket_id", &ticket)?;
         domain::validate_id("message_id", &activity.message_id)?;
-        let me = self.clone();
         self.inner
             .store
             .write(move |tx| {
                 // One of our own sends, reported back by the backend: the rule already
                 // ran when the connector acknowledged it.
-                let ours: bool = tx
-                    .conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM items INDEXED BY items_by_ticket \
-                         WHERE account_id = ?1 AND ticket_id = ?2 \
-                         AND (id = ?3 OR provider_message_id = ?4))",
-                    )?
-                    .query_row(
-                        params![
-                            account,
-                            ticket,
-                            domain::parse_item_id(&activity.message_id).unwrap_or(-1),
-                            activity.message_id
-                        ],
-                        |r| r.get(0),
-                    )?;
-                if ours {
+                if tx.is_own_message(&account, &ticket, &activity.message_id)? {
                     return Ok(Vec::new());
                 }
-                me.apply_activity_rule(tx, &account, &ticket, &activity, None)
+                activity_rule(tx, &account, &ticket, &activity, None)
             })
             .await
-    }
-
-    /// Applies the activity rule to the ticket's PENDING replies created before the
-    /// activity, inside a write; `except` is an item to leave alone (the one being sent).
-    pub(crate) fn apply_activity_rule(
-        &self,
-        tx: &mut Tx<'_>,
-        account: &str,
-        ticket: &str,
-        activity: &Activity,
-        except: Option<ItemId>,
-    ) -> domain::Result<Vec<Item>> {
-        let candidates: Vec<Item> = {
-            let mut st = tx.conn.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_by_ticket \
-                 WHERE account_id = ?1 AND ticket_id = ?2 AND created_at < ?3 \
-                 AND state = ?4 AND kind = ?5 ORDER BY created_at, id"
-            ))?;
-            let rows = st.query_map(
-                params![
-                    account,
-                    ticket,
-                    activity.occurred_at,
-                    State::Pending.as_i64(),
-                    Kind::Reply.as_i64()
-                ],
-                item_from_row,
-            )?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let mut affected = Vec::new();
-        for mut item in candidates {
-            if Some(item.id) == except {
-                continue;
-            }
-            let Some(to) = activity_effect(&item, activity) else {
-                continue;
-            };
-            apply_activity(&mut item, to, activity, tx.now);
-            update_item(tx.conn, &item)?;
-            let ev = if to == State::Cancelled {
-                EventType::Cancelled
-            } else {
-                EventType::ConvertedToNote
-            };
-            tx.event(ev, &item)?;
-            tx.remove_timer(item.id);
-            tx.release(&item.account_id);
-            affected.push(item);
-        }
-        Ok(affected)
     }
 }

@@ -16,6 +16,7 @@ mod controls;
 mod queries;
 mod settings;
 mod timers;
+pub(crate) mod transitions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -258,7 +259,7 @@ impl Engine {
             let n = self
                 .inner
                 .store
-                .write(move |tx| Ok(rows::prune_events(tx.conn, cutoff, PRUNE_BATCH)?))
+                .write(move |tx| tx.prune_events(cutoff, PRUNE_BATCH))
                 .await?;
             total += n;
             if n < PRUNE_BATCH as usize {

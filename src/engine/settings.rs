@@ -3,12 +3,11 @@
 //! rate limit). Each change is one write; the in-memory copies follow once it is
 //! durable.
 
+use super::transitions::apply;
 use super::Engine;
-use crate::domain::{self, BusinessHours, Channel, Error, EventType, Item};
-use crate::store::rows::{
-    all_controls, business_hours_items, get_business_hours, put_business_hours, put_control,
-    update_item,
-};
+use crate::domain::machine::Command;
+use crate::domain::{self, BusinessHours, Channel, Error, Item};
+use crate::store::rows::get_business_hours;
 
 /// The dispatch controls of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,22 +42,19 @@ impl Engine {
         self.inner
             .store
             .write(move |tx| {
-                put_business_hours(tx.conn, &account, &hours, tx.now)?;
+                tx.put_business_hours(&account, &hours)?;
                 let mut moved = Vec::new();
-                for mut item in business_hours_items(tx.conn, &account)? {
+                for mut item in tx.business_hours_items(&account)? {
                     let requested = item.timing.requested_send_at.unwrap_or(item.send_at);
                     let Some(at) = hours.next_opening(requested) else {
                         continue;
                     };
-                    if at == item.send_at {
-                        continue;
+                    if apply(tx, &mut item, Command::Rewindow { at })?
+                        .change()
+                        .is_some()
+                    {
+                        moved.push(item);
                     }
-                    item.send_at = at;
-                    item.updated_at = tx.now;
-                    update_item(tx.conn, &item)?;
-                    tx.event(EventType::Updated, &item)?;
-                    tx.set_timer(item.id, item.next_send_at());
-                    moved.push(item);
                 }
                 Ok((hours, moved))
             })
@@ -113,9 +109,9 @@ impl Engine {
                         ControlChange::Resume => (Some(false), None),
                         ControlChange::RateLimit(n) => (None, Some(n)),
                     };
-                    put_control(tx.conn, &a, ch, paused, per_minute)?;
+                    tx.put_control(&a, ch, paused, per_minute)?;
                 }
-                Ok(all_controls(tx.conn)?)
+                tx.all_controls()
             })
             .await?;
         self.inner.controls.replace(&rows);

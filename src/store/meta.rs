@@ -3,7 +3,9 @@
 //! timing, telling a row that cannot be decoded apart from a storage error.
 //!
 //! # Contract
-//! [`item_meta`] runs inside [`Store::read_hint`](super::Store::read_hint), which may
+//! Rows may lag behind the journal (see `overlay`): [`super::Store::item_meta`] takes
+//! the meta of items whose rows are not written back yet from memory (as committed),
+//! and the rest from their rows. [`item_meta`] runs inside [`Store::read_hint`](super::Store::read_hint), which may
 //! see a commit whose fsync is still running: it only says which items to look at, and
 //! every decision taken from it is re-checked inside a write. A client-facing read goes
 //! through [`Store::read`](super::Store::read), which returns only what is durable.
@@ -33,6 +35,20 @@ pub struct ItemMeta {
     pub attempts: u32,
     /// Its send time (a lateness window counts from it).
     pub send_at: Millis,
+}
+
+impl ItemMeta {
+    /// The meta of an item as it is in memory.
+    pub fn of(item: &crate::domain::Item) -> Self {
+        ItemMeta {
+            id: item.id,
+            account: item.account_id.clone(),
+            decoded: Ok((item.channel, item.state, item.timing.clone())),
+            lease_expires_at: item.lease_expires_at,
+            attempts: item.attempts,
+            send_at: item.send_at,
+        }
+    }
 }
 
 /// The [`ItemMeta`] of each of `ids` that has a row, in no particular order.

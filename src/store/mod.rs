@@ -25,6 +25,7 @@
 pub mod backup;
 mod checkpoint;
 pub mod meta;
+mod overlay;
 pub mod queries;
 mod reader;
 pub mod recovery;
@@ -41,7 +42,8 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Synchronous;
-use crate::domain::{self, EventType, Item, ItemId, Millis};
+use crate::domain::machine::{Change, Timer};
+use crate::domain::{self, Item, ItemId, Millis, NewItem, State, Timing};
 
 pub use writer::MAX_GROUP;
 
@@ -128,47 +130,308 @@ pub trait CommitHook: Send + Sync + 'static {
     fn abandoned(&self, fx: &Effects);
 }
 
-/// What a write closure gets: the open transaction, the write's `now`, and ways to
-/// record timer changes, quota changes and events that take effect only if the write
-/// commits.
+/// What a write closure gets: the write's `now`, and typed operations on the group's
+/// open transaction (inside this write's savepoint).
+///
+/// # Contract
+/// - Reads ([`Tx::load`], [`Tx::load_checked`], ...) see every change made before them in
+///   this group, including this write's own.
+/// - [`Tx::insert`] and [`Tx::save`] are the only ways an item is written. `save` writes
+///   the item and its event (the [`Change`] a `domain::machine::step` returned) and
+///   records the change's timer and quota effects; those take effect only once the
+///   group is durable (in commit order, through the [`CommitHook`]), and are handed
+///   back as abandoned if this write or its group does not commit.
+/// - Nothing here commits: the writer commits the group.
 pub struct Tx<'a> {
     /// The connection, inside the group's transaction and this write's savepoint.
-    pub conn: &'a Connection,
+    conn: &'a Connection,
     /// The time of this write (one clock read per write).
     pub now: Millis,
     fx: &'a mut Effects,
+    /// Items changed but not yet written back to their rows (see `overlay`).
+    overlay: &'a mut overlay::Overlay,
 }
 
 impl Tx<'_> {
-    /// After commit, the item's timer fires at `at`.
-    pub fn set_timer(&mut self, id: ItemId, at: Millis) {
+    /// For fault-injection tests only: the raw connection (PRAGMAs such as
+    /// `max_page_count`). Production code speaks the typed operations below.
+    #[doc(hidden)]
+    pub fn raw_connection(&self) -> &Connection {
+        self.conn
+    }
+
+    /// The item with this id, if it belongs to `account`.
+    ///
+    /// # Errors
+    /// Storage errors (a row that cannot be decoded included).
+    pub fn load(&self, account: &str, id: ItemId) -> domain::Result<Option<Item>> {
+        if let Some(item) = self.overlay.get(id) {
+            return Ok((item.account_id == account).then(|| item.clone()));
+        }
+        Ok(rows::get_item(self.conn, account, id)?)
+    }
+
+    /// The item with this id, whatever its account; `Some(Err(why))` when its stored
+    /// row cannot be decoded (so the caller can fail that item alone).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn load_checked(&self, id: ItemId) -> domain::Result<Option<Result<Item, String>>> {
+        if let Some(item) = self.overlay.get(id) {
+            return Ok(Some(Ok(item.clone())));
+        }
+        Ok(rows::get_item_checked(self.conn, id)?)
+    }
+
+    /// The item holding the idempotency key `request_id` in `account`, with the
+    /// fingerprint of the request that created it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn find_by_request(
+        &self,
+        account: &str,
+        request_id: &str,
+    ) -> domain::Result<Option<(Item, u64)>> {
+        // The key is written with the row; the item's state may be newer here.
+        Ok(rows::find_by_request(self.conn, account, request_id)?
+            .map(|(item, fp)| (self.overlay.get(item.id).cloned().unwrap_or(item), fp)))
+    }
+
+    /// Whether `message_id` (an item id of ours or a provider message id) is one of the
+    /// ticket's items.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn is_own_message(
+        &self,
+        account: &str,
+        ticket: &str,
+        message_id: &str,
+    ) -> domain::Result<bool> {
+        // A provider id is set by an ack, which may not be written back yet.
+        Ok(
+            rows::is_own_message(self.conn, account, ticket, message_id)?
+                || self.overlay.items().any(|i| {
+                    i.account_id == account
+                        && i.ticket_id == ticket
+                        && i.provider_message_id.as_deref() == Some(message_id)
+                }),
+        )
+    }
+
+    /// The ticket's PENDING replies created before `before`, oldest first: the items a
+    /// message in the ticket at `before` may convert or cancel.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn pending_replies(
+        &self,
+        account: &str,
+        ticket: &str,
+        before: Millis,
+    ) -> domain::Result<Vec<Item>> {
+        // Every item has its row (inserts are not deferred) and a row never reads as
+        // finished while the item is live, so the rows find every candidate; the
+        // overlay says what each is now.
+        let mut out = rows::pending_replies(self.conn, account, ticket, before)?;
+        for item in &mut out {
+            if let Some(now) = self.overlay.get(item.id) {
+                *item = now.clone();
+            }
+        }
+        out.retain(|i| i.state == State::Pending);
+        Ok(out)
+    }
+
+    /// Stores the account's business hours.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn put_business_hours(
+        &mut self,
+        account: &str,
+        hours: &domain::BusinessHours,
+    ) -> domain::Result<()> {
+        Ok(rows::put_business_hours(
+            self.conn, account, hours, self.now,
+        )?)
+    }
+
+    /// The account's PENDING items whose send time follows its business hours and
+    /// that are not out at a connector or waiting for a retry.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn business_hours_items(&mut self, account: &str) -> domain::Result<Vec<Item>> {
+        // A query over rows: they must be current.
+        self.sweep()?;
+        Ok(rows::business_hours_items(self.conn, account)?)
+    }
+
+    /// Sets the pause flag and/or rate limit of one account and channel; returns every
+    /// stored control.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn put_control(
+        &mut self,
+        account: &str,
+        channel: domain::Channel,
+        paused: Option<bool>,
+        per_minute: Option<u32>,
+    ) -> domain::Result<()> {
+        Ok(rows::put_control(
+            self.conn, account, channel, paused, per_minute,
+        )?)
+    }
+
+    /// Every stored dispatch control.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn all_controls(&self) -> domain::Result<Vec<rows::ControlRow>> {
+        Ok(rows::all_controls(self.conn)?)
+    }
+
+    /// Deletes up to `batch` of the oldest events before `cutoff` (retention); returns
+    /// how many. Events the rows do not reflect yet are kept, so the changed items are
+    /// written back first.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn prune_events(&mut self, cutoff: Millis, batch: u32) -> domain::Result<usize> {
+        self.sweep()?;
+        Ok(rows::prune_events(self.conn, cutoff, batch)?)
+    }
+
+    /// Writes every changed item back to its row now, in this write (for a query over
+    /// rows that needs them current).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn sweep(&mut self) -> domain::Result<()> {
+        // With nothing changed, this only moves the watermark up to the last event.
+        let items = self.overlay.take_for_sweep();
+        rows::sweep(self.conn, &items)?;
+        Ok(())
+    }
+
+    /// The account's business hours, if set.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn business_hours(&self, account: &str) -> domain::Result<Option<domain::BusinessHours>> {
+        Ok(rows::get_business_hours(self.conn, account)?)
+    }
+
+    /// Stores a new PENDING item (from `domain::machine::schedule`, whose `change` it
+    /// records like [`Tx::save`]); returns its id, which the item gets.
+    ///
+    /// The caller counted the item's quota slot already: it is given back if this
+    /// write does not commit.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn insert(
+        &mut self,
+        new: &NewItem,
+        send_at: Millis,
+        timing: &Timing,
+    ) -> domain::Result<ItemId> {
+        self.fx.reserved.push(new.account_id.clone());
+        Ok(rows::insert_item(
+            self.conn, new, send_at, timing, self.now,
+        )?)
+    }
+
+    /// Records `item` after `change` (from `domain::machine`): appends the event (the
+    /// journal) and keeps the item dirty in memory until a sweep writes its row back;
+    /// the timer and the quota slot follow once the write is durable. Returns the
+    /// event's sequence number.
+    ///
+    /// # Errors
+    /// Storage errors; the write's savepoint then rolls back with everything it did.
+    pub fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        let seq = rows::insert_event(self.conn, change.event, item, self.now)?;
+        self.overlay.put(item.clone(), seq);
+        self.fx.max_seq = self.fx.max_seq.max(seq);
+        self.fx.timers.push(match change.timer {
+            Timer::Set(at) => WheelOp::Set(item.id, at),
+            Timer::Remove => WheelOp::Remove(item.id),
+        });
+        if change.left_live {
+            self.fx.released.push(item.account_id.clone());
+        }
+        Ok(seq)
+    }
+
+    /// Records the event of a new item (after [`Tx::insert`]) and its timer.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn save_new(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        let seq = rows::insert_event(self.conn, change.event, item, self.now)?;
+        self.fx.max_seq = self.fx.max_seq.max(seq);
+        if let Timer::Set(at) = change.timer {
+            self.fx.timers.push(WheelOp::Set(item.id, at));
+        }
+        Ok(seq)
+    }
+
+    /// After commit, the item's timer fires at `at` again (nothing about the item
+    /// changed: a timer that fired for a send time moved since).
+    pub fn rearm(&mut self, id: ItemId, at: Millis) {
         self.fx.timers.push(WheelOp::Set(id, at));
     }
 
-    /// After commit, the item has no timer.
-    pub fn remove_timer(&mut self, id: ItemId) {
-        self.fx.timers.push(WheelOp::Remove(id));
-    }
-
-    /// Records a quota slot the caller already counted for `account`; it is given back
-    /// if this write does not commit.
-    pub fn reserved(&mut self, account: &str) {
-        self.fx.reserved.push(account.to_owned());
-    }
-
-    /// Frees a quota slot of `account` once this write is durable.
-    pub fn release(&mut self, account: &str) {
-        self.fx.released.push(account.to_owned());
-    }
-
-    /// Records an event for `item` in the same transaction.
+    /// Fails a live item whose row cannot be decoded, without decoding it: FAILED with
+    /// `why` as its last error, lease and timer gone, quota slot freed.
     ///
     /// # Errors
-    /// A SQLite error.
-    pub fn event(&mut self, kind: EventType, item: &Item) -> domain::Result<u64> {
-        let seq = rows::insert_event(self.conn, kind, item, self.now)?;
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        Ok(seq)
+    /// Storage errors.
+    pub fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<()> {
+        if let Some(account) = rows::fail_unreadable(self.conn, id, why, self.now)? {
+            self.fx.released.push(account);
+        }
+        self.fx.timers.push(WheelOp::Remove(id));
+        Ok(())
+    }
+
+    /// Runs `f` in a savepoint of its own inside this write: its `Err` rolls back what
+    /// `f` wrote (and the effects it recorded) and is returned as the inner result; the
+    /// outer error is a storage failure that ended the whole transaction. `f` may not
+    /// take quota slots (dispatch outcomes never do).
+    ///
+    /// # Errors
+    /// The transaction cannot go on (SQLite rolled it back).
+    pub fn isolated<T>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> domain::Result<T>,
+    ) -> domain::Result<domain::Result<T>> {
+        self.conn.prepare_cached("SAVEPOINT o")?.execute([])?;
+        let mark = self.fx.clone();
+        let overlay_mark = self.overlay.mark();
+        match f(self) {
+            Ok(v) => {
+                self.conn.prepare_cached("RELEASE o")?.execute([])?;
+                Ok(Ok(v))
+            }
+            Err(e) => {
+                if self.conn.is_autocommit() {
+                    return Err(e);
+                }
+                self.conn.execute_batch("ROLLBACK TO o; RELEASE o")?;
+                debug_assert_eq!(
+                    self.fx.reserved.len(),
+                    mark.reserved.len(),
+                    "an isolated step may not reserve quota"
+                );
+                *self.fx = mark;
+                self.overlay.rollback_to(overlay_mark);
+                Ok(Err(e))
+            }
+        }
     }
 }
 
@@ -266,6 +529,18 @@ impl Store {
             },
             other => other,
         })?;
+        // Changes the previous process journalled but had not written back yet.
+        let started = std::time::Instant::now();
+        let tx = conn.transaction()?;
+        let replayed = rows::replay(&tx)?;
+        tx.commit()?;
+        if replayed > 0 {
+            tracing::info!(
+                events = replayed,
+                ms = started.elapsed().as_millis() as u64,
+                "replayed the journal past the sweep watermark"
+            );
+        }
         let last_seq: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         let (events_tx, events) = watch::channel(last_seq as u64);
@@ -341,6 +616,16 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
     {
+        // Rows must reflect every change answered so far: changed items still in the
+        // writer's memory are written back first (one write; none when nothing waits).
+        if self
+            .progress
+            .dirty
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            self.writer.write(|tx| tx.sweep()).await?;
+        }
         let r = self.readers.read(f).await?;
         self.progress.durable_barrier().await?;
         Ok(r)
@@ -358,6 +643,38 @@ impl Store {
         F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
     {
         self.readers.read(f).await
+    }
+
+    /// What dispatch needs to know of the items whose timers fired (those of `ids` that
+    /// exist, in no particular order): from memory for an item whose committed change
+    /// is not on its row yet, else from the row. A hint, as [`Store::read_hint`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn item_meta(&self, ids: Vec<ItemId>) -> domain::Result<Vec<meta::ItemMeta>> {
+        let mut out = Vec::new();
+        let mut rest = Vec::with_capacity(ids.len());
+        {
+            let hints = self
+                .progress
+                .hints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                match hints.get(&id) {
+                    Some(m) => out.push(m.clone()),
+                    None => rest.push(id),
+                }
+            }
+        }
+        if !rest.is_empty() {
+            out.extend(
+                self.readers
+                    .read(move |conn| Ok(meta::item_meta(conn, &rest)?))
+                    .await?,
+            );
+        }
+        Ok(out)
     }
 
     /// The sequence number of the last committed event; changes after each commit

@@ -202,9 +202,11 @@ pub fn fail_unreadable(
 /// Deletes the oldest events up to the first one at or after `?1` (the cutoff time),
 /// at most `?2` of them: a walk of the sequence (the primary key) from its start,
 /// never a scan of the table by time (`at` has no index).
+/// Events past the sweep watermark are kept whatever their age: start-up replays them.
 pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE seq < ( \
     SELECT COALESCE(MIN(CASE WHEN at >= ?1 THEN seq END), MAX(seq) + 1) \
-    FROM (SELECT seq, at FROM events ORDER BY seq LIMIT ?2))";
+    FROM (SELECT seq, at FROM events ORDER BY seq LIMIT ?2)) \
+    AND seq <= (SELECT swept_seq FROM sweep_mark)";
 
 /// Runs [`PRUNE_EVENTS`]; returns how many events were deleted.
 pub fn prune_events(conn: &Connection, cutoff: Millis, batch: u32) -> Result<usize, StoreError> {
@@ -369,13 +371,13 @@ pub fn find_by_request(
 }
 
 /// Writes every mutable field of `item` back (content, times, state, delivery fields).
-/// Not for a DISPATCHING item: a lease is a row of `leases` ([`insert_lease`]).
+/// A DISPATCHING item is stored as what it is at rest, PENDING with the attempts that
+/// ended: its lease is a row of `leases` ([`insert_lease`]).
 pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
-    debug_assert_ne!(
-        item.state,
-        State::Dispatching,
-        "leases live in their own table"
-    );
+    let (state, attempts) = match item.state {
+        State::Dispatching => (State::Pending, item.attempts.saturating_sub(1)),
+        s => (s, item.attempts),
+    };
     let mut st = conn.prepare_cached(
         "UPDATE items SET content = ?2, send_at = ?3, next_send_at = ?4, updated_at = ?5, \
          state = ?6, on_activity = ?7, note_at = ?8, conv_author_kind = ?9, \
@@ -390,13 +392,13 @@ pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
         item.send_at,
         item.next_send_at(),
         item.updated_at,
-        item.state.as_i64(),
+        state.as_i64(),
         item.on_activity.as_i64(),
         item.note_at,
         conv.map(|a| a.author_kind.as_i64()),
         conv.map(|a| a.message_id.as_str()),
         conv.map(|a| a.occurred_at),
-        item.attempts,
+        attempts,
         item.last_error,
         item.next_attempt_at,
         item.sent_at,
@@ -438,6 +440,12 @@ pub struct ItemSnapshot {
     pub conv_message_id: Option<String>,
     #[prost(int64, optional, tag = "14")]
     pub conv_occurred_at: Option<i64>,
+    /// The encoded timing (empty: the default); absent in events older than schema v6.
+    #[prost(bytes = "vec", optional, tag = "15")]
+    pub timing: Option<Vec<u8>>,
+    /// The encoded content, in events that may have changed it (UPDATED).
+    #[prost(bytes = "vec", optional, tag = "16")]
+    pub content: Option<Vec<u8>>,
 }
 
 impl ItemSnapshot {
@@ -459,6 +467,8 @@ impl ItemSnapshot {
             conv_author_kind: conv.map(|a| a.author_kind.as_i64()),
             conv_message_id: conv.map(|a| a.message_id.clone()),
             conv_occurred_at: conv.map(|a| a.occurred_at),
+            timing: Some(item.timing.to_bytes().unwrap_or_default()),
+            content: None,
         }
     }
 
@@ -490,10 +500,76 @@ impl ItemSnapshot {
             }),
             _ => None,
         };
+        if let Some(t) = self.timing.as_deref().and_then(Timing::from_bytes) {
+            item.timing = t;
+        }
+        if let Some(c) = self.content.as_deref().and_then(Content::from_bytes) {
+            item.content = c;
+        }
     }
 }
 
-/// Appends an event for `item`; returns its sequence number.
+/// Whether `message_id` (one of our item ids, or a provider message id) is an item of
+/// the ticket.
+pub fn is_own_message(
+    conn: &Connection,
+    account: &str,
+    ticket: &str,
+    message_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM items INDEXED BY items_by_ticket \
+             WHERE account_id = ?1 AND ticket_id = ?2 \
+             AND (id = ?3 OR provider_message_id = ?4))",
+        )?
+        .query_row(
+            params![
+                account,
+                ticket,
+                crate::domain::parse_item_id(message_id).unwrap_or(-1),
+                message_id
+            ],
+            |r| r.get(0),
+        )?)
+}
+
+/// The ticket's PENDING (not leased) replies created before `before`, oldest first.
+pub fn pending_replies(
+    conn: &Connection,
+    account: &str,
+    ticket: &str,
+    before: Millis,
+) -> Result<Vec<Item>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_by_ticket \
+         WHERE account_id = ?1 AND ticket_id = ?2 AND created_at < ?3 \
+         AND state = ?4 AND kind = ?5 ORDER BY created_at, id"
+    ))?;
+    let rows = st.query_map(
+        params![
+            account,
+            ticket,
+            before,
+            State::Pending.as_i64(),
+            Kind::Reply.as_i64()
+        ],
+        item_from_row,
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let item = r?;
+        // A PENDING row with a lease reads as DISPATCHING: out at a connector.
+        if item.state == State::Pending {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends an event for `item`; returns its sequence number. The snapshot carries
+/// every mutable field of the item (the content too for an UPDATED event), so the
+/// events past the sweep watermark rebuild the rows ([`replay`]).
 pub fn insert_event(
     conn: &Connection,
     kind: EventType,
@@ -503,19 +579,173 @@ pub fn insert_event(
     let mut st = conn.prepare_cached(
         "INSERT INTO events (account_id, item_id, type, at, snapshot) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
+    let mut snapshot = ItemSnapshot::of(item);
+    if kind == EventType::Updated {
+        snapshot.content = Some(item.content.to_bytes());
+    }
     st.execute(params![
         item.account_id,
         item.id,
         kind.as_i64(),
         now,
-        ItemSnapshot::of(item).encode_to_vec()
+        snapshot.encode_to_vec()
     ])?;
     Ok(conn.last_insert_rowid() as u64)
+}
+
+/// Writes items back (a sweep of the overlay, in id order): each row and its lease,
+/// then the watermark, the last event sequence they reflect.
+pub fn sweep(conn: &Connection, items: &[Item]) -> Result<(), StoreError> {
+    for item in items {
+        write_back(conn, item)?;
+    }
+    conn.prepare_cached(
+        "UPDATE sweep_mark SET swept_seq = (SELECT COALESCE(MAX(seq), 0) FROM events)",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+/// Writes one item's row and its lease as they are now.
+fn write_back(conn: &Connection, item: &Item) -> Result<(), StoreError> {
+    update_item(conn, item)?;
+    match (item.state, item.lease_expires_at) {
+        (State::Dispatching, Some(at)) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO leases (item, expires_at) VALUES (?1, ?2)",
+            )?
+            .execute(params![item.id, at])?;
+        }
+        _ => {
+            delete_lease(conn, item.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Replays the events past the sweep watermark onto the rows (start-up, before
+/// anything reads them); returns how many events it applied.
+pub fn replay(conn: &Connection) -> Result<usize, StoreError> {
+    let mark: i64 = conn.query_row("SELECT swept_seq FROM sweep_mark", [], |r| r.get(0))?;
+    let events: Vec<(i64, ItemId, Vec<u8>)> = conn
+        .prepare("SELECT seq, item_id, snapshot FROM events WHERE seq > ?1 ORDER BY seq")?
+        .query_map(params![mark], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut latest: std::collections::BTreeMap<ItemId, Item> = std::collections::BTreeMap::new();
+    for (seq, id, snap) in &events {
+        let item = match latest.remove(id) {
+            Some(i) => Some(i),
+            None => match get_item_checked(conn, *id)? {
+                Some(Ok(i)) => Some(i),
+                Some(Err(why)) => {
+                    tracing::error!(item = id, seq, reason = %why, "cannot replay an event onto an unreadable row");
+                    None
+                }
+                None => None,
+            },
+        };
+        let (Some(mut item), Ok(s)) = (item, ItemSnapshot::decode(snap.as_slice())) else {
+            continue;
+        };
+        s.apply_to(&mut item);
+        latest.insert(*id, item);
+    }
+    for item in latest.values() {
+        write_back(conn, item)?;
+    }
+    conn.execute(
+        "UPDATE sweep_mark SET swept_seq = (SELECT COALESCE(MAX(seq), 0) FROM events)",
+        [],
+    )?;
+    Ok(events.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::EmailContent;
+
+    fn new_item(account: &str) -> NewItem {
+        NewItem {
+            account_id: account.into(),
+            ticket_id: "T1".into(),
+            kind: Kind::Reply,
+            channel: Channel::Email,
+            author_id: "u".into(),
+            content: Content::Email(EmailContent {
+                subject: "first".into(),
+                ..Default::default()
+            }),
+            send_at: 10_000,
+            on_activity: OnActivity::ConvertToNote,
+            request_id: None,
+            timing: Timing::default(),
+        }
+    }
+
+    /// The journal rebuilds the rows: changes that were only appended as events (the
+    /// process died before a sweep wrote them back) are on the rows after a replay, in
+    /// event order, leases included; the watermark then covers them.
+    #[test]
+    fn a_replay_puts_the_journalled_changes_on_the_rows() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let n = new_item("acme");
+        let a = insert_item(&c, &n, 10_000, &Timing::default(), 1).unwrap();
+        let b = insert_item(&c, &n, 20_000, &Timing::default(), 1).unwrap();
+        let d = insert_item(&c, &n, 30_000, &Timing::default(), 1).unwrap();
+        let get = |id| get_item_any(&c, id).unwrap().unwrap();
+        // Written back: a's lease (a sweep), so the watermark is past it.
+        let mut ia = get(a);
+        ia.state = State::Dispatching;
+        ia.attempts = 1;
+        ia.lease_expires_at = Some(40_000);
+        insert_event(&c, EventType::Dispatching, &ia, 10_000).unwrap();
+        sweep(&c, std::slice::from_ref(&ia)).unwrap();
+        // Journalled only: a is sent, b is edited (new content, a local time) and
+        // leased, d is cancelled.
+        let mut sent = ia.clone();
+        sent.state = State::Sent;
+        sent.lease_expires_at = None;
+        sent.sent_at = Some(11_000);
+        sent.provider_message_id = Some("p-1".into());
+        insert_event(&c, EventType::Sent, &sent, 11_000).unwrap();
+        let mut ib = get(b);
+        ib.content = Content::Email(EmailContent {
+            subject: "edited".into(),
+            ..Default::default()
+        });
+        ib.timing.max_lateness = Some(5_000);
+        ib.send_at = 25_000;
+        insert_event(&c, EventType::Updated, &ib, 12_000).unwrap();
+        ib.state = State::Dispatching;
+        ib.attempts = 1;
+        ib.lease_expires_at = Some(55_000);
+        insert_event(&c, EventType::Dispatching, &ib, 25_000).unwrap();
+        let mut id_ = get(d);
+        id_.state = State::Cancelled;
+        insert_event(&c, EventType::Cancelled, &id_, 13_000).unwrap();
+        // The rows do not know yet.
+        assert_eq!(get(a).state, State::Dispatching);
+        assert_eq!(get(b).state, State::Pending);
+        assert_eq!(get(d).state, State::Pending);
+
+        assert_eq!(replay(&c).unwrap(), 4);
+        let ra = get(a);
+        assert_eq!(
+            (ra.state, ra.sent_at, ra.lease_expires_at),
+            (State::Sent, Some(11_000), None)
+        );
+        assert_eq!(ra.provider_message_id.as_deref(), Some("p-1"));
+        assert_eq!(
+            get(b),
+            ib,
+            "content, timing, send time and lease all replayed"
+        );
+        assert_eq!(get(d).state, State::Cancelled);
+        // Nothing left past the watermark.
+        assert_eq!(replay(&c).unwrap(), 0);
+    }
 
     /// Pruning walks the sequence from its start and stops at the first recent event:
     /// with a large table of recent events it does a bounded amount of work, where a
@@ -527,7 +757,8 @@ mod tests {
         c.execute_batch(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) \
              INSERT INTO events (account_id, item_id, type, at, snapshot) \
-             SELECT 'a', i, 1, CASE WHEN i <= 150 THEN 10 ELSE 1000 END, x'' FROM n",
+             SELECT 'a', i, 1, CASE WHEN i <= 150 THEN 10 ELSE 1000 END, x'' FROM n;
+             UPDATE sweep_mark SET swept_seq = 200000",
         )
         .unwrap();
         let mut st = c.prepare(PRUNE_EVENTS).unwrap();
@@ -546,5 +777,15 @@ mod tests {
             .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(oldest, 151);
+        // Events the rows do not reflect yet are kept however old: start-up replays them.
+        c.execute_batch(
+            "UPDATE events SET at = 10 WHERE seq <= 300; UPDATE sweep_mark SET swept_seq = 200",
+        )
+        .unwrap();
+        assert_eq!(st.execute(params![500, 1000]).unwrap(), 50);
+        let oldest: i64 = c
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest, 201);
     }
 }

@@ -119,6 +119,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account_id, channel)
     ) WITHOUT ROWID;
     "#,
+    // 6: the journal layout. A change to an item appends its event (whose snapshot now
+    // carries the timing, and the content on UPDATED) and is written back to `items`
+    // and `leases` later, sorted and in bulk, by a sweep; `swept_seq` is the last
+    // event the rows reflect, and start-up replays the events after it. A file
+    // written by v5 reflects every event already.
+    r#"
+    CREATE TABLE sweep_mark (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        swept_seq INTEGER NOT NULL
+    );
+    INSERT INTO sweep_mark (id, swept_seq) SELECT 1, COALESCE(MAX(seq), 0) FROM events;
+    "#,
 ];
 
 /// The schema version this build writes.

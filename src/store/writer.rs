@@ -28,6 +28,8 @@ use crate::clock::Clock;
 use crate::domain;
 
 use super::checkpoint::Checkpointer;
+use super::overlay::Overlay;
+use super::rows;
 use super::{CommitHook, Effects, StoreError, Tx};
 
 /// Most writes in one transaction: bounds a group's latency and memory.
@@ -78,6 +80,10 @@ pub(super) struct Progress {
     /// observe what happens between a commit and its fsync; see `Store::hold_durability`).
     hold: std::sync::Mutex<bool>,
     released: std::sync::Condvar,
+    /// How many items are changed but not yet written back to their rows.
+    pub(super) dirty: Arc<std::sync::atomic::AtomicUsize>,
+    /// The meta of those items, for dispatch's hint reads.
+    pub(super) hints: super::overlay::Hints,
 }
 
 impl Progress {
@@ -88,6 +94,8 @@ impl Progress {
             fatal: watch::channel(None).0,
             hold: std::sync::Mutex::new(false),
             released: std::sync::Condvar::new(),
+            dirty: Default::default(),
+            hints: Default::default(),
         })
     }
 
@@ -208,6 +216,7 @@ pub(super) fn spawn(
             conn: &conn,
             hook: &*hook,
             progress: &writer_progress,
+            overlay: Overlay::new(writer_progress.dirty.clone(), writer_progress.hints.clone()),
         };
         w.run(rx, synced_tx, syncer, clock, checkpointer)
     })?;
@@ -318,6 +327,7 @@ struct Writer<'a> {
     conn: &'a Connection,
     hook: &'a dyn CommitHook,
     progress: &'a Progress,
+    overlay: Overlay,
 }
 
 impl Writer<'_> {
@@ -341,6 +351,22 @@ impl Writer<'_> {
         while closing.is_none() {
             // Jobs left over from a broken group run first, without waiting.
             if jobs.is_empty() {
+                // Idle: write back what has waited a while before sleeping.
+                if self.overlay.wants_sweep(true) {
+                    match rx.try_recv() {
+                        Ok(Msg::Job(j)) => jobs.push(j),
+                        Ok(Msg::Close(done)) => closing = Some(done),
+                        Err(_) => {
+                            if !self.group(&mut jobs, &clock, &synced, &checkpointer, true) {
+                                healthy = false;
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+            if jobs.is_empty() && closing.is_none() {
                 match rx.blocking_recv() {
                     Some(Msg::Job(j)) => jobs.push(j),
                     Some(Msg::Close(done)) => closing = Some(done),
@@ -363,15 +389,16 @@ impl Writer<'_> {
             }
             last_group = jobs.len();
             if !jobs.is_empty() {
-                if let Some(c) = self.commit_group(&mut jobs, clock.now_ms()) {
-                    // Blocks when the sync stage is SYNC_QUEUE groups behind (backpressure).
-                    if synced.send(c).is_err() {
-                        healthy = false;
-                        break;
-                    }
-                    checkpointer.committed();
+                let sweep = self.overlay.wants_sweep(false);
+                if !self.group(&mut jobs, &clock, &synced, &checkpointer, sweep) {
+                    healthy = false;
+                    break;
                 }
             }
+        }
+        // A clean stop leaves every row written back: nothing to replay at start-up.
+        if healthy && self.overlay.len() > 0 {
+            healthy = self.group(&mut jobs, &clock, &synced, &checkpointer, true);
         }
         // Writes still queued behind a close are refused: their senders see `Closed`.
         drop(rx);
@@ -388,6 +415,26 @@ impl Writer<'_> {
         healthy
     }
 
+    /// Commits a group (sweeping first if asked) and hands it to the sync stage;
+    /// `false` when the sync stage is gone.
+    fn group(
+        &mut self,
+        jobs: &mut Vec<Job>,
+        clock: &Arc<dyn Clock>,
+        synced: &std::sync::mpsc::SyncSender<Committed>,
+        checkpointer: &Checkpointer,
+        sweep: bool,
+    ) -> bool {
+        if let Some(c) = self.commit_group(jobs, clock.now_ms(), sweep) {
+            // Blocks when the sync stage is SYNC_QUEUE groups behind (backpressure).
+            if synced.send(c).is_err() {
+                return false;
+            }
+            checkpointer.committed();
+        }
+        true
+    }
+
     /// Runs the group in one transaction; `None` when there is nothing for the sync
     /// stage (the group never reached COMMIT: every job was answered with an error).
     ///
@@ -396,7 +443,7 @@ impl Writer<'_> {
     /// each committing on its own, unsynced, while told it failed. So after every job
     /// the transaction must still be open; if it is not (or a savepoint cannot be
     /// opened or released), the whole group fails.
-    fn commit_group(&mut self, jobs: &mut Vec<Job>, now: i64) -> Option<Committed> {
+    fn commit_group(&mut self, jobs: &mut Vec<Job>, now: i64, sweep: bool) -> Option<Committed> {
         let conn = self.conn;
         let started = Instant::now();
         let n = jobs.len();
@@ -411,7 +458,18 @@ impl Writer<'_> {
             return None;
         }
         let mut broken: Option<String> = None;
+        if sweep {
+            let items = self.overlay.take_for_sweep();
+            if let Err(e) = rows::sweep(conn, &items) {
+                broken = Some(format!("writing rows back failed: {e}"));
+            }
+        }
         let mut queued = std::mem::take(jobs).into_iter();
+        if broken.is_some() {
+            // Nothing runs; dropping a job drops its reply sender: its caller sees
+            // Unavailable (so a failing sweep cannot hold writes forever).
+            queued.by_ref().for_each(drop);
+        }
         for job in queued.by_ref() {
             if let Err(e) = conn
                 .prepare_cached("SAVEPOINT w")
@@ -422,11 +480,13 @@ impl Writer<'_> {
                 break;
             }
             let mut job_fx = Effects::default();
+            let mark = self.overlay.mark();
             let (ok, done) = {
                 let mut tx = Tx {
                     conn,
                     now,
                     fx: &mut job_fx,
+                    overlay: &mut self.overlay,
                 };
                 job(&mut tx)
             };
@@ -444,7 +504,10 @@ impl Writer<'_> {
             };
             match end {
                 Ok(()) if ok => fx.append(job_fx),
-                Ok(()) => undone.append(job_fx),
+                Ok(()) => {
+                    self.overlay.rollback_to(mark);
+                    undone.append(job_fx);
+                }
                 Err(e) => {
                     undone.append(job_fx);
                     broken = Some(format!("savepoint release failed: {e}"));
@@ -461,6 +524,7 @@ impl Writer<'_> {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             undone.append(fx);
+            self.overlay.abandoned();
             self.fail(&undone, completions, &why);
             return None;
         }
@@ -469,13 +533,17 @@ impl Writer<'_> {
         }
         self.progress.committing.fetch_add(1, Ordering::SeqCst);
         match conn.execute_batch("COMMIT") {
-            Ok(()) => Some(Committed {
-                writes: n,
-                fx: Some(fx),
-                completions,
-                started,
-            }),
+            Ok(()) => {
+                self.overlay.committed();
+                Some(Committed {
+                    writes: n,
+                    fx: Some(fx),
+                    completions,
+                    started,
+                })
+            }
             Err(e) => {
+                self.overlay.abandoned();
                 tracing::error!(error = %e, writes = n, "group commit failed");
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
@@ -557,7 +625,7 @@ mod tests {
                         tx.conn
                             .execute_batch("CREATE TABLE IF NOT EXISTS t (x INTEGER)")?;
                         tx.conn.execute("INSERT INTO t VALUES (?1)", [i])?;
-                        tx.set_timer(i, 1000 + i);
+                        tx.rearm(i, 1000 + i);
                         Ok(i)
                     })
                     .await
@@ -610,7 +678,7 @@ mod tests {
                 .write(|tx| {
                     tx.conn.execute_batch("CREATE TABLE t (x INTEGER)")?;
                     tx.conn.execute("INSERT INTO t VALUES (1)", [])?;
-                    tx.set_timer(1, 1);
+                    tx.rearm(1, 1);
                     Ok(())
                 })
                 .await
@@ -668,6 +736,7 @@ mod tests {
             conn: &conn,
             hook: &hook,
             progress: &progress,
+            overlay: Overlay::new(progress.dirty.clone(), progress.hints.clone()),
         };
         let (j1, a1) = job(|c| c.execute("INSERT INTO t VALUES (1)", []).map(drop));
         // What SQLite does on SQLITE_FULL: the transaction is gone.
@@ -675,7 +744,7 @@ mod tests {
         let (j3, a3) = job(|c| c.execute("INSERT INTO t VALUES (3)", []).map(drop));
         let mut jobs = vec![j1, j2, j3];
         assert!(
-            w.commit_group(&mut jobs, 0).is_none(),
+            w.commit_group(&mut jobs, 0, false).is_none(),
             "the group must fail"
         );
         let count = |c: &Connection| -> i64 {
@@ -692,7 +761,7 @@ mod tests {
         assert!(conn.is_autocommit());
         // The write that had not run goes into the next group, and commits there.
         assert_eq!(jobs.len(), 1);
-        assert!(w.commit_group(&mut jobs, 0).is_some());
+        assert!(w.commit_group(&mut jobs, 0, false).is_some());
         assert_eq!(count(&conn), 1);
     }
 

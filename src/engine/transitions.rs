@@ -1,0 +1,68 @@
+//! Applies the state machine (`domain::machine`) to stored items inside a write: load,
+//! step, save. The one path by which the Scheduler's writes, the dispatch path and the
+//! settings change an item; what follows a change (event, timer, quota) is recorded by
+//! `Tx::save` and takes effect once the write is durable.
+
+use crate::domain::machine::{self, Command, Step};
+use crate::domain::{self, Activity, AuthorKind, EventType, Item, ItemId, State};
+use crate::store::Tx;
+
+/// Applies `cmd` to `item` (as just loaded in this write) and stores the result; an
+/// item that went out is activity in its ticket, so the ticket's older pending replies
+/// get their policy in the same write. Returns the step.
+///
+/// # Errors
+/// The machine's errors (the item is then unchanged and nothing is written), or
+/// storage errors.
+pub(crate) fn apply(tx: &mut Tx<'_>, item: &mut Item, cmd: Command) -> domain::Result<Step> {
+    let step = machine::step(item, cmd, tx.now)?;
+    match step {
+        Step::Changed(change) => {
+            tx.save(item, change)?;
+            if change.event == EventType::Sent {
+                // Our send is staff activity in the ticket, authored when it was
+                // scheduled: the rule runs for the replies written before it.
+                let activity = Activity {
+                    author_kind: AuthorKind::Staff,
+                    message_id: item.public_id(),
+                    occurred_at: item.created_at,
+                };
+                activity_rule(
+                    tx,
+                    &item.account_id,
+                    &item.ticket_id,
+                    &activity,
+                    Some(item.id),
+                )?;
+            }
+        }
+        Step::Unchanged { rearm: Some(at) } => tx.rearm(item.id, at),
+        Step::Unchanged { rearm: None } => {}
+    }
+    Ok(step)
+}
+
+/// Applies the activity rule to the ticket's PENDING replies created before the
+/// activity; `except` is an item to leave alone (the one being sent). Returns the
+/// items converted or cancelled.
+///
+/// # Errors
+/// Storage errors.
+pub(crate) fn activity_rule(
+    tx: &mut Tx<'_>,
+    account: &str,
+    ticket: &str,
+    activity: &Activity,
+    except: Option<ItemId>,
+) -> domain::Result<Vec<Item>> {
+    let mut affected = Vec::new();
+    for mut item in tx.pending_replies(account, ticket, activity.occurred_at)? {
+        if Some(item.id) == except || item.state != State::Pending {
+            continue;
+        }
+        if let Step::Changed(_) = apply(tx, &mut item, Command::Activity(activity.clone()))? {
+            affected.push(item);
+        }
+    }
+    Ok(affected)
+}
