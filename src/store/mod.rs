@@ -8,16 +8,28 @@
 //! Reads use a small pool of read-only connections on blocking threads, never the
 //! writer. WAL mode; `synchronous=FULL` unless configured otherwise.
 //!
+//! The write path is a journal (`overlay`, STORAGE.md): a new item is inserted with its
+//! row; every later change appends its event (whose snapshot carries the item's
+//! mutable fields) and keeps the changed item in the writer's memory until a sweep
+//! writes the rows back in id order, with the watermark up to which the rows reflect
+//! the events. Start-up replays the events past the watermark.
+//!
 //! # Contract
 //! - A write's future resolves `Ok` only after its group committed and the fsync that
-//!   covers it returned (under `synchronous=FULL`).
+//!   covers it returned (under `synchronous=FULL`): its events are durable, and so is
+//!   everything a restart rebuilds from them.
 //! - Its [`Effects`] (timer changes, quota releases, the event sequence) reach the
 //!   [`CommitHook`] after that fsync, in commit order, before the caller is answered;
 //!   the effects of a write that does not commit are handed back as abandoned.
 //! - A group is all or nothing: if SQLite rolls the transaction back by itself
 //!   (disk full, I/O error) every write of the group fails; none commits on its own.
-//! - [`Store::read`] returns only data that is durable; [`Store::read_hint`] may see a
-//!   commit whose fsync is still running (for the engine's own hints only).
+//!   Changes a write made to the in-memory journal state are undone with it.
+//! - Inside a write ([`Tx`]), reads see every change made before them, in memory or on
+//!   rows.
+//! - [`Store::read`] sees every write answered before it started (rows are swept
+//!   first when changes wait in memory) and returns only data that is durable;
+//!   [`Store::read_hint`] and [`Store::item_meta`] may see a commit whose fsync is
+//!   still running, and rows behind the journal (for the engine's own hints only).
 //! - Events become visible to [`Store::event_sequence`] watchers only once durable.
 //! - If the writer or the sync thread dies, [`Store::fatal`] says why and every later
 //!   write fails: the process should stop and be restarted.
@@ -312,8 +324,8 @@ impl Tx<'_> {
     /// Storage errors.
     pub fn sweep(&mut self) -> domain::Result<()> {
         // With nothing changed, this only moves the watermark up to the last event.
-        let items = self.overlay.take_for_sweep();
-        rows::sweep(self.conn, &items)?;
+        let (items, mark) = self.overlay.take_for_sweep(usize::MAX);
+        rows::sweep(self.conn, &items, mark)?;
         Ok(())
     }
 

@@ -32,16 +32,22 @@ use super::meta::ItemMeta;
 pub(super) type Hints = Arc<std::sync::Mutex<HashMap<ItemId, ItemMeta>>>;
 
 /// Dirty items that start a sweep at the beginning of the next group.
-pub(super) const SWEEP_AT: usize = 8192;
+pub(super) const SWEEP_AT: usize = 32_768;
+
+/// Items one sweep of the write path writes back, the longest-dirty first (a sweep
+/// holds the writer: 8192 rows is tens of ms, a whole window of 32k over 100 ms).
+pub(super) const SWEEP_CHUNK: usize = 8192;
 
 /// A writer with nothing to do sweeps what is dirty once this much time has passed
 /// since the last sweep (so dirty items do not linger, and a restart replays little).
-pub(super) const SWEEP_IDLE: Duration = Duration::from_millis(100);
+pub(super) const SWEEP_IDLE: Duration = Duration::from_millis(1000);
 
 struct Dirty {
     item: Item,
     /// The sequence of the item's last event.
     seq: u64,
+    /// The sequence of its first event since its row was last written.
+    first_seq: u64,
 }
 
 /// Dirty item rows, with the undo log of the group being written.
@@ -94,21 +100,47 @@ impl Overlay {
     /// The item changed, by the event `seq`.
     pub(super) fn put(&mut self, item: Item, seq: u64) {
         let id = item.id;
-        let before = self.dirty.insert(id, Dirty { item, seq });
+        let first_seq = self.dirty.get(&id).map_or(seq, |d| d.first_seq);
+        let before = self.dirty.insert(
+            id,
+            Dirty {
+                item,
+                seq,
+                first_seq,
+            },
+        );
         self.undo.push((id, before));
     }
 
-    /// The dirty items in id order, for a sweep; they become clean when the group that
-    /// writes them commits.
-    pub(super) fn take_for_sweep(&mut self) -> Vec<Item> {
-        let mut ids: Vec<(ItemId, u64)> = self.dirty.iter().map(|(&id, d)| (id, d.seq)).collect();
+    /// Up to `limit` dirty items, those dirty the longest, in id order, for a sweep,
+    /// and the watermark the rows reach once they are written: `None` when no item
+    /// is left dirty (every event), else the event before the first change still only
+    /// in memory. They become clean when the group that writes them commits.
+    pub(super) fn take_for_sweep(&mut self, limit: usize) -> (Vec<Item>, Option<u64>) {
+        let mut keys: Vec<(u64, ItemId)> = self
+            .dirty
+            .iter()
+            .map(|(&id, d)| (d.first_seq, id))
+            .collect();
+        let mark = if keys.len() > limit {
+            keys.select_nth_unstable(limit);
+            let rest_min = keys[limit..].iter().map(|k| k.0).min().unwrap_or(1);
+            keys.truncate(limit);
+            Some(rest_min - 1)
+        } else {
+            None
+        };
+        let mut ids: Vec<ItemId> = keys.into_iter().map(|(_, id)| id).collect();
         ids.sort_unstable();
         let items = ids
             .iter()
-            .map(|(id, _)| self.dirty[id].item.clone())
+            .map(|id| {
+                let d = &self.dirty[id];
+                self.swept.push((*id, d.seq));
+                d.item.clone()
+            })
             .collect();
-        self.swept.extend(ids);
-        items
+        (items, mark)
     }
 
     /// Where the open group's logs stand (before a write).
@@ -153,7 +185,10 @@ impl Overlay {
         }
         drop(hints);
         if swept_any {
-            self.last_sweep = Instant::now();
+            if self.dirty.is_empty() {
+                // A sweep cycle ended: the idle timer starts again.
+                self.last_sweep = Instant::now();
+            }
             if self.dirty.capacity() > 4 * SWEEP_AT.max(self.dirty.len()) {
                 self.dirty.shrink_to(SWEEP_AT);
             }
@@ -167,8 +202,8 @@ impl Overlay {
         self.publish();
     }
 
-    /// Whether the writer should sweep now: many dirty items, or an idle writer with
-    /// some that have waited a while.
+    /// Whether the writer should sweep (a chunk) now: many dirty items, or an idle
+    /// writer with some, a while after the last sweep that left none.
     pub(super) fn wants_sweep(&self, idle: bool) -> bool {
         self.dirty.len() >= SWEEP_AT
             || (idle && !self.dirty.is_empty() && self.last_sweep.elapsed() >= SWEEP_IDLE)

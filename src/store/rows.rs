@@ -594,15 +594,16 @@ pub fn insert_event(
 }
 
 /// Writes items back (a sweep of the overlay, in id order): each row and its lease,
-/// then the watermark, the last event sequence they reflect.
-pub fn sweep(conn: &Connection, items: &[Item]) -> Result<(), StoreError> {
+/// then the watermark, the last event sequence the rows reflect.
+pub fn sweep(conn: &Connection, items: &[Item], mark: Option<u64>) -> Result<(), StoreError> {
     for item in items {
         write_back(conn, item)?;
     }
+    // `mark`: the rows reflect the events up to it; none: every event.
     conn.prepare_cached(
-        "UPDATE sweep_mark SET swept_seq = (SELECT COALESCE(MAX(seq), 0) FROM events)",
+        "UPDATE sweep_mark SET swept_seq = COALESCE(?1, (SELECT COALESCE(MAX(seq), 0) FROM events))",
     )?
-    .execute([])?;
+    .execute(params![mark.map(|m| m as i64)])?;
     Ok(())
 }
 
@@ -701,7 +702,7 @@ mod tests {
         ia.attempts = 1;
         ia.lease_expires_at = Some(40_000);
         insert_event(&c, EventType::Dispatching, &ia, 10_000).unwrap();
-        sweep(&c, std::slice::from_ref(&ia)).unwrap();
+        sweep(&c, std::slice::from_ref(&ia), None).unwrap();
         // Journalled only: a is sent, b is edited (new content, a local time) and
         // leased, d is cancelled.
         let mut sent = ia.clone();

@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::domain;
 
 use super::checkpoint::Checkpointer;
-use super::overlay::Overlay;
+use super::overlay::{Overlay, SWEEP_CHUNK};
 use super::rows;
 use super::{CommitHook, Effects, StoreError, Tx};
 
@@ -397,7 +397,7 @@ impl Writer<'_> {
             }
         }
         // A clean stop leaves every row written back: nothing to replay at start-up.
-        if healthy && self.overlay.len() > 0 {
+        while healthy && self.overlay.len() > 0 {
             healthy = self.group(&mut jobs, &clock, &synced, &checkpointer, true);
         }
         // Writes still queued behind a close are refused: their senders see `Closed`.
@@ -459,8 +459,8 @@ impl Writer<'_> {
         }
         let mut broken: Option<String> = None;
         if sweep {
-            let items = self.overlay.take_for_sweep();
-            if let Err(e) = rows::sweep(conn, &items) {
+            let (items, mark) = self.overlay.take_for_sweep(SWEEP_CHUNK);
+            if let Err(e) = rows::sweep(conn, &items, mark) {
                 broken = Some(format!("writing rows back failed: {e}"));
             }
         }
