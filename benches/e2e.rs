@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
 use sendlater::pb;
 use sendlater::pb::dispatch_client::DispatchClient;
 use sendlater::pb::scheduler_client::SchedulerClient;
@@ -106,18 +109,9 @@ fn pct<T: Copy>(sorted: &[T], p: f64) -> T {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// xorshift64*: deterministic, dependency-free randomness for the load.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// Deterministic randomness for the load: a seeded `SmallRng`, the same every run.
+fn seeded(seed: u64) -> SmallRng {
+    SmallRng::seed_from_u64(seed)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -569,7 +563,7 @@ async fn unary_load(url: &str, conns: usize, warmup: Duration, dur: Duration) ->
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+            let mut rng = seeded(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
             let base = schedule_req(t as u64, 0);
             loop {
                 let t0 = Instant::now();
@@ -577,8 +571,8 @@ async fn unary_load(url: &str, conns: usize, warmup: Duration, dur: Duration) ->
                     break;
                 }
                 let mut req = base.clone();
-                req.ticket_id = format!("T{}", rng.below(100_000));
-                req.send_at = Some(ts(now_ms() + 60_000 + rng.below(86_400_000) as i64));
+                req.ticket_id = format!("T{}", rng.random_range(0..100_000u32));
+                req.send_at = Some(ts(now_ms() + 60_000 + rng.random_range(0..86_400_000i64)));
                 match client.schedule_message(req).await {
                     Ok(_) => {
                         let done = Instant::now();
@@ -685,13 +679,14 @@ fn background_schedules(
             hs.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(per_task_every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut rng = Rng(t + 77);
+                let mut rng = seeded(t + 77);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
-                    let i = rng.below(1 << 40);
+                    let i = rng.random_range(0..1u64 << 40);
                     // Due later today: they add write load, not jobs, during the run.
-                    let req = schedule_req(i, now_ms() + 3_600_000 + rng.below(3_600_000) as i64);
+                    let req =
+                        schedule_req(i, now_ms() + 3_600_000 + rng.random_range(0..3_600_000i64));
                     if client.schedule_message(req).await.is_ok() {
                         n += 1;
                     }
@@ -1241,11 +1236,7 @@ async fn scenario_cancel(o: &Opts) {
     )
     .await;
     // Random order; each item cancelled once.
-    let mut rng = Rng(12345);
-    for i in (1..ids.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        ids.swap(i, j);
-    }
+    ids.shuffle(&mut seeded(12345));
     let chans = channels(&s.url, 4).await;
     let per = ids.len() / UNARY_CLIENTS;
     let start = Instant::now();

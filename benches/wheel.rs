@@ -11,24 +11,19 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use sendlater::wheel::TimingWheel;
 
 /// Timers per iteration.
 const N: u64 = 100_000;
 const HOUR_MS: u64 = 3_600_000;
 
-/// splitmix64 deadlines in `1..=HOUR_MS`, the same for both structures.
+/// Uniform deadlines in `1..=HOUR_MS` from a seeded `SmallRng`, the same for both
+/// structures and every run.
 fn deadlines() -> Vec<u64> {
-    let mut state = 0x5eed_u64;
-    (0..N)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            1 + (z ^ (z >> 31)) % HOUR_MS
-        })
-        .collect()
+    let mut rng = SmallRng::seed_from_u64(0x5eed);
+    (0..N).map(|_| rng.random_range(1..=HOUR_MS)).collect()
 }
 
 /// The baseline: a min-heap whose cancelled entries are skipped when popped.

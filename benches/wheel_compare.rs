@@ -33,6 +33,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use sendlater::wheel::TimingWheel;
 use tokio_util::time::delay_queue::{DelayQueue, Key};
 
@@ -42,22 +44,9 @@ const HOUR_MS: u64 = 3_600_000;
 const SPREADS: [(&str, u64); 2] = [("1h", HOUR_MS), ("30d", 30 * 24 * HOUR_MS)];
 const STRUCTURES: [&str; 4] = ["wheel", "delayqueue", "binaryheap", "btreemap"];
 
-/// splitmix64: a deterministic, dependency-free PRNG.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
+/// Deterministic randomness for the workloads: a seeded `SmallRng`, the same every run.
+fn seeded(seed: u64) -> SmallRng {
+    SmallRng::seed_from_u64(seed)
 }
 
 /// The i-th id of a pseudo-random permutation of `1..=n` (i < n).
@@ -335,13 +324,13 @@ impl Stopwatch {
 
 /// insert-all, cancel 10%, reschedule 10%, expire-all on one structure.
 fn phases<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
-    let mut rng = SplitMix(0x5eed ^ spread);
+    let mut rng = seeded(0x5eed ^ spread);
     let mut out = Vec::with_capacity(4096);
     let mut t = T::new(T0, n as usize);
     let (fired, checksum) = t.scoped(|t| {
         let clock = Stopwatch::start();
         for id in 1..=n {
-            t.insert(id, T0 + 1 + rng.below(spread));
+            t.insert(id, T0 + rng.random_range(1..=spread));
         }
         clock.report(name, "insert", spread_name, n, n);
 
@@ -354,14 +343,14 @@ fn phases<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
 
         let clock = Stopwatch::start();
         for i in tenth..2 * tenth {
-            t.reschedule(shuffled_id(i, n), T0 + 1 + rng.below(spread));
+            t.reschedule(shuffled_id(i, n), T0 + rng.random_range(1..=spread));
         }
         clock.report(name, "reschedule10", spread_name, n, tenth);
 
         let (mut now, mut fired, mut checksum) = (T0, 0u64, 0u64);
         let clock = Stopwatch::start();
         while now <= T0 + spread {
-            now += 1 + rng.below(1000);
+            now += rng.random_range(1..=1000);
             out.clear();
             t.advance(now, &mut out);
             fired += out.len() as u64;
@@ -382,22 +371,22 @@ fn phases<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
 
 /// Steady state: n pending, one insert per expiry, until n/2 expired.
 fn mixed<T: Timers>(name: &str, n: u64, spread_name: &str, spread: u64) {
-    let mut rng = SplitMix(0x3a7e ^ spread);
+    let mut rng = seeded(0x3a7e ^ spread);
     let mut out = Vec::with_capacity(4096);
     let mut t = T::new(T0, n as usize);
     t.scoped(|t| {
         for id in 1..=n {
-            t.insert(id, T0 + 1 + rng.below(spread));
+            t.insert(id, T0 + rng.random_range(1..=spread));
         }
         let (mut now, mut next_id, mut expired) = (T0, n + 1, 0u64);
         let clock = Stopwatch::start();
         while expired < n / 2 {
-            now += 1 + rng.below(1000);
+            now += rng.random_range(1..=1000);
             out.clear();
             t.advance(now, &mut out);
             expired += out.len() as u64;
             for _ in 0..out.len() {
-                t.insert(next_id, now + 1 + rng.below(spread));
+                t.insert(next_id, now + rng.random_range(1..=spread));
                 next_id += 1;
             }
         }
@@ -426,12 +415,12 @@ fn rss_bytes() -> u64 {
 }
 
 fn memory_child<T: Timers>(name: &str, n: u64) {
-    let mut rng = SplitMix(0x6d65);
+    let mut rng = seeded(0x6d65);
     let before = rss_bytes();
     let mut t = T::new(T0, n as usize);
     t.scoped(|t| {
         for id in 1..=n {
-            t.insert(id, T0 + 1 + rng.below(HOUR_MS));
+            t.insert(id, T0 + rng.random_range(1..=HOUR_MS));
         }
     });
     let after = rss_bytes();

@@ -1,97 +1,62 @@
 //! Prometheus metrics, served as text on a separate `--metrics-listen` address.
 //!
-//! Counters and histograms are process-wide atomics ([`METRICS`]): incrementing one is a
-//! relaxed atomic add on the hot path, nothing more. Gauges (pending timers, due
-//! backlog, connected connectors) are read from the engine and the dispatcher at scrape
-//! time. The exposition is the Prometheus text format, version 0.0.4.
+//! The instruments and the exposition are the Prometheus project's `prometheus-client`
+//! crate. Counters ([`Counter`]) and histograms ([`Histogram`]) are process-wide
+//! ([`METRICS`]): a counter increment is one relaxed atomic add; a histogram observation
+//! takes the histogram's own uncontended lock for a few additions (each histogram has a
+//! single writer: the dispatcher for lateness, the writer thread for group commits).
+//!
+//! Gauges (pending timers, due backlog, connectors, held back) belong to a server, not to
+//! the process: each scrape builds a [`Registry`] that holds handles on the process-wide
+//! counters and histograms plus the gauges of the [`Gauges`] it was given, read at that
+//! moment as constant gauges. Nothing is copied into shared gauge cells, so two servers
+//! in one process (tests) never see each other's figures.
+//!
+//! [`render`] is the Prometheus text format, version 0.0.4. [`snapshot`] is the same text
+//! read back into numbers, for the staff console: it shows what `/metrics` serves.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::{prometheus_text, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Channel;
 
-/// A histogram with fixed upper bounds (plus +Inf), lock-free.
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One counter per bound, plus one for +Inf. Not cumulative; summed at scrape.
-    buckets: [AtomicU64; 16],
-    /// Sum of observations, in micro-units (observations are scaled by 1e6).
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    const fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            buckets: [const { AtomicU64::new(0) }; 16],
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| v <= b)
-            .unwrap_or(self.bounds.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add((v.max(0.0) * 1e6) as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (i, b) in self.bounds.iter().enumerate() {
-            cum += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
-        }
-        cum += self.buckets[self.bounds.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count.load(Relaxed));
-    }
-}
-
-const SECONDS: &[f64] = &[
+/// Upper bounds of the seconds histograms (lateness, commit latency); +Inf is implied.
+const SECONDS: [f64; 15] = [
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0,
 ];
-const BATCH: &[f64] = &[
+/// Upper bounds of the writes-per-group-commit histogram; +Inf is implied.
+const BATCH: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
 ];
 
 /// Process-wide counters and histograms.
 pub struct Metrics {
-    pub schedules: AtomicU64,
-    pub dispatches: AtomicU64,
-    pub acks: AtomicU64,
-    pub nacks: AtomicU64,
-    pub abandoned_leases: AtomicU64,
+    pub schedules: Counter,
+    pub dispatches: Counter,
+    pub acks: Counter,
+    pub nacks: Counter,
+    pub abandoned_leases: Counter,
     /// Answers that named no job their stream holds (forged, duplicate, malformed).
-    pub ignored_answers: AtomicU64,
+    pub ignored_answers: Counter,
     /// Connector streams ended because a lease of theirs expired unanswered.
-    pub stalled_connectors: AtomicU64,
+    pub stalled_connectors: Counter,
     /// Items failed because their stored row could not be read.
-    pub unreadable_items: AtomicU64,
+    pub unreadable_items: Counter,
     /// Lateness of first deliveries (handed to a connector minus send_at), per channel.
     pub lateness_email: Histogram,
     pub lateness_chat: Histogram,
@@ -100,20 +65,20 @@ pub struct Metrics {
 }
 
 /// The metrics of this process.
-pub static METRICS: Metrics = Metrics {
-    schedules: AtomicU64::new(0),
-    dispatches: AtomicU64::new(0),
-    acks: AtomicU64::new(0),
-    nacks: AtomicU64::new(0),
-    abandoned_leases: AtomicU64::new(0),
-    ignored_answers: AtomicU64::new(0),
-    stalled_connectors: AtomicU64::new(0),
-    unreadable_items: AtomicU64::new(0),
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    schedules: Counter::default(),
+    dispatches: Counter::default(),
+    acks: Counter::default(),
+    nacks: Counter::default(),
+    abandoned_leases: Counter::default(),
+    ignored_answers: Counter::default(),
+    stalled_connectors: Counter::default(),
+    unreadable_items: Counter::default(),
     lateness_email: Histogram::new(SECONDS),
     lateness_chat: Histogram::new(SECONDS),
     commit_batch_size: Histogram::new(BATCH),
     commit_seconds: Histogram::new(SECONDS),
-};
+});
 
 impl Metrics {
     /// The lateness histogram of a channel.
@@ -137,98 +102,361 @@ pub trait Gauges: Send + Sync + 'static {
     fn held_back(&self, paused: bool) -> u64;
 }
 
-/// Renders the whole exposition.
-pub fn render(g: &dyn Gauges) -> String {
-    let m = &METRICS;
-    let mut out = String::with_capacity(4096);
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        "sendlater_schedules_total",
-        "Items scheduled.",
-        m.schedules.load(Relaxed),
-    );
-    counter(
-        "sendlater_dispatches_total",
-        "Jobs handed to connectors.",
-        m.dispatches.load(Relaxed),
-    );
-    counter(
-        "sendlater_acks_total",
-        "Acks received.",
-        m.acks.load(Relaxed),
-    );
-    counter(
-        "sendlater_nacks_total",
-        "Nacks received.",
-        m.nacks.load(Relaxed),
-    );
-    counter(
-        "sendlater_abandoned_leases_total",
-        "Leases that ended without an answer (expired or stream dropped).",
-        m.abandoned_leases.load(Relaxed),
-    );
-    counter(
-        "sendlater_ignored_answers_total",
-        "Acks/Nacks ignored: they named no job the answering stream holds.",
-        m.ignored_answers.load(Relaxed),
-    );
-    counter(
-        "sendlater_stalled_connectors_total",
-        "Connector streams ended because a lease of theirs expired unanswered.",
-        m.stalled_connectors.load(Relaxed),
-    );
-    counter(
-        "sendlater_unreadable_items_total",
-        "Items failed because their stored row could not be read.",
-        m.unreadable_items.load(Relaxed),
-    );
-    let _ = writeln!(out, "# HELP sendlater_pending_timers Timers on the wheel.\n# TYPE sendlater_pending_timers gauge\nsendlater_pending_timers {}", g.pending_timers());
-    let _ = writeln!(out, "# HELP sendlater_due_backlog Due items waiting for a connector.\n# TYPE sendlater_due_backlog gauge");
-    for (ch, label) in [(Channel::Email, "email"), (Channel::Chat, "chat")] {
-        let _ = writeln!(
-            out,
-            "sendlater_due_backlog{{channel=\"{label}\"}} {}",
-            g.due_backlog(ch)
-        );
+/// The `channel` label value of a channel.
+fn channel_label(ch: Channel) -> &'static str {
+    match ch {
+        Channel::Email => "email",
+        Channel::Chat => "chat",
     }
-    let _ = writeln!(out, "# HELP sendlater_held_back Due items held back by a pause or a rate limit.\n# TYPE sendlater_held_back gauge");
-    let _ = writeln!(
-        out,
-        "sendlater_held_back{{reason=\"pause\"}} {}",
-        g.held_back(true)
+}
+
+/// One metric family whose series differ by the value of one label.
+#[derive(Debug)]
+struct ByLabel<M> {
+    label: &'static str,
+    series: Vec<(&'static str, M)>,
+    metric_type: MetricType,
+}
+
+impl<M: EncodeMetric + std::fmt::Debug> EncodeMetric for ByLabel<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (value, metric) in &self.series {
+            metric.encode(encoder.encode_family(&[(self.label, *value)])?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.metric_type
+    }
+}
+
+/// What one scrape encodes: the process-wide instruments and `g`'s gauges, read now.
+fn registry(g: &dyn Gauges) -> Registry {
+    let m = &*METRICS;
+    let mut r = Registry::with_prefix("sendlater");
+    // The library adds `_total` to counter names and a full stop to help texts.
+    for (name, help, counter) in [
+        ("schedules", "Items scheduled", &m.schedules),
+        ("dispatches", "Jobs handed to connectors", &m.dispatches),
+        ("acks", "Acks received", &m.acks),
+        ("nacks", "Nacks received", &m.nacks),
+        (
+            "abandoned_leases",
+            "Leases that ended without an answer (expired or stream dropped)",
+            &m.abandoned_leases,
+        ),
+        (
+            "ignored_answers",
+            "Acks/Nacks ignored: they named no job the answering stream holds",
+            &m.ignored_answers,
+        ),
+        (
+            "stalled_connectors",
+            "Connector streams ended because a lease of theirs expired unanswered",
+            &m.stalled_connectors,
+        ),
+        (
+            "unreadable_items",
+            "Items failed because their stored row could not be read",
+            &m.unreadable_items,
+        ),
+    ] {
+        r.register(name, help, counter.clone());
+    }
+    r.register(
+        "pending_timers",
+        "Timers on the wheel",
+        ConstGauge::new(g.pending_timers()),
     );
-    let _ = writeln!(
-        out,
-        "sendlater_held_back{{reason=\"rate_limit\"}} {}",
-        g.held_back(false)
+    r.register(
+        "due_backlog",
+        "Due items waiting for a connector",
+        ByLabel {
+            label: "channel",
+            series: [Channel::Email, Channel::Chat]
+                .map(|ch| (channel_label(ch), ConstGauge::new(g.due_backlog(ch))))
+                .into(),
+            metric_type: MetricType::Gauge,
+        },
     );
-    let _ = writeln!(out, "# HELP sendlater_connectors Connected connector streams.\n# TYPE sendlater_connectors gauge\nsendlater_connectors {}", g.connectors());
-    let _ = writeln!(out, "# HELP sendlater_dispatch_lateness_seconds First delivery to a connector minus send_at.\n# TYPE sendlater_dispatch_lateness_seconds histogram");
-    m.lateness_email.render(
-        &mut out,
-        "sendlater_dispatch_lateness_seconds",
-        "channel=\"email\"",
+    r.register(
+        "held_back",
+        "Due items held back by a pause or a rate limit",
+        ByLabel {
+            label: "reason",
+            series: vec![
+                ("pause", ConstGauge::new(g.held_back(true))),
+                ("rate_limit", ConstGauge::new(g.held_back(false))),
+            ],
+            metric_type: MetricType::Gauge,
+        },
     );
-    m.lateness_chat.render(
-        &mut out,
-        "sendlater_dispatch_lateness_seconds",
-        "channel=\"chat\"",
+    r.register(
+        "connectors",
+        "Connected connector streams",
+        ConstGauge::new(g.connectors()),
     );
-    let _ = writeln!(out, "# HELP sendlater_commit_batch_size Writes per group commit.\n# TYPE sendlater_commit_batch_size histogram");
-    m.commit_batch_size
-        .render(&mut out, "sendlater_commit_batch_size", "");
-    let _ = writeln!(out, "# HELP sendlater_commit_seconds Group commit latency.\n# TYPE sendlater_commit_seconds histogram");
-    m.commit_seconds
-        .render(&mut out, "sendlater_commit_seconds", "");
+    r.register_with_unit(
+        "dispatch_lateness",
+        "First delivery to a connector minus send_at",
+        Unit::Seconds,
+        ByLabel {
+            label: "channel",
+            series: [Channel::Email, Channel::Chat]
+                .map(|ch| (channel_label(ch), m.lateness(ch).clone()))
+                .into(),
+            metric_type: MetricType::Histogram,
+        },
+    );
+    r.register(
+        "commit_batch_size",
+        "Writes per group commit",
+        m.commit_batch_size.clone(),
+    );
+    r.register_with_unit(
+        "commit",
+        "Group commit latency",
+        Unit::Seconds,
+        m.commit_seconds.clone(),
+    );
+    r
+}
+
+/// Renders the whole exposition (Prometheus text format 0.0.4).
+pub fn render(g: &dyn Gauges) -> String {
+    let mut out = String::with_capacity(8192);
+    prometheus_text::encode(&mut out, &registry(g)).expect("formatting into a String");
     out
 }
 
-/// Serves `GET /metrics` on `addr` until `stop`; returns the bound address.
+/// A histogram as exposed: cumulative buckets, sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound, observations <= it)`, ascending; the last bound is `f64::INFINITY`
+    /// and its count equals `count`. Bounds are in the histogram's unit (seconds, or
+    /// writes for the batch size).
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// One figure per channel.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PerChannel<T> {
+    pub email: T,
+    pub chat: T,
+}
+
+impl<T> PerChannel<T> {
+    /// The figure of `ch`.
+    pub fn get(&self, ch: Channel) -> &T {
+        match ch {
+            Channel::Email => &self.email,
+            Channel::Chat => &self.chat,
+        }
+    }
+
+    fn get_mut(&mut self, ch: Channel) -> &mut T {
+        match ch {
+            Channel::Email => &mut self.email,
+            Channel::Chat => &mut self.chat,
+        }
+    }
+}
+
+/// Everything `/metrics` serves, as numbers (see [`snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// `sendlater_schedules_total`.
+    pub schedules: u64,
+    /// `sendlater_dispatches_total`.
+    pub dispatches: u64,
+    /// `sendlater_acks_total`.
+    pub acks: u64,
+    /// `sendlater_nacks_total`.
+    pub nacks: u64,
+    /// `sendlater_abandoned_leases_total`.
+    pub abandoned_leases: u64,
+    /// `sendlater_ignored_answers_total`.
+    pub ignored_answers: u64,
+    /// `sendlater_stalled_connectors_total`.
+    pub stalled_connectors: u64,
+    /// `sendlater_unreadable_items_total`.
+    pub unreadable_items: u64,
+    /// `sendlater_pending_timers`.
+    pub pending_timers: u64,
+    /// `sendlater_due_backlog{channel}`.
+    pub due_backlog: PerChannel<u64>,
+    /// `sendlater_connectors`.
+    pub connectors: u64,
+    /// `sendlater_held_back{reason="pause"}`.
+    pub held_back_paused: u64,
+    /// `sendlater_held_back{reason="rate_limit"}`.
+    pub held_back_rate_limited: u64,
+    /// `sendlater_dispatch_lateness_seconds{channel}`.
+    pub lateness: PerChannel<HistogramSnapshot>,
+    /// `sendlater_commit_batch_size`.
+    pub commit_batch_size: HistogramSnapshot,
+    /// `sendlater_commit_seconds`.
+    pub commit_seconds: HistogramSnapshot,
+}
+
+/// The figures `/metrics` serves right now, with `g`'s gauges: the exposition of
+/// [`render`] read back, so the console and a scrape cannot disagree.
+pub fn snapshot(g: &dyn Gauges) -> Snapshot {
+    Snapshot::parse(&render(g))
+}
+
+/// One sample line of a text exposition: `name{labels} value`.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(&'a str, &'a str)>,
+    value: &'a str,
+}
+
+impl<'a> Sample<'a> {
+    /// Parses a sample line; `None` for comments, blank lines and anything malformed.
+    /// Label values are taken as written (the values this module exposes need no
+    /// escapes).
+    fn parse(line: &'a str) -> Option<Self> {
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let labels = rest
+                    .strip_suffix('}')?
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                (name, labels)
+            }
+        };
+        Some(Sample {
+            name,
+            labels,
+            value,
+        })
+    }
+
+    fn label(&self, key: &str) -> Option<&'a str> {
+        self.labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    fn channel(&self) -> Option<Channel> {
+        match self.label("channel")? {
+            "email" => Some(Channel::Email),
+            "chat" => Some(Channel::Chat),
+            _ => None,
+        }
+    }
+
+    fn u64(&self) -> u64 {
+        self.value
+            .parse()
+            .unwrap_or_else(|_| self.value.parse::<f64>().unwrap_or(0.0) as u64)
+    }
+
+    fn f64(&self) -> f64 {
+        self.value.parse().unwrap_or(0.0)
+    }
+
+    /// Adds this `_bucket`, `_sum` or `_count` sample of a histogram named `name` to `h`.
+    fn fill(&self, name: &str, h: &mut HistogramSnapshot) {
+        match self.name.strip_prefix(name) {
+            Some("_bucket") => {
+                if let Some(le) = self.label("le").and_then(|le| le.parse::<f64>().ok()) {
+                    h.buckets.push((le, self.u64()));
+                }
+            }
+            Some("_sum") => h.sum = self.f64(),
+            Some("_count") => h.count = self.u64(),
+            _ => {}
+        }
+    }
+}
+
+impl Snapshot {
+    /// Reads an exposition made by [`render`]; series it does not know are skipped.
+    fn parse(text: &str) -> Snapshot {
+        let mut s = Snapshot::default();
+        for sample in text.lines().filter_map(Sample::parse) {
+            let n = sample.u64();
+            match sample.name {
+                "sendlater_schedules_total" => s.schedules = n,
+                "sendlater_dispatches_total" => s.dispatches = n,
+                "sendlater_acks_total" => s.acks = n,
+                "sendlater_nacks_total" => s.nacks = n,
+                "sendlater_abandoned_leases_total" => s.abandoned_leases = n,
+                "sendlater_ignored_answers_total" => s.ignored_answers = n,
+                "sendlater_stalled_connectors_total" => s.stalled_connectors = n,
+                "sendlater_unreadable_items_total" => s.unreadable_items = n,
+                "sendlater_pending_timers" => s.pending_timers = n,
+                "sendlater_connectors" => s.connectors = n,
+                "sendlater_due_backlog" => {
+                    if let Some(ch) = sample.channel() {
+                        *s.due_backlog.get_mut(ch) = n;
+                    }
+                }
+                "sendlater_held_back" => match sample.label("reason") {
+                    Some("pause") => s.held_back_paused = n,
+                    Some("rate_limit") => s.held_back_rate_limited = n,
+                    _ => {}
+                },
+                name if name.starts_with("sendlater_dispatch_lateness_seconds_") => {
+                    if let Some(ch) = sample.channel() {
+                        sample.fill(
+                            "sendlater_dispatch_lateness_seconds",
+                            s.lateness.get_mut(ch),
+                        );
+                    }
+                }
+                name if name.starts_with("sendlater_commit_batch_size_") => {
+                    sample.fill("sendlater_commit_batch_size", &mut s.commit_batch_size);
+                }
+                name if name.starts_with("sendlater_commit_seconds_") => {
+                    sample.fill("sendlater_commit_seconds", &mut s.commit_seconds);
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// The answer to one request on the metrics port.
+fn respond(req: &Request<hyper::body::Incoming>, g: &dyn Gauges) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            (StatusCode::OK, prometheus_text::CONTENT_TYPE, render(g))
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "try /metrics\n".to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+/// Serves `GET /metrics` on `addr` until `stop`; returns the bound address. One
+/// request per connection (the answer closes it); a request head must arrive within
+/// 5 s.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -241,48 +469,23 @@ pub async fn serve(
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let (mut sock, _) = tokio::select! {
+            let (sock, _) = tokio::select! {
                 r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
-                _ = stop.cancelled() => return,
+                () = stop.cancelled() => return,
             };
             let gauges = gauges.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                // Read the request head (bounded); only the request line matters.
-                while n < buf.len() {
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        sock.read(&mut buf[n..]),
-                    )
-                    .await
-                    {
-                        Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                        Ok(Ok(k)) => {
-                            n += k;
-                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let line = head.lines().next().unwrap_or_default();
-                let (status, ctype, body) = if line.starts_with("GET /metrics ") {
-                    (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        render(gauges.as_ref()),
-                    )
-                } else {
-                    ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
+                let service = hyper::service::service_fn(move |req| {
+                    let resp = respond(&req, gauges.as_ref());
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(sock), service);
+                // Bounds a client that reads the answer too slowly.
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
             });
         }
     });
@@ -293,18 +496,271 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    struct Fixed;
+
+    impl Gauges for Fixed {
+        fn pending_timers(&self) -> u64 {
+            7
+        }
+        fn due_backlog(&self, ch: Channel) -> u64 {
+            match ch {
+                Channel::Email => 3,
+                Channel::Chat => 4,
+            }
+        }
+        fn connectors(&self) -> u64 {
+            2
+        }
+        fn held_back(&self, paused: bool) -> u64 {
+            if paused {
+                5
+            } else {
+                6
+            }
+        }
+    }
+
+    /// The value of one series in an exposition (as `tests/common::metric_value`).
+    fn value(body: &str, series: &str) -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{series} missing in:\n{body}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// `h` against the `_bucket`/`_sum`/`_count` series `name{labels,le=...}` of `body`.
+    fn assert_histogram(
+        body: &str,
+        h: &HistogramSnapshot,
+        name: &str,
+        labels: &str,
+        bounds: &[f64],
+    ) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        assert_eq!(h.buckets.len(), bounds.len() + 1, "{name}{braces}: {h:?}");
+        for (i, &(le, n)) in h.buckets.iter().enumerate() {
+            let want_le = bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            assert_eq!(le, want_le);
+            let le = if le.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                le.to_string()
+            };
+            let series = format!("{name}_bucket{{{labels}{sep}le=\"{le}\"}}");
+            assert_eq!(n as f64, value(body, &series), "{series}");
+        }
+        assert!(
+            h.buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "cumulative: {h:?}"
+        );
+        assert_eq!(h.buckets.last().unwrap().1, h.count);
+        assert_eq!(
+            h.count as f64,
+            value(body, &format!("{name}_count{braces}"))
+        );
+        assert_eq!(h.sum, value(body, &format!("{name}_sum{braces}")));
+    }
+
+    #[test]
+    fn the_exposition_keeps_every_name_label_and_type() {
+        let body = render(&Fixed);
+        for (name, kind) in [
+            ("sendlater_schedules_total", "counter"),
+            ("sendlater_dispatches_total", "counter"),
+            ("sendlater_acks_total", "counter"),
+            ("sendlater_nacks_total", "counter"),
+            ("sendlater_abandoned_leases_total", "counter"),
+            ("sendlater_ignored_answers_total", "counter"),
+            ("sendlater_stalled_connectors_total", "counter"),
+            ("sendlater_unreadable_items_total", "counter"),
+            ("sendlater_pending_timers", "gauge"),
+            ("sendlater_due_backlog", "gauge"),
+            ("sendlater_held_back", "gauge"),
+            ("sendlater_connectors", "gauge"),
+            ("sendlater_dispatch_lateness_seconds", "histogram"),
+            ("sendlater_commit_batch_size", "histogram"),
+            ("sendlater_commit_seconds", "histogram"),
+        ] {
+            assert!(
+                body.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind}:\n{body}"
+            );
+            assert!(body.contains(&format!("# HELP {name} ")), "{name}:\n{body}");
+        }
+        assert_eq!(value(&body, "sendlater_pending_timers"), 7.0);
+        assert_eq!(
+            value(&body, "sendlater_due_backlog{channel=\"email\"}"),
+            3.0
+        );
+        assert_eq!(value(&body, "sendlater_due_backlog{channel=\"chat\"}"), 4.0);
+        assert_eq!(value(&body, "sendlater_held_back{reason=\"pause\"}"), 5.0);
+        assert_eq!(
+            value(&body, "sendlater_held_back{reason=\"rate_limit\"}"),
+            6.0
+        );
+        assert_eq!(value(&body, "sendlater_connectors"), 2.0);
+        for series in [
+            "sendlater_dispatch_lateness_seconds_bucket{channel=\"chat\",le=\"0.001\"}",
+            "sendlater_dispatch_lateness_seconds_bucket{channel=\"email\",le=\"300\"}",
+            "sendlater_dispatch_lateness_seconds_bucket{channel=\"email\",le=\"+Inf\"}",
+            "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}",
+            "sendlater_dispatch_lateness_seconds_sum{channel=\"email\"}",
+            "sendlater_commit_batch_size_bucket{le=\"1\"}",
+            "sendlater_commit_batch_size_bucket{le=\"2048\"}",
+            "sendlater_commit_batch_size_bucket{le=\"+Inf\"}",
+            "sendlater_commit_seconds_bucket{le=\"0.025\"}",
+            "sendlater_commit_seconds_count",
+            "sendlater_commit_seconds_sum",
+        ] {
+            value(&body, series);
+        }
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative_in_the_exposition() {
-        static H: Histogram = Histogram::new(&[1.0, 10.0]);
-        for v in [0.5, 5.0, 5.0, 50.0] {
-            H.observe(v);
+        // Other tests in this process may observe too: compare before and after.
+        let before = snapshot(&Fixed).commit_batch_size;
+        for v in [0.5, 3.0, 3.0, 5000.0] {
+            METRICS.commit_batch_size.observe(v);
         }
-        let mut s = String::new();
-        H.render(&mut s, "x", "");
-        assert!(s.contains("x_bucket{le=\"1\"} 1\n"), "{s}");
-        assert!(s.contains("x_bucket{le=\"10\"} 3\n"), "{s}");
-        assert!(s.contains("x_bucket{le=\"+Inf\"} 4\n"), "{s}");
-        assert!(s.contains("x_count 4\n"), "{s}");
-        assert!(s.contains("x_sum 60.5\n"), "{s}");
+        let after = snapshot(&Fixed).commit_batch_size;
+        let delta = |le: f64| {
+            let at = |h: &HistogramSnapshot| h.buckets.iter().find(|b| b.0 == le).unwrap().1;
+            at(&after) - at(&before)
+        };
+        assert!(delta(1.0) >= 1);
+        assert!(delta(4.0) >= 3);
+        assert!(delta(2048.0) >= 3);
+        assert!(delta(f64::INFINITY) >= 4);
+        assert!(after.count >= before.count + 4);
+        assert!(after.sum >= before.sum + 5006.5);
+    }
+
+    #[test]
+    fn the_snapshot_shows_what_the_exposition_says() {
+        METRICS.schedules.inc_by(2);
+        METRICS.acks.inc();
+        METRICS.unreadable_items.inc();
+        METRICS.lateness(Channel::Chat).observe(0.003);
+        METRICS.lateness(Channel::Email).observe(42.0);
+        METRICS.commit_seconds.observe(0.0004);
+        let body = render(&Fixed);
+        let s = Snapshot::parse(&body);
+        for (n, series) in [
+            (s.schedules, "sendlater_schedules_total"),
+            (s.dispatches, "sendlater_dispatches_total"),
+            (s.acks, "sendlater_acks_total"),
+            (s.nacks, "sendlater_nacks_total"),
+            (s.abandoned_leases, "sendlater_abandoned_leases_total"),
+            (s.ignored_answers, "sendlater_ignored_answers_total"),
+            (s.stalled_connectors, "sendlater_stalled_connectors_total"),
+            (s.unreadable_items, "sendlater_unreadable_items_total"),
+            (s.pending_timers, "sendlater_pending_timers"),
+            (
+                s.due_backlog.email,
+                "sendlater_due_backlog{channel=\"email\"}",
+            ),
+            (
+                s.due_backlog.chat,
+                "sendlater_due_backlog{channel=\"chat\"}",
+            ),
+            (s.connectors, "sendlater_connectors"),
+            (s.held_back_paused, "sendlater_held_back{reason=\"pause\"}"),
+            (
+                s.held_back_rate_limited,
+                "sendlater_held_back{reason=\"rate_limit\"}",
+            ),
+        ] {
+            assert_eq!(n as f64, value(&body, series), "{series}");
+        }
+        assert!(s.schedules >= 2 && s.acks >= 1 && s.unreadable_items >= 1);
+        assert_eq!(
+            (
+                s.pending_timers,
+                s.connectors,
+                s.held_back_paused,
+                s.held_back_rate_limited
+            ),
+            (7, 2, 5, 6)
+        );
+        assert_eq!(
+            (s.due_backlog.email, *s.due_backlog.get(Channel::Chat)),
+            (3, 4)
+        );
+        for ch in [Channel::Email, Channel::Chat] {
+            let labels = format!("channel=\"{}\"", channel_label(ch));
+            assert_histogram(
+                &body,
+                s.lateness.get(ch),
+                "sendlater_dispatch_lateness_seconds",
+                &labels,
+                &SECONDS,
+            );
+            assert!(s.lateness.get(ch).count >= 1);
+        }
+        assert_histogram(
+            &body,
+            &s.commit_batch_size,
+            "sendlater_commit_batch_size",
+            "",
+            &BATCH,
+        );
+        assert_histogram(
+            &body,
+            &s.commit_seconds,
+            "sendlater_commit_seconds",
+            "",
+            &SECONDS,
+        );
+        assert!(s.commit_seconds.buckets[0].1 >= 1, "0.0004 s is under 1 ms");
+        // `snapshot` is this very reading of a fresh exposition.
+        let again = snapshot(&Fixed);
+        assert!(again.schedules >= s.schedules);
+        assert_eq!(again.due_backlog, s.due_backlog);
+    }
+
+    /// One raw HTTP/1.1 exchange with the metrics port.
+    async fn exchange(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_port_serves_metrics_as_text_and_nothing_else() {
+        let stop = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Fixed),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let ok = exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("\nsendlater_pending_timers 7\n"), "{ok}");
+        let missing = exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+        assert!(missing.ends_with("try /metrics\n"), "{missing}");
+        stop.cancel();
     }
 }

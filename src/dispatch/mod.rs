@@ -388,7 +388,7 @@ impl Actor {
             .and_then(|c| c.held.get(&job.item))
             .copied();
         let Some(held) = held.filter(|h| h.attempt == job.attempt && h.token == job.token) else {
-            METRICS.ignored_answers.fetch_add(1, Relaxed);
+            METRICS.ignored_answers.inc();
             tracing::debug!(
                 conn,
                 item = job.item,
@@ -404,7 +404,7 @@ impl Actor {
             Answer::Ack {
                 provider_message_id,
             } => {
-                METRICS.acks.fetch_add(1, Relaxed);
+                METRICS.acks.inc();
                 if !held.expired {
                     self.inflight.remove(&job.item);
                 }
@@ -415,7 +415,7 @@ impl Actor {
                 });
             }
             Answer::Nack { error, permanent } => {
-                METRICS.nacks.fetch_add(1, Relaxed);
+                METRICS.nacks.inc();
                 // A Nack after the lease expired says nothing new: that attempt ended.
                 if !held.expired {
                     self.inflight.remove(&job.item);
@@ -455,7 +455,7 @@ impl Actor {
         };
         if c.stalled && c.in_flight() == 0 {
             tracing::warn!(conn, connector_id = %c.connector_id, "ending the stream of a connector whose lease expired unanswered");
-            METRICS.stalled_connectors.fetch_add(1, Relaxed);
+            METRICS.stalled_connectors.inc();
             c.kick.cancel();
             self.connectors.remove(&conn);
         }
@@ -796,7 +796,7 @@ impl Actor {
         };
         match c.jobs.try_send(job) {
             Ok(()) => {
-                METRICS.dispatches.fetch_add(1, Relaxed);
+                METRICS.dispatches.inc();
                 if attempt == 1 {
                     METRICS.lateness(channel).observe(late_ms as f64 / 1000.0);
                 }

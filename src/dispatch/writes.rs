@@ -87,9 +87,7 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Vec<
 fn fail_unreadable_item(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain::Result<()> {
     let why = format!("stored item cannot be read: {why}");
     tracing::error!(item = id, reason = %why, "failing an item whose stored row cannot be read");
-    crate::metrics::METRICS
-        .unreadable_items
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::METRICS.unreadable_items.inc();
     tx.fail_unreadable(id, &why)
 }
 
@@ -187,9 +185,7 @@ fn record_one(
             attempt,
             reason,
         } => {
-            crate::metrics::METRICS
-                .abandoned_leases
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::METRICS.abandoned_leases.inc();
             // Retried at once (on another connector), not after a backoff.
             (
                 *id,

@@ -77,9 +77,7 @@ impl Engine {
             .write(move |tx| me.insert_one(tx, &new))
             .await
             .inspect(|_| {
-                crate::metrics::METRICS
-                    .schedules
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::METRICS.schedules.inc();
             })
     }
 
@@ -121,9 +119,7 @@ impl Engine {
             })
             .await
             .inspect(|items| {
-                crate::metrics::METRICS
-                    .schedules
-                    .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::METRICS.schedules.inc_by(items.len() as u64);
             })
     }
 

@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
 use super::convert::{self, status};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -153,13 +152,13 @@ impl pb::dispatch_server::Dispatch for DispatchService {
                         },
                     ),
                     _ => {
-                        METRICS.ignored_answers.fetch_add(1, Relaxed);
+                        METRICS.ignored_answers.inc();
                         tracing::debug!(conn, "ignored a message that is neither Ack nor Nack");
                         continue;
                     }
                 };
                 let Some(job) = parse_job_id(&job_id) else {
-                    METRICS.ignored_answers.fetch_add(1, Relaxed);
+                    METRICS.ignored_answers.inc();
                     tracing::debug!(conn, "ignored an answer with a malformed job id");
                     continue;
                 };
