@@ -175,6 +175,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Prometheus metrics on this address when set.
     pub metrics_listen: Option<SocketAddr>,
+    /// The staff console (HTML) on this address when set.
+    pub console_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -189,6 +191,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tokens", &self.tokens)
             .field("tls", &self.tls)
             .field("metrics_listen", &self.metrics_listen)
+            .field("console_listen", &self.console_listen)
             .finish_non_exhaustive()
     }
 }
@@ -207,6 +210,7 @@ impl ServerConfig {
             tokens: Vec::new(),
             tls: None,
             metrics_listen: None,
+            console_listen: None,
         }
     }
 }

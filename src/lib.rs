@@ -10,6 +10,8 @@ pub mod clock;
 pub mod config;
 /// Connector processes: the Dispatch stream runner, email (SMTP) and chat (webhook).
 pub mod connector;
+/// The staff console: HTML pages over the engine, on their own address.
+pub mod console;
 /// Hands due items to connectors; records their answers.
 pub mod dispatch;
 /// Items, states, transitions, validation, activity rules (pure).

@@ -82,6 +82,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RunningServer {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    console_addr: Option<SocketAddr>,
     engine: Engine,
     dispatcher: Dispatcher,
     dispatcher_task: JoinHandle<()>,
@@ -103,6 +104,11 @@ impl RunningServer {
     /// Where metrics are served, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the staff console is served, when enabled.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// `http://ADDR`, for building a tonic `Channel`.
@@ -263,6 +269,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         }
         None => None,
     };
+    let console_addr = match config.console_listen {
+        Some(addr) => {
+            let gauges = Arc::new(ServerGauges {
+                engine: engine.clone(),
+                stats: dispatcher.stats.clone(),
+            });
+            let console = crate::console::Console::new(
+                engine.clone(),
+                dispatcher.clone(),
+                auth.clone(),
+                gauges,
+            );
+            let bound = crate::console::serve(addr, console, streams.clone())
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");
+            Some(bound)
+        }
+        None => None,
+    };
     engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
     let dispatch =
         pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher.clone()))
@@ -306,6 +332,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     Ok(RunningServer {
         local_addr,
         metrics_addr,
+        console_addr,
         engine,
         dispatcher,
         dispatcher_task,

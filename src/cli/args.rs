@@ -217,6 +217,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SENDLATER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
+    /// The staff console (HTML) on this address, or "off". Default: 127.0.0.1:8080 when
+    /// --listen is a loopback address, off otherwise. Beyond loopback it needs auth
+    /// tokens or --insecure, as --listen does.
+    #[arg(long, env = "SENDLATER_CONSOLE_LISTEN", value_name = "ADDR|off")]
+    pub console_listen: Option<String>,
+
     /// Listen on a non-loopback address although no auth tokens are configured: anyone
     /// who reaches the port can read and send every account's messages.
     #[arg(long, env = "SENDLATER_INSECURE")]

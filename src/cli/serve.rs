@@ -69,6 +69,26 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
             })?),
             None => file.metrics_listen,
         };
+    config.console_listen = match args.console_listen.as_deref().map(str::trim) {
+        Some("off") | Some("") => None,
+        Some(text) => Some(parse_listen(text).map_err(|_| {
+            CliError::Config(format!(
+                "--console-listen {text:?}: expected IP:PORT, [IPv6]:PORT, localhost:PORT or off"
+            ))
+        })?),
+        None if is_loopback(listen.ip()) => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        None => None,
+    };
+    if let Some(c) = config.console_listen {
+        if !is_loopback(c.ip()) && !args.insecure && config.tokens.is_empty() {
+            return Err(CliError::Config(format!(
+                "--console-listen {c}: not a loopback address, and no auth tokens are \
+                 configured, so anyone reaching the port could read and send every \
+                 account's messages; configure [[tokens]] in --config, use a loopback \
+                 address, or pass --insecure to accept that"
+            )));
+        }
+    }
     config.synchronous = match args.sync {
         SyncMode::Full => Synchronous::Full,
         SyncMode::Normal => Synchronous::Normal,

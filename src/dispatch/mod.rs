@@ -86,6 +86,19 @@ pub enum ConnectorEvent {
     /// Answered with the ids of the due items waiting in line and of the jobs out at
     /// connectors (for checks of "nothing stranded").
     Inspect(oneshot::Sender<Vec<ItemId>>),
+    /// Answered with the connected streams (for the console's operations page).
+    Connectors(oneshot::Sender<Vec<ConnectorInfo>>),
+}
+
+/// A connected connector stream, as the operations page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorInfo {
+    pub connector_id: String,
+    pub channels: Vec<Channel>,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    /// A lease of it expired unanswered: it gets no more jobs.
+    pub stalled: bool,
 }
 
 /// What the dispatcher shows of itself (for metrics), updated after each round.
@@ -173,6 +186,15 @@ impl Dispatcher {
     pub async fn known_ids(&self) -> Vec<ItemId> {
         let (tx, rx) = oneshot::channel();
         if !self.send(ConnectorEvent::Inspect(tx)) {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The connected connector streams, by connector id.
+    pub async fn connectors(&self) -> Vec<ConnectorInfo> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(ConnectorEvent::Connectors(tx)) {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -375,6 +397,21 @@ impl Actor {
                     ids.extend(q.iter().map(|(_, (id, _))| *id));
                 }
                 let _ = reply.send(ids);
+            }
+            ConnectorEvent::Connectors(reply) => {
+                let mut list: Vec<ConnectorInfo> = self
+                    .connectors
+                    .values()
+                    .map(|c| ConnectorInfo {
+                        connector_id: c.connector_id.clone(),
+                        channels: c.channels.clone(),
+                        in_flight: c.in_flight(),
+                        max_in_flight: c.max_in_flight,
+                        stalled: c.stalled,
+                    })
+                    .collect();
+                list.sort_by(|a, b| a.connector_id.cmp(&b.connector_id));
+                let _ = reply.send(list);
             }
         }
     }

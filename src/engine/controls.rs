@@ -17,6 +17,11 @@ use crate::store::rows::ControlRow;
 /// The account that stands for every account.
 pub const EVERY_ACCOUNT: &str = "*";
 
+/// A pause: (account, channel).
+pub type Paused = (String, Channel);
+/// A rate limit: (account, channel, starts per minute).
+pub type Limited = (String, Channel, u32);
+
 /// One immutable view of the controls.
 #[derive(Debug, Default, Clone)]
 pub struct ControlsSnapshot {
@@ -38,6 +43,20 @@ impl ControlsSnapshot {
             return None;
         }
         self.limits.get(&(account.to_owned(), channel)).copied()
+    }
+
+    /// Every pause (account, channel) and every rate limit (account, channel, per
+    /// minute), sorted: for the operations page.
+    pub fn entries(&self) -> (Vec<Paused>, Vec<Limited>) {
+        let mut paused: Vec<Paused> = self.paused.iter().cloned().collect();
+        paused.sort();
+        let mut limits: Vec<Limited> = self
+            .limits
+            .iter()
+            .map(|((a, c), n)| (a.clone(), *c, *n))
+            .collect();
+        limits.sort();
+        (paused, limits)
     }
 
     /// Whether nothing is paused or limited (the common case: dispatch skips the checks).

@@ -1,0 +1,702 @@
+//! The staff console: the deferred-sending view, tickets, a schedule form and an
+//! operations page, served as HTML by `sendlater serve` on its own address.
+//!
+//! - Server-rendered with maud (every interpolated value is HTML-escaped), a little
+//!   JavaScript of our own (`static/console.js`: times in the viewer's zone, live
+//!   updates over Server-Sent Events), every asset inside the binary.
+//! - It calls the engine directly, the same calls the gRPC services make: the rules
+//!   (validation, state machine, activity) live there, never here.
+//! - Auth: the gRPC tokens. A login form exchanges a token for a session cookie
+//!   (HttpOnly, SameSite=Strict); a session sees only its token's accounts. With no
+//!   tokens configured the console is open (as gRPC: loopback only, see `cli::serve`),
+//!   and a session is made on the first visit, for the CSRF token.
+//! - Every state change is a POST carrying the session's CSRF token; every response
+//!   has a strict Content-Security-Policy (no inline script or style).
+//!
+//! Pinned paths: `/accounts/{account_id}/deferred` and
+//! `/accounts/{account_id}/tickets/{ticket_id}`; `/` leads to them.
+
+mod pages;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::domain::{self, Item, ItemId};
+use crate::engine::{Audience, Engine, Order};
+use crate::metrics::Gauges;
+use crate::service::auth::{Auth, Identity};
+
+/// How long a session lives without use.
+const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
+
+/// The name of the session cookie.
+const COOKIE: &str = "sendlater_session";
+
+/// The Content-Security-Policy of every response: our own script and style only, no
+/// inline code, no framing, forms post only here.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+    base-uri 'none'";
+
+struct Session {
+    identity: Identity,
+    csrf: String,
+    last_used: Instant,
+}
+
+/// What the console's handlers share.
+#[derive(Clone)]
+pub struct Console {
+    engine: Engine,
+    dispatcher: Dispatcher,
+    auth: Auth,
+    gauges: Arc<dyn Gauges>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+}
+
+fn random_hex() -> String {
+    use rand::RngExt;
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+/// What a request is allowed to see, from its session.
+struct Viewer {
+    identity: Identity,
+    csrf: String,
+}
+
+impl Console {
+    /// The console over these parts.
+    pub fn new(
+        engine: Engine,
+        dispatcher: Dispatcher,
+        auth: Auth,
+        gauges: Arc<dyn Gauges>,
+    ) -> Self {
+        Console {
+            engine,
+            dispatcher,
+            auth,
+            gauges,
+            sessions: Arc::default(),
+        }
+    }
+
+    fn session_id(headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v.to_owned())
+    }
+
+    /// The viewer of a request, if it has a live session.
+    fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
+        let id = Self::session_id(headers)?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let s = sessions.get_mut(&id)?;
+        if s.last_used.elapsed() > SESSION_IDLE {
+            sessions.remove(&id);
+            return None;
+        }
+        s.last_used = Instant::now();
+        Some(Viewer {
+            identity: s.identity.clone(),
+            csrf: s.csrf.clone(),
+        })
+    }
+
+    /// A new session for `identity`; returns the Set-Cookie value.
+    fn open_session(&self, identity: Identity) -> String {
+        let id = random_hex();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.last_used.elapsed() <= SESSION_IDLE);
+        sessions.insert(
+            id.clone(),
+            Session {
+                identity,
+                csrf: random_hex(),
+                last_used: Instant::now(),
+            },
+        );
+        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")
+    }
+
+    /// The viewer, or where to send a request that has none: the login form, or (no
+    /// tokens configured) a fresh open session and the same page again.
+    // The error is the response to send as it is (a redirect): not worth a box.
+    #[allow(clippy::result_large_err)]
+    fn require(&self, headers: &HeaderMap, here: &str) -> Result<Viewer, Response> {
+        if let Some(v) = self.viewer(headers) {
+            return Ok(v);
+        }
+        if self.auth.enabled() {
+            return Err(Redirect::to("/login").into_response());
+        }
+        let cookie = self.open_session(Identity::open());
+        let mut r = Redirect::to(here).into_response();
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).expect("ascii"),
+        );
+        Err(r)
+    }
+}
+
+/// Adds the security headers to every response.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The console's routes.
+pub fn router(console: Console) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/static/console.js", get(script))
+        .route("/static/console.css", get(style))
+        .route("/operations", get(operations))
+        .route("/accounts/{account}/deferred", get(deferred))
+        .route("/accounts/{account}/tickets/{ticket}", get(ticket))
+        .route(
+            "/accounts/{account}/schedule",
+            get(schedule_form).post(schedule),
+        )
+        .route(
+            "/accounts/{account}/items/{item}/{action}",
+            post(item_action),
+        )
+        .route("/accounts/{account}/events", get(events))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(console)
+}
+
+/// Binds `addr` and serves the console until `stop`; returns the bound address.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    console: Console,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(console);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the console stopped");
+        }
+    });
+    Ok(bound)
+}
+
+fn html(markup: maud::Markup) -> Response {
+    Html(markup.into_string()).into_response()
+}
+
+fn page_error(status: StatusCode, title: &str, detail: &str) -> Response {
+    (status, html(pages::error(title, detail))).into_response()
+}
+
+fn domain_error(e: domain::Error) -> Response {
+    use domain::Error as E;
+    let status = match &e {
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+        E::FailedPrecondition(_) | E::AlreadyExists(_) => StatusCode::CONFLICT,
+        E::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+        E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    page_error(status, "That did not work", &e.to_string())
+}
+
+fn forbidden(account: &str) -> Response {
+    page_error(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        &format!("this session may not see account {account:?}"),
+    )
+}
+
+/// The viewer, allowed to see `account` (else the response to send).
+#[allow(clippy::result_large_err)]
+fn for_account(
+    c: &Console,
+    headers: &HeaderMap,
+    account: &str,
+    here: &str,
+) -> Result<Viewer, Response> {
+    let v = c.require(headers, here)?;
+    if domain::validate_id("account_id", account).is_err() {
+        return Err(page_error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "no such account",
+        ));
+    }
+    if !v.identity.accounts.allows(account) {
+        return Err(forbidden(account));
+    }
+    Ok(v)
+}
+
+async fn not_found() -> Response {
+    page_error(StatusCode::NOT_FOUND, "Not found", "no such page")
+}
+
+async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("static/console.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("static/console.css"),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Go {
+    account: Option<String>,
+}
+
+async fn home(State(c): State<Console>, headers: HeaderMap, Query(go): Query<Go>) -> Response {
+    let v = match c.require(&headers, "/") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Some(a) = go.account.filter(|a| !a.is_empty()) {
+        return Redirect::to(&format!("/accounts/{}/deferred", pages::path_segment(&a)))
+            .into_response();
+    }
+    match &v.identity.accounts {
+        crate::config::Accounts::Only(list) if list.len() == 1 => Redirect::to(&format!(
+            "/accounts/{}/deferred",
+            pages::path_segment(&list[0])
+        ))
+        .into_response(),
+        accounts => html(pages::home(accounts, &v.csrf)),
+    }
+}
+
+async fn login_form(State(c): State<Console>) -> Response {
+    if !c.auth.enabled() {
+        return Redirect::to("/").into_response();
+    }
+    html(pages::login(None))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    token: String,
+}
+
+async fn login(State(c): State<Console>, Form(f): Form<Login>) -> Response {
+    let Some(identity) = c.auth.identify(f.token.trim()) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            html(pages::login(Some("That token is not known."))),
+        )
+            .into_response();
+    };
+    let cookie = c.open_session(identity);
+    let mut r = Redirect::to("/").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("ascii"),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+struct Csrf {
+    csrf: String,
+}
+
+fn csrf_ok(v: &Viewer, given: &str) -> bool {
+    // Same length, every byte compared.
+    v.csrf.len() == given.len()
+        && v.csrf
+            .bytes()
+            .zip(given.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn bad_csrf() -> Response {
+    page_error(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        "the form is stale or did not come from this console; reload the page and try again",
+    )
+}
+
+async fn logout(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Csrf>) -> Response {
+    if let Some(v) = c.viewer(&headers) {
+        if !csrf_ok(&v, &f.csrf) {
+            return bad_csrf();
+        }
+        if let Some(id) = Console::session_id(&headers) {
+            c.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+    let mut r = Redirect::to("/").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        ))
+        .expect("ascii"),
+    );
+    r
+}
+
+#[derive(Deserialize, Default)]
+struct DeferredQuery {
+    order: Option<String>,
+    page_token: Option<String>,
+    /// Only the table (for live updates).
+    fragment: Option<String>,
+}
+
+async fn deferred(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Query(q): Query<DeferredQuery>,
+) -> Response {
+    let here = format!("/accounts/{}/deferred", pages::path_segment(&account));
+    let v = match for_account(&c, &headers, &account, &here) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let order = match q.order.as_deref() {
+        Some("desc") => Order::Desc,
+        _ => Order::Asc,
+    };
+    let token = q.page_token.unwrap_or_default();
+    let page = match c
+        .engine
+        .deferred_tickets(account.clone(), order, pages::PAGE_SIZE, token.clone())
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return domain_error(e),
+    };
+    if q.fragment.is_some() {
+        return html(pages::deferred_table(&account, order, &token, &page));
+    }
+    html(pages::deferred(&account, order, &token, &page, &v))
+}
+
+#[derive(Deserialize, Default)]
+struct TicketQuery {
+    view: Option<String>,
+    fragment: Option<String>,
+}
+
+async fn ticket(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path((account, ticket)): Path<(String, String)>,
+    Query(q): Query<TicketQuery>,
+) -> Response {
+    let here = format!(
+        "/accounts/{}/tickets/{}",
+        pages::path_segment(&account),
+        pages::path_segment(&ticket)
+    );
+    let v = match for_account(&c, &headers, &account, &here) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let client = q.view.as_deref() == Some("client");
+    let audience = if client {
+        Audience::Client
+    } else {
+        Audience::Staff
+    };
+    let items = match c
+        .engine
+        .timeline(account.clone(), ticket.clone(), audience)
+        .await
+    {
+        Ok(items) => items,
+        // The client sees no ticket at all until something in it was sent.
+        Err(domain::Error::NotFound(_)) if client => Vec::new(),
+        Err(e) => return domain_error(e),
+    };
+    if q.fragment.is_some() {
+        return html(pages::timeline(&account, &ticket, &items, client, &v.csrf));
+    }
+    html(pages::ticket(&account, &ticket, &items, client, &v))
+}
+
+async fn schedule_form(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Query(prefill): Query<pages::ScheduleForm>,
+) -> Response {
+    let here = format!("/accounts/{}/schedule", pages::path_segment(&account));
+    match for_account(&c, &headers, &account, &here) {
+        Ok(v) => html(pages::schedule(&account, &prefill, None, &v)),
+        Err(r) => r,
+    }
+}
+
+async fn schedule(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Form(f): Form<pages::ScheduleForm>,
+) -> Response {
+    let here = format!("/accounts/{}/schedule", pages::path_segment(&account));
+    let v = match for_account(&c, &headers, &account, &here) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&v, &f.csrf) {
+        return bad_csrf();
+    }
+    let now = c.engine.clock().now_ms();
+    let new = match f.to_new_item(&account, now) {
+        Ok(n) => n,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                html(pages::schedule(&account, &f, Some(&e), &v)),
+            )
+                .into_response()
+        }
+    };
+    let ticket = new.ticket_id.clone();
+    match c.engine.schedule(new).await {
+        Ok(item) => Redirect::to(&format!(
+            "/accounts/{}/tickets/{}#{}",
+            pages::path_segment(&account),
+            pages::path_segment(&ticket),
+            item.public_id()
+        ))
+        .into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            html(pages::schedule(&account, &f, Some(&e.to_string()), &v)),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ItemForm {
+    csrf: String,
+    /// Reschedule: when, in `tz`.
+    when: Option<String>,
+    tz: Option<String>,
+    /// Edit: the new text (and subject, for email).
+    text: Option<String>,
+    subject: Option<String>,
+}
+
+async fn item_action(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path((account, item, action)): Path<(String, String, String)>,
+    Form(f): Form<ItemForm>,
+) -> Response {
+    let v = match for_account(&c, &headers, &account, "/") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&v, &f.csrf) {
+        return bad_csrf();
+    }
+    let Some(id) = domain::parse_item_id(&item) else {
+        return page_error(StatusCode::NOT_FOUND, "Not found", "no such item");
+    };
+    let now = c.engine.clock().now_ms();
+    let done: domain::Result<Item> = match action.as_str() {
+        "send-now" => c.engine.send_now(account.clone(), id).await,
+        "cancel" => c.engine.cancel(account.clone(), id).await,
+        "reschedule" => {
+            match pages::parse_when(f.when.as_deref().unwrap_or(""), f.tz.as_deref(), now) {
+                Ok((send_at, send_at_local)) => {
+                    let changes = crate::engine::Changes {
+                        send_at: Some(send_at),
+                        send_at_local,
+                        ..Default::default()
+                    };
+                    c.engine.reschedule(account.clone(), id, changes).await
+                }
+                Err(e) => Err(domain::Error::invalid("when", e)),
+            }
+        }
+        "edit" => edit(&c, &account, id, &f).await,
+        _ => return page_error(StatusCode::NOT_FOUND, "Not found", "no such action"),
+    };
+    match done {
+        Ok(item) => Redirect::to(&format!(
+            "/accounts/{}/tickets/{}#{}",
+            pages::path_segment(&account),
+            pages::path_segment(&item.ticket_id),
+            item.public_id()
+        ))
+        .into_response(),
+        Err(e) => domain_error(e),
+    }
+}
+
+async fn edit(c: &Console, account: &str, id: ItemId, f: &ItemForm) -> domain::Result<Item> {
+    let item = c.engine.get(account.to_owned(), id).await?;
+    let text = f.text.clone().unwrap_or_default();
+    let content = match item.content {
+        domain::Content::Email(mut e) => {
+            if let Some(s) = &f.subject {
+                e.subject = s.clone();
+            }
+            e.text_body = text;
+            domain::Content::Email(e)
+        }
+        domain::Content::Chat(mut ch) => {
+            ch.text = text;
+            domain::Content::Chat(ch)
+        }
+    };
+    let changes = crate::engine::Changes {
+        content: Some(content),
+        ..Default::default()
+    };
+    c.engine.reschedule(account.to_owned(), id, changes).await
+}
+
+/// Server-Sent Events for one account: one `change` event per committed (durable)
+/// change of one of its items, carrying `{"sequence", "type", "item", "ticket"}`; the
+/// page re-reads what it shows.
+async fn events(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> Response {
+    if let Err(r) = for_account(&c, &headers, &account, "/") {
+        return r;
+    }
+    let engine = c.engine.clone();
+    let mut seq = engine.store().event_sequence();
+    let start = *seq.borrow_and_update();
+    let stream = async_stream(engine, account, seq, start);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn async_stream(
+    engine: Engine,
+    account: String,
+    seq: tokio::sync::watch::Receiver<u64>,
+    start: u64,
+) -> impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>> {
+    futures_util::stream::unfold(
+        (
+            engine,
+            account,
+            seq,
+            start,
+            std::collections::VecDeque::new(),
+        ),
+        |(engine, account, mut seq, mut after, mut queue)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    return Some((Ok(ev), (engine, account, seq, after, queue)));
+                }
+                if seq.changed().await.is_err() {
+                    return None;
+                }
+                let events = engine
+                    .events_after(Some(account.clone()), after, 500)
+                    .await
+                    .ok()?;
+                for e in events {
+                    after = after.max(e.sequence);
+                    let data = serde_json::json!({
+                        "sequence": e.sequence,
+                        "type": e.kind.name(),
+                        "item": e.item.public_id(),
+                        "ticket": e.item.ticket_id,
+                    });
+                    queue.push_back(SseEvent::default().event("change").data(data.to_string()));
+                }
+            }
+        },
+    )
+}
+
+async fn operations(State(c): State<Console>, headers: HeaderMap) -> Response {
+    let v = match c.require(&headers, "/operations") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    // Operators only: the page shows every account's controls.
+    if !matches!(v.identity.accounts, crate::config::Accounts::All) {
+        return page_error(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "the operations page needs a token for every account",
+        );
+    }
+    let connectors = c.dispatcher.connectors().await;
+    let controls = c.engine.controls().snapshot();
+    html(pages::operations(&connectors, &controls, &*c.gauges, &v))
+}

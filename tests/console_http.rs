@@ -1,0 +1,321 @@
+//! The staff console over plain HTTP (no browser): sessions, CSRF, the security
+//! headers, account scoping and escaping, against a real server on ephemeral ports.
+//! The browser scenarios are in `console_browser.rs`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::*;
+use sendlater::config::{Accounts, Role, TokenConfig};
+use sendlater::pb;
+
+/// One HTTP/1.1 exchange; the whole response as text.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: sendlater_session={c}\r\n"));
+    }
+    if let Some(body) = form {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        req.push_str("\r\n");
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split("\r\n\r\n").next().unwrap();
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn session_of(resp: &str) -> String {
+    let c = header(resp, "set-cookie").expect("a session cookie");
+    assert!(
+        c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+        "{c}"
+    );
+    c.split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned()
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    page[at..at + 32].to_owned()
+}
+
+async fn console_server(tokens: Vec<TokenConfig>) -> (TestServer, SocketAddr) {
+    let t = TestServer::start_with(|c| {
+        c.console_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tokens = tokens;
+    })
+    .await;
+    let addr = t.running().console_addr().expect("the console is on");
+    (t, addr)
+}
+
+/// A gRPC request with the operator's token.
+fn operator<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", "Bearer operator-token".parse().unwrap());
+    r
+}
+
+/// Runs blocking HTTP off the runtime.
+async fn call(
+    addr: SocketAddr,
+    method: &'static str,
+    path: String,
+    cookie: Option<String>,
+    form: Option<String>,
+) -> String {
+    tokio::task::spawn_blocking(move || {
+        http(addr, method, &path, cookie.as_deref(), form.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
+    let (t, addr) = console_server(Vec::new()).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    // The open console makes a session on the first visit.
+    let first = call(addr, "GET", "/accounts/acme/deferred".into(), None, None).await;
+    assert_eq!(status(&first), 303, "{first}");
+    let sid = session_of(&first);
+    let page = call(
+        addr,
+        "GET",
+        "/accounts/acme/tickets/T1".into(),
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(status(&page), 200);
+    let csrf = csrf_of(&page);
+    let cancel = format!("/accounts/acme/items/{}/cancel", item.item_id);
+    for bad in ["", "0123456789abcdef0123456789abcdef", &csrf[..31]] {
+        let r = call(
+            addr,
+            "POST",
+            cancel.clone(),
+            Some(sid.clone()),
+            Some(format!("csrf={bad}")),
+        )
+        .await;
+        assert_eq!(status(&r), 403, "csrf {bad:?}: {r}");
+    }
+    // No session at all: not a change either.
+    let r = call(
+        addr,
+        "POST",
+        cancel.clone(),
+        None,
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_ne!(status(&r), 200);
+    assert_eq!(
+        t.get_acme(&item.item_id).await.state,
+        pb::State::Pending as i32
+    );
+    // With the session's token it is cancelled.
+    let r = call(
+        addr,
+        "POST",
+        cancel,
+        Some(sid),
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(status(&r), 303, "{r}");
+    assert_eq!(
+        t.get_acme(&item.item_id).await.state,
+        pb::State::Cancelled as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_carries_a_strict_content_security_policy_and_escapes_item_text() {
+    let (t, addr) = console_server(Vec::new()).await;
+    let mut r = email_reply("acme", "T1", T0 + 3_600_000);
+    if let Some(pb::schedule_request::Content::Email(e)) = r.content.as_mut() {
+        e.subject = "<script>alert('s')</script>".into();
+        e.text_body = "<img src=x onerror=alert(1)> & \"quoted\"".into();
+    }
+    t.schedule(r).await;
+    let sid = session_of(&call(addr, "GET", "/".into(), None, None).await);
+    for path in [
+        "/",
+        "/accounts/acme/deferred",
+        "/accounts/acme/tickets/T1",
+        "/accounts/acme/schedule",
+        "/operations",
+        "/nope",
+    ] {
+        let r = call(addr, "GET", path.into(), Some(sid.clone()), None).await;
+        let csp = header(&r, "content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(
+            header(&r, "x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert!(
+            !r.contains("<script>alert"),
+            "{path} shows the payload as markup"
+        );
+    }
+    let ticket = call(
+        addr,
+        "GET",
+        "/accounts/acme/tickets/T1".into(),
+        Some(sid),
+        None,
+    )
+    .await;
+    assert!(
+        ticket.contains("&lt;script&gt;alert('s')&lt;/script&gt;"),
+        "{ticket}"
+    );
+    assert!(
+        ticket.contains("&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quoted&quot;"),
+        "{ticket}"
+    );
+    // The only script is our own file.
+    assert_eq!(ticket.matches("<script").count(), 1);
+    assert!(ticket.contains("<script src=\"/static/console.js\" defer></script>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
+    let tokens = vec![
+        TokenConfig {
+            token: "acme-staff-token".into(),
+            role: Role::Backend,
+            accounts: Accounts::Only(vec!["acme".into()]),
+        },
+        TokenConfig {
+            token: "operator-token".into(),
+            role: Role::Admin,
+            accounts: Accounts::All,
+        },
+    ];
+    let (t, addr) = console_server(tokens).await;
+    let r = call(addr, "GET", "/accounts/acme/deferred".into(), None, None).await;
+    assert_eq!(
+        (status(&r), header(&r, "location")),
+        (303, Some("/login")),
+        "{r}"
+    );
+    assert!(
+        header(&r, "set-cookie").is_none(),
+        "no session without a login"
+    );
+    let r = call(
+        addr,
+        "POST",
+        "/login".into(),
+        None,
+        Some("token=wrong".into()),
+    )
+    .await;
+    assert_eq!(status(&r), 401);
+    assert!(header(&r, "set-cookie").is_none());
+    let r = call(
+        addr,
+        "POST",
+        "/login".into(),
+        None,
+        Some("token=acme-staff-token".into()),
+    )
+    .await;
+    assert_eq!(status(&r), 303);
+    let sid = session_of(&r);
+    // One account: `/` leads to its deferred view.
+    let r = call(addr, "GET", "/".into(), Some(sid.clone()), None).await;
+    assert_eq!(header(&r, "location"), Some("/accounts/acme/deferred"));
+    let r = call(
+        addr,
+        "GET",
+        "/accounts/acme/deferred".into(),
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(status(&r), 200);
+    for path in [
+        "/accounts/other/deferred",
+        "/accounts/other/tickets/T1",
+        "/accounts/other/schedule",
+        "/accounts/other/events",
+        "/operations",
+    ] {
+        let r = call(addr, "GET", path.into(), Some(sid.clone()), None).await;
+        assert_eq!(status(&r), 403, "{path}: {r}");
+        assert!(r.contains("Not allowed"), "{path}");
+    }
+    // A form post to a foreign account is refused too, CSRF token or not.
+    let mut c = t.client.clone();
+    let other = c
+        .schedule_message(operator(email_reply("other", "T1", T0 + 3_600_000)))
+        .await
+        .unwrap()
+        .into_inner();
+    let page = call(
+        addr,
+        "GET",
+        "/accounts/acme/deferred".into(),
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    let csrf = csrf_of(&page);
+    let r = call(
+        addr,
+        "POST",
+        format!("/accounts/other/items/{}/cancel", other.item_id),
+        Some(sid),
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(status(&r), 403);
+    let still = c
+        .get_item(operator(item_ref("other", &other.item_id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.state, pb::State::Pending as i32);
+}
