@@ -238,6 +238,32 @@ mod tests {
         assert_eq!(tables, 2);
     }
 
+    /// A file written by v4 or v5 reflects every event on its rows: the watermark
+    /// starts at its last event, so a start-up replays nothing of it.
+    #[test]
+    fn v6_starts_the_sweep_watermark_at_the_last_event_of_an_older_file() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_to(&mut c, 0, 4).unwrap();
+        c.execute_batch(
+            "INSERT INTO items (id, account_id, ticket_id, kind, channel, author_id, content, \
+             send_at, next_send_at, created_at, updated_at, state, on_activity, attempts) \
+             VALUES (7, 'a', 't', 1, 1, 'u', x'', 10, 10, 1, 1, 5, 1, 0); \
+             INSERT INTO events (account_id, item_id, type, at, snapshot) VALUES \
+             ('a', 7, 1, 1, x''), ('a', 7, 7, 2, x'');",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let mark: i64 = c
+            .query_row("SELECT swept_seq FROM sweep_mark", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mark, 2);
+        assert_eq!(super::super::rows::replay(&c).unwrap(), 0);
+        let state: i64 = c
+            .query_row("SELECT state FROM items WHERE id = 7", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, 5, "the row is kept as it was");
+    }
+
     #[test]
     fn a_newer_schema_is_refused_with_a_clear_error() {
         let mut c = Connection::open_in_memory().unwrap();
