@@ -664,17 +664,14 @@ fn async_stream(
                 if seq.changed().await.is_err() {
                     return None;
                 }
-                let events = engine
-                    .events_after(Some(account.clone()), after, 500)
-                    .await
-                    .ok()?;
-                for e in events {
-                    after = after.max(e.sequence);
+                let heads = engine.event_heads(account.clone(), after, 500).await.ok()?;
+                for (sequence, kind, item, ticket) in heads {
+                    after = after.max(sequence);
                     let data = serde_json::json!({
-                        "sequence": e.sequence,
-                        "type": e.kind.name(),
-                        "item": e.item.public_id(),
-                        "ticket": e.item.ticket_id,
+                        "sequence": sequence,
+                        "type": kind.name(),
+                        "item": domain::format_item_id(item),
+                        "ticket": ticket,
                     });
                     queue.push_back(SseEvent::default().event("change").data(data.to_string()));
                 }

@@ -192,6 +192,24 @@ impl Engine {
         domain::timeline(items, audience == Audience::Client)
     }
 
+    /// What changed in `account` after `after`: (sequence, type, item, ticket), at most
+    /// `limit`, oldest first; cheap (no item rows are read or written back), for live
+    /// views that re-read what they show.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn event_heads(
+        &self,
+        account: String,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<Vec<(u64, domain::EventType, ItemId, String)>> {
+        self.inner
+            .store
+            .read_journal(move |conn| Ok(reads::event_heads(conn, &account, after, limit)?))
+            .await
+    }
+
     /// Events after `after` (of one account, or all), at most `limit`, oldest first,
     /// each with its item as it was right after the change.
     ///

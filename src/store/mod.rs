@@ -643,6 +643,21 @@ impl Store {
         Ok(r)
     }
 
+    /// As [`Store::read`], without writing changed items back first: for reads of what
+    /// a change appends (events) and of what never changes; still only what is durable.
+    ///
+    /// # Errors
+    /// `f`'s error, or a storage error.
+    pub async fn read_journal<T, F>(&self, f: F) -> domain::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
+    {
+        let r = self.readers.read(f).await?;
+        self.progress.durable_barrier().await?;
+        Ok(r)
+    }
+
     /// As [`Store::read`], without waiting for durability: for the engine's own hints
     /// (which due items to look at), never for what a client sees. Every decision taken
     /// from it is re-checked inside a write.

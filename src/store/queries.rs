@@ -212,6 +212,35 @@ pub fn ticket_items(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// What changed, without the items: (sequence, type, item id, ticket id) of one
+/// account's events after `after`, at most `limit`, oldest first. Reads only what a
+/// change appends and what never changes (the ticket of an item), so it needs no
+/// sweep of the rows (run it with [`super::Store::read_journal`]).
+///
+/// # Errors
+/// Storage errors.
+pub fn event_heads(
+    conn: &Connection,
+    account: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, EventType, ItemId, String)>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT e.seq, e.type, e.item_id, items.ticket_id FROM events e \
+         JOIN items ON items.id = e.item_id \
+         WHERE e.account_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![account, after as i64, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            EventType::from_i64(r.get(1)?).unwrap_or(EventType::Updated),
+            r.get::<_, ItemId>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Outbox events with a sequence after `after` (of one account, or of all), at most
 /// `limit`, oldest first, each with its item as it was right after the change; with
 /// the oldest retained sequence read in the same snapshot, so the caller can tell that

@@ -52,7 +52,9 @@ function live() {
     let change = {};
     try { change = JSON.parse(ev.data); } catch (e) { return; }
     if (ticket !== undefined && change.ticket !== ticket) return;
-    if (!pending) pending = setTimeout(refresh, 50);
+    // Coalesced: a burst of changes is one re-read (each re-read of rows makes the
+    // server write changed items back first).
+    if (!pending) pending = setTimeout(refresh, 250);
   });
   source.addEventListener("open", () => { document.body.dataset.live = "on"; });
 }
