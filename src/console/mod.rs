@@ -41,6 +41,9 @@ use crate::service::auth::{Auth, Identity};
 /// How long a session lives without use.
 const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 
+/// Sessions kept at most (the least recently used goes first).
+const MAX_SESSIONS: usize = 10_000;
+
 /// The name of the session cookie.
 const COOKIE: &str = "sendlater_session";
 
@@ -126,6 +129,16 @@ impl Console {
         let id = random_hex();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.last_used.elapsed() <= SESSION_IDLE);
+        // Bounded: the open console makes a session per cookie-less visit.
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
         sessions.insert(
             id.clone(),
             Session {
