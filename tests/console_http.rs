@@ -21,8 +21,11 @@ fn http(
 ) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(c) = cookie {
-        req.push_str(&format!("Cookie: sendlater_session={c}\r\n"));
+    match cookie {
+        // A whole `name=value` pair, or a session id.
+        Some(c) if c.contains('=') => req.push_str(&format!("Cookie: {c}\r\n")),
+        Some(c) => req.push_str(&format!("Cookie: sendlater_session={c}\r\n")),
+        None => {}
     }
     if let Some(body) = form {
         req.push_str(&format!(
@@ -244,22 +247,52 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         header(&r, "set-cookie").is_none(),
         "no session without a login"
     );
+    // The login form ties itself to this browser: a token in the form and in a
+    // SameSite=Strict cookie; a post without both (another site's form) is refused.
+    let form = call(addr, "GET", "/login".into(), None, None).await;
+    assert_eq!(status(&form), 200);
+    let bound = header(&form, "set-cookie").expect("a login cookie");
+    assert!(
+        bound.contains("SameSite=Strict") && bound.contains("HttpOnly"),
+        "{bound}"
+    );
+    let pair = bound.split(';').next().unwrap().to_owned();
+    let at = form
+        .find("name=\"login_csrf\" value=\"")
+        .expect("a login_csrf field")
+        + 25;
+    let login_csrf = form[at..at + 32].to_owned();
+    for (cookie, body) in [
+        (
+            None,
+            format!("token=acme-staff-token&login_csrf={login_csrf}"),
+        ),
+        (Some(pair.clone()), "token=acme-staff-token".to_owned()),
+        (
+            Some(pair.clone()),
+            "token=acme-staff-token&login_csrf=0123456789abcdef0123456789abcdef".to_owned(),
+        ),
+    ] {
+        let r = call(addr, "POST", "/login".into(), cookie, Some(body)).await;
+        assert_eq!(status(&r), 403, "{r}");
+        assert!(!r.contains("sendlater_session="), "no session: {r}");
+    }
     let r = call(
         addr,
         "POST",
         "/login".into(),
-        None,
-        Some("token=wrong".into()),
+        Some(pair.clone()),
+        Some(format!("token=wrong&login_csrf={login_csrf}")),
     )
     .await;
     assert_eq!(status(&r), 401);
-    assert!(header(&r, "set-cookie").is_none());
+    assert!(!r.contains("sendlater_session="));
     let r = call(
         addr,
         "POST",
         "/login".into(),
-        None,
-        Some("token=acme-staff-token".into()),
+        Some(pair),
+        Some(format!("token=acme-staff-token&login_csrf={login_csrf}")),
     )
     .await;
     assert_eq!(status(&r), 303);
@@ -318,4 +351,52 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         .unwrap()
         .into_inner();
     assert_eq!(still.state, pb::State::Pending as i32);
+}
+
+/// A change committed after a page was rendered but before its event stream
+/// connected still reaches the page: the page carries the sequence it reflects and the
+/// stream resumes from it (and from Last-Event-ID after a reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_resumes_from_the_sequence_the_page_was_rendered_at() {
+    let (t, addr) = console_server(Vec::new()).await;
+    let first = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let sid = session_of(&call(addr, "GET", "/".into(), None, None).await);
+    let page = call(
+        addr,
+        "GET",
+        "/accounts/acme/deferred".into(),
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    let at = page.find("data-after=\"").expect("the page's sequence") + 12;
+    let after: u64 = page[at..page[at..].find('"').unwrap() + at]
+        .parse()
+        .unwrap();
+    // Committed before the stream connects.
+    let second = t.schedule(email_reply("acme", "T2", T0 + 7_200_000)).await;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            s,
+            "GET /accounts/acme/events?after={after} HTTP/1.1\r\nHost: {addr}\r\n\
+             Cookie: sendlater_session={sid}\r\n\r\n"
+        )
+        .unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains("\"type\":\"SCHEDULED\"") {
+            let n = s.read(&mut buf).expect("the change arrives");
+            assert!(n > 0, "stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(got.contains(&second.item_id), "{got}");
+    assert!(!got.contains(&format!("\"{}\"", first.item_id)), "{got}");
+    assert!(got.contains(&format!("id: {}", after + 1)), "{got}");
 }

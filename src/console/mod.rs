@@ -98,14 +98,7 @@ impl Console {
     }
 
     fn session_id(headers: &HeaderMap) -> Option<String> {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE)
-            .map(|(_, v)| v.to_owned())
+        cookie(headers, COOKIE)
     }
 
     /// The viewer of a request, if it has a live session.
@@ -342,25 +335,59 @@ async fn home(State(c): State<Console>, headers: HeaderMap, Query(go): Query<Go>
     }
 }
 
+/// The cookie that ties a login form to the browser that loaded it.
+const LOGIN_COOKIE: &str = "sendlater_login";
+
+/// The login form, with a fresh token that must come back both in the form and in a
+/// SameSite=Strict cookie (so another site cannot log this browser in).
+fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
+    let token = random_hex();
+    let mut r = (status, html(pages::login(problem, &token))).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict"
+        ))
+        .expect("ascii"),
+    );
+    r
+}
+
 async fn login_form(State(c): State<Console>) -> Response {
     if !c.auth.enabled() {
         return Redirect::to("/").into_response();
     }
-    html(pages::login(None))
+    login_page(StatusCode::OK, None)
 }
 
 #[derive(Deserialize)]
 struct Login {
     token: String,
+    #[serde(default)]
+    login_csrf: String,
 }
 
-async fn login(State(c): State<Console>, Form(f): Form<Login>) -> Response {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login>) -> Response {
+    let bound = cookie(&headers, LOGIN_COOKIE);
+    if f.login_csrf.len() != 32 || bound.as_deref() != Some(f.login_csrf.as_str()) {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("The login form is stale or did not come from this console; try again."),
+        );
+    }
     let Some(identity) = c.auth.identify(f.token.trim()) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            html(pages::login(Some("That token is not known."))),
-        )
-            .into_response();
+        return login_page(StatusCode::UNAUTHORIZED, Some("That token is not known."));
     };
     let cookie = c.open_session(identity);
     let mut r = Redirect::to("/").into_response();
@@ -441,6 +468,8 @@ async fn deferred(
         _ => Order::Asc,
     };
     let token = q.page_token.unwrap_or_default();
+    // Read before the page: every change after it reaches the page's event stream.
+    let after = *c.engine.store().event_sequence().borrow();
     let page = match c
         .engine
         .deferred_tickets(account.clone(), order, pages::PAGE_SIZE, token.clone())
@@ -452,7 +481,7 @@ async fn deferred(
     if q.fragment.is_some() {
         return html(pages::deferred_table(&account, order, &token, &page));
     }
-    html(pages::deferred(&account, order, &token, &page, &v))
+    html(pages::deferred(&account, order, &token, &page, after, &v))
 }
 
 #[derive(Deserialize, Default)]
@@ -477,6 +506,7 @@ async fn ticket(
         Err(r) => return r,
     };
     let client = q.view.as_deref() == Some("client");
+    let after = *c.engine.store().event_sequence().borrow();
     let audience = if client {
         Audience::Client
     } else {
@@ -495,7 +525,7 @@ async fn ticket(
     if q.fragment.is_some() {
         return html(pages::timeline(&account, &ticket, &items, client, &v.csrf));
     }
-    html(pages::ticket(&account, &ticket, &items, client, &v))
+    html(pages::ticket(&account, &ticket, &items, client, after, &v))
 }
 
 async fn schedule_form(
@@ -638,24 +668,42 @@ async fn edit(c: &Console, account: &str, id: ItemId, f: &ItemForm) -> domain::R
 /// Server-Sent Events for one account: one `change` event per committed (durable)
 /// change of one of its items, carrying `{"sequence", "type", "item", "ticket"}`; the
 /// page re-reads what it shows.
+#[derive(Deserialize, Default)]
+struct EventsQuery {
+    /// The last sequence the page reflects (it was rendered after it).
+    after: Option<u64>,
+}
+
 async fn events(
     State(c): State<Console>,
     headers: HeaderMap,
     Path(account): Path<String>,
+    Query(q): Query<EventsQuery>,
 ) -> Response {
     if let Err(r) = for_account(&c, &headers, &account, "/") {
         return r;
     }
     let engine = c.engine.clone();
-    let mut seq = engine.store().event_sequence();
-    let start = *seq.borrow_and_update();
-    let stream = async_stream(engine, account, seq, start);
+    let seq = engine.store().event_sequence();
+    // Resume where the page (or, after a reconnect, the stream: Last-Event-ID) stood,
+    // so nothing committed in between is missed; else from now.
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let start = resumed
+        .into_iter()
+        .chain(q.after)
+        .max()
+        .unwrap_or_else(|| *seq.borrow());
+    let stream = event_stream(engine, account, seq, start);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-fn async_stream(
+/// One `change` event (id: its sequence) per event of `account` after `start`.
+fn event_stream(
     engine: Engine,
     account: String,
     seq: tokio::sync::watch::Receiver<u64>,
@@ -674,9 +722,10 @@ fn async_stream(
                 if let Some(ev) = queue.pop_front() {
                     return Some((Ok(ev), (engine, account, seq, after, queue)));
                 }
-                if seq.changed().await.is_err() {
+                if *seq.borrow_and_update() <= after && seq.changed().await.is_err() {
                     return None;
                 }
+                // An error ends the stream; the browser reconnects with Last-Event-ID.
                 let heads = engine.event_heads(account.clone(), after, 500).await.ok()?;
                 for (sequence, kind, item, ticket) in heads {
                     after = after.max(sequence);
@@ -686,7 +735,12 @@ fn async_stream(
                         "item": domain::format_item_id(item),
                         "ticket": ticket,
                     });
-                    queue.push_back(SseEvent::default().event("change").data(data.to_string()));
+                    queue.push_back(
+                        SseEvent::default()
+                            .event("change")
+                            .id(sequence.to_string())
+                            .data(data.to_string()),
+                    );
                 }
             }
         },

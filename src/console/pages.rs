@@ -102,7 +102,7 @@ pub fn error(title: &str, detail: &str) -> Markup {
 }
 
 /// The login form.
-pub fn login(problem: Option<&str>) -> Markup {
+pub fn login(problem: Option<&str>, login_csrf: &str) -> Markup {
     layout(
         "Log in",
         None,
@@ -111,6 +111,7 @@ pub fn login(problem: Option<&str>) -> Markup {
             h1 { "Log in" }
             @if let Some(p) = problem { p.error { (p) } }
             form #login method="post" action="/login" {
+                input type="hidden" name="login_csrf" value=(login_csrf);
                 label { "Access token " input type="password" name="token" autocomplete="off" required; }
                 button type="submit" { "Log in" }
             }
@@ -150,6 +151,7 @@ pub fn deferred(
     order: Order,
     token: &str,
     page: &Page<DeferredTicket>,
+    after: u64,
     v: &Viewer,
 ) -> Markup {
     let base = format!("/accounts/{}/deferred", path_segment(account));
@@ -168,6 +170,7 @@ pub fn deferred(
                 a href={ "/accounts/" (path_segment(account)) "/schedule" } { "Schedule a message" }
             }
             div #live data-events={ "/accounts/" (path_segment(account)) "/events" }
+                data-after=(after)
                 data-fragment={ (base) "?order=" (order_param(order)) "&page_token=" (path_segment(token)) "&fragment=1" } {
                 (deferred_table(account, order, token, page))
             }
@@ -213,7 +216,14 @@ pub fn deferred_table(
 }
 
 /// A ticket: the staff timeline (or the client's view).
-pub fn ticket(account: &str, ticket: &str, items: &[Item], client: bool, v: &Viewer) -> Markup {
+pub fn ticket(
+    account: &str,
+    ticket: &str,
+    items: &[Item],
+    client: bool,
+    after: u64,
+    v: &Viewer,
+) -> Markup {
     let base = format!(
         "/accounts/{}/tickets/{}",
         path_segment(account),
@@ -236,6 +246,7 @@ pub fn ticket(account: &str, ticket: &str, items: &[Item], client: bool, v: &Vie
                 }
             }
             div #live data-events={ "/accounts/" (path_segment(account)) "/events" }
+                data-after=(after)
                 data-ticket=(ticket)
                 data-fragment={ (base) "?fragment=1" @if client { "&view=client" } } {
                 (timeline(account, ticket, items, client, &v.csrf))

@@ -47,7 +47,10 @@ function live() {
       box.dispatchEvent(new CustomEvent("refreshed", { bubbles: true }));
     } catch (e) { /* the next event tries again */ }
   };
-  const source = new EventSource(box.dataset.events);
+  // From the sequence the page was rendered at: nothing committed since is missed
+  // (a reconnect resumes by itself, with Last-Event-ID).
+  const after = box.dataset.after;
+  const source = new EventSource(after ? box.dataset.events + "?after=" + encodeURIComponent(after) : box.dataset.events);
   source.addEventListener("change", (ev) => {
     let change = {};
     try { change = JSON.parse(ev.data); } catch (e) { return; }
