@@ -248,4 +248,42 @@ mod tests {
         assert_eq!(config.db_path, std::path::PathBuf::from("./sendlater.db"));
         assert_eq!(config.synchronous, Synchronous::Full);
     }
+
+    fn serve_argv(argv: &[&str]) -> ServeArgs {
+        let mut all = vec!["sendlater", "serve"];
+        all.extend_from_slice(argv);
+        match Args::try_parse_from(all).expect("clap").command {
+            Command::Serve(args) => args,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_console_is_on_by_default_only_beside_a_loopback_listener() {
+        let console = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.console_listen);
+        let on = Some("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(console(&[]).unwrap(), on);
+        assert_eq!(console(&["--listen", "localhost:6000"]).unwrap(), on);
+        assert_eq!(
+            console(&["--listen", "0.0.0.0:50051", "--insecure"]).unwrap(),
+            None
+        );
+        assert_eq!(console(&["--console-listen", "off"]).unwrap(), None);
+        assert_eq!(
+            console(&["--console-listen", "127.0.0.1:9000"]).unwrap(),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        // Beyond loopback without tokens: refused, naming the flag, unless --insecure.
+        let err = console(&["--console-listen", "0.0.0.0:8080"]).unwrap_err();
+        assert!(
+            err.to_string().contains("--console-listen 0.0.0.0:8080"),
+            "{err}"
+        );
+        assert_eq!(
+            console(&["--console-listen", "0.0.0.0:8080", "--insecure"]).unwrap(),
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
+        let err = console(&["--console-listen", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("--console-listen"), "{err}");
+    }
 }

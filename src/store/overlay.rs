@@ -58,6 +58,9 @@ pub(super) struct Overlay {
     /// Items a sweep of the open group wrote, with the sequence they were written at:
     /// clean once the group commits (if not changed again since).
     swept: Vec<(ItemId, u64)>,
+    /// The dirty items by the sequence of their first change since their row was
+    /// written: a sweep takes the front without looking at the rest.
+    by_age: std::collections::BTreeSet<(u64, ItemId)>,
     /// How many items are dirty, for readers deciding whether to ask for a sweep.
     published: Arc<AtomicUsize>,
     hints: Hints,
@@ -77,6 +80,7 @@ impl Overlay {
             dirty: HashMap::new(),
             undo: Vec::new(),
             swept: Vec::new(),
+            by_age: std::collections::BTreeSet::new(),
             published,
             hints,
             last_sweep: Instant::now(),
@@ -100,7 +104,13 @@ impl Overlay {
     /// The item changed, by the event `seq`.
     pub(super) fn put(&mut self, item: Item, seq: u64) {
         let id = item.id;
-        let first_seq = self.dirty.get(&id).map_or(seq, |d| d.first_seq);
+        let first_seq = match self.dirty.get(&id) {
+            Some(d) => d.first_seq,
+            None => {
+                self.by_age.insert((seq, id));
+                seq
+            }
+        };
         let before = self.dirty.insert(
             id,
             Dirty {
@@ -117,20 +127,13 @@ impl Overlay {
     /// is left dirty (every event), else the event before the first change still only
     /// in memory. They become clean when the group that writes them commits.
     pub(super) fn take_for_sweep(&mut self, limit: usize) -> (Vec<Item>, Option<u64>) {
-        let mut keys: Vec<(u64, ItemId)> = self
-            .dirty
-            .iter()
-            .map(|(&id, d)| (d.first_seq, id))
-            .collect();
-        let mark = if keys.len() > limit {
-            keys.select_nth_unstable(limit);
-            let rest_min = keys[limit..].iter().map(|k| k.0).min().unwrap_or(1);
-            keys.truncate(limit);
-            Some(rest_min - 1)
-        } else {
-            None
-        };
-        let mut ids: Vec<ItemId> = keys.into_iter().map(|(_, id)| id).collect();
+        // Items a sweep of this group wrote already are skipped (they stay in `by_age`
+        // until the group commits).
+        let taken: std::collections::HashSet<ItemId> =
+            self.swept.iter().map(|&(id, _)| id).collect();
+        let mut front = self.by_age.iter().filter(|(_, id)| !taken.contains(id));
+        let mut ids: Vec<ItemId> = front.by_ref().take(limit).map(|&(_, id)| id).collect();
+        let mark = front.next().map(|&(first, _)| first - 1);
         ids.sort_unstable();
         let items = ids
             .iter()
@@ -157,10 +160,13 @@ impl Overlay {
             let (id, before) = self.undo.pop().expect("len > mark");
             match before {
                 Some(d) => {
+                    // Same first change: its place in `by_age` is unchanged.
                     self.dirty.insert(id, d);
                 }
                 None => {
-                    self.dirty.remove(&id);
+                    if let Some(d) = self.dirty.remove(&id) {
+                        self.by_age.remove(&(d.first_seq, id));
+                    }
                 }
             }
         }
@@ -179,7 +185,9 @@ impl Overlay {
         for (id, seq) in std::mem::take(&mut self.swept) {
             swept_any = true;
             if self.dirty.get(&id).is_some_and(|d| d.seq == seq) {
-                self.dirty.remove(&id);
+                if let Some(d) = self.dirty.remove(&id) {
+                    self.by_age.remove(&(d.first_seq, id));
+                }
                 hints.remove(&id);
             }
         }
@@ -211,5 +219,78 @@ impl Overlay {
 
     fn publish(&self) {
         self.published.store(self.dirty.len(), Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChatContent, Content, Kind, NewItem, OnActivity};
+
+    fn item(id: ItemId) -> Item {
+        NewItem {
+            account_id: "a".into(),
+            ticket_id: "t".into(),
+            kind: Kind::Reply,
+            channel: crate::domain::Channel::Chat,
+            author_id: "u".into(),
+            content: Content::Chat(ChatContent::default()),
+            send_at: 1,
+            on_activity: OnActivity::Keep,
+            request_id: None,
+            timing: Default::default(),
+        }
+        .into_pending(id, 1)
+    }
+
+    fn overlay() -> Overlay {
+        Overlay::new(Default::default(), Default::default())
+    }
+
+    /// A sweep takes the items dirty the longest, in id order, and the watermark stops
+    /// before the first change it leaves in memory; they are clean once it commits.
+    #[test]
+    fn a_sweep_takes_the_longest_dirty_first_and_marks_what_is_left() {
+        let mut o = overlay();
+        o.put(item(9), 10);
+        o.put(item(3), 11);
+        o.put(item(5), 12);
+        o.put(item(9), 13); // still dirty since 10
+        o.committed();
+        let (items, mark) = o.take_for_sweep(2);
+        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(
+            mark,
+            Some(11),
+            "item 5's first change (12) is not on its row"
+        );
+        // A second sweep in the same group does not write them again.
+        let (again, mark2) = o.take_for_sweep(10);
+        assert_eq!(again.iter().map(|i| i.id).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(mark2, None);
+        o.committed();
+        assert_eq!(o.len(), 0);
+        assert!(o.by_age.is_empty());
+    }
+
+    /// A write rolled back alone takes its changes (and their place in line) with it;
+    /// a sweep of a group that does not commit leaves the items dirty.
+    #[test]
+    fn undone_writes_and_uncommitted_sweeps_leave_the_overlay_as_it_was() {
+        let mut o = overlay();
+        o.put(item(1), 5);
+        o.committed();
+        let mark = o.mark();
+        o.put(item(2), 6);
+        o.put(item(1), 7);
+        o.rollback_to(mark);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.by_age.iter().copied().collect::<Vec<_>>(), vec![(5, 1)]);
+        let (items, _) = o.take_for_sweep(10);
+        assert_eq!(items.len(), 1);
+        o.abandoned();
+        assert_eq!(o.len(), 1, "the sweep did not commit: still dirty");
+        let (items, mark) = o.take_for_sweep(10);
+        assert_eq!((items.len(), mark), (1, None));
     }
 }
