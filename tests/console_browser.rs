@@ -1070,7 +1070,7 @@ async fn the_client_view_shows_only_what_was_sent() {
     assert_eq!(b.here().await, "/accounts/acme/tickets/T-cv?view=client");
     assert_eq!(
         b.attrs("li.item", "data-item").await,
-        [sent.item_id.clone()]
+        std::slice::from_ref(&sent.item_id)
     );
     assert_eq!(b.attrs("li.item", "data-state").await, ["SENT"]);
     let page = b.text_content("main").await;
