@@ -585,26 +585,18 @@ async fn scheduling_from_the_form_lands_on_the_ticket_with_a_pending_item() {
         .select_by_value("email")
         .await
         .unwrap();
-    for (field, value) in [
-        ("ticket_id", "T-form"),
-        ("author_id", "ann"),
-        ("to", "client@example.com"),
-        ("subject", "Re: refund"),
-        ("when", "tomorrow 09:00"),
-    ] {
-        form.find(Locator::Css(&format!("input[name={field}]")))
-            .await
-            .unwrap()
-            .send_keys(value)
-            .await
-            .unwrap();
-    }
-    form.find(Locator::Css("textarea[name=text]"))
-        .await
-        .unwrap()
-        .send_keys("Your refund is on its way.")
-        .await
-        .unwrap();
+    fill(
+        &form,
+        &[
+            ("ticket_id", "T-form"),
+            ("author_id", "ann"),
+            ("to", "client@example.com"),
+            ("subject", "Re: refund"),
+            ("when", "tomorrow 09:00"),
+        ],
+        "Your refund is on its way.",
+    )
+    .await;
     b.screenshot("schedule").await;
     form.find(Locator::Css("button[type=submit]"))
         .await
@@ -661,24 +653,16 @@ async fn scheduling_from_the_form_lands_on_the_ticket_with_a_pending_item() {
         .unwrap();
     b.until("the chat fields to show", "!document.querySelector('fieldset.chat').hidden && document.querySelector('fieldset.email').hidden")
         .await;
-    for (field, value) in [
-        ("author_id", "bob"),
-        ("conversation_id", "c-9"),
-        ("when", "in 2h"),
-    ] {
-        form.find(Locator::Css(&format!("input[name={field}]")))
-            .await
-            .unwrap()
-            .send_keys(value)
-            .await
-            .unwrap();
-    }
-    form.find(Locator::Css("textarea[name=text]"))
-        .await
-        .unwrap()
-        .send_keys("Good morning!")
-        .await
-        .unwrap();
+    fill(
+        &form,
+        &[
+            ("author_id", "bob"),
+            ("conversation_id", "c-9"),
+            ("when", "in 2h"),
+        ],
+        "Good morning!",
+    )
+    .await;
     form.find(Locator::Css("button[type=submit]"))
         .await
         .unwrap()
@@ -1190,4 +1174,22 @@ async fn markup_in_a_subject_or_body_is_shown_as_text_and_never_runs() {
 
     b.close().await;
     t.stop().await;
+}
+
+/// Types `fields` (input name, value) and `text` into the schedule form.
+async fn fill(form: &Element, fields: &[(&str, &str)], text: &str) {
+    for (field, value) in fields {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    form.find(Locator::Css("textarea[name=text]"))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
 }
