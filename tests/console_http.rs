@@ -400,3 +400,60 @@ async fn the_event_stream_resumes_from_the_sequence_the_page_was_rendered_at() {
     assert!(!got.contains(&format!("\"{}\"", first.item_id)), "{got}");
     assert!(got.contains(&format!("id: {}", after + 1)), "{got}");
 }
+
+/// The console's reschedule takes "next business morning" as the CLI does: the first
+/// opening of a business day of the account's hours after now; without hours it says so
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reschedule_to_the_next_business_morning_uses_the_accounts_hours() {
+    let (t, addr) = console_server(Vec::new()).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let sid = session_of(&call(addr, "GET", "/".into(), None, None).await);
+    let page = call(
+        addr,
+        "GET",
+        "/accounts/acme/tickets/T1".into(),
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    let csrf = csrf_of(&page);
+    let path = format!("/accounts/acme/items/{}/reschedule", item.item_id);
+    let body = format!("csrf={csrf}&tz=UTC&when=next+business+morning");
+    let r = call(
+        addr,
+        "POST",
+        path.clone(),
+        Some(sid.clone()),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status(&r), 400, "no hours set: {r}");
+    assert!(r.contains("no business hours"), "{r}");
+    assert_eq!(ms(&t.get_acme(&item.item_id).await.send_at), T0 + 3_600_000);
+    // Monday to Friday 09:00-18:00 UTC; T0 is Wednesday 2026-11-25 12:00 UTC.
+    let days = (1..=5)
+        .map(|weekday| pb::BusinessDay {
+            weekday,
+            open: "09:00".into(),
+            close: "18:00".into(),
+        })
+        .collect();
+    t.client
+        .clone()
+        .set_business_hours(pb::BusinessHours {
+            account_id: "acme".into(),
+            time_zone: "UTC".into(),
+            days,
+            holidays: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let r = call(addr, "POST", path, Some(sid), Some(body)).await;
+    assert_eq!(status(&r), 303, "{r}");
+    // Thursday 09:00 UTC.
+    assert_eq!(
+        ms(&t.get_acme(&item.item_id).await.send_at),
+        T0 + 21 * 3_600_000
+    );
+}

@@ -556,7 +556,10 @@ async fn schedule(
         return bad_csrf();
     }
     let now = c.engine.clock().now_ms();
-    let new = match f.to_new_item(&account, now) {
+    let new = match resolve_when(&c, &account, &f.when, Some(&f.tz), now)
+        .await
+        .and_then(|at| f.to_new_item(&account, at))
+    {
         Ok(n) => n,
         Err(e) => {
             return (
@@ -615,7 +618,8 @@ async fn item_action(
         "send-now" => c.engine.send_now(account.clone(), id).await,
         "cancel" => c.engine.cancel(account.clone(), id).await,
         "reschedule" => {
-            match pages::parse_when(f.when.as_deref().unwrap_or(""), f.tz.as_deref(), now) {
+            let when = f.when.as_deref().unwrap_or("");
+            match resolve_when(&c, &account, when, f.tz.as_deref(), now).await {
                 Ok((send_at, send_at_local)) => {
                     let changes = crate::engine::Changes {
                         send_at: Some(send_at),
@@ -640,6 +644,29 @@ async fn item_action(
         .into_response(),
         Err(e) => domain_error(e),
     }
+}
+
+/// A send time as the form gave it: the CLI's forms, or "next business morning" (the
+/// first opening of a business day of the account's hours after now).
+async fn resolve_when(
+    c: &Console,
+    account: &str,
+    when: &str,
+    tz: Option<&str>,
+    now: domain::Millis,
+) -> Result<(domain::Millis, Option<domain::LocalTime>), String> {
+    if when.trim().eq_ignore_ascii_case("next business morning") {
+        let hours = c
+            .engine
+            .business_hours(account.to_owned())
+            .await
+            .map_err(|e| format!("next business morning: {e}"))?;
+        return hours
+            .next_morning(now)
+            .map(|t| (t, None))
+            .ok_or_else(|| "next business morning: the business hours never open".to_owned());
+    }
+    pages::parse_when(when, tz, now)
 }
 
 async fn edit(c: &Console, account: &str, id: ItemId, f: &ItemForm) -> domain::Result<Item> {

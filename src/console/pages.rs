@@ -452,11 +452,16 @@ pub fn parse_when(
 }
 
 impl ScheduleForm {
-    /// The item the form asks for; validation proper is the engine's.
+    /// The item the form asks for, going out at `send_at` (read from `when` by the
+    /// caller); validation proper is the engine's.
     ///
     /// # Errors
     /// A message for a field the form could not read.
-    pub fn to_new_item(&self, account: &str, now: Millis) -> Result<NewItem, String> {
+    pub fn to_new_item(
+        &self,
+        account: &str,
+        (send_at, send_at_local): (Millis, Option<LocalTime>),
+    ) -> Result<NewItem, String> {
         let kind = match self.kind.as_str() {
             "new_ticket" => Kind::NewTicket,
             _ => Kind::Reply,
@@ -480,7 +485,6 @@ impl ScheduleForm {
                 ..Default::default()
             }),
         };
-        let (send_at, send_at_local) = parse_when(&self.when, Some(&self.tz), now)?;
         let mut timing = Timing {
             send_at_local,
             ..Default::default()
@@ -561,7 +565,7 @@ pub fn schedule(account: &str, f: &ScheduleForm, problem: Option<&str>, v: &View
                 label.text { "Text " textarea name="text" rows="6" required { (f.text) } }
                 fieldset {
                     legend { "When it goes out" }
-                    label { "When " input type="text" name="when" value=(f.when) placeholder="tomorrow 09:00, in 30m, 2026-12-01 09:00" required; }
+                    label { "When " input type="text" name="when" value=(f.when) placeholder="tomorrow 09:00, in 30m, next business morning" required; }
                     span.hint { "in your time zone, " span.tz-name { "UTC" } }
                     label { "Window " select name="delivery_window" {
                         option value="any" selected=[selected(&f.delivery_window, "any")] { "any time" }
