@@ -191,12 +191,19 @@ impl ServerProc {
     fn spawn_sendlater(db: &Path) -> ServerProc {
         let port = free_port();
         let mut cmd = Command::new(server_bin());
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-            .arg(db)
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_SERVER_LOG").unwrap_or_else(|_| "info".into()),
-            );
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--console-listen",
+            "off",
+            "--db",
+        ])
+        .arg(db)
+        .env(
+            "RUST_LOG",
+            std::env::var("E2E_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+        );
         Self::spawn(cmd, port, "sendlater")
     }
 

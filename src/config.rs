@@ -177,6 +177,9 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The staff console (HTML) on this address when set.
     pub console_listen: Option<SocketAddr>,
+    /// The console address is the default one, not asked for: if it cannot be bound
+    /// (the port is taken), the service starts without the console and says so.
+    pub console_optional: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -192,6 +195,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls", &self.tls)
             .field("metrics_listen", &self.metrics_listen)
             .field("console_listen", &self.console_listen)
+            .field("console_optional", &self.console_optional)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +215,7 @@ impl ServerConfig {
             tls: None,
             metrics_listen: None,
             console_listen: None,
+            console_optional: false,
         }
     }
 }

@@ -281,11 +281,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 auth.clone(),
                 gauges,
             );
-            let bound = crate::console::serve(addr, console, streams.clone())
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");
-            Some(bound)
+            match crate::console::serve(addr, console, streams.clone()).await {
+                Ok(bound) => {
+                    tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");
+                    Some(bound)
+                }
+                // The default address is taken (another sendlater, another service):
+                // the engine matters more than its console.
+                Err(e) if config.console_optional => {
+                    tracing::warn!(%addr, error = %e, "the staff console is off: its default address cannot be bound (choose one with --console-listen)");
+                    None
+                }
+                Err(source) => return Err(ServerError::Bind { addr, source }),
+            }
         }
         None => None,
     };

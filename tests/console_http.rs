@@ -457,3 +457,29 @@ async fn reschedule_to_the_next_business_morning_uses_the_accounts_hours() {
         T0 + 21 * 3_600_000
     );
 }
+
+/// The default console address taken by something else does not stop the service (it
+/// starts without its console); an address asked for that cannot be bound does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_default_console_address_leaves_the_service_up_without_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let t = TestServer::start_with(|c| {
+        c.console_listen = Some(addr);
+        c.console_optional = true;
+    })
+    .await;
+    assert_eq!(t.running().console_addr(), None);
+    t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sendlater::config::ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("x.db"),
+    );
+    config.console_listen = Some(addr);
+    let err = sendlater::server::start(config)
+        .await
+        .err()
+        .expect("asked-for address taken");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}

@@ -35,7 +35,14 @@ struct Proc {
 
 fn spawn_server(db: &Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sendlater"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--console-listen",
+            "off",
+            "--db",
+        ])
         .arg(db)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -76,7 +76,10 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
                 "--console-listen {text:?}: expected IP:PORT, [IPv6]:PORT, localhost:PORT or off"
             ))
         })?),
-        None if is_loopback(listen.ip()) => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        None if is_loopback(listen.ip()) => {
+            config.console_optional = true;
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        }
         None => None,
     };
     if let Some(c) = config.console_listen {
@@ -263,6 +266,13 @@ mod tests {
         let console = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.console_listen);
         let on = Some("127.0.0.1:8080".parse().unwrap());
         assert_eq!(console(&[]).unwrap(), on);
+        // The default may be taken: optional; an address asked for is not.
+        assert!(serve_config(&serve_argv(&[])).unwrap().console_optional);
+        assert!(
+            !serve_config(&serve_argv(&["--console-listen", "127.0.0.1:9000"]))
+                .unwrap()
+                .console_optional
+        );
         assert_eq!(console(&["--listen", "localhost:6000"]).unwrap(), on);
         assert_eq!(
             console(&["--listen", "0.0.0.0:50051", "--insecure"]).unwrap(),
