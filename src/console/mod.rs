@@ -331,7 +331,7 @@ async fn home(State(c): State<Console>, headers: HeaderMap, Query(go): Query<Go>
             pages::path_segment(&list[0])
         ))
         .into_response(),
-        accounts => html(pages::home(accounts, &v.csrf)),
+        accounts => html(pages::home(accounts)),
     }
 }
 
@@ -479,7 +479,7 @@ async fn deferred(
         Err(e) => return domain_error(e),
     };
     if q.fragment.is_some() {
-        return html(pages::deferred_table(&account, order, &token, &page));
+        return html(pages::deferred_table(&account, order, &page));
     }
     html(pages::deferred(&account, order, &token, &page, after, &v))
 }
@@ -523,7 +523,7 @@ async fn ticket(
         Err(e) => return domain_error(e),
     };
     if q.fragment.is_some() {
-        return html(pages::timeline(&account, &ticket, &items, client, &v.csrf));
+        return html(pages::timeline(&account, &items, client, &v.csrf));
     }
     html(pages::ticket(&account, &ticket, &items, client, after, &v))
 }

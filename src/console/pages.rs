@@ -121,7 +121,7 @@ pub fn login(problem: Option<&str>, login_csrf: &str) -> Markup {
 }
 
 /// The start page: the token's accounts, or a box to name one.
-pub fn home(accounts: &Accounts, _csrf: &str) -> Markup {
+pub fn home(accounts: &Accounts) -> Markup {
     html! {
         (layout("Accounts", None, None, html! {
             h1 { "Accounts" }
@@ -172,7 +172,7 @@ pub fn deferred(
             div #live data-events={ "/accounts/" (path_segment(account)) "/events" }
                 data-after=(after)
                 data-fragment={ (base) "?order=" (order_param(order)) "&page_token=" (path_segment(token)) "&fragment=1" } {
-                (deferred_table(account, order, token, page))
+                (deferred_table(account, order, page))
             }
         },
     )
@@ -186,12 +186,7 @@ fn order_param(o: Order) -> &'static str {
 }
 
 /// The table of the deferred-sending view (also served alone, for live updates).
-pub fn deferred_table(
-    account: &str,
-    order: Order,
-    _token: &str,
-    page: &Page<DeferredTicket>,
-) -> Markup {
+pub fn deferred_table(account: &str, order: Order, page: &Page<DeferredTicket>) -> Markup {
     html! {
         @if page.items.is_empty() {
             p #empty { "Nothing is waiting to be sent." }
@@ -249,7 +244,7 @@ pub fn ticket(
                 data-after=(after)
                 data-ticket=(ticket)
                 data-fragment={ (base) "?fragment=1" @if client { "&view=client" } } {
-                (timeline(account, ticket, items, client, &v.csrf))
+                (timeline(account, items, client, &v.csrf))
             }
         },
     )
@@ -266,7 +261,7 @@ fn state_class(s: State) -> &'static str {
 }
 
 /// The timeline of a ticket (also served alone, for live updates).
-pub fn timeline(account: &str, _ticket: &str, items: &[Item], client: bool, csrf: &str) -> Markup {
+pub fn timeline(account: &str, items: &[Item], client: bool, csrf: &str) -> Markup {
     html! {
         @if items.is_empty() {
             p #empty { @if client { "The client sees nothing in this ticket yet." } @else { "Nothing in this ticket." } }

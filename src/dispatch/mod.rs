@@ -566,7 +566,6 @@ impl Actor {
         let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
         let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
         let t = self.tuning;
-        let engine = self.engine.clone();
         let (executed_tx, executed) = oneshot::channel::<Vec<(Item, u128)>>();
         let write = self.next_write;
         self.next_write += 1;
@@ -579,9 +578,9 @@ impl Actor {
                     let mut rng = rand::rng();
                     let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
                     if isolated > 0 {
-                        writes::record_isolated(&engine, tx, &records, t, &mut jitter)?;
+                        writes::record_isolated(tx, &records, t, &mut jitter)?;
                     } else {
-                        writes::record(&engine, tx, &records, t, &mut jitter)?;
+                        writes::record(tx, &records, t, &mut jitter)?;
                     }
                     let leased = writes::lease(tx, &due, t)?;
                     let _ = executed_tx.send(leased);

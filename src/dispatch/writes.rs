@@ -8,7 +8,7 @@
 
 use crate::domain::machine::{Command, Retry};
 use crate::domain::{self, EventType, Item, ItemId};
-use crate::engine::{transitions::apply, Engine, Fired};
+use crate::engine::{transitions::apply, Fired};
 use rand::RngExt;
 
 use crate::store::Tx;
@@ -95,7 +95,6 @@ fn fail_unreadable_item(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain::Resul
 /// (the dispatcher keeps the outcomes and records them again, isolated: see
 /// [`record_isolated`]).
 pub fn record(
-    _engine: &Engine,
     tx: &mut Tx<'_>,
     outcomes: &[Outcome],
     t: Tuning,
@@ -111,7 +110,6 @@ pub fn record(
 /// cannot be recorded (its row cannot be decoded) is handled alone and the others are
 /// recorded; a storage error that ends the whole transaction still fails the write.
 pub fn record_isolated(
-    _engine: &Engine,
     tx: &mut Tx<'_>,
     outcomes: &[Outcome],
     t: Tuning,

@@ -4,7 +4,7 @@
 //! `Tx::save` and takes effect once the write is durable.
 
 use crate::domain::machine::{self, Command, Step};
-use crate::domain::{self, Activity, AuthorKind, EventType, Item, ItemId, State};
+use crate::domain::{self, Activity, AuthorKind, EventType, Item, ItemId};
 use crate::store::Tx;
 
 /// Applies `cmd` to `item` (as just loaded in this write) and stores the result; an
@@ -57,7 +57,7 @@ pub(crate) fn activity_rule(
 ) -> domain::Result<Vec<Item>> {
     let mut affected = Vec::new();
     for mut item in tx.pending_replies(account, ticket, activity.occurred_at)? {
-        if Some(item.id) == except || item.state != State::Pending {
+        if Some(item.id) == except {
             continue;
         }
         if let Step::Changed(_) = apply(tx, &mut item, Command::Activity(activity.clone()))? {

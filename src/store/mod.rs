@@ -638,9 +638,7 @@ impl Store {
         {
             self.writer.write(|tx| tx.sweep()).await?;
         }
-        let r = self.readers.read(f).await?;
-        self.progress.durable_barrier().await?;
-        Ok(r)
+        self.read_journal(f).await
     }
 
     /// As [`Store::read`], without writing changed items back first: for reads of what

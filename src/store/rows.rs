@@ -534,7 +534,8 @@ pub fn is_own_message(
         )?)
 }
 
-/// The ticket's PENDING (not leased) replies created before `before`, oldest first.
+/// The ticket's replies whose row is PENDING, created before `before`, oldest first
+/// (one with a lease reads as DISPATCHING).
 pub fn pending_replies(
     conn: &Connection,
     account: &str,
@@ -556,15 +557,9 @@ pub fn pending_replies(
         ],
         item_from_row,
     )?;
-    let mut out = Vec::new();
-    for r in rows {
-        let item = r?;
-        // A PENDING row with a lease reads as DISPATCHING: out at a connector.
-        if item.state == State::Pending {
-            out.push(item);
-        }
-    }
-    Ok(out)
+    // A PENDING row with a lease reads as DISPATCHING; the caller keeps the items
+    // that are PENDING now (`Tx::pending_replies`).
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Appends an event for `item`; returns its sequence number. The snapshot carries
@@ -651,13 +646,8 @@ pub fn replay(conn: &Connection) -> Result<usize, StoreError> {
         s.apply_to(&mut item);
         latest.insert(*id, item);
     }
-    for item in latest.values() {
-        write_back(conn, item)?;
-    }
-    conn.execute(
-        "UPDATE sweep_mark SET swept_seq = (SELECT COALESCE(MAX(seq), 0) FROM events)",
-        [],
-    )?;
+    let items: Vec<Item> = latest.into_values().collect();
+    sweep(conn, &items, None)?;
     Ok(events.len())
 }
 
