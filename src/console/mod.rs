@@ -655,7 +655,7 @@ async fn resolve_when(
     tz: Option<&str>,
     now: domain::Millis,
 ) -> Result<(domain::Millis, Option<domain::LocalTime>), String> {
-    if when.trim().eq_ignore_ascii_case("next business morning") {
+    if crate::cli::hours::is_next_business_morning(when) {
         let hours = c
             .engine
             .business_hours(account.to_owned())
