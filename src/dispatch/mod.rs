@@ -230,9 +230,11 @@ struct PendingWrite {
     isolated: usize,
 }
 
-/// Dispatch writes in flight at once: the next round plans and hands out while the
-/// previous write's fsync runs.
-const WRITES_IN_FLIGHT: usize = 2;
+/// Dispatch writes executed and not yet durable at once: the next rounds plan and hand
+/// out while earlier writes wait for their fsync (a round waits only for its write to
+/// *run*, which the writer does at once, even while the disk flushes). Bounds the
+/// answers and jobs held for writes that might still fail.
+const WRITES_IN_FLIGHT: usize = 32;
 
 struct Actor {
     /// The actor's own event queue (for write completions).

@@ -38,6 +38,14 @@ pub(super) const SWEEP_AT: usize = 32_768;
 /// holds the writer: 1024 rows is a few ms; 8192 measured a worse lateness p99).
 pub(super) const SWEEP_CHUNK: usize = 1024;
 
+/// Dirty items past which the writer sweeps in its spare time (while the disk flushes
+/// earlier groups, or with nothing queued), [`SWEEP_STEP`] items at a time.
+pub(super) const SWEEP_SOON: usize = 4_096;
+
+/// Items one spare-time sweep step writes back (~1.5 ms: the longest a write that
+/// arrives meanwhile waits for it).
+pub(super) const SWEEP_STEP: usize = 128;
+
 /// A writer with nothing to do sweeps what is dirty once this much time has passed
 /// since the last sweep (so dirty items do not linger, and a restart replays little).
 pub(super) const SWEEP_IDLE: Duration = Duration::from_millis(1000);
@@ -215,6 +223,11 @@ impl Overlay {
     pub(super) fn wants_sweep(&self, idle: bool) -> bool {
         self.dirty.len() >= SWEEP_AT
             || (idle && !self.dirty.is_empty() && self.last_sweep.elapsed() >= SWEEP_IDLE)
+    }
+
+    /// Whether enough is dirty for the writer to sweep in its spare time.
+    pub(super) fn wants_sweep_soon(&self) -> bool {
+        self.dirty.len() >= SWEEP_SOON
     }
 
     fn publish(&self) {

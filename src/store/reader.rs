@@ -34,7 +34,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         super::trace::install(&c);
-        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.busy_handler(Some(super::wait_briefly))?;
         c.pragma_update(None, "cache_size", -16384)?;
         Ok(c)
     }

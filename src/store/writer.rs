@@ -1,9 +1,11 @@
 //! The writer thread: one read-write connection, group commit.
 //!
-//! Loop: block for one job, then take whatever else is queued (up to [`MAX_GROUP`]),
-//! `BEGIN IMMEDIATE`, run each job inside its own savepoint, `COMMIT`, then hand the
-//! group to the sync stage. A failed commit answers every job of the group with an
-//! error and applies none of their timer changes.
+//! Loop: a job that arrives runs at once, inside its own savepoint, in the open group's
+//! transaction (`BEGIN IMMEDIATE` when the first one arrives). The group commits when
+//! nothing more is queued and the sync stage has room for it (or at [`MAX_GROUP`]
+//! writes), then goes to the sync stage; while the sync stage is busy, arriving jobs
+//! keep running into the open group. A failed commit answers every job of the group
+//! with an error and applies none of their timer changes.
 //!
 //! The sync stage (its own thread) makes committed groups durable, then, in commit
 //! order, hands their timer changes to the hook, publishes the last event sequence and
@@ -28,7 +30,7 @@ use crate::clock::Clock;
 use crate::domain;
 
 use super::checkpoint::Checkpointer;
-use super::overlay::{Overlay, SWEEP_CHUNK};
+use super::overlay::{Overlay, SWEEP_CHUNK, SWEEP_STEP};
 use super::rows;
 use super::{CommitHook, Effects, StoreError, Tx};
 
@@ -49,6 +51,19 @@ type Job = Box<dyn FnOnce(&mut Tx<'_>) -> (bool, Completion) + Send>;
 enum Msg {
     Job(Job),
     Close(oneshot::Sender<()>),
+    /// From the sync stage: it made room (an open group may commit now).
+    Wake,
+}
+
+/// A group being written: its transaction is open.
+struct Open {
+    started: Instant,
+    /// Writes run in it (committed or not).
+    n: usize,
+    completions: Vec<Completion>,
+    fx: Effects,
+    /// Effects of writes that will not commit (each rolled back alone).
+    undone: Effects,
 }
 
 #[derive(Clone)]
@@ -71,6 +86,8 @@ pub(super) struct Progress {
     /// Groups whose COMMIT has started (counted before COMMIT runs, so a reader that
     /// saw a group's rows reads a number at least that group's).
     committing: AtomicU64,
+    /// Groups handed to the sync stage and not finished by it.
+    syncing: AtomicU64,
     /// Groups the sync stage has finished (durable, or known failed), in order.
     done: watch::Sender<u64>,
     /// Set once, when the writer or the sync stage stopped for a reason other than a
@@ -90,6 +107,7 @@ impl Progress {
     pub(super) fn new() -> Arc<Progress> {
         Arc::new(Progress {
             committing: AtomicU64::new(0),
+            syncing: AtomicU64::new(0),
             done: watch::channel(0).0,
             fatal: watch::channel(None).0,
             hold: std::sync::Mutex::new(false),
@@ -103,6 +121,12 @@ impl Progress {
     pub(super) fn set_hold(&self, on: bool) {
         *self.hold.lock().unwrap_or_else(|p| p.into_inner()) = on;
         self.released.notify_all();
+    }
+
+    /// Whether the sync stage can take another group without the writer blocking: it
+    /// is flushing at most one, and has none queued.
+    fn sync_has_room(&self) -> bool {
+        self.syncing.load(Ordering::SeqCst) < 1 + SYNC_QUEUE as u64
     }
 
     /// Waits while the sync stage is held.
@@ -206,8 +230,16 @@ pub(super) fn spawn(
     let (synced_tx, synced_rx) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
     let sync_hook = hook.clone();
     let sync_progress = progress.clone();
+    let wake = tx.downgrade();
     let syncer = spawn_thread("sync", progress.clone(), move || {
-        sync_stage(synced_rx, &*sync_hook, events, durability, &sync_progress);
+        sync_stage(
+            synced_rx,
+            &*sync_hook,
+            events,
+            durability,
+            &sync_progress,
+            wake,
+        );
         true
     })?;
     let writer_progress = progress.clone();
@@ -230,6 +262,7 @@ fn sync_stage(
     events: watch::Sender<u64>,
     durability: Durability,
     progress: &Progress,
+    wake: mpsc::WeakSender<Msg>,
 ) {
     let mut wal: Option<std::fs::File> = None;
     let mut batch: Vec<Committed> = Vec::new();
@@ -282,9 +315,15 @@ fn sync_stage(
                 );
             }
             progress.done.send_modify(|n| *n += 1);
+            progress.syncing.fetch_sub(1, Ordering::SeqCst);
             for done in c.completions {
                 done(Ok(()));
             }
+        }
+        // The writer may hold an open group until there is room here. (A full queue
+        // needs no wake-up: the writer is busy taking jobs, and looks again after each.)
+        if let Some(tx) = wake.upgrade() {
+            let _ = tx.try_send(Msg::Wake);
         }
     }
 }
@@ -333,6 +372,12 @@ struct Writer<'a> {
 impl Writer<'_> {
     /// The writer's loop; `true` when it ended by a close (or every handle dropped),
     /// `false` when it lost the sync stage.
+    ///
+    /// Jobs are executed as they arrive, into the open group's transaction; the group
+    /// commits once nothing more is queued and the sync stage has room for it (or it is
+    /// full). So while the disk flushes earlier groups, new writes do not wait in the
+    /// queue: they run at once (a lease is visible to every later write, and its job can
+    /// leave) and join the group that commits when the flush is done.
     fn run(
         &mut self,
         mut rx: mpsc::Receiver<Msg>,
@@ -341,64 +386,119 @@ impl Writer<'_> {
         clock: Arc<dyn Clock>,
         checkpointer: Checkpointer,
     ) -> bool {
-        let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+        let mut open: Option<Open> = None;
         let mut closing: Option<oneshot::Sender<()>> = None;
         let mut healthy = true;
         // Size of the previous group: when many callers are active, the first request
         // after a commit arrives alone while the rest are still on their way; committing
         // it alone costs a whole fsync. Linger briefly for the others (bounded, see below).
         let mut last_group = 0usize;
-        while closing.is_none() {
-            // Jobs left over from a broken group run first, without waiting.
-            if jobs.is_empty() {
-                // Idle: write back what has waited a while before sleeping.
-                if self.overlay.wants_sweep(true) {
-                    match rx.try_recv() {
-                        Ok(Msg::Job(j)) => jobs.push(j),
-                        Ok(Msg::Close(done)) => closing = Some(done),
-                        Err(_) => {
-                            if !self.group(&mut jobs, &clock, &synced, &checkpointer, true) {
+        let mut lingered = 0;
+        'run: while closing.is_none() {
+            let msg = match &open {
+                None => {
+                    // Idle: write back what has waited a while, or a step of a backlog,
+                    // before sleeping.
+                    if self.overlay.wants_sweep(true) || self.overlay.wants_sweep_soon() {
+                        if let Ok(m) = rx.try_recv() {
+                            Some(m)
+                        } else {
+                            if let Ok(g) = self.begin() {
+                                let limit = if self.overlay.wants_sweep(true) {
+                                    SWEEP_CHUNK
+                                } else {
+                                    SWEEP_STEP
+                                };
+                                match self.sweep(limit) {
+                                    Ok(()) => open = Some(g),
+                                    Err(why) => self.abort(g, &why),
+                                }
+                            }
+                            continue;
+                        }
+                    } else {
+                        rx.blocking_recv()
+                    }
+                }
+                Some(g) => match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if !self.progress.sync_has_room() {
+                            // The disk is busy with earlier groups: write rows back in
+                            // small steps (a write that arrives waits for one step at
+                            // most), or wait for a write (run it now) or for the sync
+                            // stage's wake-up.
+                            if self.overlay.wants_sweep_soon() {
+                                if let Err(why) = self.sweep(SWEEP_STEP) {
+                                    let g = open.take().expect("open group");
+                                    self.abort(g, &why);
+                                }
+                                continue;
+                            }
+                            rx.blocking_recv()
+                        } else if g.n * 2 < last_group && lingered < LINGER_STEPS {
+                            // At most LINGER_STEPS x 50 us (0.2 ms) against a ~4-30 ms
+                            // fsync, and only when the last group was at least twice this.
+                            lingered += 1;
+                            std::thread::sleep(std::time::Duration::from_micros(50));
+                            continue;
+                        } else {
+                            let g = open.take().expect("open group");
+                            last_group = g.n;
+                            lingered = 0;
+                            let sweep = self.overlay.wants_sweep(false);
+                            if !self.hand_off(g, sweep, &synced, &checkpointer) {
                                 healthy = false;
-                                break;
+                                break 'run;
                             }
                             continue;
                         }
                     }
-                }
-            }
-            if jobs.is_empty() && closing.is_none() {
-                match rx.blocking_recv() {
-                    Some(Msg::Job(j)) => jobs.push(j),
-                    Some(Msg::Close(done)) => closing = Some(done),
-                    None => break,
-                }
-            }
-            let mut lingered = 0;
-            while jobs.len() < MAX_GROUP && closing.is_none() {
-                match rx.try_recv() {
-                    Ok(Msg::Job(j)) => jobs.push(j),
-                    Ok(Msg::Close(done)) => closing = Some(done),
-                    Err(_) if jobs.len() * 2 < last_group && lingered < LINGER_STEPS => {
-                        // At most LINGER_STEPS x 50 us (0.2 ms) against a ~4-30 ms fsync,
-                        // and only when the last group was at least twice this one.
-                        lingered += 1;
-                        std::thread::sleep(std::time::Duration::from_micros(50));
+                },
+            };
+            match msg {
+                Some(Msg::Job(job)) => {
+                    let g = match open.take() {
+                        Some(g) => g,
+                        None => {
+                            match self.begin() {
+                                Ok(g) => g,
+                                // Dropped unrun: its caller sees Unavailable.
+                                Err(()) => continue,
+                            }
+                        }
+                    };
+                    let mut g = g;
+                    match self.execute(&mut g, job, clock.now_ms()) {
+                        Ok(()) if g.n >= MAX_GROUP => {
+                            last_group = g.n;
+                            lingered = 0;
+                            // Blocks while the sync stage is behind (backpressure).
+                            let sweep = self.overlay.wants_sweep(false);
+                            if !self.hand_off(g, sweep, &synced, &checkpointer) {
+                                healthy = false;
+                                break 'run;
+                            }
+                        }
+                        Ok(()) => open = Some(g),
+                        Err(why) => self.abort(g, &why),
                     }
-                    Err(_) => break,
                 }
+                Some(Msg::Wake) => {}
+                Some(Msg::Close(done)) => closing = Some(done),
+                None => break,
             }
-            last_group = jobs.len();
-            if !jobs.is_empty() {
-                let sweep = self.overlay.wants_sweep(false);
-                if !self.group(&mut jobs, &clock, &synced, &checkpointer, sweep) {
-                    healthy = false;
-                    break;
-                }
-            }
+        }
+        if let Some(g) = open.take() {
+            healthy = healthy && self.hand_off(g, false, &synced, &checkpointer);
         }
         // A clean stop leaves every row written back: nothing to replay at start-up.
         while healthy && self.overlay.len() > 0 {
-            healthy = self.group(&mut jobs, &clock, &synced, &checkpointer, true);
+            match self.begin() {
+                Ok(g) => healthy = self.hand_off(g, true, &synced, &checkpointer),
+                Err(()) => break,
+            }
         }
         // Writes still queued behind a close are refused: their senders see `Closed`.
         drop(rx);
@@ -415,18 +515,24 @@ impl Writer<'_> {
         healthy
     }
 
-    /// Commits a group (sweeping first if asked) and hands it to the sync stage;
-    /// `false` when the sync stage is gone.
-    fn group(
+    /// Commits the group (writing dirty rows back first if `sweep`) and hands it to the
+    /// sync stage (blocking while the stage is [`SYNC_QUEUE`] groups behind); `false`
+    /// when the sync stage is gone.
+    fn hand_off(
         &mut self,
-        jobs: &mut Vec<Job>,
-        clock: &Arc<dyn Clock>,
+        g: Open,
+        sweep: bool,
         synced: &std::sync::mpsc::SyncSender<Committed>,
         checkpointer: &Checkpointer,
-        sweep: bool,
     ) -> bool {
-        if let Some(c) = self.commit_group(jobs, clock.now_ms(), sweep) {
-            // Blocks when the sync stage is SYNC_QUEUE groups behind (backpressure).
+        if sweep {
+            if let Err(why) = self.sweep(SWEEP_CHUNK) {
+                self.abort(g, &why);
+                return true;
+            }
+        }
+        if let Some(c) = self.commit(g) {
+            self.progress.syncing.fetch_add(1, Ordering::SeqCst);
             if synced.send(c).is_err() {
                 return false;
             }
@@ -435,129 +541,170 @@ impl Writer<'_> {
         true
     }
 
-    /// Runs the group in one transaction; `None` when there is nothing for the sync
-    /// stage (the group never reached COMMIT: every job was answered with an error).
+    /// Opens a group's transaction.
+    fn begin(&mut self) -> Result<Open, ()> {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            return Err(());
+        }
+        Ok(Open {
+            started: Instant::now(),
+            n: 0,
+            completions: Vec::new(),
+            fx: Effects::default(),
+            undone: Effects::default(),
+        })
+    }
+
+    /// Writes dirty rows back in the open group, after its writes (so a sweep never
+    /// delays the writes that arrived before it, e.g. a lease whose job waits to leave).
+    /// A sweep that fails is undone alone and the group's writes commit without it;
+    /// `Err` only when SQLite ended the whole transaction.
+    fn sweep(&mut self, limit: usize) -> Result<(), String> {
+        let conn = self.conn;
+        conn.execute_batch("SAVEPOINT s")
+            .map_err(|e| format!("savepoint failed: {e}"))?;
+        let mark = self.overlay.mark();
+        let (items, up_to) = self.overlay.take_for_sweep(limit);
+        match rows::sweep(conn, &items, up_to) {
+            Ok(()) => conn
+                .execute_batch("RELEASE s")
+                .map_err(|e| format!("savepoint release failed: {e}")),
+            Err(e) if conn.is_autocommit() => Err(format!("writing rows back failed: {e}")),
+            Err(e) => {
+                tracing::error!(error = %e, "writing rows back failed; they stay dirty");
+                self.overlay.rollback_to(mark);
+                conn.execute_batch("ROLLBACK TO s; RELEASE s")
+                    .map_err(|e| format!("savepoint rollback failed: {e}"))
+            }
+        }
+    }
+
+    /// Runs one job in the open group, inside its own savepoint. `Err` when the group
+    /// cannot go on (SQLite rolled its transaction back, or a savepoint failed): the
+    /// caller aborts it.
     ///
     /// SQLite may roll back the whole transaction by itself (SQLITE_FULL, IOERR, NOMEM,
     /// ...) in the middle of the group: then the later jobs would run in autocommit,
     /// each committing on its own, unsynced, while told it failed. So after every job
     /// the transaction must still be open; if it is not (or a savepoint cannot be
     /// opened or released), the whole group fails.
-    fn commit_group(&mut self, jobs: &mut Vec<Job>, now: i64, sweep: bool) -> Option<Committed> {
+    fn execute(&mut self, g: &mut Open, job: Job, now: i64) -> Result<(), String> {
         let conn = self.conn;
-        let started = Instant::now();
-        let n = jobs.len();
-        let mut completions: Vec<Completion> = Vec::with_capacity(n);
-        let mut fx = Effects::default();
-        // Effects of writes that will not commit (each rolled back alone).
-        let mut undone = Effects::default();
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
-            // Dropping a job drops its reply sender: the caller sees Unavailable.
-            jobs.clear();
-            return None;
+        if let Err(e) = conn
+            .prepare_cached("SAVEPOINT w")
+            .and_then(|mut s| s.execute([]))
+        {
+            // Dropped unrun: its caller sees Unavailable.
+            return Err(format!("savepoint failed: {e}"));
         }
-        let mut broken: Option<String> = None;
-        if sweep {
-            let (items, mark) = self.overlay.take_for_sweep(SWEEP_CHUNK);
-            if let Err(e) = rows::sweep(conn, &items, mark) {
-                broken = Some(format!("writing rows back failed: {e}"));
-            }
-        }
-        let mut queued = std::mem::take(jobs).into_iter();
-        if broken.is_some() {
-            // Nothing runs; dropping a job drops its reply sender: its caller sees
-            // Unavailable (so a failing sweep cannot hold writes forever).
-            queued.by_ref().for_each(drop);
-        }
-        for job in queued.by_ref() {
-            if let Err(e) = conn
-                .prepare_cached("SAVEPOINT w")
-                .and_then(|mut s| s.execute([]))
-            {
-                // Dropped unrun: its caller sees Unavailable.
-                broken = Some(format!("savepoint failed: {e}"));
-                break;
-            }
-            let mut job_fx = Effects::default();
-            let mark = self.overlay.mark();
-            let (ok, done) = {
-                let mut tx = Tx {
-                    conn,
-                    now,
-                    fx: &mut job_fx,
-                    overlay: &mut self.overlay,
-                };
-                job(&mut tx)
+        let mut job_fx = Effects::default();
+        let mark = self.overlay.mark();
+        let (ok, done) = {
+            let mut tx = Tx {
+                conn,
+                now,
+                fx: &mut job_fx,
+                overlay: &mut self.overlay,
             };
-            completions.push(done);
-            if conn.is_autocommit() {
-                undone.append(job_fx);
-                broken = Some("SQLite rolled back the group's transaction".into());
-                break;
+            job(&mut tx)
+        };
+        g.completions.push(done);
+        g.n += 1;
+        if conn.is_autocommit() {
+            g.undone.append(job_fx);
+            return Err("SQLite rolled back the group's transaction".into());
+        }
+        let end = if ok {
+            conn.prepare_cached("RELEASE w")
+                .and_then(|mut s| s.execute([]).map(drop))
+        } else {
+            conn.execute_batch("ROLLBACK TO w; RELEASE w")
+        };
+        match end {
+            Ok(()) if ok => {
+                g.fx.append(job_fx);
+                Ok(())
             }
-            let end = if ok {
-                conn.prepare_cached("RELEASE w")
-                    .and_then(|mut s| s.execute([]).map(drop))
-            } else {
-                conn.execute_batch("ROLLBACK TO w; RELEASE w")
-            };
-            match end {
-                Ok(()) if ok => fx.append(job_fx),
-                Ok(()) => {
-                    self.overlay.rollback_to(mark);
-                    undone.append(job_fx);
-                }
-                Err(e) => {
-                    undone.append(job_fx);
-                    broken = Some(format!("savepoint release failed: {e}"));
-                    break;
-                }
+            Ok(()) => {
+                self.overlay.rollback_to(mark);
+                g.undone.append(job_fx);
+                Ok(())
+            }
+            Err(e) => {
+                g.undone.append(job_fx);
+                Err(format!("savepoint release failed: {e}"))
             }
         }
-        // Jobs not run yet (the group broke before them) go first into the next group:
-        // each broken group answers at least the job that broke it, so this ends.
-        jobs.extend(queued);
-        if let Some(why) = broken {
-            tracing::error!(reason = %why, writes = n, "write group failed; rolling it back");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            undone.append(fx);
-            self.overlay.abandoned();
-            self.fail(&undone, completions, &why);
-            return None;
+    }
+
+    /// Rolls a broken group back and answers its writes with an error.
+    fn abort(&mut self, mut g: Open, why: &str) {
+        tracing::error!(reason = %why, writes = g.n, "write group failed; rolling it back");
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        if !undone.is_empty() {
-            self.hook.abandoned(&undone);
+        let fx = std::mem::take(&mut g.fx);
+        g.undone.append(fx);
+        self.overlay.abandoned();
+        self.fail(&g.undone, g.completions, why);
+    }
+
+    /// Commits the open group; `None` when nothing is left for the sync stage.
+    fn commit(&mut self, g: Open) -> Option<Committed> {
+        let conn = self.conn;
+        if !g.undone.is_empty() {
+            self.hook.abandoned(&g.undone);
         }
         self.progress.committing.fetch_add(1, Ordering::SeqCst);
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
                 self.overlay.committed();
                 Some(Committed {
-                    writes: n,
-                    fx: Some(fx),
-                    completions,
-                    started,
+                    writes: g.n,
+                    fx: Some(g.fx),
+                    completions: g.completions,
+                    started: g.started,
                 })
             }
             Err(e) => {
                 self.overlay.abandoned();
-                tracing::error!(error = %e, writes = n, "group commit failed");
+                tracing::error!(error = %e, writes = g.n, "group commit failed");
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                self.fail(&fx, completions, &e.to_string());
+                self.fail(&g.fx, g.completions, &e.to_string());
                 // Counted as committing: the sync stage counts it done, in order.
                 Some(Committed {
-                    writes: n,
+                    writes: g.n,
                     fx: None,
                     completions: Vec::new(),
-                    started,
+                    started: g.started,
                 })
             }
         }
+    }
+
+    /// Runs `jobs` as one group (the loop's steps in one go, for tests); the jobs a
+    /// broken group did not run are left in `jobs`.
+    #[cfg(test)]
+    fn commit_group(&mut self, jobs: &mut Vec<Job>, now: i64, sweep: bool) -> Option<Committed> {
+        let mut g = self.begin().ok()?;
+        let mut queued = std::mem::take(jobs).into_iter();
+        for job in queued.by_ref() {
+            if let Err(why) = self.execute(&mut g, job, now) {
+                jobs.extend(queued);
+                self.abort(g, &why);
+                return None;
+            }
+        }
+        if sweep {
+            if let Err(why) = self.sweep(SWEEP_CHUNK) {
+                self.abort(g, &why);
+                return None;
+            }
+        }
+        self.commit(g)
     }
 
     /// Answers every write of a group that did not commit with an error, after giving
@@ -707,6 +854,62 @@ mod tests {
         assert_eq!(n.unwrap(), 1);
         assert!(released);
         write.await.unwrap().unwrap();
+        store.close().await;
+    }
+
+    /// While the disk flushes earlier groups (here: the sync stage is held), writes
+    /// keep running as they arrive, into the group that commits next: a lease is
+    /// visible to later writes, and its job can leave, without waiting for the flush.
+    /// (The writer used to run a group only once the sync stage could take the one
+    /// before: the fourth write below waited for the flush.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_run_while_the_disk_flushes_earlier_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("w.db"),
+            Synchronous::Full,
+            Arc::new(SystemClock),
+            Arc::new(Seen::default()),
+        )
+        .unwrap();
+        store
+            .write(|tx| Ok(tx.conn.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .await
+            .unwrap();
+        let hold = store.hold_durability();
+        let (ran_tx, ran) = std::sync::mpsc::channel::<i64>();
+        let mut writes = Vec::new();
+        for i in 0..6 {
+            let ran_tx = ran_tx.clone();
+            let w = store.clone();
+            writes.push(tokio::spawn(async move {
+                w.write(move |tx| {
+                    tx.conn.execute("INSERT INTO t VALUES (?1)", [i])?;
+                    ran_tx.send(i).unwrap();
+                    Ok(())
+                })
+                .await
+            }));
+            // Each write runs before the next is sent (so each could be a group).
+            let n = tokio::task::block_in_place(|| ran.recv_timeout(Duration::from_secs(10)));
+            assert_eq!(
+                n.ok(),
+                Some(i),
+                "write {i} did not run while the disk was busy"
+            );
+        }
+        for w in &writes {
+            assert!(!w.is_finished(), "a write was answered before its fsync");
+        }
+        drop(hold);
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 6);
         store.close().await;
     }
 
