@@ -170,7 +170,7 @@ pub fn deferred_tickets(
     };
     let sql = format!(
         "SELECT ticket_id, MIN(next_send_at) AS next_at, COUNT(*) \
-         FROM items INDEXED BY items_deferred \
+         FROM items INDEXED BY items_live \
          WHERE account_id = ?1 AND state IN (1, 2) GROUP BY ticket_id {having} \
          ORDER BY next_at {dir}, ticket_id {dir} LIMIT {}",
         limit + 1

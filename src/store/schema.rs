@@ -131,6 +131,18 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO sweep_mark (id, swept_seq) SELECT 1, COALESCE(MAX(seq), 0) FROM events;
     "#,
+    // 7: one live index instead of two. items_deferred (account, ticket, time) served
+    // only ListDeferredTickets, which groups every live item of the account anyway; it
+    // reads items_live now, which carries the ticket and the state (so that listing
+    // and start-up recovery read the index alone) and the id (so listings still read
+    // it in (next_send_at, id) order). A schedule writes 2 random index entries
+    // instead of 3, and a finished item moves 2 instead of 3.
+    r#"
+    DROP INDEX items_deferred;
+    DROP INDEX items_live;
+    CREATE INDEX items_live ON items(account_id, next_send_at, id, ticket_id, state)
+        WHERE state IN (1, 2);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -262,6 +274,59 @@ mod tests {
             .query_row("SELECT state FROM items WHERE id = 7", [], |r| r.get(0))
             .unwrap();
         assert_eq!(state, 5, "the row is kept as it was");
+    }
+
+    /// v7: the live items of a v6 file are listed by ticket from the one live index
+    /// left (items_deferred is gone), covering: the rows are not read.
+    #[test]
+    fn v7_lists_deferred_tickets_of_a_v6_file_from_items_live_alone() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_to(&mut c, 0, 6).unwrap();
+        c.execute_batch(
+            "INSERT INTO items (id, account_id, ticket_id, kind, channel, author_id, content, \
+             send_at, next_send_at, created_at, updated_at, state, on_activity, attempts) VALUES \
+             (1, 'a', 't2', 1, 1, 'u', x'', 30, 30, 1, 1, 1, 1, 0), \
+             (2, 'a', 't1', 1, 1, 'u', x'', 20, 20, 1, 1, 1, 1, 0), \
+             (3, 'a', 't2', 1, 1, 'u', x'', 10, 10, 1, 1, 1, 1, 0), \
+             (4, 'a', 't3', 1, 1, 'u', x'', 5, 5, 1, 1, 3, 1, 0), \
+             (5, 'b', 't9', 1, 1, 'u', x'', 1, 1, 1, 1, 1, 1, 0);",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let indexes: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'items' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !indexes.iter().any(|n| n == "items_deferred"),
+            "{indexes:?}"
+        );
+        let page =
+            super::super::queries::deferred_tickets(&c, "a", crate::domain::Order::Asc, None, 10)
+                .unwrap();
+        let got: Vec<(String, i64, u32)> = page
+            .rows
+            .iter()
+            .map(|t| (t.ticket_id.clone(), t.next_send_at, t.pending_count))
+            .collect();
+        assert_eq!(got, vec![("t2".into(), 10, 2), ("t1".into(), 20, 1)]);
+        let plan: Vec<String> = c
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT ticket_id, MIN(next_send_at), COUNT(*) FROM items \
+                 INDEXED BY items_live WHERE account_id = 'a' AND state IN (1, 2) GROUP BY ticket_id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("COVERING INDEX items_live")),
+            "{plan:?}"
+        );
     }
 
     #[test]
