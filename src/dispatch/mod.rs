@@ -577,6 +577,11 @@ impl Actor {
         tokio::spawn(async move {
             let r = store
                 .write(move |tx| {
+                    // Leases first: their jobs leave as soon as they have run, before
+                    // the answers are recorded. (Should recording fail, the write rolls
+                    // back and its jobs are due again: at-least-once, as after a crash.)
+                    let leased = writes::lease(tx, &due, t)?;
+                    let _ = executed_tx.send(leased);
                     let mut rng = rand::rng();
                     let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
                     if isolated > 0 {
@@ -584,8 +589,6 @@ impl Actor {
                     } else {
                         writes::record(tx, &records, t, &mut jitter)?;
                     }
-                    let leased = writes::lease(tx, &due, t)?;
-                    let _ = executed_tx.send(leased);
                     Ok(())
                 })
                 .await;
