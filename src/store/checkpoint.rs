@@ -27,6 +27,13 @@ const MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// (~32 MiB at 4 KiB pages; SQLite's own automatic checkpoint is at 1000).
 const RESTART_FRAMES: i64 = 8_000;
 
+/// A PASSIVE checkpoint this quick left little for a RESTART to copy under the lock.
+const QUICK_PASSIVE: Duration = Duration::from_millis(5);
+
+/// PASSIVE checkpoints in a row, at most, before a RESTART (each copies what was
+/// appended during the one before: the remainder shrinks quickly).
+const MAX_PASSIVE_ROUNDS: u32 = 6;
+
 /// Pokes the checkpointer; dropping it stops the thread.
 pub(super) struct Checkpointer {
     poke: mpsc::SyncSender<()>,
@@ -62,14 +69,28 @@ fn run(conn: &Connection, rx: &mpsc::Receiver<()>) {
             std::thread::sleep(MIN_INTERVAL - since);
         }
         last = Instant::now();
-        match checkpoint(conn, "PASSIVE") {
-            Ok((_, log, _)) if log > RESTART_FRAMES => {
-                if let Err(e) = checkpoint(conn, "RESTART") {
-                    tracing::warn!(error = %e, "restart checkpoint failed");
+        // A RESTART holds the writer out while it copies the frames the last PASSIVE
+        // did not (those appended meanwhile) and syncs the database file: measured
+        // 35-73 ms after a 20-70 ms PASSIVE, which was the on-time lateness p99. So
+        // PASSIVE runs again until one finds little left (it took under
+        // QUICK_PASSIVE), and only then does a RESTART take the lock.
+        for round in 0..MAX_PASSIVE_ROUNDS {
+            let started = Instant::now();
+            match checkpoint(conn, "PASSIVE") {
+                Ok((_, log, _)) if log > RESTART_FRAMES => {
+                    if started.elapsed() < QUICK_PASSIVE || round + 1 == MAX_PASSIVE_ROUNDS {
+                        if let Err(e) = checkpoint(conn, "RESTART") {
+                            tracing::warn!(error = %e, "restart checkpoint failed");
+                        }
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint failed");
+                    break;
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
     }
 }
