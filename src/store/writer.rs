@@ -526,7 +526,8 @@ impl Writer<'_> {
         checkpointer: &Checkpointer,
     ) -> bool {
         if sweep {
-            if let Err(why) = self.sweep(SWEEP_CHUNK) {
+            let size = self.overlay.sweep_size();
+            if let Err(why) = self.sweep(size) {
                 self.abort(g, &why);
                 return true;
             }
