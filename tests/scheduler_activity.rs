@@ -308,3 +308,29 @@ async fn a_missing_account_or_ticket_is_invalid_argument_naming_it() {
     assert_status(r, Code::InvalidArgument, "ticket_id: ");
     t.stop().await;
 }
+
+/// The activity rule skips its query for tickets with nothing else live, known from a
+/// count kept in memory; after a restart that count is rebuilt from the file, so a
+/// reply scheduled before the restart is still converted by activity after it.
+#[tokio::test]
+async fn activity_after_a_restart_converts_a_reply_scheduled_before_it() {
+    let mut t = TestServer::start().await;
+    let a = schedule(&mut t, email_reply("acme", "T1", T0 + HOUR)).await;
+    tick(&t, 10);
+    t.restart().await;
+    let affected = record_activity(
+        &mut t,
+        activity_req("acme", "T1", pb::AuthorKind::Client, "msg-1", T0 + 5 * SEC),
+    )
+    .await;
+    assert_eq!(ids(&affected), vec![a.item_id.clone()]);
+    assert_eq!(affected[0].state, pb::State::ConvertedToNote as i32);
+    // A ticket that never had an item: nothing to convert, and no error.
+    let none = record_activity(
+        &mut t,
+        activity_req("acme", "T9", pb::AuthorKind::Client, "msg-2", T0 + 6 * SEC),
+    )
+    .await;
+    assert!(none.is_empty());
+    t.stop().await;
+}

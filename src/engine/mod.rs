@@ -155,11 +155,14 @@ impl Engine {
     /// the partial index `items_live` (the wheel fires overdue items oldest first).
     async fn recover(&self) -> domain::Result<Recovery> {
         let now = self.inner.clock.now_ms();
+        let tickets = self.inner.store.live_tickets();
+        let counted = tickets.clone();
         let scan = self
             .inner
             .store
-            .read(|conn| Ok(recovery::recovery_scan(conn)?))
+            .read(move |conn| Ok(recovery::recovery_scan(conn, &counted)?))
             .await?;
+        tickets.set_ready();
         self.inner.controls.replace(&scan.controls);
         let overdue = scan.timers.iter().filter(|(_, at)| *at <= now).count();
         self.inner.timers.load(&scan.timers);

@@ -56,7 +56,8 @@ pub(crate) fn activity_rule(
     except: Option<ItemId>,
 ) -> domain::Result<Vec<Item>> {
     let mut affected = Vec::new();
-    for mut item in tx.pending_replies(account, ticket, activity.occurred_at)? {
+    let own = usize::from(except.is_some());
+    for mut item in tx.pending_replies(account, ticket, activity.occurred_at, own)? {
         if Some(item.id) == except {
             continue;
         }

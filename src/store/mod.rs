@@ -43,6 +43,7 @@ mod reader;
 pub mod recovery;
 pub mod rows;
 pub mod schema;
+pub mod tickets;
 pub mod trace;
 mod writer;
 
@@ -116,6 +117,9 @@ pub struct Effects {
     pub released: Vec<String>,
     /// The last event sequence the write produced.
     pub max_seq: u64,
+    /// The ticket slots ([`tickets::LiveTickets`]) of items that left the live set:
+    /// discounted once the write is durable.
+    pub left_tickets: Vec<u32>,
 }
 
 impl Effects {
@@ -123,11 +127,15 @@ impl Effects {
         self.timers.extend(other.timers);
         self.reserved.extend(other.reserved);
         self.released.extend(other.released);
+        self.left_tickets.extend(other.left_tickets);
         self.max_seq = self.max_seq.max(other.max_seq);
     }
 
     fn is_empty(&self) -> bool {
-        self.timers.is_empty() && self.reserved.is_empty() && self.released.is_empty()
+        self.timers.is_empty()
+            && self.reserved.is_empty()
+            && self.released.is_empty()
+            && self.left_tickets.is_empty()
     }
 }
 
@@ -162,6 +170,8 @@ pub struct Tx<'a> {
     fx: &'a mut Effects,
     /// Items changed but not yet written back to their rows (see `overlay`).
     overlay: &'a mut overlay::Overlay,
+    /// Which tickets may have live items (lets the activity rule skip its query).
+    tickets: &'a tickets::LiveTickets,
 }
 
 impl Tx<'_> {
@@ -233,7 +243,10 @@ impl Tx<'_> {
     }
 
     /// The ticket's PENDING replies created before `before`, oldest first: the items a
-    /// message in the ticket at `before` may convert or cancel.
+    /// message in the ticket at `before` may convert or cancel. `own`: how many of the
+    /// ticket's live items the caller holds itself (1 for an item being sent, which is
+    /// still counted live): when the ticket has no other live item (known from memory,
+    /// [`tickets::LiveTickets`]), nothing is read.
     ///
     /// # Errors
     /// Storage errors.
@@ -242,7 +255,11 @@ impl Tx<'_> {
         account: &str,
         ticket: &str,
         before: Millis,
+        own: usize,
     ) -> domain::Result<Vec<Item>> {
+        if self.tickets.nothing_else_live(account, ticket, own) {
+            return Ok(Vec::new());
+        }
         // Every item has its row (inserts are not deferred) and a row never reads as
         // finished while the item is live, so the rows find every candidate; the
         // overlay says what each is now.
@@ -352,9 +369,11 @@ impl Tx<'_> {
         timing: &Timing,
     ) -> domain::Result<ItemId> {
         self.fx.reserved.push(new.account_id.clone());
-        Ok(rows::insert_item(
-            self.conn, new, send_at, timing, self.now,
-        )?)
+        let id = rows::insert_item(self.conn, new, send_at, timing, self.now)?;
+        // Counted at once; a rollback leaves the count high, which is safe.
+        self.tickets
+            .add(tickets::LiveTickets::slot(&new.account_id, &new.ticket_id));
+        Ok(id)
     }
 
     /// Records `item` after `change` (from `domain::machine`): appends the event (the
@@ -374,6 +393,10 @@ impl Tx<'_> {
         });
         if change.left_live {
             self.fx.released.push(item.account_id.clone());
+            self.fx.left_tickets.push(tickets::LiveTickets::slot(
+                &item.account_id,
+                &item.ticket_id,
+            ));
         }
         Ok(seq)
     }
@@ -606,6 +629,12 @@ impl Store {
     pub fn hold_durability(&self) -> DurabilityHold {
         self.progress.set_hold(true);
         DurabilityHold(self.progress.clone())
+    }
+
+    /// Which tickets may have live items: start-up recovery counts every live item
+    /// into it (`recovery::recovery_scan`), then marks it ready.
+    pub fn live_tickets(&self) -> Arc<tickets::LiveTickets> {
+        self.progress.tickets.clone()
     }
 
     /// The reason the writer died (a panic or a lost thread), once it has; writes fail

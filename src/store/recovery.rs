@@ -13,6 +13,7 @@
 use rusqlite::Connection;
 
 use super::rows::{all_controls, ControlRow};
+use super::tickets::LiveTickets;
 use super::StoreError;
 use crate::domain::{ItemId, Millis};
 
@@ -31,16 +32,17 @@ pub struct RecoveryScan {
 }
 
 /// Reads what the engine rebuilds at start-up: one pass over the partial index
-/// `items_live` (ids, times and per-account counts), the number of leased items, and the
+/// `items_live` (ids, times and per-account counts; each live item is counted into
+/// `tickets`, which the caller then marks ready), the number of leased items, and the
 /// dispatch controls.
 ///
 /// # Errors
 /// Storage errors.
-pub fn recovery_scan(conn: &Connection) -> Result<RecoveryScan, StoreError> {
-    // One pass over items_live: ids and times for the wheel, and the live count of
-    // each account (the index is in account order).
+pub fn recovery_scan(conn: &Connection, tickets: &LiveTickets) -> Result<RecoveryScan, StoreError> {
+    // One pass over items_live: ids and times for the wheel, the live count of each
+    // account (the index is in account order), and of each ticket (`tickets`).
     let mut st = conn.prepare(
-        "SELECT account_id, id, next_send_at FROM items INDEXED BY items_live \
+        "SELECT account_id, id, next_send_at, ticket_id FROM items INDEXED BY items_live \
          WHERE state IN (1, 2)",
     )?;
     let mut timers: Vec<(ItemId, Millis)> = Vec::new();
@@ -53,6 +55,8 @@ pub fn recovery_scan(conn: &Connection) -> Result<RecoveryScan, StoreError> {
             _ => live_counts.push((account.to_owned(), 1)),
         }
         timers.push((r.get(1)?, r.get(2)?));
+        let ticket = r.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
+        tickets.add(LiveTickets::slot(account, ticket));
     }
     drop(rows);
     // A leased item was due when leased (next_send_at <= its lease time), so it fires

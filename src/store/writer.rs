@@ -101,6 +101,8 @@ pub(super) struct Progress {
     pub(super) dirty: Arc<std::sync::atomic::AtomicUsize>,
     /// The meta of those items, for dispatch's hint reads.
     pub(super) hints: super::overlay::Hints,
+    /// Which tickets may have live items (counted by the writer, discounted here).
+    pub(super) tickets: Arc<super::tickets::LiveTickets>,
 }
 
 impl Progress {
@@ -114,6 +116,7 @@ impl Progress {
             released: std::sync::Condvar::new(),
             dirty: Default::default(),
             hints: Default::default(),
+            tickets: Default::default(),
         })
     }
 
@@ -292,6 +295,9 @@ fn sync_stage(
         }
         for c in batch.drain(..) {
             if let Some(fx) = &c.fx {
+                for &slot in &fx.left_tickets {
+                    progress.tickets.remove(slot);
+                }
                 if !fx.is_empty() {
                     hook.durable(fx);
                 }
@@ -607,6 +613,7 @@ impl Writer<'_> {
                 now,
                 fx: &mut job_fx,
                 overlay: &mut self.overlay,
+                tickets: &self.progress.tickets,
             };
             job(&mut tx)
         };
