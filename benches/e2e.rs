@@ -141,7 +141,7 @@ fn email_content(i: u64) -> pb::EmailContent {
 fn schedule_req(i: u64, send_at: i64) -> pb::ScheduleRequest {
     pb::ScheduleRequest {
         account_id: format!("acct-{}", i % ACCOUNTS),
-        ticket_id: format!("T{}", i % 100_000),
+        ticket_id: format!("T{i}"),
         channel: pb::Channel::Email as i32,
         author_id: "agent-7".into(),
         content: Some(pb::schedule_request::Content::Email(email_content(i))),
@@ -156,7 +156,7 @@ fn batch_entry(i: u64, send_at: i64) -> pb::BatchEntry {
     pb::BatchEntry {
         kind: pb::Kind::Reply as i32,
         account_id: format!("acct-{}", i % ACCOUNTS),
-        ticket_id: format!("T{}", i % 100_000),
+        ticket_id: format!("T{i}"),
         channel: pb::Channel::Email as i32,
         author_id: "agent-7".into(),
         content: Some(pb::batch_entry::Content::Email(email_content(i))),
