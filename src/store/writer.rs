@@ -451,10 +451,8 @@ impl Writer<'_> {
                             continue;
                         } else {
                             let g = open.take().expect("open group");
-                            last_group = g.n;
-                            lingered = 0;
-                            let sweep = self.overlay.wants_sweep(false);
-                            if !self.hand_off(g, sweep, &synced, &checkpointer) {
+                            (last_group, lingered) = (g.n, 0);
+                            if !self.close(g, &synced, &checkpointer) {
                                 healthy = false;
                                 break 'run;
                             }
@@ -465,24 +463,19 @@ impl Writer<'_> {
             };
             match msg {
                 Some(Msg::Job(job)) => {
-                    let g = match open.take() {
+                    let mut g = match open.take() {
                         Some(g) => g,
-                        None => {
-                            match self.begin() {
-                                Ok(g) => g,
-                                // Dropped unrun: its caller sees Unavailable.
-                                Err(()) => continue,
-                            }
-                        }
+                        None => match self.begin() {
+                            Ok(g) => g,
+                            // Dropped unrun: its caller sees Unavailable.
+                            Err(()) => continue,
+                        },
                     };
-                    let mut g = g;
                     match self.execute(&mut g, job, clock.now_ms()) {
                         Ok(()) if g.n >= MAX_GROUP => {
-                            last_group = g.n;
-                            lingered = 0;
+                            (last_group, lingered) = (g.n, 0);
                             // Blocks while the sync stage is behind (backpressure).
-                            let sweep = self.overlay.wants_sweep(false);
-                            if !self.hand_off(g, sweep, &synced, &checkpointer) {
+                            if !self.close(g, &synced, &checkpointer) {
                                 healthy = false;
                                 break 'run;
                             }
@@ -519,6 +512,17 @@ impl Writer<'_> {
             let _ = done.send(());
         }
         healthy
+    }
+
+    /// Commits a group of writes, with the sweep that is due at a commit (if any).
+    fn close(
+        &mut self,
+        g: Open,
+        synced: &std::sync::mpsc::SyncSender<Committed>,
+        checkpointer: &Checkpointer,
+    ) -> bool {
+        let sweep = self.overlay.wants_sweep(false);
+        self.hand_off(g, sweep, synced, checkpointer)
     }
 
     /// Commits the group (writing dirty rows back first if `sweep`) and hands it to the
