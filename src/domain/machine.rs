@@ -385,16 +385,21 @@ mod tests {
 
     fn leased() -> Item {
         let mut i = pending();
+        lease(&mut i, 40_000, 10_000);
+        i
+    }
+
+    /// Leases `i` for its timer at 10_000, with a lease until `expires`, at `now`.
+    fn lease(i: &mut Item, expires: Millis, now: Millis) -> Step {
         step(
-            &mut i,
+            i,
             Command::Lease {
                 due: 10_000,
-                expires: 40_000,
+                expires,
             },
-            10_000,
+            now,
         )
-        .unwrap();
-        i
+        .unwrap()
     }
 
     fn changed(s: Step) -> Change {
@@ -404,17 +409,7 @@ mod tests {
     #[test]
     fn a_lease_takes_a_due_pending_item_out_with_one_more_attempt_and_a_lease_timer() {
         let mut i = pending();
-        let c = changed(
-            step(
-                &mut i,
-                Command::Lease {
-                    due: 10_000,
-                    expires: 40_000,
-                },
-                10_005,
-            )
-            .unwrap(),
-        );
+        let c = changed(lease(&mut i, 40_000, 10_005));
         assert_eq!(
             (i.state, i.attempts, i.lease_expires_at),
             (State::Dispatching, 1, Some(40_000))
@@ -429,15 +424,7 @@ mod tests {
         let mut i = pending();
         i.send_at = 50_000; // rescheduled after the timer was set
         let before = i.clone();
-        let s = step(
-            &mut i,
-            Command::Lease {
-                due: 10_000,
-                expires: 40_000,
-            },
-            10_000,
-        )
-        .unwrap();
+        let s = lease(&mut i, 40_000, 10_000);
         assert_eq!(
             s,
             Step::Unchanged {
@@ -447,15 +434,7 @@ mod tests {
         assert_eq!(i, before);
         // Not PENDING: nothing, and no timer either.
         let mut l = leased();
-        let s = step(
-            &mut l,
-            Command::Lease {
-                due: 10_000,
-                expires: 90_000,
-            },
-            20_000,
-        )
-        .unwrap();
+        let s = lease(&mut l, 90_000, 20_000);
         assert_eq!(s, Step::Unchanged { rearm: None });
         assert_eq!(l.lease_expires_at, Some(40_000));
     }
@@ -473,17 +452,7 @@ mod tests {
             let mut i = pending();
             i.timing.max_lateness = Some(5_000);
             i.timing.on_late = Some(policy);
-            let c = changed(
-                step(
-                    &mut i,
-                    Command::Lease {
-                        due: 10_000,
-                        expires: 90_000,
-                    },
-                    16_000,
-                )
-                .unwrap(),
-            );
+            let c = changed(lease(&mut i, 90_000, 16_000));
             assert_eq!((i.state, c.event, c.timer), (state, event, Timer::Remove));
             assert!(c.left_live);
             assert_eq!(i.timing.late_by, Some(6_000));
@@ -492,17 +461,7 @@ mod tests {
         // SEND: leased, with late_by recorded.
         let mut i = pending();
         i.timing.max_lateness = Some(5_000);
-        let c = changed(
-            step(
-                &mut i,
-                Command::Lease {
-                    due: 10_000,
-                    expires: 90_000,
-                },
-                16_000,
-            )
-            .unwrap(),
-        );
+        let c = changed(lease(&mut i, 90_000, 16_000));
         assert_eq!(
             (i.state, i.timing.late_by, c.event),
             (State::Dispatching, Some(6_000), EventType::Dispatching)
