@@ -28,7 +28,6 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use sendlater::config::{Accounts, Role, TokenConfig};
 use sendlater::pb;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long any wait for the browser or the server may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -102,7 +101,9 @@ impl Driver {
             .expect("chromedriver reports its port");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         poll("chromedriver's /status to say ready", || async move {
-            match tokio::time::timeout(WAIT, try_http(addr, "GET", "/status", None, None)).await {
+            match tokio::time::timeout(WAIT, http_exchange(addr, "GET", "/status", None, None))
+                .await
+            {
                 Ok(Ok(r)) => {
                     r.status == 200
                         && serde_json::from_str::<Value>(&r.body)
@@ -275,86 +276,6 @@ where
 // ---------------------------------------------------------------------------------
 // plain HTTP (what WebDriver does not show: statuses and headers)
 
-struct HttpResponse {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-async fn try_http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    form: Option<&str>,
-) -> std::io::Result<HttpResponse> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(c) = cookie {
-        req.push_str(&format!("Cookie: sendlater_session={c}\r\n"));
-    }
-    let body = form.unwrap_or("");
-    if form.is_some() {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).await?;
-    // The head, then a body of Content-Length bytes (chromedriver answers
-    // "Connection: close" but keeps the connection open), or up to the close.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed before the end of the head"));
-        }
-        raw.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let mut body = raw.split_off(head_end + 4);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {head:?}")))?;
-    let mut r = HttpResponse {
-        status,
-        head,
-        body: String::new(),
-    };
-    match r
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        Some(len) => {
-            while body.len() < len {
-                let n = s.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(std::io::Error::other("closed before the end of the body"));
-                }
-                body.extend_from_slice(&buf[..n]);
-            }
-        }
-        None => {
-            s.read_to_end(&mut body).await?;
-        }
-    }
-    r.body = String::from_utf8_lossy(&body).into_owned();
-    Ok(r)
-}
-
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -362,7 +283,7 @@ async fn http(
     cookie: Option<&str>,
     form: Option<&str>,
 ) -> HttpResponse {
-    tokio::time::timeout(WAIT, try_http(addr, method, path, cookie, form))
+    tokio::time::timeout(WAIT, http_exchange(addr, method, path, cookie, form))
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no answer within {WAIT:?}"))
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))

@@ -11,50 +11,8 @@ use common::*;
 use sendlater::config::{Accounts, Role, TokenConfig};
 use sendlater::pb;
 
-/// One HTTP/1.1 exchange; the whole response as text.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    form: Option<&str>,
-) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    match cookie {
-        // A whole `name=value` pair, or a session id.
-        Some(c) if c.contains('=') => req.push_str(&format!("Cookie: {c}\r\n")),
-        Some(c) => req.push_str(&format!("Cookie: sendlater_session={c}\r\n")),
-        None => {}
-    }
-    if let Some(body) = form {
-        req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        req.push_str("\r\n");
-    }
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn status(resp: &str) -> u16 {
-    resp.split(' ').nth(1).unwrap().parse().unwrap()
-}
-
-fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    let head = resp.split("\r\n\r\n").next().unwrap();
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn session_of(resp: &str) -> String {
-    let c = header(resp, "set-cookie").expect("a session cookie");
+fn session_of(resp: &HttpResponse) -> String {
+    let c = resp.header("set-cookie").expect("a session cookie");
     assert!(
         c.contains("HttpOnly") && c.contains("SameSite=Strict"),
         "{c}"
@@ -91,19 +49,17 @@ fn operator<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-/// Runs blocking HTTP off the runtime.
+/// One HTTP exchange with the console.
 async fn call(
     addr: SocketAddr,
     method: &'static str,
     path: String,
     cookie: Option<String>,
     form: Option<String>,
-) -> String {
-    tokio::task::spawn_blocking(move || {
-        http(addr, method, &path, cookie.as_deref(), form.as_deref())
-    })
-    .await
-    .unwrap()
+) -> HttpResponse {
+    http_exchange(addr, method, &path, cookie.as_deref(), form.as_deref())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +68,7 @@ async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
     let item = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
     // The open console makes a session on the first visit.
     let first = call(addr, "GET", "/accounts/acme/deferred".into(), None, None).await;
-    assert_eq!(status(&first), 303, "{first}");
+    assert_eq!(first.status, 303, "{first}");
     let sid = session_of(&first);
     let page = call(
         addr,
@@ -122,8 +78,8 @@ async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
         None,
     )
     .await;
-    assert_eq!(status(&page), 200);
-    let csrf = csrf_of(&page);
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.body);
     let cancel = format!("/accounts/acme/items/{}/cancel", item.item_id);
     for bad in ["", "0123456789abcdef0123456789abcdef", &csrf[..31]] {
         let r = call(
@@ -134,7 +90,7 @@ async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
             Some(format!("csrf={bad}")),
         )
         .await;
-        assert_eq!(status(&r), 403, "csrf {bad:?}: {r}");
+        assert_eq!(r.status, 403, "csrf {bad:?}: {r}");
     }
     // No session at all: not a change either.
     let r = call(
@@ -145,7 +101,7 @@ async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
         Some(format!("csrf={csrf}")),
     )
     .await;
-    assert_ne!(status(&r), 200);
+    assert_ne!(r.status, 200);
     assert_eq!(
         t.get_acme(&item.item_id).await.state,
         pb::State::Pending as i32
@@ -159,7 +115,7 @@ async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
         Some(format!("csrf={csrf}")),
     )
     .await;
-    assert_eq!(status(&r), 303, "{r}");
+    assert_eq!(r.status, 303, "{r}");
     assert_eq!(
         t.get_acme(&item.item_id).await.state,
         pb::State::Cancelled as i32
@@ -185,19 +141,19 @@ async fn every_page_carries_a_strict_content_security_policy_and_escapes_item_te
         "/nope",
     ] {
         let r = call(addr, "GET", path.into(), Some(sid.clone()), None).await;
-        let csp = header(&r, "content-security-policy").unwrap_or_default();
+        let csp = r.header("content-security-policy").unwrap_or_default();
         assert!(
             csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
             "{path}: {csp}"
         );
         assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
         assert_eq!(
-            header(&r, "x-content-type-options"),
+            r.header("x-content-type-options"),
             Some("nosniff"),
             "{path}"
         );
         assert!(
-            !r.contains("<script>alert"),
+            !r.body.contains("<script>alert"),
             "{path} shows the payload as markup"
         );
     }
@@ -210,16 +166,22 @@ async fn every_page_carries_a_strict_content_security_policy_and_escapes_item_te
     )
     .await;
     assert!(
-        ticket.contains("&lt;script&gt;alert('s')&lt;/script&gt;"),
+        ticket
+            .body
+            .contains("&lt;script&gt;alert('s')&lt;/script&gt;"),
         "{ticket}"
     );
     assert!(
-        ticket.contains("&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quoted&quot;"),
+        ticket
+            .body
+            .contains("&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quoted&quot;"),
         "{ticket}"
     );
     // The only script is our own file.
-    assert_eq!(ticket.matches("<script").count(), 1);
-    assert!(ticket.contains("<script src=\"/static/console.js\" defer></script>"));
+    assert_eq!(ticket.body.matches("<script").count(), 1);
+    assert!(ticket
+        .body
+        .contains("<script src=\"/static/console.js\" defer></script>"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,29 +201,30 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
     let (t, addr) = console_server(tokens).await;
     let r = call(addr, "GET", "/accounts/acme/deferred".into(), None, None).await;
     assert_eq!(
-        (status(&r), header(&r, "location")),
+        (r.status, r.header("location")),
         (303, Some("/login")),
         "{r}"
     );
     assert!(
-        header(&r, "set-cookie").is_none(),
+        r.header("set-cookie").is_none(),
         "no session without a login"
     );
     // The login form ties itself to this browser: a token in the form and in a
     // SameSite=Strict cookie; a post without both (another site's form) is refused.
     let form = call(addr, "GET", "/login".into(), None, None).await;
-    assert_eq!(status(&form), 200);
-    let bound = header(&form, "set-cookie").expect("a login cookie");
+    assert_eq!(form.status, 200);
+    let bound = form.header("set-cookie").expect("a login cookie");
     assert!(
         bound.contains("SameSite=Strict") && bound.contains("HttpOnly"),
         "{bound}"
     );
     let pair = bound.split(';').next().unwrap().to_owned();
     let at = form
+        .body
         .find("name=\"login_csrf\" value=\"")
         .expect("a login_csrf field")
         + 25;
-    let login_csrf = form[at..at + 32].to_owned();
+    let login_csrf = form.body[at..at + 32].to_owned();
     for (cookie, body) in [
         (
             None,
@@ -274,8 +237,11 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         ),
     ] {
         let r = call(addr, "POST", "/login".into(), cookie, Some(body)).await;
-        assert_eq!(status(&r), 403, "{r}");
-        assert!(!r.contains("sendlater_session="), "no session: {r}");
+        assert_eq!(r.status, 403, "{r}");
+        assert!(
+            !r.to_string().contains("sendlater_session="),
+            "no session: {r}"
+        );
     }
     let r = call(
         addr,
@@ -285,8 +251,8 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         Some(format!("token=wrong&login_csrf={login_csrf}")),
     )
     .await;
-    assert_eq!(status(&r), 401);
-    assert!(!r.contains("sendlater_session="));
+    assert_eq!(r.status, 401);
+    assert!(!r.to_string().contains("sendlater_session="));
     let r = call(
         addr,
         "POST",
@@ -295,11 +261,11 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         Some(format!("token=acme-staff-token&login_csrf={login_csrf}")),
     )
     .await;
-    assert_eq!(status(&r), 303);
+    assert_eq!(r.status, 303);
     let sid = session_of(&r);
     // One account: `/` leads to its deferred view.
     let r = call(addr, "GET", "/".into(), Some(sid.clone()), None).await;
-    assert_eq!(header(&r, "location"), Some("/accounts/acme/deferred"));
+    assert_eq!(r.header("location"), Some("/accounts/acme/deferred"));
     let r = call(
         addr,
         "GET",
@@ -308,7 +274,7 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         None,
     )
     .await;
-    assert_eq!(status(&r), 200);
+    assert_eq!(r.status, 200);
     for path in [
         "/accounts/other/deferred",
         "/accounts/other/tickets/T1",
@@ -317,8 +283,8 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         "/operations",
     ] {
         let r = call(addr, "GET", path.into(), Some(sid.clone()), None).await;
-        assert_eq!(status(&r), 403, "{path}: {r}");
-        assert!(r.contains("Not allowed"), "{path}");
+        assert_eq!(r.status, 403, "{path}: {r}");
+        assert!(r.body.contains("Not allowed"), "{path}");
     }
     // A form post to a foreign account is refused too, CSRF token or not.
     let mut c = t.client.clone();
@@ -335,7 +301,7 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         None,
     )
     .await;
-    let csrf = csrf_of(&page);
+    let csrf = csrf_of(&page.body);
     let r = call(
         addr,
         "POST",
@@ -344,7 +310,7 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
         Some(format!("csrf={csrf}")),
     )
     .await;
-    assert_eq!(status(&r), 403);
+    assert_eq!(r.status, 403);
     let still = c
         .get_item(operator(item_ref("other", &other.item_id)))
         .await
@@ -369,6 +335,7 @@ async fn the_event_stream_resumes_from_the_sequence_the_page_was_rendered_at() {
         None,
     )
     .await;
+    let page = page.body;
     let at = page.find("data-after=\"").expect("the page's sequence") + 12;
     let after: u64 = page[at..page[at..].find('"').unwrap() + at]
         .parse()
@@ -417,7 +384,7 @@ async fn reschedule_to_the_next_business_morning_uses_the_accounts_hours() {
         None,
     )
     .await;
-    let csrf = csrf_of(&page);
+    let csrf = csrf_of(&page.body);
     let path = format!("/accounts/acme/items/{}/reschedule", item.item_id);
     let body = format!("csrf={csrf}&tz=UTC&when=next+business+morning");
     let r = call(
@@ -428,8 +395,8 @@ async fn reschedule_to_the_next_business_morning_uses_the_accounts_hours() {
         Some(body.clone()),
     )
     .await;
-    assert_eq!(status(&r), 400, "no hours set: {r}");
-    assert!(r.contains("no business hours"), "{r}");
+    assert_eq!(r.status, 400, "no hours set: {r}");
+    assert!(r.body.contains("no business hours"), "{r}");
     assert_eq!(ms(&t.get_acme(&item.item_id).await.send_at), T0 + 3_600_000);
     // Monday to Friday 09:00-18:00 UTC; T0 is Wednesday 2026-11-25 12:00 UTC.
     let days = (1..=5)
@@ -450,7 +417,7 @@ async fn reschedule_to_the_next_business_morning_uses_the_accounts_hours() {
         .await
         .unwrap();
     let r = call(addr, "POST", path, Some(sid), Some(body)).await;
-    assert_eq!(status(&r), 303, "{r}");
+    assert_eq!(r.status, 303, "{r}");
     // Thursday 09:00 UTC.
     assert_eq!(
         ms(&t.get_acme(&item.item_id).await.send_at),

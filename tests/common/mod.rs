@@ -429,19 +429,107 @@ pub async fn assert_invariants(t: &TestServer, account: &str, acknowledged: &[St
     assert_eq!(check, "ok");
 }
 
+/// One HTTP/1.1 response: the status, the head (status line and headers) and the body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl std::fmt::Display for HttpResponse {
+    /// The whole response as received: head, blank line, body.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\r\n\r\n{}", self.head, self.body)
+    }
+}
+
+impl HttpResponse {
+    /// The value of the header `name` (any case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 exchange over a new connection (`Connection: close`). `cookie`: a
+/// whole `name=value` pair, or a console session id. `form`: an urlencoded body. Reads
+/// the head, then a body of Content-Length bytes (chromedriver answers "Connection:
+/// close" but keeps the connection open), or up to the close.
+pub async fn http_exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    match cookie {
+        Some(c) if c.contains('=') => req.push_str(&format!("Cookie: {c}\r\n")),
+        Some(c) => req.push_str(&format!("Cookie: sendlater_session={c}\r\n")),
+        None => {}
+    }
+    let body = form.unwrap_or("");
+    if form.is_some() {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the end of the head"));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut body = raw.split_off(head_end + 4);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {head:?}")))?;
+    let mut r = HttpResponse {
+        status,
+        head,
+        body: String::new(),
+    };
+    match r
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::Error::other("closed before the end of the body"));
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+        }
+        None => {
+            s.read_to_end(&mut body).await?;
+        }
+    }
+    r.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(r)
+}
+
 /// GETs `/metrics` from `addr` (the server's metrics port) and returns the response.
 pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    let r = http_exchange(addr, "GET", "/metrics", None, None)
         .await
         .expect("metrics port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    body
+    assert_eq!(r.status, 200, "{r}");
+    r.to_string()
 }
 
 /// The value of one series (`name{labels}`) in a Prometheus exposition.
