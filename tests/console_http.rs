@@ -62,6 +62,13 @@ async fn call(
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+/// A session of the open console (made on the first visit), and the page at `path`.
+async fn open_page(addr: SocketAddr, path: &str) -> (String, HttpResponse) {
+    let sid = session_of(&call(addr, "GET", "/".into(), None, None).await);
+    let page = call(addr, "GET", path.into(), Some(sid.clone()), None).await;
+    (sid, page)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_without_the_sessions_csrf_token_changes_nothing() {
     let (t, addr) = console_server(Vec::new()).await;
@@ -326,15 +333,7 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
 async fn the_event_stream_resumes_from_the_sequence_the_page_was_rendered_at() {
     let (t, addr) = console_server(Vec::new()).await;
     let first = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
-    let sid = session_of(&call(addr, "GET", "/".into(), None, None).await);
-    let page = call(
-        addr,
-        "GET",
-        "/accounts/acme/deferred".into(),
-        Some(sid.clone()),
-        None,
-    )
-    .await;
+    let (sid, page) = open_page(addr, "/accounts/acme/deferred").await;
     let page = page.body;
     let at = page.find("data-after=\"").expect("the page's sequence") + 12;
     let after: u64 = page[at..page[at..].find('"').unwrap() + at]
@@ -375,15 +374,7 @@ async fn the_event_stream_resumes_from_the_sequence_the_page_was_rendered_at() {
 async fn reschedule_to_the_next_business_morning_uses_the_accounts_hours() {
     let (t, addr) = console_server(Vec::new()).await;
     let item = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
-    let sid = session_of(&call(addr, "GET", "/".into(), None, None).await);
-    let page = call(
-        addr,
-        "GET",
-        "/accounts/acme/tickets/T1".into(),
-        Some(sid.clone()),
-        None,
-    )
-    .await;
+    let (sid, page) = open_page(addr, "/accounts/acme/tickets/T1").await;
     let csrf = csrf_of(&page.body);
     let path = format!("/accounts/acme/items/{}/reschedule", item.item_id);
     let body = format!("csrf={csrf}&tz=UTC&when=next+business+morning");
