@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{self, Channel, ItemId, Millis, State};
+use crate::domain::{self, Channel, Item, ItemId, Millis, State};
 use crate::engine::Fired;
 use crate::store::meta::ItemMeta;
 use crate::store::Store;
@@ -46,18 +46,37 @@ impl Meta {
     }
 }
 
-/// Reads the items of `fired` (a hint: every decision is re-checked in a write) and
-/// returns those that still exist, in the order given.
+/// What the batch read found: the due ids that still exist, in the order given, and
+/// the items read whole from their rows (which dispatch may lease itself, see
+/// `store::claims`), with the claims epoch the read started at.
+pub(super) struct Read {
+    pub(super) metas: Vec<Meta>,
+    pub(super) epoch: u64,
+    pub(super) whole: HashMap<ItemId, Item>,
+}
+
+/// Reads the items of `fired` (a hint: every decision is re-checked in a write, or
+/// claimed against what the writer did since).
 ///
 /// # Errors
 /// Storage errors.
-pub(super) async fn read_meta(store: &Store, fired: &[Fired]) -> domain::Result<Vec<Meta>> {
+pub(super) async fn read_meta(store: &Store, fired: &[Fired]) -> domain::Result<Read> {
     let ids: Vec<ItemId> = fired.iter().map(|&(id, _)| id).collect();
-    let rows = store.item_meta(ids).await?;
-    let mut by_id: HashMap<ItemId, ItemMeta> = rows.into_iter().map(|m| (m.id, m)).collect();
+    let read = store.due_items(ids).await?;
+    let mut by_id: HashMap<ItemId, ItemMeta> = read.metas.into_iter().map(|m| (m.id, m)).collect();
+    let mut whole = HashMap::with_capacity(read.items.len());
+    for item in read.items {
+        by_id.insert(item.id, ItemMeta::of(&item));
+        whole.insert(item.id, item);
+    }
     // Keep the due order the wheel gave.
-    Ok(fired
+    let metas = fired
         .iter()
         .filter_map(|&(id, due)| by_id.remove(&id).map(|m| Meta::new(m, due)))
-        .collect())
+        .collect();
+    Ok(Read {
+        metas,
+        epoch: read.epoch,
+        whole,
+    })
 }

@@ -14,11 +14,15 @@
 //! 2. apply lateness windows that ended, release held-back items whose pause ended or
 //!    whose rate limit has room (`hold`);
 //! 3. plan up to the connectors' free credit (never more than a stream's buffer takes),
-//!    holding back paused or rate-limited items, and write the answers received so far
-//!    plus the leases in one store write (`writes`); the jobs go out as soon as that
-//!    write has executed in the writer's open group, before its fsync; up to
-//!    `WRITES_IN_FLIGHT` such writes overlap. An answer counts only for a job its
-//!    stream holds (`job`: the job id carries a secret lease token).
+//!    holding back paused or rate-limited items. An item this round read whole from its
+//!    row is leased here, by the state machine, and *claimed* (`store::claims`): its
+//!    job goes out at once, without waiting for the writer, which records the lease
+//!    before any later write reads the item. The rest (changed recently, so known from
+//!    memory only, or refused because a write touched it since the read) are leased in
+//!    the store write that also records the answers received so far (`writes`); those
+//!    jobs go out as soon as that write has executed in the writer's open group,
+//!    before its fsync; up to `WRITES_IN_FLIGHT` such writes overlap. An answer counts
+//!    only for a job its stream holds (`job`: the job id carries a secret lease token).
 
 mod conn;
 mod fair;
@@ -37,9 +41,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Accounts;
-use crate::domain::{self, Channel, Item, ItemId, Millis, State};
+use crate::domain::machine::{self, Command, Step};
+use crate::domain::{self, Channel, EventType, Item, ItemId, Millis, State};
 use crate::engine::{Engine, Fired};
 use crate::metrics::METRICS;
+use crate::store::claims::Claim;
 use conn::{Conn, Held};
 use fair::FairQueue;
 use hold::{Hold, Limiter};
@@ -159,6 +165,8 @@ impl Dispatcher {
             limiter: Limiter::default(),
             late_at: BTreeSet::new(),
             draining: None,
+            fresh: HashMap::new(),
+            fresh_epoch: 0,
         };
         let stopped = CancellationToken::new();
         let guard = stopped.clone().drop_guard();
@@ -268,6 +276,10 @@ struct Actor {
     late_at: BTreeSet<(Millis, ItemId)>,
     /// Set when stopping: no new jobs; stop once nothing is in flight, or at this time.
     draining: Option<tokio::time::Instant>,
+    /// Items of this round's read, whole from their rows, that may be leased here
+    /// without waiting for the writer (see `store::claims`), read at `fresh_epoch`.
+    fresh: HashMap<ItemId, Item>,
+    fresh_epoch: u64,
 }
 
 /// A waiting item picked for a connector, not yet leased.
@@ -535,16 +547,66 @@ impl Actor {
         }
         while self.writes.len() < WRITES_IN_FLIGHT {
             let planned = if self.draining.is_none() {
-                self.plan()
+                let planned = self.plan();
+                self.claim_leases(planned)
             } else {
                 Vec::new()
             };
             if planned.is_empty() && self.outcomes.is_empty() {
+                // What this round read is stale for the next one.
+                self.fresh.clear();
                 return Ok(());
             }
             self.write_round(planned).await;
         }
+        self.fresh.clear();
         Ok(())
+    }
+
+    /// Leases the planned items this round read whole itself and hands their jobs out
+    /// at once, without waiting for the writer: the state machine's `Lease` applied to
+    /// the item as read, claimed against every write that touched it since (see
+    /// `store::claims`). Returns the items left to lease through a write: not read
+    /// whole (their last change is only in memory), not simply leased (a lateness
+    /// policy applies, or the send time moved), or refused.
+    fn claim_leases(&mut self, planned: Vec<Planned>) -> Vec<Planned> {
+        if self.fresh.is_empty() || planned.is_empty() {
+            return planned;
+        }
+        let now = self.engine.clock().now_ms();
+        let expires = now + self.tuning.lease_ms;
+        let mut rest = Vec::new();
+        let mut claims = Vec::new();
+        let mut claimed: HashMap<ItemId, Planned> = HashMap::new();
+        for p in planned {
+            let Some(mut item) = self.fresh.remove(&p.id) else {
+                rest.push(p);
+                continue;
+            };
+            let lease = Command::Lease {
+                due: p.due,
+                expires,
+            };
+            match machine::step(&mut item, lease, now) {
+                Ok(Step::Changed(change)) if change.event == EventType::Dispatching => {
+                    claimed.insert(p.id, p);
+                    claims.push(Claim { item, change });
+                }
+                _ => rest.push(p),
+            }
+        }
+        if claims.is_empty() {
+            return rest;
+        }
+        let (ok, refused) = self.engine.store().claim(self.fresh_epoch, claims);
+        // Refused: leased through a write, as planned.
+        rest.extend(refused.iter().filter_map(|c| claimed.remove(&c.item.id)));
+        let mut rng = rand::rng();
+        for c in ok {
+            let conn = claimed.remove(&c.item.id).map(|p| p.conn);
+            self.hand_out(conn, c.item, rand::RngExt::random::<u128>(&mut rng));
+        }
+        rest
     }
 
     /// Records the answers and leases the planned items in one store write, and hands
@@ -663,7 +725,7 @@ impl Actor {
         if fired.is_empty() {
             return Ok(());
         }
-        let metas = match read_meta(self.engine.store(), &fired).await {
+        let read = match read_meta(self.engine.store(), &fired).await {
             Ok(m) => m,
             Err(e) => {
                 // Not lost: they are read again next round.
@@ -671,7 +733,9 @@ impl Actor {
                 return Err(e);
             }
         };
-        for m in metas {
+        self.fresh = read.whole;
+        self.fresh_epoch = read.epoch;
+        for m in read.metas {
             let (channel, state) = match m.decoded {
                 Ok(d) => d,
                 Err(why) => {

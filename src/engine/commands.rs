@@ -25,7 +25,7 @@ fn not_found(id: ItemId) -> Error {
     Error::NotFound(format!("item {} not found", domain::format_item_id(id)))
 }
 
-fn load(tx: &Tx<'_>, account: &str, id: ItemId) -> domain::Result<Item> {
+fn load(tx: &mut Tx<'_>, account: &str, id: ItemId) -> domain::Result<Item> {
     tx.load(account, id)?.ok_or_else(|| not_found(id))
 }
 

@@ -13,9 +13,9 @@
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-use super::rows::{with_lease, LEASE_EXPIRES};
+use super::rows::{item_from_row, with_lease, ITEM_COLUMNS, LEASE_EXPIRES};
 use super::StoreError;
-use crate::domain::{Channel, ItemId, Millis, State, Timing};
+use crate::domain::{Channel, Item, ItemId, Millis, State, Timing};
 
 /// Ids per statement (well under SQLite's bound-parameter limit).
 const CHUNK: usize = 500;
@@ -49,6 +49,42 @@ impl ItemMeta {
             send_at: item.send_at,
         }
     }
+}
+
+/// The items of `ids` that have a row, whole (dispatch may lease them itself: see
+/// `claims`), and the [`ItemMeta`] of those whose row cannot be read as an item (it
+/// says why); in no particular order.
+///
+/// # Errors
+/// Storage errors.
+pub fn due_items(
+    conn: &Connection,
+    ids: &[ItemId],
+) -> Result<(Vec<Item>, Vec<ItemMeta>), StoreError> {
+    let mut items = Vec::with_capacity(ids.len());
+    let mut unreadable = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE id IN ({marks})"
+        ))?;
+        let rows = st.query_map(
+            params_from_iter(chunk.iter().map(|&i| Value::Integer(i))),
+            |r| Ok(item_from_row(r).map_err(|_| r.get::<_, ItemId>(0))),
+        )?;
+        for r in rows {
+            match r? {
+                Ok(item) => items.push(item),
+                Err(id) => unreadable.push(id?),
+            }
+        }
+    }
+    let metas = if unreadable.is_empty() {
+        Vec::new()
+    } else {
+        item_meta(conn, &unreadable)?
+    };
+    Ok((items, metas))
 }
 
 /// The [`ItemMeta`] of each of `ids` that has a row, in no particular order.

@@ -28,7 +28,7 @@
 //!   rows.
 //! - [`Store::read`] sees every write answered before it started (rows are swept
 //!   first when changes wait in memory) and returns only data that is durable;
-//!   [`Store::read_hint`] and [`Store::item_meta`] may see a commit whose fsync is
+//!   [`Store::read_hint`] and [`Store::due_items`] may see a commit whose fsync is
 //!   still running, and rows behind the journal (for the engine's own hints only).
 //! - Events become visible to [`Store::event_sequence`] watchers only once durable.
 //! - If the writer or the sync thread dies, [`Store::fatal`] says why and every later
@@ -36,6 +36,7 @@
 
 pub mod backup;
 mod checkpoint;
+pub mod claims;
 pub mod meta;
 mod overlay;
 pub mod queries;
@@ -186,7 +187,8 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// Storage errors (a row that cannot be decoded included).
-    pub fn load(&self, account: &str, id: ItemId) -> domain::Result<Option<Item>> {
+    pub fn load(&mut self, account: &str, id: ItemId) -> domain::Result<Option<Item>> {
+        self.touch(id)?;
         if let Some(item) = self.overlay.get(id) {
             return Ok((item.account_id == account).then(|| item.clone()));
         }
@@ -198,7 +200,8 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// Storage errors.
-    pub fn load_checked(&self, id: ItemId) -> domain::Result<Option<Result<Item, String>>> {
+    pub fn load_checked(&mut self, id: ItemId) -> domain::Result<Option<Result<Item, String>>> {
+        self.touch(id)?;
         if let Some(item) = self.overlay.get(id) {
             return Ok(Some(Ok(item.clone())));
         }
@@ -211,13 +214,19 @@ impl Tx<'_> {
     /// # Errors
     /// Storage errors.
     pub fn find_by_request(
-        &self,
+        &mut self,
         account: &str,
         request_id: &str,
     ) -> domain::Result<Option<(Item, u64)>> {
         // The key is written with the row; the item's state may be newer here.
-        Ok(rows::find_by_request(self.conn, account, request_id)?
-            .map(|(item, fp)| (self.overlay.get(item.id).cloned().unwrap_or(item), fp)))
+        let Some((item, fp)) = rows::find_by_request(self.conn, account, request_id)? else {
+            return Ok(None);
+        };
+        self.touch(item.id)?;
+        Ok(Some((
+            self.overlay.get(item.id).cloned().unwrap_or(item),
+            fp,
+        )))
     }
 
     /// Whether `message_id` (an item id of ours or a provider message id) is one of the
@@ -251,7 +260,7 @@ impl Tx<'_> {
     /// # Errors
     /// Storage errors.
     pub fn pending_replies(
-        &self,
+        &mut self,
         account: &str,
         ticket: &str,
         before: Millis,
@@ -265,6 +274,7 @@ impl Tx<'_> {
         // overlay says what each is now.
         let mut out = rows::pending_replies(self.conn, account, ticket, before)?;
         for item in &mut out {
+            self.touch(item.id)?;
             if let Some(now) = self.overlay.get(item.id) {
                 *item = now.clone();
             }
@@ -295,7 +305,17 @@ impl Tx<'_> {
     pub fn business_hours_items(&mut self, account: &str) -> domain::Result<Vec<Item>> {
         // A query over rows: they must be current.
         self.sweep()?;
-        Ok(rows::business_hours_items(self.conn, account)?)
+        let mut out = rows::business_hours_items(self.conn, account)?;
+        // A lease the dispatcher took meanwhile is applied (and the item left out).
+        let mut kept = Vec::with_capacity(out.len());
+        for item in out.drain(..) {
+            self.touch(item.id)?;
+            match self.overlay.get(item.id) {
+                Some(now) if now.state != State::Pending => {}
+                _ => kept.push(item),
+            }
+        }
+        Ok(kept)
     }
 
     /// Sets the pause flag and/or rate limit of one account and channel; returns every
@@ -426,10 +446,29 @@ impl Tx<'_> {
     /// # Errors
     /// Storage errors.
     pub fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<()> {
+        self.touch(id)?;
         if let Some(account) = rows::fail_unreadable(self.conn, id, why, self.now)? {
             self.fx.released.push(account);
         }
         self.fx.timers.push(WheelOp::Remove(id));
+        Ok(())
+    }
+
+    /// Marks the item read by this write (no dispatcher claim made from an older read
+    /// is accepted) and applies its waiting claim first, if any (see `claims`).
+    fn touch(&mut self, id: ItemId) -> domain::Result<()> {
+        if let Some(c) = self.overlay.claims.touch(id) {
+            self.apply_claim(c)?;
+        }
+        Ok(())
+    }
+
+    /// Records a lease the dispatcher took (its job is out already): the item's
+    /// DISPATCHING event, as [`Tx::save`].
+    fn apply_claim(&mut self, c: claims::Claim) -> domain::Result<()> {
+        let (item, change) = (c.item.clone(), c.change);
+        self.overlay.applying(c);
+        self.save(&item, change)?;
         Ok(())
     }
 
@@ -468,6 +507,18 @@ impl Tx<'_> {
             }
         }
     }
+}
+
+/// What [`Store::due_items`] read.
+#[derive(Debug)]
+pub struct DueRead {
+    /// The claims epoch the read started at.
+    pub epoch: u64,
+    /// Items known from memory (changed, not yet on their rows), and those whose rows
+    /// cannot be read as items.
+    pub metas: Vec<meta::ItemMeta>,
+    /// Items read whole from their rows.
+    pub items: Vec<Item>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -677,6 +728,7 @@ impl Store {
             .dirty
             .load(std::sync::atomic::Ordering::SeqCst)
             > 0
+            || self.progress.claims.waiting() > 0
         {
             self.writer.write(|tx| tx.sweep()).await?;
         }
@@ -714,12 +766,16 @@ impl Store {
 
     /// What dispatch needs to know of the items whose timers fired (those of `ids` that
     /// exist, in no particular order): from memory for an item whose committed change
-    /// is not on its row yet, else from the row. A hint, as [`Store::read_hint`].
+    /// is not on its row yet (meta only), else the whole row; with the claims epoch
+    /// read before (see [`Store::claim`]). A hint, as [`Store::read_hint`].
     ///
     /// # Errors
     /// Storage errors.
-    pub async fn item_meta(&self, ids: Vec<ItemId>) -> domain::Result<Vec<meta::ItemMeta>> {
-        let mut out = Vec::new();
+    pub async fn due_items(&self, ids: Vec<ItemId>) -> domain::Result<DueRead> {
+        // Before anything is read: a claim made from these rows is checked against
+        // every write that touched them since.
+        let epoch = self.progress.claims.epoch();
+        let mut metas = Vec::new();
         let mut rest = Vec::with_capacity(ids.len());
         {
             let hints = self
@@ -729,19 +785,41 @@ impl Store {
                 .unwrap_or_else(|p| p.into_inner());
             for id in ids {
                 match hints.get(&id) {
-                    Some(m) => out.push(m.clone()),
+                    Some(m) => metas.push(m.clone()),
                     None => rest.push(id),
                 }
             }
         }
+        let mut items = Vec::new();
         if !rest.is_empty() {
-            out.extend(
-                self.readers
-                    .read(move |conn| Ok(meta::item_meta(conn, &rest)?))
-                    .await?,
-            );
+            let (whole, unreadable) = self
+                .readers
+                .read(move |conn| Ok(meta::due_items(conn, &rest)?))
+                .await?;
+            items = whole;
+            metas.extend(unreadable);
         }
-        Ok(out)
+        Ok(DueRead {
+            epoch,
+            metas,
+            items,
+        })
+    }
+
+    /// Leases the dispatcher took itself from rows read by [`Store::due_items`] at
+    /// `read_at` (see `claims`): returns the accepted ones (their jobs may leave now;
+    /// the writer records them before any later write reads the item) and the refused
+    /// ones (lease them through a write).
+    pub fn claim(
+        &self,
+        read_at: u64,
+        claims: Vec<claims::Claim>,
+    ) -> (Vec<claims::Claim>, Vec<claims::Claim>) {
+        let (ok, refused) = self.progress.claims.claim(read_at, claims);
+        if !ok.is_empty() {
+            self.writer.poke();
+        }
+        (ok, refused)
     }
 
     /// The sequence number of the last committed event; changes after each commit

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::{Item, ItemId};
 
+use super::claims::{Claim, Claims};
 use super::meta::ItemMeta;
 
 /// What dispatch's hint reads must take from memory: the meta of every item whose
@@ -73,6 +74,11 @@ pub(super) struct Overlay {
     published: Arc<AtomicUsize>,
     hints: Hints,
     last_sweep: Instant,
+    /// The dispatcher's leases waiting for the writer (see `claims`).
+    pub(super) claims: Arc<Claims>,
+    /// Claims the open group applied, in order: given back if what applied them rolls
+    /// back.
+    applied: Vec<Claim>,
 }
 
 /// Where a write started in the open group's logs (to undo that write alone).
@@ -80,10 +86,11 @@ pub(super) struct Overlay {
 pub(super) struct Mark {
     undo: usize,
     swept: usize,
+    applied: usize,
 }
 
 impl Overlay {
-    pub(super) fn new(published: Arc<AtomicUsize>, hints: Hints) -> Self {
+    pub(super) fn new(published: Arc<AtomicUsize>, hints: Hints, claims: Arc<Claims>) -> Self {
         Overlay {
             dirty: HashMap::new(),
             undo: Vec::new(),
@@ -92,7 +99,14 @@ impl Overlay {
             published,
             hints,
             last_sweep: Instant::now(),
+            claims,
+            applied: Vec::new(),
         }
+    }
+
+    /// The open group is applying this claim (its change is `put` next).
+    pub(super) fn applying(&mut self, claim: Claim) {
+        self.applied.push(claim);
     }
 
     /// The dirty version of the item, if any.
@@ -159,6 +173,7 @@ impl Overlay {
         Mark {
             undo: self.undo.len(),
             swept: self.swept.len(),
+            applied: self.applied.len(),
         }
     }
 
@@ -179,6 +194,9 @@ impl Overlay {
             }
         }
         self.swept.truncate(mark.swept);
+        if self.applied.len() > mark.applied {
+            self.claims.give_back(self.applied.drain(mark.applied..));
+        }
     }
 
     /// The open group committed: its changes stay, what its sweeps wrote is clean.
@@ -200,6 +218,9 @@ impl Overlay {
             }
         }
         drop(hints);
+        self.applied.clear();
+        // After the rows and the hints: a claim read before this may be stale.
+        self.claims.group_ended();
         if swept_any {
             if self.dirty.is_empty() {
                 // A sweep cycle ended: the idle timer starts again.
@@ -214,7 +235,12 @@ impl Overlay {
 
     /// The open group did not commit: every change it made is undone.
     pub(super) fn abandoned(&mut self) {
-        self.rollback_to(Mark { undo: 0, swept: 0 });
+        self.rollback_to(Mark {
+            undo: 0,
+            swept: 0,
+            applied: 0,
+        });
+        self.claims.group_ended();
         self.publish();
     }
 
@@ -265,7 +291,7 @@ mod tests {
     }
 
     fn overlay() -> Overlay {
-        Overlay::new(Default::default(), Default::default())
+        Overlay::new(Default::default(), Default::default(), Default::default())
     }
 
     /// A sweep takes the items dirty the longest, in id order, and the watermark stops

@@ -53,6 +53,8 @@ enum Msg {
     Close(oneshot::Sender<()>),
     /// From the sync stage: it made room (an open group may commit now).
     Wake,
+    /// From the dispatcher: claims wait to be applied.
+    Claims,
 }
 
 /// A group being written: its transaction is open.
@@ -103,6 +105,8 @@ pub(super) struct Progress {
     pub(super) hints: super::overlay::Hints,
     /// Which tickets may have live items (counted by the writer, discounted here).
     pub(super) tickets: Arc<super::tickets::LiveTickets>,
+    /// The dispatcher's leases waiting for the writer.
+    pub(super) claims: Arc<super::claims::Claims>,
 }
 
 impl Progress {
@@ -117,6 +121,7 @@ impl Progress {
             dirty: Default::default(),
             hints: Default::default(),
             tickets: Default::default(),
+            claims: Default::default(),
         })
     }
 
@@ -251,7 +256,11 @@ pub(super) fn spawn(
             conn: &conn,
             hook: &*hook,
             progress: &writer_progress,
-            overlay: Overlay::new(writer_progress.dirty.clone(), writer_progress.hints.clone()),
+            overlay: Overlay::new(
+                writer_progress.dirty.clone(),
+                writer_progress.hints.clone(),
+                writer_progress.claims.clone(),
+            ),
         };
         w.run(rx, synced_tx, syncer, clock, checkpointer)
     })?;
@@ -358,6 +367,12 @@ impl WriterHandle {
             .map_err(|_| domain::Error::from(StoreError::Closed))?;
         rx.await
             .map_err(|_| domain::Error::from(StoreError::Closed))?
+    }
+
+    /// Tells the writer that claims wait (if its queue is full it is busy, and applies
+    /// them at the start of its next write).
+    pub(super) fn poke(&self) {
+        let _ = self.tx.try_send(Msg::Claims);
     }
 
     pub(super) async fn close(&self) {
@@ -485,12 +500,32 @@ impl Writer<'_> {
                     }
                 }
                 Some(Msg::Wake) => {}
+                Some(Msg::Claims) => {
+                    let mut g = match open.take() {
+                        Some(g) => g,
+                        None => match self.begin() {
+                            Ok(g) => g,
+                            Err(()) => continue,
+                        },
+                    };
+                    match self.apply_claims(&mut g, clock.now_ms()) {
+                        Ok(()) => open = Some(g),
+                        Err(why) => self.abort(g, &why),
+                    }
+                }
                 Some(Msg::Close(done)) => closing = Some(done),
                 None => break,
             }
         }
-        if let Some(g) = open.take() {
-            healthy = healthy && self.hand_off(g, false, &synced, &checkpointer);
+        if self.progress.claims.waiting() > 0 && open.is_none() {
+            open = self.begin().ok();
+        }
+        if let Some(mut g) = open.take() {
+            // Leases taken meanwhile are recorded (their jobs are out).
+            match self.apply_claims(&mut g, clock.now_ms()) {
+                Ok(()) => healthy = healthy && self.hand_off(g, false, &synced, &checkpointer),
+                Err(why) => self.abort(g, &why),
+            }
         }
         // A clean stop leaves every row written back: nothing to replay at start-up.
         while healthy && self.overlay.len() > 0 {
@@ -602,6 +637,8 @@ impl Writer<'_> {
     /// opened or released), the whole group fails.
     fn execute(&mut self, g: &mut Open, job: Job, now: i64) -> Result<(), String> {
         let conn = self.conn;
+        // Every write sees the dispatcher's leases taken before it.
+        self.apply_claims(g, now)?;
         if let Err(e) = conn
             .prepare_cached("SAVEPOINT w")
             .and_then(|mut s| s.execute([]))
@@ -646,6 +683,47 @@ impl Writer<'_> {
             Err(e) => {
                 g.undone.append(job_fx);
                 Err(format!("savepoint release failed: {e}"))
+            }
+        }
+    }
+
+    /// Applies the waiting claims (the dispatcher's leases) in the open group, in a
+    /// savepoint of their own. If that fails they wait again; `Err` only when SQLite
+    /// ended the whole transaction.
+    fn apply_claims(&mut self, g: &mut Open, now: i64) -> Result<(), String> {
+        if self.progress.claims.waiting() == 0 {
+            return Ok(());
+        }
+        let claims = self.progress.claims.take_all();
+        let conn = self.conn;
+        conn.execute_batch("SAVEPOINT c")
+            .map_err(|e| format!("savepoint failed: {e}"))?;
+        let mark = self.overlay.mark();
+        let mut fx = Effects::default();
+        let r = {
+            let mut tx = Tx {
+                conn,
+                now,
+                fx: &mut fx,
+                overlay: &mut self.overlay,
+                tickets: &self.progress.tickets,
+            };
+            claims.into_iter().try_for_each(|c| tx.apply_claim(c))
+        };
+        match r {
+            Ok(()) => {
+                g.fx.append(fx);
+                conn.execute_batch("RELEASE c")
+                    .map_err(|e| format!("savepoint release failed: {e}"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording the dispatcher's leases failed; they wait again");
+                self.overlay.rollback_to(mark);
+                if conn.is_autocommit() {
+                    return Err(format!("recording leases failed: {e}"));
+                }
+                conn.execute_batch("ROLLBACK TO c; RELEASE c")
+                    .map_err(|e| format!("savepoint rollback failed: {e}"))
             }
         }
     }
@@ -951,7 +1029,11 @@ mod tests {
             conn: &conn,
             hook: &hook,
             progress: &progress,
-            overlay: Overlay::new(progress.dirty.clone(), progress.hints.clone()),
+            overlay: Overlay::new(
+                progress.dirty.clone(),
+                progress.hints.clone(),
+                progress.claims.clone(),
+            ),
         };
         let (j1, a1) = job(|c| c.execute("INSERT INTO t VALUES (1)", []).map(drop));
         // What SQLite does on SQLITE_FULL: the transaction is gone.
