@@ -48,6 +48,8 @@ const BATCH: [f64; 12] = [
 pub struct Metrics {
     pub schedules: Counter,
     pub dispatches: Counter,
+    /// Leases the dispatcher took itself, without waiting for the writer.
+    pub claimed_leases: Counter,
     pub acks: Counter,
     pub nacks: Counter,
     pub abandoned_leases: Counter,
@@ -68,6 +70,7 @@ pub struct Metrics {
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     schedules: Counter::default(),
     dispatches: Counter::default(),
+    claimed_leases: Counter::default(),
     acks: Counter::default(),
     nacks: Counter::default(),
     abandoned_leases: Counter::default(),
@@ -139,6 +142,11 @@ fn registry(g: &dyn Gauges) -> Registry {
     for (name, help, counter) in [
         ("schedules", "Items scheduled", &m.schedules),
         ("dispatches", "Jobs handed to connectors", &m.dispatches),
+        (
+            "claimed_leases",
+            "Leases dispatch took without waiting for the store's writer (the rest were written first)",
+            &m.claimed_leases,
+        ),
         ("acks", "Acks received", &m.acks),
         ("nacks", "Nacks received", &m.nacks),
         (

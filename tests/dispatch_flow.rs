@@ -572,3 +572,53 @@ async fn a_job_leaves_before_its_lease_is_durable_and_a_cancel_after_it_sees_it_
     assert_eq!(sent.attempts, 1);
     t.stop().await;
 }
+
+/// A due item's job leaves while the store's writer is busy: the lease is decided from
+/// the item's row and recorded by the writer afterwards, before any later write reads
+/// the item (so a cancel then finds it DISPATCHING).
+#[tokio::test]
+async fn a_due_item_goes_out_while_the_writer_is_busy_and_its_lease_is_recorded_after() {
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    // A first job: the dispatcher knows the connector.
+    t.schedule(email_reply("acme", "T0", T0)).await;
+    let first = c.next_job().await;
+    c.ack(&first, "<smtp-0@example.com>").await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 60_000)).await;
+    t.settle().await;
+    // Hold the writer thread inside a write until released.
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let store = t.running().engine().store().clone();
+    let held = tokio::spawn(async move {
+        store
+            .write(move |_| {
+                let _ = entered_tx.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+    });
+    entered.await.unwrap();
+    t.advance(Duration::from_secs(60));
+    let job = c
+        .job_within(Duration::from_secs(10))
+        .await
+        .expect("the job left while the writer was busy");
+    assert_eq!((job_item(&job), job.attempt), (item.item_id.clone(), 1));
+    release.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    let now = t.get_acme(&item.item_id).await;
+    assert_eq!(
+        (now.state, now.attempts),
+        (pb::State::Dispatching as i32, 1)
+    );
+    assert_status(
+        t.client.cancel(item_ref("acme", &item.item_id)).await,
+        tonic::Code::FailedPrecondition,
+        "",
+    );
+    c.ack(&job, "<smtp-1@example.com>").await;
+    wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    t.stop().await;
+}

@@ -167,6 +167,8 @@ impl Dispatcher {
             draining: None,
             fresh: HashMap::new(),
             fresh_epoch: 0,
+            replan: false,
+            last_queued: None,
         };
         let stopped = CancellationToken::new();
         let guard = stopped.clone().drop_guard();
@@ -280,6 +282,11 @@ struct Actor {
     /// without waiting for the writer (see `store::claims`), read at `fresh_epoch`.
     fresh: HashMap<ItemId, Item>,
     fresh_epoch: u64,
+    /// Planned items went back in line because the writes were full: plan again once
+    /// one is done.
+    replan: bool,
+    /// Resolves once the last dispatch write is queued (the next one queues after it).
+    last_queued: Option<oneshot::Receiver<()>>,
 }
 
 /// A waiting item picked for a connector, not yet leased.
@@ -324,7 +331,10 @@ impl Actor {
             let ready = self.engine.ready().clone_notify();
             let more_due = self.draining.is_none() && !self.engine.ready().is_empty();
             let writes_full = self.writes.len() >= WRITES_IN_FLIGHT;
-            if retry_at.is_some() || writes_full || (!more_due && self.outcomes.is_empty()) {
+            // Due items are read and claimed even while the writes are full (their
+            // jobs leave without one); answers and the rest of the plan need a write.
+            let work = more_due || (!writes_full && (!self.outcomes.is_empty() || self.replan));
+            if retry_at.is_some() || !work {
                 if retry_at.is_none() && self.writes.is_empty() && !more_due {
                     for w in self.idle.drain(..) {
                         let _ = w.send(());
@@ -355,7 +365,7 @@ impl Actor {
             if std::mem::take(&mut self.write_failed) {
                 retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(100));
             }
-            if retry_at.is_some() || self.writes.len() >= WRITES_IN_FLIGHT {
+            if retry_at.is_some() {
                 continue; // keep taking answers, but wait before writing again
             }
             if let Err(e) = self.step().await {
@@ -545,22 +555,40 @@ impl Actor {
             self.expire_late(now);
             self.release_parked(now);
         }
-        while self.writes.len() < WRITES_IN_FLIGHT {
+        self.replan = false;
+        loop {
             let planned = if self.draining.is_none() {
                 let planned = self.plan();
                 self.claim_leases(planned)
             } else {
                 Vec::new()
             };
+            if self.writes.len() >= WRITES_IN_FLIGHT {
+                // The rest waits in line for a write; planned again once one is done.
+                if !planned.is_empty() {
+                    self.replan = true;
+                }
+                self.wait_again(planned);
+                break;
+            }
             if planned.is_empty() && self.outcomes.is_empty() {
-                // What this round read is stale for the next one.
-                self.fresh.clear();
-                return Ok(());
+                break;
             }
             self.write_round(planned).await;
         }
+        // What this round read is stale for the next one.
         self.fresh.clear();
         Ok(())
+    }
+
+    /// Planned items not leased: back in line, first.
+    fn wait_again(&mut self, planned: Vec<Planned>) {
+        for p in planned.into_iter().rev() {
+            self.waiting
+                .entry(p.channel)
+                .or_default()
+                .push_front(&p.account, (p.id, p.due));
+        }
     }
 
     /// Leases the planned items this round read whole itself and hands their jobs out
@@ -601,6 +629,7 @@ impl Actor {
         let (ok, refused) = self.engine.store().claim(self.fresh_epoch, claims);
         // Refused: leased through a write, as planned.
         rest.extend(refused.iter().filter_map(|c| claimed.remove(&c.item.id)));
+        METRICS.claimed_leases.inc_by(ok.len() as u64);
         let mut rng = rand::rng();
         for c in ok {
             let conn = claimed.remove(&c.item.id).map(|p| p.conn);
@@ -636,9 +665,16 @@ impl Actor {
         let store = self.engine.store().clone();
         let events = self.events.clone();
         let records = batch.clone();
+        // Queued in the order of the rounds (an answer recorded after an earlier one).
+        let previous = self.last_queued.take();
+        let (queued_tx, queued) = oneshot::channel::<()>();
+        self.last_queued = Some(queued);
         tokio::spawn(async move {
-            let r = store
-                .write(move |tx| {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let queued = store
+                .enqueue(move |tx| {
                     // Leases first: their jobs leave as soon as they have run, before
                     // the answers are recorded. (Should recording fail, the write rolls
                     // back and its jobs are due again: at-least-once, as after a crash.)
@@ -654,6 +690,11 @@ impl Actor {
                     Ok(())
                 })
                 .await;
+            let _ = queued_tx.send(());
+            let r = match queued {
+                Ok(done) => done.await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = &r {
                 tracing::error!(error = %e, "dispatch write failed");
             }
@@ -663,6 +704,18 @@ impl Actor {
             });
         });
         let mut handed_out = Vec::new();
+        if planned.is_empty() {
+            // Only answers: nothing to wait for (the next round goes on at once).
+            self.writes.insert(
+                write,
+                PendingWrite {
+                    outcomes: batch,
+                    handed_out,
+                    isolated,
+                },
+            );
+            return;
+        }
         match executed.await {
             Ok(leased) => {
                 let conn_of: HashMap<ItemId, u64> =
@@ -673,16 +726,9 @@ impl Actor {
                     self.hand_out(conn, item, token);
                 }
             }
-            Err(_) => {
-                // The write failed before leasing: the planned items wait again, first
-                // in line (the answers are put back when its WriteDone arrives).
-                for p in planned.into_iter().rev() {
-                    self.waiting
-                        .entry(p.channel)
-                        .or_default()
-                        .push_front(&p.account, (p.id, p.due));
-                }
-            }
+            // The write failed before leasing: the planned items wait again, first in
+            // line (the answers are put back when its WriteDone arrives).
+            Err(_) => self.wait_again(planned),
         }
         self.writes.insert(
             write,

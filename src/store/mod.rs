@@ -709,6 +709,22 @@ impl Store {
         self.writer.write(f).await
     }
 
+    /// As [`Store::write`], in two steps: resolves once the write is queued (writes
+    /// run in the order they were queued), with what resolves as `write` does.
+    ///
+    /// # Errors
+    /// `Unavailable` once the writer stopped.
+    pub async fn enqueue<T, F>(
+        &self,
+        f: F,
+    ) -> domain::Result<impl std::future::Future<Output = domain::Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
+    {
+        self.writer.enqueue(f).await
+    }
+
     /// Runs `f` on a read-only connection on a blocking thread, and returns once what
     /// it read is durable: a group that committed but is still waiting for its fsync
     /// is visible to SQLite readers, and a client must not see (or act on) what a power

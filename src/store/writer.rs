@@ -349,6 +349,19 @@ impl WriterHandle {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
     {
+        self.enqueue(f).await?.await
+    }
+
+    /// Queues the write (writes run in the order they were queued) and returns what
+    /// resolves with its outcome, as [`WriterHandle::write`].
+    pub(super) async fn enqueue<T, F>(
+        &self,
+        f: F,
+    ) -> domain::Result<impl std::future::Future<Output = domain::Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel::<domain::Result<T>>();
         let job: Job = Box::new(move |tx: &mut Tx<'_>| {
             let r = f(tx);
@@ -365,8 +378,10 @@ impl WriterHandle {
             .send(Msg::Job(job))
             .await
             .map_err(|_| domain::Error::from(StoreError::Closed))?;
-        rx.await
-            .map_err(|_| domain::Error::from(StoreError::Closed))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| domain::Error::from(StoreError::Closed))?
+        })
     }
 
     /// Tells the writer that claims wait (if its queue is full it is busy, and applies
