@@ -622,3 +622,62 @@ async fn a_due_item_goes_out_while_the_writer_is_busy_and_its_lease_is_recorded_
     wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     t.stop().await;
 }
+
+/// A fast connector cannot run ahead of the store: while the writer cannot record
+/// answers, no new job goes out once 4096 answers wait (jobs leave without the writer,
+/// and credit comes back with each answer). Once the writer records them, the rest go.
+#[tokio::test]
+async fn jobs_stop_while_answers_wait_for_the_writer_and_go_on_after() {
+    const ITEMS: usize = 6000;
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1000).await;
+    // A first job: the dispatcher knows the connector.
+    t.schedule(chat_reply("acme", "first", T0)).await;
+    let first = c.next_job().await;
+    c.ack(&first, "ok").await;
+    for b in 0..ITEMS / 1000 {
+        let entries = (0..1000)
+            .map(|i| batch_entry(chat_reply("acme", &format!("T{b}-{i}"), T0 + 1000)))
+            .collect();
+        t.client
+            .schedule_batch(pb::ScheduleBatchRequest { entries })
+            .await
+            .unwrap();
+    }
+    t.settle().await;
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let store = t.running().engine().store().clone();
+    let held = tokio::spawn(async move {
+        store
+            .write(move |_| {
+                let _ = entered_tx.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+    });
+    entered.await.unwrap();
+    t.advance(Duration::from_secs(1));
+    let mut seen = std::collections::HashSet::new();
+    while let Some(job) = c.job_within(Duration::from_secs(2)).await {
+        seen.insert(job_item(&job));
+        c.ack(&job, "ok").await;
+    }
+    // At the last plan fewer than 4096 answers waited, and at most 1000 jobs (the
+    // connector's credit) were out.
+    assert!(
+        (4096..4096 + 1000).contains(&seen.len()),
+        "{} jobs went out while the writer was held",
+        seen.len()
+    );
+    release.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    while seen.len() < ITEMS {
+        let job = c.next_job().await;
+        seen.insert(job_item(&job));
+        c.ack(&job, "ok").await;
+    }
+    t.settle().await;
+    t.stop().await;
+}

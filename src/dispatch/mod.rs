@@ -169,6 +169,7 @@ impl Dispatcher {
             fresh_epoch: 0,
             replan: false,
             last_queued: None,
+            held_by_answers: false,
         };
         let stopped = CancellationToken::new();
         let guard = stopped.clone().drop_guard();
@@ -240,6 +241,13 @@ struct PendingWrite {
     isolated: usize,
 }
 
+/// Answers received and not yet durable past which no new job is handed out until a
+/// write is done. Jobs leave without the writer (their leases are claims, see
+/// `store::claims`) and a connector's credit comes back with its answer, so without
+/// this bound a fast connector would be sent jobs as fast as the dispatcher can read
+/// them while the writer fell ever further behind recording leases and answers.
+const ANSWERS_AHEAD: usize = 4096;
+
 /// Dispatch writes executed and not yet durable at once: the next rounds plan and hand
 /// out while earlier writes wait for their fsync (a round waits only for its write to
 /// *run*, which the writer does at once, even while the disk flushes). Bounds the
@@ -287,6 +295,8 @@ struct Actor {
     replan: bool,
     /// Resolves once the last dispatch write is queued (the next one queues after it).
     last_queued: Option<oneshot::Receiver<()>>,
+    /// No job was planned because of [`ANSWERS_AHEAD`]: plan again once a write is done.
+    held_by_answers: bool,
 }
 
 /// A waiting item picked for a connector, not yet leased.
@@ -557,11 +567,15 @@ impl Actor {
         }
         self.replan = false;
         loop {
-            let planned = if self.draining.is_none() {
-                let planned = self.plan();
-                self.claim_leases(planned)
-            } else {
+            let planned = if self.draining.is_some() {
                 Vec::new()
+            } else if self.answers_unrecorded() >= ANSWERS_AHEAD {
+                // The writer is behind: no new job until it caught up.
+                self.held_by_answers = true;
+                Vec::new()
+            } else {
+                let planned = self.plan();
+                self.claim_leases(planned).await
             };
             if self.writes.len() >= WRITES_IN_FLIGHT {
                 // The rest waits in line for a write; planned again once one is done.
@@ -581,6 +595,16 @@ impl Actor {
         Ok(())
     }
 
+    /// Answers received and not yet recorded (queued, or in writes not yet durable).
+    fn answers_unrecorded(&self) -> usize {
+        self.outcomes.len()
+            + self
+                .writes
+                .values()
+                .map(|w| w.outcomes.len())
+                .sum::<usize>()
+    }
+
     /// Planned items not leased: back in line, first.
     fn wait_again(&mut self, planned: Vec<Planned>) {
         for p in planned.into_iter().rev() {
@@ -591,26 +615,59 @@ impl Actor {
         }
     }
 
-    /// Leases the planned items this round read whole itself and hands their jobs out
-    /// at once, without waiting for the writer: the state machine's `Lease` applied to
-    /// the item as read, claimed against every write that touched it since (see
-    /// `store::claims`). Returns the items left to lease through a write: not read
-    /// whole (their last change is only in memory), not simply leased (a lateness
-    /// policy applies, or the send time moved), or refused.
-    fn claim_leases(&mut self, planned: Vec<Planned>) -> Vec<Planned> {
-        if self.fresh.is_empty() || planned.is_empty() {
-            return planned;
+    /// Leases the planned items itself and hands their jobs out at once, without
+    /// waiting for the writer: the state machine's `Lease` applied to the item as read
+    /// whole from its row, claimed against every write that touched it since (see
+    /// `store::claims`). Items this round read are taken from that read; items that
+    /// waited in line since an earlier round (for credit) are read again. Returns the
+    /// items left to lease through a write: not read whole (their last change is only
+    /// in memory), not simply leased (a lateness policy applies, or the send time
+    /// moved), or refused.
+    async fn claim_leases(&mut self, planned: Vec<Planned>) -> Vec<Planned> {
+        let mut fresh = Vec::new();
+        let mut stale = Vec::new();
+        for p in planned {
+            match self.fresh.remove(&p.id) {
+                Some(item) => fresh.push((p, item)),
+                None => stale.push(p),
+            }
+        }
+        let mut rest = self.claim_read(self.fresh_epoch, fresh);
+        if stale.is_empty() {
+            return rest;
+        }
+        let ids = stale.iter().map(|p| p.id).collect();
+        match self.engine.store().due_items(ids).await {
+            Ok(read) => {
+                let mut whole: HashMap<ItemId, Item> =
+                    read.items.into_iter().map(|i| (i.id, i)).collect();
+                let mut again = Vec::new();
+                for p in stale {
+                    match whole.remove(&p.id) {
+                        Some(item) => again.push((p, item)),
+                        None => rest.push(p),
+                    }
+                }
+                rest.extend(self.claim_read(read.epoch, again));
+            }
+            // The write leases them.
+            Err(_) => rest.extend(stale),
+        }
+        rest
+    }
+
+    /// Claims the leases of planned items read whole at `epoch` and hands out the
+    /// accepted ones; returns the others.
+    fn claim_read(&mut self, epoch: u64, read: Vec<(Planned, Item)>) -> Vec<Planned> {
+        let mut rest = Vec::new();
+        if read.is_empty() {
+            return rest;
         }
         let now = self.engine.clock().now_ms();
         let expires = now + self.tuning.lease_ms;
-        let mut rest = Vec::new();
         let mut claims = Vec::new();
         let mut claimed: HashMap<ItemId, Planned> = HashMap::new();
-        for p in planned {
-            let Some(mut item) = self.fresh.remove(&p.id) else {
-                rest.push(p);
-                continue;
-            };
+        for (p, mut item) in read {
             let lease = Command::Lease {
                 due: p.due,
                 expires,
@@ -626,7 +683,7 @@ impl Actor {
         if claims.is_empty() {
             return rest;
         }
-        let (ok, refused) = self.engine.store().claim(self.fresh_epoch, claims);
+        let (ok, refused) = self.engine.store().claim(epoch, claims);
         // Refused: leased through a write, as planned.
         rest.extend(refused.iter().filter_map(|c| claimed.remove(&c.item.id)));
         METRICS.claimed_leases.inc_by(ok.len() as u64);
@@ -748,6 +805,9 @@ impl Actor {
         let Some(w) = self.writes.remove(&write) else {
             return;
         };
+        if std::mem::take(&mut self.held_by_answers) {
+            self.replan = true;
+        }
         if ok {
             self.isolate = self.isolate.saturating_sub(w.isolated);
             return;
