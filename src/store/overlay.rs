@@ -67,6 +67,9 @@ pub(super) struct Overlay {
     /// Items a sweep of the open group wrote, with the sequence they were written at:
     /// clean once the group commits (if not changed again since).
     swept: Vec<(ItemId, u64)>,
+    /// The items of `swept` not changed since: a later sweep of the group skips them
+    /// (one changed since is swept again, so the watermark never passes its change).
+    taken: std::collections::HashSet<ItemId>,
     /// The dirty items by the sequence of their first change since their row was
     /// written: a sweep takes the front without looking at the rest.
     by_age: std::collections::BTreeSet<(u64, ItemId)>,
@@ -95,6 +98,7 @@ impl Overlay {
             dirty: HashMap::new(),
             undo: Vec::new(),
             swept: Vec::new(),
+            taken: Default::default(),
             by_age: std::collections::BTreeSet::new(),
             published,
             hints,
@@ -133,6 +137,7 @@ impl Overlay {
                 seq
             }
         };
+        self.taken.remove(&id);
         let before = self.dirty.insert(
             id,
             Dirty {
@@ -149,12 +154,12 @@ impl Overlay {
     /// is left dirty (every event), else the event before the first change still only
     /// in memory. They become clean when the group that writes them commits.
     pub(super) fn take_for_sweep(&mut self, limit: usize) -> (Vec<Item>, Option<u64>) {
-        // Items a sweep of this group wrote already are skipped (they stay in `by_age`
-        // until the group commits).
-        let taken: std::collections::HashSet<ItemId> =
-            self.swept.iter().map(|&(id, _)| id).collect();
+        // Items a sweep of this group wrote already, unchanged since, are skipped (they
+        // stay in `by_age` until the group commits).
+        let taken = &self.taken;
         let mut front = self.by_age.iter().filter(|(_, id)| !taken.contains(id));
-        let mut ids: Vec<ItemId> = front.by_ref().take(limit).map(|&(_, id)| id).collect();
+        let mut ids: Vec<ItemId> = Vec::with_capacity(limit.min(self.dirty.len()));
+        ids.extend(front.by_ref().take(limit).map(|&(_, id)| id));
         let mark = front.next().map(|&(first, _)| first - 1);
         ids.sort_unstable();
         let items = ids
@@ -162,6 +167,7 @@ impl Overlay {
             .map(|id| {
                 let d = &self.dirty[id];
                 self.swept.push((*id, d.seq));
+                self.taken.insert(*id);
                 d.item.clone()
             })
             .collect();
@@ -193,7 +199,9 @@ impl Overlay {
                 }
             }
         }
-        self.swept.truncate(mark.swept);
+        for (id, _) in self.swept.drain(mark.swept..) {
+            self.taken.remove(&id);
+        }
         if self.applied.len() > mark.applied {
             self.claims.give_back(self.applied.drain(mark.applied..));
         }
@@ -208,6 +216,7 @@ impl Overlay {
             }
         }
         let mut swept_any = false;
+        self.taken.clear();
         for (id, seq) in std::mem::take(&mut self.swept) {
             swept_any = true;
             if self.dirty.get(&id).is_some_and(|d| d.seq == seq) {
@@ -318,6 +327,31 @@ mod tests {
         o.committed();
         assert_eq!(o.len(), 0);
         assert!(o.by_age.is_empty());
+    }
+
+    /// An item swept earlier in the open group and changed again since is swept again
+    /// (with its latest state) or holds the watermark back: a watermark past its new
+    /// change would let a restart skip that change (its row has the older state).
+    #[test]
+    fn an_item_changed_after_its_sweep_in_the_same_group_is_swept_again() {
+        let mut o = overlay();
+        o.put(item(1), 1);
+        o.put(item(2), 2);
+        o.committed();
+        let (items, mark) = o.take_for_sweep(1);
+        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(mark, Some(1));
+        let mut changed = item(1);
+        changed.attempts = 7;
+        o.put(changed, 3);
+        let (items, mark) = o.take_for_sweep(10);
+        let again = items.iter().find(|i| i.id == 1);
+        assert!(
+            again.is_some_and(|i| i.attempts == 7) || mark.is_some_and(|m| m < 3),
+            "the watermark ({mark:?}) passes item 1's change at 3, which no sweep wrote"
+        );
+        o.committed();
+        assert_eq!(o.len(), 0, "item 1's latest state is on its row");
     }
 
     /// Writes that outrun the sweeps are caught up with at the next commit's sweep:
