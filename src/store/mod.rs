@@ -361,8 +361,13 @@ impl Tx<'_> {
     /// Storage errors.
     pub fn sweep(&mut self) -> domain::Result<()> {
         // With nothing changed, this only moves the watermark up to the last event.
-        let (items, mark) = self.overlay.take_for_sweep(usize::MAX);
-        rows::sweep(self.conn, &items, mark)?;
+        let (ids, mark) = self.overlay.take_for_sweep(usize::MAX);
+        let overlay = &*self.overlay;
+        rows::sweep(
+            self.conn,
+            ids.iter().filter_map(|&id| overlay.get(id)),
+            mark,
+        )?;
         Ok(())
     }
 
@@ -466,10 +471,10 @@ impl Tx<'_> {
     /// Records a lease the dispatcher took (its job is out already): the item's
     /// DISPATCHING event, as [`Tx::save`].
     fn apply_claim(&mut self, c: claims::Claim) -> domain::Result<()> {
-        let (item, change) = (c.item.clone(), c.change);
+        let saved = self.save(&c.item, c.change);
+        // Logged also when the save failed: its rollback gives the claim back.
         self.overlay.applying(c);
-        self.save(&item, change)?;
-        Ok(())
+        saved.map(drop)
     }
 
     /// Runs `f` in a savepoint of its own inside this write: its `Err` rolls back what

@@ -149,11 +149,12 @@ impl Overlay {
         self.undo.push((id, before));
     }
 
-    /// Up to `limit` dirty items, those dirty the longest, in id order, for a sweep,
+    /// Up to `limit` dirty items (their ids: [`Overlay::get`] has them), those dirty the
+    /// longest, in id order, for a sweep,
     /// and the watermark the rows reach once they are written: `None` when no item
     /// is left dirty (every event), else the event before the first change still only
     /// in memory. They become clean when the group that writes them commits.
-    pub(super) fn take_for_sweep(&mut self, limit: usize) -> (Vec<Item>, Option<u64>) {
+    pub(super) fn take_for_sweep(&mut self, limit: usize) -> (Vec<ItemId>, Option<u64>) {
         // Items a sweep of this group wrote already, unchanged since, are skipped (they
         // stay in `by_age` until the group commits).
         let taken = &self.taken;
@@ -162,16 +163,11 @@ impl Overlay {
         ids.extend(front.by_ref().take(limit).map(|&(_, id)| id));
         let mark = front.next().map(|&(first, _)| first - 1);
         ids.sort_unstable();
-        let items = ids
-            .iter()
-            .map(|id| {
-                let d = &self.dirty[id];
-                self.swept.push((*id, d.seq));
-                self.taken.insert(*id);
-                d.item.clone()
-            })
-            .collect();
-        (items, mark)
+        for id in &ids {
+            self.swept.push((*id, self.dirty[id].seq));
+            self.taken.insert(*id);
+        }
+        (ids, mark)
     }
 
     /// Where the open group's logs stand (before a write).
@@ -209,8 +205,12 @@ impl Overlay {
 
     /// The open group committed: its changes stay, what its sweeps wrote is clean.
     pub(super) fn committed(&mut self) {
+        // Each changed item once (most change more than once in a group).
+        let mut changed: Vec<ItemId> = self.undo.drain(..).map(|(id, _)| id).collect();
+        changed.sort_unstable();
+        changed.dedup();
         let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, _) in self.undo.drain(..) {
+        for id in changed {
             if let Some(d) = self.dirty.get(&id) {
                 hints.insert(id, ItemMeta::of(&d.item));
             }
@@ -314,7 +314,7 @@ mod tests {
         o.put(item(9), 13); // still dirty since 10
         o.committed();
         let (items, mark) = o.take_for_sweep(2);
-        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(items, vec![3, 9]);
         assert_eq!(
             mark,
             Some(11),
@@ -322,7 +322,7 @@ mod tests {
         );
         // A second sweep in the same group does not write them again.
         let (again, mark2) = o.take_for_sweep(10);
-        assert_eq!(again.iter().map(|i| i.id).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(again, vec![5]);
         assert_eq!(mark2, None);
         o.committed();
         assert_eq!(o.len(), 0);
@@ -339,15 +339,15 @@ mod tests {
         o.put(item(2), 2);
         o.committed();
         let (items, mark) = o.take_for_sweep(1);
-        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(items, vec![1]);
         assert_eq!(mark, Some(1));
         let mut changed = item(1);
         changed.attempts = 7;
         o.put(changed, 3);
         let (items, mark) = o.take_for_sweep(10);
-        let again = items.iter().find(|i| i.id == 1);
+        assert_eq!(o.get(1).map(|i| i.attempts), Some(7));
         assert!(
-            again.is_some_and(|i| i.attempts == 7) || mark.is_some_and(|m| m < 3),
+            items.contains(&1) || mark.is_some_and(|m| m < 3),
             "the watermark ({mark:?}) passes item 1's change at 3, which no sweep wrote"
         );
         o.committed();

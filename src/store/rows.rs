@@ -590,7 +590,11 @@ pub fn insert_event(
 
 /// Writes items back (a sweep of the overlay, in id order): each row and its lease,
 /// then the watermark, the last event sequence the rows reflect.
-pub fn sweep(conn: &Connection, items: &[Item], mark: Option<u64>) -> Result<(), StoreError> {
+pub fn sweep<'a>(
+    conn: &Connection,
+    items: impl IntoIterator<Item = &'a Item>,
+    mark: Option<u64>,
+) -> Result<(), StoreError> {
     for item in items {
         write_back(conn, item)?;
     }

@@ -626,8 +626,9 @@ impl Writer<'_> {
         conn.execute_batch("SAVEPOINT s")
             .map_err(|e| format!("savepoint failed: {e}"))?;
         let mark = self.overlay.mark();
-        let (items, up_to) = self.overlay.take_for_sweep(limit);
-        match rows::sweep(conn, &items, up_to) {
+        let (ids, up_to) = self.overlay.take_for_sweep(limit);
+        let overlay = &self.overlay;
+        match rows::sweep(conn, ids.iter().filter_map(|&id| overlay.get(id)), up_to) {
             Ok(()) => conn
                 .execute_batch("RELEASE s")
                 .map_err(|e| format!("savepoint release failed: {e}")),
