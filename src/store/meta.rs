@@ -1,13 +1,15 @@
-//! The batch read dispatch makes of the items whose timers fired: for each, its
-//! account, channel, state (DISPATCHING when it holds a lease), lease, attempts and
-//! timing, telling a row that cannot be decoded apart from a storage error.
+//! The batch read dispatch makes of the items whose timers fired: each item whole
+//! ([`due_items`]), or, for a row that cannot be read as an item, its account,
+//! channel, state (DISPATCHING when it holds a lease), lease, attempts and timing,
+//! telling a row that cannot be decoded apart from a storage error ([`item_meta`]).
 //!
 //! # Contract
-//! Rows may lag behind the journal (see `overlay`): [`super::Store::item_meta`] takes
+//! Rows may lag behind the journal (see `overlay`): [`super::Store::due_items`] takes
 //! the meta of items whose rows are not written back yet from memory (as committed),
-//! and the rest from their rows. [`item_meta`] runs inside [`Store::read_hint`](super::Store::read_hint), which may
-//! see a commit whose fsync is still running: it only says which items to look at, and
-//! every decision taken from it is re-checked inside a write. A client-facing read goes
+//! and the rest from their rows, on a reader connection that may see a commit whose
+//! fsync is still running. What it returns says which items to look at: every
+//! decision taken from it is re-checked inside a write, or claimed against every
+//! write that touched the item since the read (`claims`). A client-facing read goes
 //! through [`Store::read`](super::Store::read), which returns only what is durable.
 
 use rusqlite::types::Value;
