@@ -586,28 +586,14 @@ async fn a_due_item_goes_out_while_the_writer_is_busy_and_its_lease_is_recorded_
     c.ack(&first, "<smtp-0@example.com>").await;
     let item = t.schedule(email_reply("acme", "T1", T0 + 60_000)).await;
     t.settle().await;
-    // Hold the writer thread inside a write until released.
-    let (entered_tx, entered) = tokio::sync::oneshot::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let store = t.running().engine().store().clone();
-    let held = tokio::spawn(async move {
-        store
-            .write(move |_| {
-                let _ = entered_tx.send(());
-                let _ = released.recv();
-                Ok(())
-            })
-            .await
-    });
-    entered.await.unwrap();
+    let held = hold_writer(&t).await;
     t.advance(Duration::from_secs(60));
     let job = c
         .job_within(Duration::from_secs(10))
         .await
         .expect("the job left while the writer was busy");
     assert_eq!((job_item(&job), job.attempt), (item.item_id.clone(), 1));
-    release.send(()).unwrap();
-    held.await.unwrap().unwrap();
+    held.release().await;
     let now = t.get_acme(&item.item_id).await;
     assert_eq!(
         (now.state, now.attempts),
@@ -645,19 +631,7 @@ async fn jobs_stop_while_answers_wait_for_the_writer_and_go_on_after() {
             .unwrap();
     }
     t.settle().await;
-    let (entered_tx, entered) = tokio::sync::oneshot::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let store = t.running().engine().store().clone();
-    let held = tokio::spawn(async move {
-        store
-            .write(move |_| {
-                let _ = entered_tx.send(());
-                let _ = released.recv();
-                Ok(())
-            })
-            .await
-    });
-    entered.await.unwrap();
+    let held = hold_writer(&t).await;
     t.advance(Duration::from_secs(1));
     let mut seen = std::collections::HashSet::new();
     while let Some(job) = c.job_within(Duration::from_secs(2)).await {
@@ -671,8 +645,7 @@ async fn jobs_stop_while_answers_wait_for_the_writer_and_go_on_after() {
         "{} jobs went out while the writer was held",
         seen.len()
     );
-    release.send(()).unwrap();
-    held.await.unwrap().unwrap();
+    held.release().await;
     while seen.len() < ITEMS {
         let job = c.next_job().await;
         seen.insert(job_item(&job));

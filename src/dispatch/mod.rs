@@ -761,31 +761,23 @@ impl Actor {
             });
         });
         let mut handed_out = Vec::new();
-        if planned.is_empty() {
-            // Only answers: nothing to wait for (the next round goes on at once).
-            self.writes.insert(
-                write,
-                PendingWrite {
-                    outcomes: batch,
-                    handed_out,
-                    isolated,
-                },
-            );
-            return;
-        }
-        match executed.await {
-            Ok(leased) => {
-                let conn_of: HashMap<ItemId, u64> =
-                    planned.iter().map(|p| (p.id, p.conn)).collect();
-                for (item, token) in leased {
-                    let conn = conn_of.get(&item.id).copied();
-                    handed_out.push(item.id);
-                    self.hand_out(conn, item, token);
+        // With only answers to record there is nothing to wait for: the next round
+        // goes on at once.
+        if !planned.is_empty() {
+            match executed.await {
+                Ok(leased) => {
+                    let conn_of: HashMap<ItemId, u64> =
+                        planned.iter().map(|p| (p.id, p.conn)).collect();
+                    for (item, token) in leased {
+                        let conn = conn_of.get(&item.id).copied();
+                        handed_out.push(item.id);
+                        self.hand_out(conn, item, token);
+                    }
                 }
+                // The write failed before leasing: the planned items wait again, first
+                // in line (the answers are put back when its WriteDone arrives).
+                Err(_) => self.wait_again(planned),
             }
-            // The write failed before leasing: the planned items wait again, first in
-            // line (the answers are put back when its WriteDone arrives).
-            Err(_) => self.wait_again(planned),
         }
         self.writes.insert(
             write,

@@ -165,22 +165,11 @@ impl Claims {
 mod tests {
     use super::*;
     use crate::domain::machine::Timer;
-    use crate::domain::{ChatContent, Content, EventType, Kind, NewItem, OnActivity, State};
+    use crate::domain::{EventType, State};
+    use crate::store::test_support::pending_chat;
 
     fn claim(id: ItemId) -> Claim {
-        let item = NewItem {
-            account_id: "a".into(),
-            ticket_id: "t".into(),
-            kind: Kind::Reply,
-            channel: crate::domain::Channel::Chat,
-            author_id: "u".into(),
-            content: Content::Chat(ChatContent::default()),
-            send_at: 1,
-            on_activity: OnActivity::Keep,
-            request_id: None,
-            timing: Default::default(),
-        }
-        .into_pending(id, 1);
+        let item = pending_chat(id);
         Claim {
             item,
             change: Change {
@@ -257,9 +246,8 @@ mod store_tests {
     use crate::clock::SystemClock;
     use crate::config::Synchronous;
     use crate::domain::machine::{self, Command, Step};
-    use crate::domain::{
-        ChatContent, Content, Error, Item, ItemId, Kind, NewItem, OnActivity, State,
-    };
+    use crate::domain::{Error, Item, ItemId, State};
+    use crate::store::test_support::new_chat;
     use crate::store::{CommitHook, Effects, Store};
 
     struct NoHook;
@@ -276,18 +264,7 @@ mod store_tests {
             Arc::new(NoHook),
         )
         .unwrap();
-        let new = NewItem {
-            account_id: "a".into(),
-            ticket_id: "t".into(),
-            kind: Kind::Reply,
-            channel: crate::domain::Channel::Chat,
-            author_id: "u".into(),
-            content: Content::Chat(ChatContent::default()),
-            send_at: 1,
-            on_activity: OnActivity::Keep,
-            request_id: None,
-            timing: Default::default(),
-        };
+        let new = new_chat();
         let id = store
             .write(move |tx| tx.insert(&new, 1, &Default::default()))
             .await

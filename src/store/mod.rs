@@ -854,3 +854,30 @@ impl Store {
         self.writer.close().await;
     }
 }
+
+/// Items for the store's unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::domain::{ChatContent, Content, Item, ItemId, Kind, NewItem, OnActivity};
+
+    /// A chat reply of account "a", ticket "t", due at 1.
+    pub(crate) fn new_chat() -> NewItem {
+        NewItem {
+            account_id: "a".into(),
+            ticket_id: "t".into(),
+            kind: Kind::Reply,
+            channel: crate::domain::Channel::Chat,
+            author_id: "u".into(),
+            content: Content::Chat(ChatContent::default()),
+            send_at: 1,
+            on_activity: OnActivity::Keep,
+            request_id: None,
+            timing: Default::default(),
+        }
+    }
+
+    /// [`new_chat`], PENDING with this id.
+    pub(crate) fn pending_chat(id: ItemId) -> Item {
+        new_chat().into_pending(id, 1)
+    }
+}

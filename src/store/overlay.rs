@@ -281,23 +281,7 @@ impl Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ChatContent, Content, Kind, NewItem, OnActivity};
-
-    fn item(id: ItemId) -> Item {
-        NewItem {
-            account_id: "a".into(),
-            ticket_id: "t".into(),
-            kind: Kind::Reply,
-            channel: crate::domain::Channel::Chat,
-            author_id: "u".into(),
-            content: Content::Chat(ChatContent::default()),
-            send_at: 1,
-            on_activity: OnActivity::Keep,
-            request_id: None,
-            timing: Default::default(),
-        }
-        .into_pending(id, 1)
-    }
+    use crate::store::test_support::pending_chat as item;
 
     fn overlay() -> Overlay {
         Overlay::new(Default::default(), Default::default(), Default::default())

@@ -394,6 +394,39 @@ impl TestServer {
     }
 }
 
+/// The store's writer thread, held inside a write (see [`hold_writer`]).
+pub struct HeldWriter {
+    release: std::sync::mpsc::Sender<()>,
+    held: tokio::task::JoinHandle<sendlater::domain::Result<()>>,
+}
+
+impl HeldWriter {
+    /// Lets the writer go on; returns once the holding write is done.
+    pub async fn release(self) {
+        self.release.send(()).unwrap();
+        self.held.await.unwrap().unwrap();
+    }
+}
+
+/// Holds the server's store writer inside a write (nothing else is written, nothing
+/// commits) until [`HeldWriter::release`]; returns once it is held.
+pub async fn hold_writer(t: &TestServer) -> HeldWriter {
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let store = t.running().engine().store().clone();
+    let held = tokio::spawn(async move {
+        store
+            .write(move |_| {
+                let _ = entered_tx.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+    });
+    entered.await.unwrap();
+    HeldWriter { release, held }
+}
+
 /// The delivery invariants every fault test ends with (after the server settled):
 /// every item answered OK is present; no live item is stranded (each has a timer, waits
 /// in dispatch's line, or is out at a connector); no cancelled or converted item
