@@ -42,6 +42,10 @@ use crate::domain::{Item, ItemId};
 /// refused (its reader was slower than this many commits).
 const RECENT: usize = 64;
 
+/// Touched items remembered at most, over those groups (bounds the memory a run of
+/// very large groups could hold; fewer groups are remembered then).
+const RECENT_IDS: usize = 1 << 20;
+
 /// A lease taken by the dispatcher: the item as `machine::step(Lease)` left it, and the
 /// change to record.
 #[derive(Debug, Clone)]
@@ -56,9 +60,11 @@ struct Inner {
     epoch: u64,
     /// Items the writer touched in the open group.
     touched: HashSet<ItemId>,
-    /// The touched items of the last [`RECENT`] groups that ended, oldest first, each
-    /// with the epoch its end made.
+    /// The touched items of the last [`RECENT`] groups that ended (fewer past
+    /// [`RECENT_IDS`] items), oldest first, each with the epoch its end made.
     recent: VecDeque<(u64, HashSet<ItemId>)>,
+    /// How many items `recent` holds.
+    recent_ids: usize,
     /// Claims not yet applied by the writer.
     waiting: HashMap<ItemId, Claim>,
 }
@@ -154,9 +160,12 @@ impl Claims {
         g.epoch += 1;
         let touched = std::mem::take(&mut g.touched);
         let epoch = g.epoch;
+        g.recent_ids += touched.len();
         g.recent.push_back((epoch, touched));
-        if g.recent.len() > RECENT {
-            g.recent.pop_front();
+        while g.recent.len() > RECENT || (g.recent_ids > RECENT_IDS && g.recent.len() > 1) {
+            if let Some((_, old)) = g.recent.pop_front() {
+                g.recent_ids -= old.len();
+            }
         }
     }
 }
@@ -219,6 +228,27 @@ mod tests {
         c.give_back(vec![claim(4)]);
         assert_eq!(c.waiting(), 1);
         assert_eq!(ids(&c.take_all()), vec![4]);
+    }
+
+    /// Groups with very many touched items are forgotten sooner: a read from before
+    /// them is refused (memory stays bounded).
+    #[test]
+    fn the_touched_items_remembered_are_bounded() {
+        let c = Claims::default();
+        let before = c.epoch();
+        for id in 0..RECENT_IDS as ItemId {
+            c.touch(id);
+        }
+        c.group_ended();
+        let read = c.epoch();
+        c.touch(RECENT_IDS as ItemId);
+        c.group_ended();
+        assert_eq!(c.lock().recent.len(), 1, "the large group is forgotten");
+        assert_eq!(c.lock().recent_ids, 1);
+        let (ok, _) = c.claim(before, vec![claim(RECENT_IDS as ItemId + 1)]);
+        assert!(ok.is_empty(), "a read older than the groups remembered");
+        let (ok, _) = c.claim(read, vec![claim(RECENT_IDS as ItemId + 1)]);
+        assert_eq!(ok.len(), 1);
     }
 
     /// A read older than the groups remembered is refused whatever the item.
