@@ -44,9 +44,11 @@ const T0_ISO: &str = "2026-11-25T12:00:00.000Z";
 // chromedriver and the browser
 
 /// A chromedriver process (and the browser it starts, in the same process group):
-/// killed when dropped, also when a test panics.
+/// killed when dropped, also when a test panics; with it goes its temp dir (the
+/// browser's singleton lock dir and profile, which a killed browser leaves behind).
 struct Driver {
     child: Child,
+    _tmp: tempfile::TempDir,
 }
 
 impl Drop for Driver {
@@ -65,8 +67,10 @@ impl Driver {
     /// Starts /usr/bin/chromedriver on a free port of its choice (`--port=0`, then the
     /// port it reports) and waits until its `/status` says ready.
     async fn start() -> (Driver, u16) {
+        let tmp = tempfile::tempdir().expect("a temp dir for the browser");
         let mut child = Command::new("/usr/bin/chromedriver")
             .arg("--port=0")
+            .env("TMPDIR", tmp.path())
             .env("TZ", ZONE)
             .env("LANG", "en_US.UTF-8")
             .stdin(Stdio::null())
@@ -76,7 +80,7 @@ impl Driver {
             .spawn()
             .expect("/usr/bin/chromedriver starts (apt-get install chromium chromium-driver)");
         let stdout = child.stdout.take().expect("piped stdout");
-        let driver = Driver { child };
+        let driver = Driver { child, _tmp: tmp };
         // chromedriver writes "ChromeDriver was started successfully on port N." and
         // keeps writing afterwards: one thread reads it to the end.
         let (tx, rx) = tokio::sync::oneshot::channel();
