@@ -46,6 +46,17 @@ impl ReadPool {
         }
     }
 
+    /// Runs `f` on a pooled connection on this thread (which it blocks).
+    pub(super) fn read_here<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> domain::Result<T>,
+    ) -> domain::Result<T> {
+        let conn = self.take()?;
+        let r = f(&conn);
+        self.put(conn);
+        r
+    }
+
     pub(super) async fn read<T, F>(self: &std::sync::Arc<Self>, f: F) -> domain::Result<T>
     where
         T: Send + 'static,
