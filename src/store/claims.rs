@@ -28,8 +28,10 @@
 //!   load: no write has read or changed it since the epoch the caller read at.
 //! - Every write that reads the item after the claim sees it DISPATCHING with the
 //!   claim's lease (its event is appended by the write that applies it).
-//! - Readers through `Store::read` see the claim applied (the read's sweep applies the
-//!   waiting claims first).
+//! - Readers through `Store::read` see the claim once the group that applied it has
+//!   committed (a read asks for a sweep while claims wait, and the sweep's write applies
+//!   them first); a read racing with that group may still see the item PENDING, as it
+//!   may any change not yet committed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -395,6 +397,62 @@ mod store_tests {
         assert_eq!((now.state, now.attempts), (State::Dispatching, 1));
         assert_eq!(now.lease_expires_at, Some(1_000_000));
         assert!(store.claim(epoch, vec![claim]).0.is_empty());
+    }
+
+    /// When recording one of several waiting claims fails, none is lost: those before
+    /// it are rolled back and those after it were not run, and all wait again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_that_cannot_be_recorded_loses_none_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, first) = store_with_item(&dir).await;
+        let mut ids = vec![first];
+        for _ in 0..2 {
+            let new = new_chat();
+            ids.push(
+                store
+                    .write(move |tx| tx.insert(&new, 1, &Default::default()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let middle = ids[1];
+        // The middle one's event cannot be appended (claims are applied in id order).
+        store
+            .write(move |tx| {
+                tx.raw_connection().execute_batch(&format!(
+                    "CREATE TEMP TRIGGER no_event BEFORE INSERT ON events \
+                     WHEN NEW.item_id = {middle} BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                ))?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut claims = Vec::new();
+        let mut epoch = 0;
+        for &id in &ids {
+            let (e, c) = read_and_lease(&store, id).await;
+            epoch = e;
+            claims.push(c);
+        }
+        let read = store.due_items(ids.clone()).await.unwrap().epoch;
+        assert_eq!(read, epoch, "no group ended between the reads");
+        assert_eq!(store.claim(epoch, claims).0.len(), 3);
+        // This write applies the claims first; the middle one fails.
+        store
+            .write(|tx| {
+                tx.raw_connection().execute_batch("DROP TRIGGER no_event")?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        for &id in &ids {
+            let now = stored(&store, id).await;
+            assert_eq!(
+                (now.state, now.attempts),
+                (State::Dispatching, 1),
+                "item {id} lost its lease"
+            );
+        }
     }
 
     /// A claim applied by a write that then failed is applied again by the next write.

@@ -515,6 +515,8 @@ impl Writer<'_> {
                     }
                 }
                 Some(Msg::Wake) => {}
+                // Already applied by a write since the poke: nothing to open a group for.
+                Some(Msg::Claims) if self.progress.claims.waiting() == 0 => {}
                 Some(Msg::Claims) => {
                     let mut g = match open.take() {
                         Some(g) => g,
@@ -710,10 +712,10 @@ impl Writer<'_> {
         if self.progress.claims.waiting() == 0 {
             return Ok(());
         }
-        let claims = self.progress.claims.take_all();
         let conn = self.conn;
         conn.execute_batch("SAVEPOINT c")
             .map_err(|e| format!("savepoint failed: {e}"))?;
+        let mut claims = self.progress.claims.take_all().into_iter();
         let mark = self.overlay.mark();
         let mut fx = Effects::default();
         let r = {
@@ -724,7 +726,7 @@ impl Writer<'_> {
                 overlay: &mut self.overlay,
                 tickets: &self.progress.tickets,
             };
-            claims.into_iter().try_for_each(|c| tx.apply_claim(c))
+            claims.by_ref().try_for_each(|c| tx.apply_claim(c))
         };
         match r {
             Ok(()) => {
@@ -734,6 +736,8 @@ impl Writer<'_> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "recording the dispatcher's leases failed; they wait again");
+                // Those not run yet, and (by the rollback) those applied before.
+                self.progress.claims.give_back(claims);
                 self.overlay.rollback_to(mark);
                 if conn.is_autocommit() {
                     return Err(format!("recording leases failed: {e}"));
