@@ -305,10 +305,9 @@ impl Tx<'_> {
     pub fn business_hours_items(&mut self, account: &str) -> domain::Result<Vec<Item>> {
         // A query over rows: they must be current.
         self.sweep()?;
-        let mut out = rows::business_hours_items(self.conn, account)?;
         // A lease the dispatcher took meanwhile is applied (and the item left out).
-        let mut kept = Vec::with_capacity(out.len());
-        for item in out.drain(..) {
+        let mut kept = Vec::new();
+        for item in rows::business_hours_items(self.conn, account)? {
             self.touch(item.id)?;
             match self.overlay.get(item.id) {
                 Some(now) if now.state != State::Pending => {}

@@ -493,13 +493,10 @@ impl Writer<'_> {
             };
             match msg {
                 Some(Msg::Job(job)) => {
-                    let mut g = match open.take() {
-                        Some(g) => g,
-                        None => match self.begin() {
-                            Ok(g) => g,
-                            // Dropped unrun: its caller sees Unavailable.
-                            Err(()) => continue,
-                        },
+                    // No group (begin failed, logged): dropped unrun, its caller sees
+                    // Unavailable.
+                    let Some(mut g) = open.take().or_else(|| self.begin().ok()) else {
+                        continue;
                     };
                     match self.execute(&mut g, job, clock.now_ms()) {
                         Ok(()) if g.n >= MAX_GROUP => {
@@ -518,12 +515,8 @@ impl Writer<'_> {
                 // Already applied by a write since the poke: nothing to open a group for.
                 Some(Msg::Claims) if self.progress.claims.waiting() == 0 => {}
                 Some(Msg::Claims) => {
-                    let mut g = match open.take() {
-                        Some(g) => g,
-                        None => match self.begin() {
-                            Ok(g) => g,
-                            Err(()) => continue,
-                        },
+                    let Some(mut g) = open.take().or_else(|| self.begin().ok()) else {
+                        continue;
                     };
                     match self.apply_claims(&mut g, clock.now_ms()) {
                         Ok(()) => open = Some(g),
