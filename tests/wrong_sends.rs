@@ -1,0 +1,61 @@
+//! Faults that would send what must not go out (issue 19, items 1-5): the activity rule
+//! after a late answer, leases a failed dispatch write took back while the job was out,
+//! and a row that cannot be decoded. Each test failed before its fix.
+//!
+//! Nothing here synchronises with a sleep: "it did not happen" is checked after
+//! `settle()` (the server idle) or behind a fence.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sendlater::clock::Clock;
+use sendlater::pb;
+
+const SEC: i64 = 1000;
+const HOUR: i64 = 3_600_000;
+
+#[tokio::test]
+async fn a_late_ack_after_the_last_attempt_failed_still_converts_the_tickets_older_replies() {
+    // One attempt only: A's expired lease makes it FAILED, then the connector's late Ack
+    // makes it SENT. The send is activity in the ticket like any other: B, written
+    // before A, must become a note and never go out.
+    let mut t = TestServer::start_with(|c| c.dispatch.max_attempts = 1).await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let b = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
+    t.advance(Duration::from_secs(1));
+    let a = t.schedule(email_reply("acme", "T1", T0 + 10 * SEC)).await;
+    t.advance(Duration::from_secs(9));
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), a.item_id);
+    // A second job, in another ticket, keeps `c` connected past A's lease.
+    let keep = t.schedule(email_reply("acme", "T2", T0 + 20 * SEC)).await;
+    t.advance(Duration::from_secs(10));
+    let keep_job = c.next_job().await;
+    assert_eq!(job_item(&keep_job), keep.item_id);
+    // A's lease (30 s from T0 + 10 s) expires: its only attempt is spent.
+    t.advance(Duration::from_secs(20));
+    let failed = wait_state(&t.client, "acme", &a.item_id, pb::State::Failed).await;
+    assert_eq!(failed.attempts, 1);
+    // Durable, so A has left the ticket's live count.
+    t.settle().await;
+    // The late answer: A did go out.
+    c.ack(&job, "<a@example.com>").await;
+    let sent = wait_state(&t.client, "acme", &a.item_id, pb::State::Sent).await;
+    assert_eq!(sent.provider_message_id, "<a@example.com>");
+    let note = t.get_acme(&b.item_id).await;
+    assert_eq!(
+        note.state,
+        pb::State::ConvertedToNote as i32,
+        "B was written before A went out: {note:?}"
+    );
+    assert_eq!(
+        note.converted_by.as_ref().map(|a| a.message_id.as_str()),
+        Some(a.item_id.as_str())
+    );
+    // Past B's send time nothing changes it: a note never goes out.
+    t.advance(Duration::from_millis((T0 + HOUR - t.clock.now_ms()) as u64));
+    t.settle().await;
+    assert_eq!(t.get_acme(&b.item_id).await, note);
+    t.stop().await;
+}
