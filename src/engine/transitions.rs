@@ -27,12 +27,16 @@ pub(crate) fn apply(tx: &mut Tx<'_>, item: &mut Item, cmd: Command) -> domain::R
                     message_id: item.public_id(),
                     occurred_at: item.created_at,
                 };
+                // The item counts among the ticket's live items only if it was live
+                // before this step: a late Ack turns a FAILED item (no longer
+                // counted once that was durable) into SENT.
+                let own = usize::from(change.from.is_live());
                 activity_rule(
                     tx,
                     &item.account_id,
                     &item.ticket_id,
                     &activity,
-                    Some(item.id),
+                    Some((item.id, own)),
                 )?;
             }
         }
@@ -43,8 +47,10 @@ pub(crate) fn apply(tx: &mut Tx<'_>, item: &mut Item, cmd: Command) -> domain::R
 }
 
 /// Applies the activity rule to the ticket's PENDING replies created before the
-/// activity; `except` is an item to leave alone (the one being sent). Returns the
-/// items converted or cancelled.
+/// activity; `except` is an item to leave alone (the one being sent) with how many of
+/// the ticket's live items it counts as (1 if it was live, 0 if it was not: the
+/// ticket filter may then skip the lookup only when nothing at all is live). Returns
+/// the items converted or cancelled.
 ///
 /// # Errors
 /// Storage errors.
@@ -53,10 +59,13 @@ pub(crate) fn activity_rule(
     account: &str,
     ticket: &str,
     activity: &Activity,
-    except: Option<ItemId>,
+    except: Option<(ItemId, usize)>,
 ) -> domain::Result<Vec<Item>> {
     let mut affected = Vec::new();
-    let own = usize::from(except.is_some());
+    let (except, own) = match except {
+        Some((id, own)) => (Some(id), own),
+        None => (None, 0),
+    };
     for mut item in tx.pending_replies(account, ticket, activity.occurred_at, own)? {
         if Some(item.id) == except {
             continue;
