@@ -742,6 +742,52 @@ mod tests {
         assert_eq!(replay(&c).unwrap(), 0);
     }
 
+    /// An event whose snapshot cannot be decoded must not make the replay forget the
+    /// item's earlier changes (they were dropped with it, and the row kept its older
+    /// content and state), nor leave the item live on a state the journal cannot
+    /// vouch for: it ends FAILED with the reason and an event of its own.
+    #[test]
+    fn a_replay_keeps_the_changes_before_an_unreadable_snapshot_and_fails_the_item() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let n = new_item("acme");
+        let x = insert_item(&c, &n, 10_000, &Timing::default(), 1).unwrap();
+        let mut ix = get_item_any(&c, x).unwrap().unwrap();
+        ix.content = Content::Email(EmailContent {
+            subject: "edited".into(),
+            ..Default::default()
+        });
+        ix.send_at = 25_000;
+        insert_event(&c, EventType::Updated, &ix, 12_000).unwrap();
+        let bad = insert_event(&c, EventType::Cancelled, &ix, 13_000).unwrap();
+        c.execute(
+            "UPDATE events SET snapshot = x'ffffffff' WHERE seq = ?1",
+            [bad as i64],
+        )
+        .unwrap();
+        assert_eq!(replay(&c).unwrap(), 2);
+        let rx = get_item_any(&c, x).unwrap().unwrap();
+        assert_eq!(rx.content, ix.content, "the edit before the bad event is kept");
+        assert_eq!(rx.send_at, 25_000);
+        assert_eq!(rx.state, State::Failed, "never sent on a state the journal lost");
+        assert!(
+            rx.last_error.as_deref().unwrap_or("").contains(&format!("event {bad}")),
+            "{:?}",
+            rx.last_error
+        );
+        let (ty, seq): (i64, i64) = c
+            .query_row(
+                "SELECT type, seq FROM events WHERE item_id = ?1 ORDER BY seq DESC LIMIT 1",
+                [x],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(ty, EventType::Failed.as_i64());
+        assert!(seq > bad as i64);
+        // Nothing left past the watermark: the failure is on the row.
+        assert_eq!(replay(&c).unwrap(), 0);
+    }
+
     /// Pruning walks the sequence from its start and stops at the first recent event:
     /// with a large table of recent events it does a bounded amount of work, where a
     /// search by time (`at` has no index) scans every row inside the writer.
