@@ -625,30 +625,60 @@ fn write_back(conn: &Connection, item: &Item) -> Result<(), StoreError> {
 
 /// Replays the events past the sweep watermark onto the rows (start-up, before
 /// anything reads them); returns how many events it applied.
+///
+/// An event whose snapshot cannot be decoded leaves the item as the events before it
+/// made it, and an item still live then ends FAILED (with the reason in last_error and
+/// a FAILED event of its own): its real state after that event is unknown (it may
+/// have been cancelled), so it is never sent on a guess.
 pub fn replay(conn: &Connection) -> Result<usize, StoreError> {
     let mark: i64 = conn.query_row("SELECT swept_seq FROM sweep_mark", [], |r| r.get(0))?;
-    let events: Vec<(i64, ItemId, Vec<u8>)> = conn
-        .prepare("SELECT seq, item_id, snapshot FROM events WHERE seq > ?1 ORDER BY seq")?
-        .query_map(params![mark], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    let events: Vec<(i64, ItemId, Millis, Vec<u8>)> = conn
+        .prepare("SELECT seq, item_id, at, snapshot FROM events WHERE seq > ?1 ORDER BY seq")?
+        .query_map(params![mark], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut latest: std::collections::BTreeMap<ItemId, Item> = std::collections::BTreeMap::new();
-    for (seq, id, snap) in &events {
-        let item = match latest.remove(id) {
-            Some(i) => Some(i),
-            None => match get_item_checked(conn, *id)? {
-                Some(Ok(i)) => Some(i),
+    // Items with an event that cannot be decoded: the first such event and its time.
+    let mut lost: std::collections::BTreeMap<ItemId, (i64, Millis)> = Default::default();
+    for (seq, id, at, snap) in &events {
+        if !latest.contains_key(id) {
+            match get_item_checked(conn, *id)? {
+                Some(Ok(i)) => {
+                    latest.insert(*id, i);
+                }
                 Some(Err(why)) => {
                     tracing::error!(item = id, seq, reason = %why, "cannot replay an event onto an unreadable row");
-                    None
+                    continue;
                 }
-                None => None,
-            },
-        };
-        let (Some(mut item), Ok(s)) = (item, ItemSnapshot::decode(snap.as_slice())) else {
+                None => continue,
+            }
+        }
+        let Some(item) = latest.get_mut(id) else {
             continue;
         };
-        s.apply_to(&mut item);
-        latest.insert(*id, item);
+        match ItemSnapshot::decode(snap.as_slice()) {
+            Ok(s) => s.apply_to(item),
+            Err(e) => {
+                tracing::error!(item = id, seq, error = ?e, "a journalled event cannot be decoded");
+                lost.entry(*id).or_insert((*seq, *at));
+            }
+        }
+    }
+    for (id, (seq, at)) in lost {
+        let Some(item) = latest.get_mut(&id) else {
+            continue;
+        };
+        if item.state.is_live() {
+            item.state = State::Failed;
+            item.last_error = Some(format!(
+                "journal event {seq} of this item cannot be decoded; its state after it is unknown"
+            ));
+            item.lease_expires_at = None;
+            item.next_attempt_at = None;
+            item.updated_at = item.updated_at.max(at);
+            insert_event(conn, EventType::Failed, item, item.updated_at)?;
+        }
     }
     let items: Vec<Item> = latest.into_values().collect();
     sweep(conn, &items, None)?;
@@ -767,11 +797,21 @@ mod tests {
         .unwrap();
         assert_eq!(replay(&c).unwrap(), 2);
         let rx = get_item_any(&c, x).unwrap().unwrap();
-        assert_eq!(rx.content, ix.content, "the edit before the bad event is kept");
+        assert_eq!(
+            rx.content, ix.content,
+            "the edit before the bad event is kept"
+        );
         assert_eq!(rx.send_at, 25_000);
-        assert_eq!(rx.state, State::Failed, "never sent on a state the journal lost");
+        assert_eq!(
+            rx.state,
+            State::Failed,
+            "never sent on a state the journal lost"
+        );
         assert!(
-            rx.last_error.as_deref().unwrap_or("").contains(&format!("event {bad}")),
+            rx.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!("event {bad}")),
             "{:?}",
             rx.last_error
         );
