@@ -455,3 +455,32 @@ async fn a_listing_that_exactly_fills_its_page_has_no_next_page_token() {
     assert!(second.next_page_token.is_empty());
     t.stop().await;
 }
+
+/// Page tokens whose key part holds multi-byte characters: the hex pairs of the key
+/// do not fall on character boundaries.
+const GARBLED_TOKENS: [&str; 4] = ["v1.a.1.€a", "v1.a.1.aéb", "v1.a.1.日本", "v1.a.1.0😀0"];
+
+#[tokio::test]
+async fn a_page_token_with_multi_byte_characters_is_invalid_argument_naming_page_token() {
+    let mut t = TestServer::start().await;
+    many_replies(&mut t, "acme", "T1", 3, T0 + HOUR, 1000).await;
+    for token in GARBLED_TOKENS {
+        let mut q = list_req("acme");
+        q.page_token = token.into();
+        let r = t.client.list_scheduled(q).await;
+        assert_status(r, Code::InvalidArgument, "page_token: ");
+        let r = t
+            .client
+            .list_deferred_tickets(pb::ListDeferredTicketsRequest {
+                account_id: "acme".into(),
+                page_token: token.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(r, Code::InvalidArgument, "page_token: ");
+    }
+    // The server still answers after them.
+    let page = list(&mut t, list_req("acme")).await;
+    assert_eq!(page.items.len(), 3);
+    t.stop().await;
+}
