@@ -28,7 +28,9 @@ use crate::store::{recovery, rows, CommitHook, Effects, Store, StoreError};
 
 pub use commands::Changes;
 pub use controls::{Controls, ControlsSnapshot, EVERY_ACCOUNT};
-pub use queries::{Audience, DeferredTicket, Event, ListQuery, Order, Page};
+pub use queries::{
+    make_page_token, parse_page_token, Audience, DeferredTicket, Event, ListQuery, Order, Page,
+};
 pub use settings::{AccountControls, ControlChange};
 pub use timers::{Fired, ReadyQueue, Timers};
 

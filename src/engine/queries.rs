@@ -33,7 +33,7 @@ impl<T> Page<T> {
         let next_page_token = match rows.rows.last() {
             Some(last) if rows.more => {
                 let (at, k) = key(last);
-                make_token(order, at, &k)
+                make_page_token(order, at, &k)
             }
             _ => String::new(),
         };
@@ -56,12 +56,18 @@ fn bad_token() -> Error {
 }
 
 /// `v1.<order>.<millis>.<hex of key>`.
-fn make_token(order: Order, at: Millis, key: &[u8]) -> String {
+pub fn make_page_token(order: Order, at: Millis, key: &[u8]) -> String {
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     format!("v1.{}.{at}.{hex}", order_tag(order))
 }
 
-fn parse_token(token: &str, order: Order) -> domain::Result<(Millis, Vec<u8>)> {
+/// The sort key a page token names, for a listing in `order`. Any string may come in
+/// (a caller's garbage included): anything that is not a token of
+/// [`make_page_token`] is `InvalidArgument` naming `page_token`, never a panic.
+///
+/// # Errors
+/// `InvalidArgument` naming `page_token`.
+pub fn parse_page_token(token: &str, order: Order) -> domain::Result<(Millis, Vec<u8>)> {
     let mut parts = token.splitn(4, '.');
     let (Some("v1"), Some(o), Some(at), Some(hex)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -78,11 +84,17 @@ fn parse_token(token: &str, order: Order) -> domain::Result<(Millis, Vec<u8>)> {
     if hex.len() % 2 != 0 || hex.len() > 1024 {
         return Err(bad_token());
     }
-    let key = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad_token())?;
+    // Byte pairs, not str slices: a multi-byte character is simply not a hex digit.
+    let digit = |b: u8| char::from(b).to_digit(16);
+    let key = hex
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(high), Some(low)) => u8::try_from(high * 16 + low).ok(),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad_token)?;
     Ok((at, key))
 }
 
@@ -120,7 +132,7 @@ impl Engine {
         let after = if q.page_token.is_empty() {
             None
         } else {
-            let (at, key) = parse_token(&q.page_token, q.order)?;
+            let (at, key) = parse_page_token(&q.page_token, q.order)?;
             let id = std::str::from_utf8(&key)
                 .ok()
                 .and_then(|s| s.parse::<ItemId>().ok())
@@ -154,7 +166,7 @@ impl Engine {
         let after = if page_token.is_empty() {
             None
         } else {
-            let (at, key) = parse_token(&page_token, order)?;
+            let (at, key) = parse_page_token(&page_token, order)?;
             Some((at, String::from_utf8(key).map_err(|_| bad_token())?))
         };
         let rows = self
@@ -236,5 +248,37 @@ impl Engine {
             )));
         }
         Ok(read.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_names_the_key_it_was_made_from() {
+        for key in [&b""[..], b"itm_42", &[0, 0x7f, 0x80, 0xff]] {
+            let token = make_page_token(Order::Desc, -5, key);
+            assert_eq!(
+                parse_page_token(&token, Order::Desc).unwrap(),
+                (-5, key.to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn a_garbled_page_token_is_invalid_argument_naming_page_token() {
+        for token in [
+            "v1.a.1.€a",
+            "v1.a.1.aéb",
+            "v1.a.1.+1",
+            "v1.a.1.-1",
+            "v1.a.1.0x",
+            "v1.é.1.00",
+            "v1.a.1",
+        ] {
+            let e = parse_page_token(token, Order::Asc).expect_err(token);
+            assert!(e.to_string().starts_with("page_token: "), "{token}: {e}");
+        }
     }
 }
