@@ -59,3 +59,72 @@ async fn a_late_ack_after_the_last_attempt_failed_still_converts_the_tickets_old
     assert_eq!(t.get_acme(&b.item_id).await, note);
     t.stop().await;
 }
+
+/// Opens the test server's database file directly (as a second writer would).
+fn raw(t: &TestServer) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(t.db_path()).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn numeric_id(item_id: &str) -> i64 {
+    item_id.trim_start_matches("itm_").parse().expect("itm_N")
+}
+
+#[tokio::test]
+async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
+    // X's lease runs in a dispatch write (X changed since its row was written, so the
+    // dispatcher cannot claim it from the row), its job leaves, and then the group's
+    // COMMIT fails (an injected deferred foreign-key violation, armed until the test
+    // disarms it). The job is out at the connector: X must stay DISPATCHING (a Cancel
+    // is FAILED_PRECONDITION) and must not be handed out a second time.
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let x = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
+    let mut client = t.client.clone();
+    client
+        .reschedule(pb::RescheduleRequest {
+            account_id: "acme".into(),
+            item_id: x.item_id.clone(),
+            send_at: Some(ts(T0 + SEC)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let db = raw(&t);
+    db.execute_batch(&format!(
+        "CREATE TABLE poison (x INTEGER REFERENCES items(id) DEFERRABLE INITIALLY DEFERRED);
+         CREATE TABLE arm (on_ INTEGER); INSERT INTO arm VALUES (1);
+         CREATE TRIGGER fail_x AFTER INSERT ON events
+           WHEN NEW.item_id = {} AND NEW.type = {} AND EXISTS (SELECT 1 FROM arm)
+           BEGIN INSERT INTO poison VALUES (-1); END;",
+        numeric_id(&x.item_id),
+        sendlater::domain::EventType::Dispatching.as_i64()
+    ))
+    .unwrap();
+    t.advance(Duration::from_secs(1));
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), x.item_id);
+    assert_eq!(job.attempt, 1);
+    // The group that leased X fails at its COMMIT (the delete waits for its lock).
+    db.execute_batch("DELETE FROM arm").unwrap();
+    t.settle().await;
+    // Fenced by a later item: the next job is it, not X again.
+    let fence = t.schedule(email_reply("acme", "T2", t.clock.now_ms())).await;
+    let next = c.next_job().await;
+    assert_eq!(
+        job_item(&next),
+        fence.item_id,
+        "X was handed out a second time while its first job was out: {next:?}"
+    );
+    let cancel = client.cancel(item_ref("acme", &x.item_id)).await;
+    assert_status(
+        cancel,
+        tonic::Code::FailedPrecondition,
+        "",
+    );
+    c.ack(&job, "<x@example.com>").await;
+    let sent = wait_state(&t.client, "acme", &x.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 1);
+    t.stop().await;
+}
