@@ -162,7 +162,7 @@ pub struct ConnectorArgs {
 #[derive(Debug, ClapArgs)]
 pub struct EmailConnectorArgs {
     /// SMTP server: smtp://[user:pass@]HOST:PORT[?tls=starttls|opportunistic] or smtps://.
-    #[arg(long, env = "SENDLATER_SMTP")]
+    #[arg(long, env = "SENDLATER_SMTP", hide_env_values = true)]
     pub smtp: String,
     /// Sender address for items that name none.
     #[arg(long, env = "SENDLATER_FROM")]
@@ -175,7 +175,7 @@ pub struct EmailConnectorArgs {
 #[derive(Debug, ClapArgs)]
 pub struct ChatConnectorArgs {
     /// Webhook URL the messages are POSTed to.
-    #[arg(long, env = "SENDLATER_WEBHOOK")]
+    #[arg(long, env = "SENDLATER_WEBHOOK", hide_env_values = true)]
     pub webhook: String,
     /// Shared secret for the X-Sendlater-Signature header (unsigned when absent).
     #[arg(long, env = "SENDLATER_WEBHOOK_SECRET", hide_env_values = true)]

@@ -45,8 +45,9 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Response bodies larger than this are not read for an `id`.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// Settings of the chat connector.
-#[derive(Debug, Clone)]
+/// Settings of the chat connector. Its `Debug` shows neither the secret nor the URL's
+/// path (which is often a secret of its own).
+#[derive(Clone)]
 pub struct ChatConfig {
     /// `http://` or `https://` URL the items are POSTed to.
     pub webhook_url: String,
@@ -67,6 +68,27 @@ impl ChatConfig {
     }
 }
 
+impl std::fmt::Debug for ChatConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatConfig")
+            .field("webhook_url", &redact_webhook_url(&self.webhook_url))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The webhook URL as `scheme://authority/...`: its path and query left out.
+pub fn redact_webhook_url(s: &str) -> String {
+    match s.parse::<Uri>() {
+        Ok(u) => match (u.scheme_str(), u.authority()) {
+            (Some(scheme), Some(a)) => format!("{scheme}://{}/...", a.as_str().rsplit('@').next().unwrap_or("")),
+            _ => "<webhook url>".to_owned(),
+        },
+        Err(_) => "<webhook url>".to_owned(),
+    }
+}
+
 /// Posts chat items to the webhook; keeps connections alive between requests.
 pub struct ChatSender {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -82,24 +104,27 @@ impl ChatSender {
     /// [`ConnectorError::Config`] for a URL that is not absolute http(s), or when an
     /// https URL is given and no root certificate can be loaded.
     pub fn new(config: ChatConfig) -> Result<ChatSender> {
-        let uri: Uri = config.webhook_url.parse().map_err(|e| {
-            ConnectorError::Config(format!("webhook: {:?}: {e}", config.webhook_url))
-        })?;
+        // Never the URL itself in a message: its path is often the secret (Slack-style
+        // webhook URLs), so at most the scheme and host are named.
+        let uri: Uri = config
+            .webhook_url
+            .parse()
+            .map_err(|e| ConnectorError::Config(format!("webhook: not a valid URL: {e}")))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => {
                 return Err(ConnectorError::Config(format!(
-                    "webhook: {:?} must be an http:// or https:// URL",
-                    config.webhook_url
+                    "webhook: the URL must be http:// or https://, not {}",
+                    uri.scheme_str()
+                        .map_or_else(|| "a relative one".to_owned(), |s| format!("{s}://"))
                 )))
             }
         };
         if uri.host().is_none() {
-            return Err(ConnectorError::Config(format!(
-                "webhook: {:?} has no host",
-                config.webhook_url
-            )));
+            return Err(ConnectorError::Config(
+                "webhook: the URL has no host".to_owned(),
+            ));
         }
         let provider = || rustls::crypto::ring::default_provider();
         let builder = match hyper_rustls::HttpsConnectorBuilder::new()
@@ -398,6 +423,26 @@ mod tests {
                 "attempt": 2, "send_at": "2026-11-25T12:01:00.000Z"
             })
         );
+    }
+
+    #[test]
+    fn no_webhook_url_error_or_debug_output_shows_the_path_or_secret() {
+        for u in [
+            "ftp://hooks.example.com/T0/XyZsEcReT",
+            "http://hooks.example.com/T0/XyZsEcReT x",
+            "/T0/XyZsEcReT",
+        ] {
+            let Err(ConnectorError::Config(m)) = ChatSender::new(ChatConfig::new(u)) else {
+                panic!("{u:?} should be refused");
+            };
+            assert!(m.starts_with("webhook"), "{m}");
+            assert!(!m.contains("XyZsEcReT"), "{u}: {m}");
+        }
+        let mut c = ChatConfig::new("https://hooks.example.com/T0/XyZsEcReT?k=v");
+        c.secret = Some("whsec_hunter2".into());
+        let d = format!("{c:?}");
+        assert!(!d.contains("XyZsEcReT") && !d.contains("hunter2"), "{d}");
+        assert!(d.contains("https://hooks.example.com/"), "{d}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use super::{mime, ConnectorError, Result, SendError, Sender};
 use crate::pb;
 
-/// Settings of the email connector.
-#[derive(Debug, Clone)]
+/// Settings of the email connector. Its `Debug` never shows the SMTP URL's userinfo.
+#[derive(Clone)]
 pub struct EmailConfig {
     /// SMTP server URL; see the module doc for the forms.
     pub smtp_url: String,
@@ -52,6 +52,31 @@ impl EmailConfig {
     }
 }
 
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &redact_smtp_url(&self.smtp_url))
+            .field("default_from", &self.default_from)
+            .field("timeout", &self.timeout)
+            .field("hello_name", &self.hello_name)
+            .finish()
+    }
+}
+
+/// The SMTP URL with any password replaced by `***` (the whole URL when it does not
+/// parse, since then the password cannot be told apart).
+pub fn redact_smtp_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) => {
+            if u.password().is_some() && u.set_password(Some("***")).is_err() {
+                return "<smtp url>".to_owned();
+            }
+            u.to_string()
+        }
+        Err(_) => "<smtp url>".to_owned(),
+    }
+}
+
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Security {
@@ -72,7 +97,8 @@ struct SmtpTarget {
 
 fn parse_smtp_url(s: &str) -> Result<SmtpTarget> {
     let bad = |why: &str| ConnectorError::Config(format!("smtp url: {why}"));
-    let url = url::Url::parse(s).map_err(|e| bad(&format!("{s:?}: {e}")))?;
+    // Never the URL itself in a message: its userinfo holds the password.
+    let url = url::Url::parse(s).map_err(|e| bad(&format!("not a valid URL: {e}")))?;
     let mut security = match url.scheme() {
         "smtp" => Security::Plain,
         "smtps" => Security::Implicit,
@@ -276,6 +302,25 @@ mod tests {
                 "{s} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn no_smtp_url_error_or_debug_output_shows_the_password() {
+        for s in [
+            "smtp://bot:hunter2-secret@mail example.com",
+            "smtpx://bot:hunter2-secret@mail.example.com",
+            "smtp://bot:hunter2-secret@mail.example.com/path",
+            "smtp://bot:hunter2-secret@mail.example.com?tls=bogus",
+            "smtp://bot:hunter2-secret%zz@mail.example.com",
+        ] {
+            let m = parse_smtp_url(s).expect_err(s).to_string();
+            assert!(m.starts_with("smtp url"), "{m}");
+            assert!(!m.contains("hunter2"), "{s}: {m}");
+        }
+        let c = EmailConfig::new("smtp://bot:hunter2-secret@mail.example.com:587");
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains("mail.example.com"), "{d}");
     }
 
     #[test]
