@@ -127,6 +127,17 @@ impl Accounts {
     }
 }
 
+/// Tokens shorter than this are refused at start-up (`openssl rand -hex 32` makes a
+/// good one).
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The position of the first token shorter than [`MIN_TOKEN_CHARS`], if any.
+pub fn first_weak_token(tokens: &[TokenConfig]) -> Option<usize> {
+    tokens
+        .iter()
+        .position(|t| t.token.trim().chars().count() < MIN_TOKEN_CHARS)
+}
+
 /// One bearer token. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TokenConfig {

@@ -208,8 +208,16 @@ impl RunningServer {
 /// Returns once the port is bound and the service accepts requests.
 ///
 /// # Errors
-/// The database is unusable or the address cannot be bound.
+/// The database is unusable, the address cannot be bound, or a token is shorter than
+/// [`crate::config::MIN_TOKEN_CHARS`].
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    // A guessable token is no lock; its position is named, never its value.
+    if let Some(i) = crate::config::first_weak_token(&config.tokens) {
+        return Err(ServerError::Other(format!(
+            "tokens[{i}]: shorter than {} characters",
+            crate::config::MIN_TOKEN_CHARS
+        )));
+    }
     let started = std::time::Instant::now();
     let (engine, recovery) = Engine::open(
         &config.db_path,

@@ -427,7 +427,7 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
                 accounts: Accounts::All,
             },
             TokenConfig {
-                token: "backend-secret".into(),
+                token: "backend-secret-0001".into(),
                 role: Role::Backend,
                 accounts: Accounts::All,
             },
@@ -465,7 +465,7 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
     // The right token is accepted: the connector gets a job and delivers it.
     let mut req = tonic::Request::new(chat_reply("acme", "T1", T0 + 60_000));
     req.metadata_mut()
-        .insert("authorization", "Bearer backend-secret".parse().unwrap());
+        .insert("authorization", "Bearer backend-secret-0001".parse().unwrap());
     let item = t
         .client
         .schedule_message(req)

@@ -312,17 +312,18 @@ fn token(t: &str, role: Role, accounts: Accounts) -> TokenConfig {
     }
 }
 
-/// A server with tokens: `acme-staff` sees account acme only; `admin` every account.
+/// A server with tokens: `acme-staff-token` sees account acme only;
+/// `admin-operator-token` every account.
 async fn console_with_tokens() -> (TestServer, SocketAddr) {
     let t = TestServer::start_with(|c| {
         c.console_listen = Some("127.0.0.1:0".parse().unwrap());
         c.tokens = vec![
             token(
-                "acme-staff",
+                "acme-staff-token",
                 Role::Backend,
                 Accounts::Only(vec!["acme".into()]),
             ),
-            token("admin", Role::Admin, Accounts::All),
+            token("admin-operator-token", Role::Admin, Accounts::All),
         ];
     })
     .await;
@@ -333,7 +334,7 @@ async fn console_with_tokens() -> (TestServer, SocketAddr) {
 fn as_admin<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
-        .insert("authorization", "Bearer admin".parse().unwrap());
+        .insert("authorization", "Bearer admin-operator-token".parse().unwrap());
     r
 }
 
@@ -383,7 +384,7 @@ async fn a_token_logs_in_and_its_session_sees_only_its_accounts() {
     // A wrong token is refused (401), and makes no session.
     b.find("form#login input[name=token]")
         .await
-        .send_keys("acme-staf")
+        .send_keys("acme-staff-toke")
         .await
         .unwrap();
     b.find("form#login button[type=submit]")
@@ -404,7 +405,7 @@ async fn a_token_logs_in_and_its_session_sees_only_its_accounts() {
     );
     // A post that did not come from the login form (no login_csrf bound to a cookie)
     // is refused before the token is even looked at.
-    let wrong = http(console, "POST", "/login", None, Some("token=acme-staf")).await;
+    let wrong = http(console, "POST", "/login", None, Some("token=acme-staff-toke")).await;
     assert_eq!(wrong.status, 403);
     assert!(!wrong
         .header("set-cookie")
@@ -413,7 +414,7 @@ async fn a_token_logs_in_and_its_session_sees_only_its_accounts() {
     // The right token: a session, and the start page leads to the one account.
     b.find("form#login input[name=token]")
         .await
-        .send_keys("acme-staff")
+        .send_keys("acme-staff-token")
         .await
         .unwrap();
     b.find("form#login button[type=submit]")

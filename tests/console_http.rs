@@ -45,7 +45,7 @@ async fn console_server(tokens: Vec<TokenConfig>) -> (TestServer, SocketAddr) {
 fn operator<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
-        .insert("authorization", "Bearer operator-token".parse().unwrap());
+        .insert("authorization", "Bearer operator-token-0001".parse().unwrap());
     r
 }
 
@@ -200,7 +200,7 @@ async fn with_tokens_a_session_needs_a_login_and_sees_only_its_accounts() {
             accounts: Accounts::Only(vec!["acme".into()]),
         },
         TokenConfig {
-            token: "operator-token".into(),
+            token: "operator-token-0001".into(),
             role: Role::Admin,
             accounts: Accounts::All,
         },

@@ -13,9 +13,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+/// The configured token behind a short name: tokens are at least 16 characters.
+fn secret(t: &str) -> String {
+    format!("{t}-0123456789abcdef")
+}
+
 fn token(t: &str, role: Role, accounts: &[&str]) -> TokenConfig {
     TokenConfig {
-        token: t.into(),
+        token: secret(t),
         role,
         accounts: if accounts == ["*"] {
             Accounts::All
@@ -41,7 +46,7 @@ fn with<T>(msg: T, tok: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = tok {
         r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            .insert("authorization", format!("Bearer {}", secret(t)).parse().unwrap());
     }
     r
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::error::{CliError, Result};
-use crate::config::{Accounts, DispatchConfig, Limits, Role, TlsConfig, TokenConfig};
+use crate::config::{
+    Accounts, DispatchConfig, Limits, Role, TlsConfig, TokenConfig, MIN_TOKEN_CHARS,
+};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +236,16 @@ pub fn parse(text: &str) -> Result<Settings> {
         if t.token.trim().is_empty() {
             return Err(bad(&key("token"), "must not be empty"));
         }
+        // The message names the position only: the value is a secret.
+        if t.token.trim().chars().count() < MIN_TOKEN_CHARS {
+            return Err(bad(
+                &key("token"),
+                format!(
+                    "shorter than {MIN_TOKEN_CHARS} characters; make a strong one with \
+                     `openssl rand -hex 32`"
+                ),
+            ));
+        }
         let role = match t.role.as_str() {
             "backend" => Role::Backend,
             "connector" => Role::Connector,
@@ -310,12 +322,12 @@ cert = "server.pem"
 key = "server.key"
 
 [[tokens]]
-token = "change-me"
+token = "change-me-to-the-output-of-openssl-rand-hex-32"
 role = "backend"
 accounts = ["acme"]
 
 [[tokens]]
-token = "conn-token"
+token = "a-connector-token-of-32-characters"
 role = "connector"
 accounts = ["*"]
 "#,
@@ -348,16 +360,21 @@ accounts = ["*"]
             ("[dispatch]\nmax_attempts = 0", "dispatch.max_attempts"),
             ("metrics_listen = \"nowhere\"", "metrics_listen"),
             (
-                "[[tokens]]\ntoken = \"t\"\nrole = \"root\"\naccounts = [\"*\"]",
+                "[[tokens]]\ntoken = \"0123456789abcdef\"\nrole = \"root\"\naccounts = [\"*\"]",
                 "tokens[0].role",
             ),
             (
-                "[[tokens]]\ntoken = \"t\"\nrole = \"admin\"\naccounts = []",
+                "[[tokens]]\ntoken = \"0123456789abcdef\"\nrole = \"admin\"\naccounts = []",
                 "tokens[0].accounts",
             ),
             (
                 "[[tokens]]\ntoken = \"\"\nrole = \"admin\"\naccounts = [\"*\"]",
                 "tokens[0].token",
+            ),
+            (
+                "[[tokens]]\ntoken = \"0123456789abcdef\"\nrole = \"admin\"\naccounts = [\"*\"]\n\
+                 [[tokens]]\ntoken = \"0123456789abcde\"\nrole = \"admin\"\naccounts = [\"*\"]",
+                "tokens[1].token",
             ),
         ] {
             let err = parse(text).expect_err(text).to_string();
