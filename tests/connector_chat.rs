@@ -485,3 +485,35 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
     right.await.unwrap().expect("a clean stop");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_v2_signature_covers_the_idempotency_key_and_a_changed_key_breaks_it() {
+    let mut t = TestServer::start().await;
+    let mut hook = Webhook::start(&[]).await;
+    let connector = Connector::start(&t.url(), &hook.url());
+    let item = schedule_chat(&t).await;
+
+    t.advance(Duration::from_secs(60));
+    let hit = hook.next_hit().await;
+    let key = hit.header("idempotency-key").to_owned();
+    assert_eq!(key, item.item_id);
+    let sig = hit.header("x-sendlater-signature");
+    // The receiver checks v2 with the key it was given: it verifies.
+    signature::verify_v2(SECRET.as_bytes(), sig, &key, &hit.body, unix_now(), 300)
+        .unwrap_or_else(|e| panic!("v2 of {sig:?} does not verify: {e}"));
+    // The same request replayed under another Idempotency-Key does not.
+    assert_eq!(
+        signature::verify_v2(SECRET.as_bytes(), sig, "itm_999999", &hit.body, unix_now(), 300),
+        Err(signature::SignatureError::Mismatch)
+    );
+    // v1 is still there for receivers written against it.
+    signature::verify(SECRET.as_bytes(), sig, &hit.body, unix_now(), 300)
+        .unwrap_or_else(|e| panic!("v1 of {sig:?} does not verify: {e}"));
+
+    wait_item(&t, &item.item_id, "SENT", |i| {
+        i.state == pb::State::Sent as i32
+    })
+    .await;
+    connector.stop().await;
+    t.stop().await;
+}
