@@ -464,8 +464,10 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
     ));
     // The right token is accepted: the connector gets a job and delivers it.
     let mut req = tonic::Request::new(chat_reply("acme", "T1", T0 + 60_000));
-    req.metadata_mut()
-        .insert("authorization", "Bearer backend-secret-0001".parse().unwrap());
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer backend-secret-0001".parse().unwrap(),
+    );
     let item = t
         .client
         .schedule_message(req)
@@ -503,7 +505,14 @@ async fn the_v2_signature_covers_the_idempotency_key_and_a_changed_key_breaks_it
         .unwrap_or_else(|e| panic!("v2 of {sig:?} does not verify: {e}"));
     // The same request replayed under another Idempotency-Key does not.
     assert_eq!(
-        signature::verify_v2(SECRET.as_bytes(), sig, "itm_999999", &hit.body, unix_now(), 300),
+        signature::verify_v2(
+            SECRET.as_bytes(),
+            sig,
+            "itm_999999",
+            &hit.body,
+            unix_now(),
+            300
+        ),
         Err(signature::SignatureError::Mismatch)
     );
     // v1 is still there for receivers written against it.

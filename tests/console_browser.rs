@@ -333,8 +333,10 @@ async fn console_with_tokens() -> (TestServer, SocketAddr) {
 
 fn as_admin<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", "Bearer admin-operator-token".parse().unwrap());
+    r.metadata_mut().insert(
+        "authorization",
+        "Bearer admin-operator-token".parse().unwrap(),
+    );
     r
 }
 
@@ -405,7 +407,14 @@ async fn a_token_logs_in_and_its_session_sees_only_its_accounts() {
     );
     // A post that did not come from the login form (no login_csrf bound to a cookie)
     // is refused before the token is even looked at.
-    let wrong = http(console, "POST", "/login", None, Some("token=acme-staff-toke")).await;
+    let wrong = http(
+        console,
+        "POST",
+        "/login",
+        None,
+        Some("token=acme-staff-toke"),
+    )
+    .await;
     assert_eq!(wrong.status, 403);
     assert!(!wrong
         .header("set-cookie")

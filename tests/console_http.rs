@@ -44,8 +44,10 @@ async fn console_server(tokens: Vec<TokenConfig>) -> (TestServer, SocketAddr) {
 /// A gRPC request with the operator's token.
 fn operator<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", "Bearer operator-token-0001".parse().unwrap());
+    r.metadata_mut().insert(
+        "authorization",
+        "Bearer operator-token-0001".parse().unwrap(),
+    );
     r
 }
 

@@ -60,7 +60,10 @@ fn help_does_not_show_the_smtp_url_or_webhook_url_from_the_environment() {
     );
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("SENDLATER_SMTP"), "the variable is named: {out}");
+    assert!(
+        out.contains("SENDLATER_SMTP"),
+        "the variable is named: {out}"
+    );
     assert!(!out.contains(SMTP_PASSWORD), "the password leaked: {out}");
 
     let hook = format!("https://hooks.example.com/services/{HOOK_PATH}");
@@ -70,7 +73,10 @@ fn help_does_not_show_the_smtp_url_or_webhook_url_from_the_environment() {
     );
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("SENDLATER_WEBHOOK"), "the variable is named: {out}");
+    assert!(
+        out.contains("SENDLATER_WEBHOOK"),
+        "the variable is named: {out}"
+    );
     assert!(!out.contains("XyZsEcReTpAtH"), "the path leaked: {out}");
 }
 

@@ -45,8 +45,10 @@ async fn secured() -> TestServer {
 fn with<T>(msg: T, tok: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = tok {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {}", secret(t)).parse().unwrap());
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", secret(t)).parse().unwrap(),
+        );
     }
     r
 }

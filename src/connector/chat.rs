@@ -5,8 +5,9 @@
 //! - `Content-Type: application/json`
 //! - `Idempotency-Key: <item id>`: the same on every attempt of an item, so the
 //!   receiver can drop a redelivery (delivery is at least once);
-//! - `X-Sendlater-Signature: t=<unix secs>,v1=<hex>` when a secret is configured; the
-//!   scheme and how to verify it are in [`super::signature`];
+//! - `X-Sendlater-Signature: t=<unix secs>,v1=<hex>,v2=<hex>` when a secret is
+//!   configured (v2 also covers the Idempotency-Key); the scheme and how to verify it
+//!   are in [`super::signature`];
 //! - the body
 //!   ```json
 //!   {"item_id": "itm_42", "account_id": "acme", "ticket_id": "T1", "kind": "REPLY",
@@ -82,7 +83,10 @@ impl std::fmt::Debug for ChatConfig {
 pub fn redact_webhook_url(s: &str) -> String {
     match s.parse::<Uri>() {
         Ok(u) => match (u.scheme_str(), u.authority()) {
-            (Some(scheme), Some(a)) => format!("{scheme}://{}/...", a.as_str().rsplit('@').next().unwrap_or("")),
+            (Some(scheme), Some(a)) => format!(
+                "{scheme}://{}/...",
+                a.as_str().rsplit('@').next().unwrap_or("")
+            ),
             _ => "<webhook url>".to_owned(),
         },
         Err(_) => "<webhook url>".to_owned(),
@@ -163,7 +167,10 @@ impl ChatSender {
             .header(header::USER_AGENT, "sendlater-connector")
             .header(IDEMPOTENCY_HEADER, item_id);
         if let Some(secret) = &self.secret {
-            req = req.header(SIGNATURE_HEADER, signature::sign(secret, unix_now(), &body));
+            req = req.header(
+                SIGNATURE_HEADER,
+                signature::sign_with_key(secret, unix_now(), item_id, &body),
+            );
         }
         let req = req
             .body(Full::new(Bytes::from(body)))

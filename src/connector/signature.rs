@@ -261,7 +261,11 @@ mod tests {
     fn a_v2_signature_verifies_only_with_the_same_idempotency_key() {
         let h = sign_with_key(SECRET, T, "itm_1", BODY);
         assert_eq!(verify_v2(SECRET, &h, "itm_1", BODY, T + 10, 300), Ok(()));
-        assert_eq!(verify(SECRET, &h, BODY, T, 300), Ok(()), "v1 still verifies");
+        assert_eq!(
+            verify(SECRET, &h, BODY, T, 300),
+            Ok(()),
+            "v1 still verifies"
+        );
         assert_eq!(
             verify_v2(SECRET, &h, "itm_2", BODY, T, 300),
             Err(SignatureError::Mismatch)
@@ -294,6 +298,9 @@ mod tests {
             Err(SignatureError::Mismatch)
         );
         let swapped = format!("t={T},v1={KNOWN_V2}");
-        assert_eq!(verify(SECRET, &swapped, BODY, T, 300), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(SECRET, &swapped, BODY, T, 300),
+            Err(SignatureError::Mismatch)
+        );
     }
 }
