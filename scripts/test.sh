@@ -31,6 +31,12 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test "$@" 2>&1 | tee "$log" || status=$?
+# A proptest failure is saved under proptest-regressions/ (replayed first by later runs):
+# show the new cases, so one seen in CI can be committed and replayed anywhere.
+if ! git diff --quiet -- proptest-regressions 2>/dev/null; then
+  echo "proptest saved failing cases (commit them with the fix):" >&2
+  git diff -- proptest-regressions >&2
+fi
 # One closing line over every test binary (cargo prints one per binary, the last being
 # the doc-tests, which has none).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
