@@ -2,17 +2,19 @@
 //! real server (tests/common's `TestServer`), checked through its output and through
 //! the gRPC API.
 //!
-//! The server's manual clock starts at 2026-11-25T12:00Z but the command line reads the
-//! real clock for "now", so absolute dates here are picked a few days after the real
-//! today ([`upcoming`]), which the server's validation accepts either way.
+//! The server's manual clock starts at 2026-11-25T12:00Z (a Wednesday), and every run of
+//! the command line is given the same "now" (`SENDLATER_NOW`, [`NOW`]), so every date
+//! here is fixed: the tests mean the same thing whatever day they run.
 mod common;
 
 use std::process::{Command, Output};
 
-use chrono::{DateTime, Datelike, Days, NaiveDate, Utc, Weekday};
+use chrono::DateTime;
 use common::*;
-use sendlater::domain::BusinessHours;
 use sendlater::pb;
+
+/// The command line's "now": the server's manual clock at start (`common::T0`).
+const NOW: &str = "2026-11-25T12:00:00Z";
 
 /// What a run of the binary printed and how it exited.
 struct Run {
@@ -48,6 +50,7 @@ async fn cli_as(t: &TestServer, account: &str, args: &[&str]) -> Run {
         .args(args)
         .env("SENDLATER_SERVER", t.url())
         .env("SENDLATER_ACCOUNT", account)
+        .env("SENDLATER_NOW", NOW)
         .env_remove("SENDLATER_TZ")
         .env_remove("SENDLATER_TOKEN");
     let output: Output = tokio::task::spawn_blocking(move || command.output())
@@ -192,21 +195,10 @@ holidays:  2026-12-31
     t.stop().await;
 }
 
-/// The first date on `weekday` at least `min_days` after today (real clock, UTC), as
-/// "YYYY-MM-DD": far enough ahead for the server's validation, whatever day tests run.
-fn upcoming(weekday: Weekday, min_days: u64) -> NaiveDate {
-    let mut day = Utc::now().date_naive() + Days::new(min_days);
-    while day.weekday() != weekday {
-        day = day + Days::new(1);
-    }
-    day
-}
-
 #[tokio::test]
 async fn a_wall_clock_time_with_tz_is_stored_with_its_zone_and_shown_beside_utc() {
     let mut t = TestServer::start().await;
-    let day = upcoming(Weekday::Tue, 3);
-    let next = day + Days::new(1);
+    let (day, next) = ("2026-12-01", "2026-12-02");
     let item = schedule(
         &t,
         "T-1",
@@ -245,7 +237,9 @@ async fn a_wall_clock_time_with_tz_is_stored_with_its_zone_and_shown_beside_utc(
     assert_eq!(stored.send_at_local, None);
     assert_eq!(stored.send_at, utc(&format!("{day}T06:00:00Z")));
     let relative = schedule(&t, "T-3", &["--in", "2h", "--tz", "Europe/Moscow"]).await;
-    assert_eq!(get_item(&t, &item_id(&relative)).await.send_at_local, None);
+    let stored = get_item(&t, &item_id(&relative)).await;
+    assert_eq!(stored.send_at_local, None);
+    assert_eq!(stored.send_at, utc("2026-11-25T14:00:00Z"), "now + 2h");
     // Without --tz a wall-clock time is UTC, sent as an instant.
     let plain = schedule(&t, "T-4", &["--at", &format!("{day} 09:00")]).await;
     let stored = get_item(&t, &item_id(&plain)).await;
@@ -300,8 +294,7 @@ async fn business_hours_and_the_lateness_policy_are_sent_and_shown() {
     );
     set_weekday_hours(&t).await;
     // Saturday 20:00 Moscow moves to Monday 09:00 (06:00Z).
-    let saturday = upcoming(Weekday::Sat, 2);
-    let monday = saturday + Days::new(2);
+    let (saturday, monday) = ("2026-11-28", "2026-11-30");
     let item = schedule(
         &t,
         "T-1",
@@ -379,23 +372,10 @@ async fn next_business_morning_is_the_next_opening_of_the_accounts_hours() {
     );
 
     set_weekday_hours(&t).await;
-    let days: Vec<(i32, &str, &str)> = (1..=5).map(|d| (d, "09:00", "18:00")).collect();
-    let hours = BusinessHours::parse("Europe/Moscow", &days, &[]).expect("valid hours");
-    let opening = |now: DateTime<Utc>| {
-        hours
-            .next_morning(now.timestamp_millis())
-            .map(ts)
-            .expect("opens")
-    };
-    let before = opening(Utc::now());
+    // Now is Wednesday 15:00 in Moscow: the next business morning is Thursday 09:00.
     let item = schedule(&t, "T-1", &["--at", "next business morning"]).await;
-    let after = opening(Utc::now());
     let stored = get_item(&t, &item_id(&item)).await;
-    let send_at = stored.send_at.expect("a send time");
-    assert!(
-        send_at == before || send_at == after,
-        "{send_at:?} is neither {before:?} nor {after:?}"
-    );
+    assert_eq!(stored.send_at, utc("2026-11-26T06:00:00Z"));
     assert_eq!(
         stored.delivery_window,
         pb::DeliveryWindow::BusinessHours as i32
