@@ -290,6 +290,16 @@ pub struct ClientArgs {
     /// time in this zone, so the zone is on record with the item.
     #[arg(long, env = "SENDLATER_TZ", value_name = "ZONE")]
     pub tz: Option<String>,
+
+    /// For tests only: the instant (RFC 3339) this command takes as "now" for relative
+    /// times ("tomorrow 09:00", --in, "next business morning"). Default: the clock.
+    #[arg(
+        long,
+        env = "SENDLATER_NOW",
+        value_name = "RFC3339",
+        hide_short_help = true
+    )]
+    pub now: Option<String>,
 }
 
 /// When to send: exactly one of `--at` and `--in`.

@@ -39,6 +39,24 @@ pub struct ClientConfig {
     pub tz_given: bool,
 }
 
+/// The instant relative times are read from: `--now` (`SENDLATER_NOW`, for tests) when
+/// given, else the clock.
+///
+/// # Errors
+/// A `--now` that is not an RFC 3339 instant.
+pub fn now(args: &ClientArgs) -> Result<DateTime<Utc>> {
+    match &args.now {
+        None => Ok(Utc::now()),
+        Some(s) => DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                CliError::Config(format!(
+                    "--now {s:?}: {e}; expected RFC 3339 such as 2026-11-25T12:00:00Z"
+                ))
+            }),
+    }
+}
+
 impl ClientConfig {
     /// Validates the connection flags.
     ///
@@ -1453,6 +1471,31 @@ mod tests {
     }
 
     #[test]
+    fn now_is_the_override_when_given_and_a_bad_override_names_the_flag() {
+        let mut args = ClientArgs {
+            server: "http://127.0.0.1:50051".into(),
+            token: None,
+            account: "acme".into(),
+            json: false,
+            tz: None,
+            now: Some("2026-11-25T15:00:00+03:00".into()),
+        };
+        assert_eq!(
+            super::now(&args).expect("valid").to_rfc3339(),
+            "2026-11-25T12:00:00+00:00"
+        );
+        args.now = Some("yesterday".into());
+        let Err(CliError::Config(m)) = super::now(&args) else {
+            panic!("a --now that is not RFC 3339 must be refused");
+        };
+        assert!(m.starts_with("--now \"yesterday\""), "{m}");
+        args.now = None;
+        let before = Utc::now();
+        let now = super::now(&args).expect("the clock");
+        assert!(before <= now && now <= Utc::now(), "{now}");
+    }
+
+    #[test]
     fn client_flags_are_validated_and_the_token_becomes_a_bearer_header() {
         let mut args = ClientArgs {
             server: "http://127.0.0.1:50051".into(),
@@ -1460,6 +1503,7 @@ mod tests {
             account: "acme".into(),
             json: false,
             tz: None,
+            now: None,
         };
         assert!(!ClientConfig::from_args(&args).expect("valid").tz_given);
         let config = ClientConfig::from_args(&args).expect("valid");

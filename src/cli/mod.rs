@@ -52,7 +52,8 @@ pub async fn run(args: Args) -> Result<()> {
                 .client_args()
                 .ok_or_else(|| CliError::Config("not a client subcommand".to_owned()))?;
             let client_config = config::ClientConfig::from_args(client_args)?;
-            let action = config::action(command, &client_config, chrono::Utc::now())?;
+            let now = config::now(client_args)?;
+            let action = config::action(command, &client_config, now)?;
             client::run(&client_config, action).await
         }
     }
