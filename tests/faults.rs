@@ -387,6 +387,22 @@ async fn a_panic_on_the_writer_thread_takes_the_service_out_of_rotation() {
     t.server.take();
 }
 
+/// `settle` is what every "nothing happened" check stands on: on a server whose writer
+/// died it must fail, not return as if the server were idle.
+#[tokio::test]
+#[should_panic(expected = "the server cannot settle")]
+async fn settling_a_server_whose_writer_died_fails_loudly() {
+    let t = TestServer::start().await;
+    let r = t
+        .running()
+        .engine()
+        .store()
+        .write(|_tx| -> sendlater::domain::Result<()> { panic!("injected writer bug") })
+        .await;
+    assert!(r.is_err());
+    t.settle().await;
+}
+
 #[tokio::test]
 async fn reporting_a_message_that_is_ours_and_still_dispatching_converts_nothing() {
     let mut t = TestServer::start().await;
