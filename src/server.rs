@@ -138,18 +138,27 @@ impl RunningServer {
     /// it can do now (answers recorded, due items handed out as far as credit allows).
     /// Deterministic: for tests (with a manual clock) and tools, never for production
     /// paths. It does not wait for messages still on the network.
-    pub async fn settle(&self) {
+    ///
+    /// # Errors
+    /// The server cannot settle: a write failed (the writer died, the disk refused it)
+    /// or the dispatcher stopped. Then "nothing happened" proves nothing.
+    pub async fn settle(&self) -> crate::domain::Result<()> {
         loop {
             // Writes queued before: committed, durable, their timers applied.
-            let _ = self.engine.store().write(|_| Ok(())).await;
+            self.engine.store().write(|_| Ok(())).await?;
             let now = self.engine.clock().now_ms();
             self.engine.catch_up(now);
+            if self.dispatcher_task.is_finished() {
+                return Err(crate::domain::Error::Unavailable(
+                    "the dispatcher stopped".into(),
+                ));
+            }
             self.dispatcher.idle().await;
             // Dispatch's own writes may have set timers that are due already; every
             // changed item is written back to its row (so a test may read the file).
-            let _ = self.engine.store().write(|tx| tx.sweep()).await;
+            self.engine.store().write(|tx| tx.sweep()).await?;
             if self.engine.ready().is_empty() && !self.engine.due_by(now) {
-                return;
+                return Ok(());
             }
         }
     }

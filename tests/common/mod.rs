@@ -389,8 +389,13 @@ impl TestServer {
     /// wheel advanced to the clock, dispatch done with everything it can do now (see
     /// `RunningServer::settle`). Messages still on the network are not covered: wait
     /// for their effect (an event, a state) or fence them with a later message.
+    /// Panics when the server cannot settle (a write failed, the writer or the
+    /// dispatcher is gone): "nothing happened after settle" must not pass on a dead
+    /// server.
     pub async fn settle(&self) {
-        self.running().settle().await;
+        if let Err(e) = self.running().settle().await {
+            panic!("settle: the server cannot settle: {e}");
+        }
     }
 }
 
