@@ -443,3 +443,144 @@ async fn a_taken_default_console_address_leaves_the_service_up_without_it() {
         .expect("asked-for address taken");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+/// One HTTP exchange with the console, with extra headers (a `Host` replaces the
+/// default one).
+async fn call_with(
+    addr: SocketAddr,
+    method: &'static str,
+    path: String,
+    headers: &[(&str, &str)],
+    cookie: Option<String>,
+    form: Option<String>,
+) -> HttpResponse {
+    http_exchange_with(
+        addr,
+        method,
+        &path,
+        headers,
+        cookie.as_deref(),
+        form.as_deref(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// DNS rebinding: a page of another site whose name now resolves to 127.0.0.1 reaches
+/// the console with its own name in Host. The console answers only to the names it
+/// is bound to (127.0.0.1, localhost, [::1] at its port): another name gets no page,
+/// no session, and a session made under the right name does not open it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_another_host_gets_no_page_and_no_session() {
+    let (t, addr) = console_server(Vec::new()).await;
+    t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let port = addr.port();
+    let evil = format!("evil.example:{port}");
+    let other_port = format!("localhost:{}", port.wrapping_add(1).max(1));
+    for host in [
+        evil.as_str(),
+        "evil.example",
+        other_port.as_str(),
+        "127.0.0.1.nip.io",
+        "",
+    ] {
+        for path in ["/", "/accounts/acme/deferred", "/accounts/acme/tickets/T1"] {
+            let r = call_with(addr, "GET", path.into(), &[("Host", host)], None, None).await;
+            assert_eq!(r.status, 421, "Host {host:?} {path}: {r}");
+            assert!(r.header("set-cookie").is_none(), "Host {host:?}: {r}");
+            assert!(r.body.contains("Host"), "a clear refusal: {r}");
+            assert!(!r.body.contains("T1"), "no page: {r}");
+        }
+    }
+    // A session made under the right name does not open the console under another.
+    let (sid, page) = open_page(addr, "/accounts/acme/tickets/T1").await;
+    assert_eq!(page.status, 200, "{page}");
+    let r = call_with(
+        addr,
+        "GET",
+        "/accounts/acme/tickets/T1".into(),
+        &[("Host", &evil)],
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 421, "{r}");
+    assert!(!r.body.contains("Re: your question"), "{r}");
+    // The names it is bound to work.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+    ] {
+        let r = call_with(
+            addr,
+            "GET",
+            "/accounts/acme/tickets/T1".into(),
+            &[("Host", &host)],
+            Some(sid.clone()),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "Host {host}: {r}");
+        assert!(r.body.contains("Re: your question"), "{r}");
+    }
+}
+
+/// A form another site posts (its Origin, or with no Origin its Sec-Fetch-Site) is
+/// refused before it is read, even with a valid session and CSRF token, and changes
+/// nothing; the console's own origin goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_from_another_origin_is_refused_and_changes_nothing() {
+    let (t, addr) = console_server(Vec::new()).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    let (sid, page) = open_page(addr, "/accounts/acme/tickets/T1").await;
+    let csrf = csrf_of(&page.body);
+    let cancel = format!("/accounts/acme/items/{}/cancel", item.item_id);
+    let port = addr.port();
+    let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1));
+    let foreign: [&[(&str, &str)]; 6] = [
+        &[("Origin", "http://evil.example")],
+        &[("Origin", &other_port)],
+        &[("Origin", "null")],
+        &[("Sec-Fetch-Site", "cross-site")],
+        &[("Sec-Fetch-Site", "same-site")],
+        &[
+            ("Origin", "http://evil.example"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+    ];
+    for headers in foreign {
+        let r = call_with(
+            addr,
+            "POST",
+            cancel.clone(),
+            headers,
+            Some(sid.clone()),
+            Some(format!("csrf={csrf}")),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{headers:?}: {r}");
+        assert!(r.body.contains("another site"), "a clear refusal: {r}");
+    }
+    t.settle().await;
+    assert_eq!(
+        t.get_acme(&item.item_id).await.state,
+        pb::State::Pending as i32
+    );
+    // The console's own origin.
+    let own = format!("http://127.0.0.1:{port}");
+    let r = call_with(
+        addr,
+        "POST",
+        cancel,
+        &[("Origin", &own), ("Sec-Fetch-Site", "same-origin")],
+        Some(sid),
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r}");
+    assert_eq!(
+        t.get_acme(&item.item_id).await.state,
+        pb::State::Cancelled as i32
+    );
+}

@@ -502,9 +502,32 @@ pub async fn http_exchange(
     cookie: Option<&str>,
     form: Option<&str>,
 ) -> std::io::Result<HttpResponse> {
+    http_exchange_with(addr, method, path, &[], cookie, form).await
+}
+
+/// As [`http_exchange`], with extra request headers; a `Host` among them replaces the
+/// default one (`addr`).
+pub async fn http_exchange_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> std::io::Result<HttpResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+    {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     match cookie {
         Some(c) if c.contains('=') => req.push_str(&format!("Cookie: {c}\r\n")),
         Some(c) => req.push_str(&format!("Cookie: sendlater_session={c}\r\n")),
