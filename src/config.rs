@@ -191,6 +191,9 @@ pub struct ServerConfig {
     /// The console address is the default one, not asked for: if it cannot be bound
     /// (the port is taken), the service starts without the console and says so.
     pub console_optional: bool,
+    /// Host names the console answers to besides its own address (`name` or
+    /// `name:port`, lowercase; see `console::console_host`).
+    pub console_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -207,6 +210,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("metrics_listen", &self.metrics_listen)
             .field("console_listen", &self.console_listen)
             .field("console_optional", &self.console_optional)
+            .field("console_hosts", &self.console_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +231,7 @@ impl ServerConfig {
             metrics_listen: None,
             console_listen: None,
             console_optional: false,
+            console_hosts: Vec::new(),
         }
     }
 }

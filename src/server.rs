@@ -297,7 +297,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 dispatcher.clone(),
                 auth.clone(),
                 gauges,
-            );
+            )
+            .with_hosts(config.console_hosts.clone());
             match crate::console::serve(addr, console, streams.clone()).await {
                 Ok(bound) => {
                     tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");

@@ -584,3 +584,65 @@ async fn a_post_from_another_origin_is_refused_and_changes_nothing() {
         pb::State::Cancelled as i32
     );
 }
+
+/// Names the operator configured (`--console-host`, `console_hosts`): a bare name at
+/// any port (a reverse proxy's), `name:port` at that port only; both as an Origin too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_answers_to_the_host_names_its_operator_configured() {
+    let t = TestServer::start_with(|c| {
+        c.console_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.console_hosts = vec!["desk.example.com".into(), "desk.example.org:8443".into()];
+    })
+    .await;
+    let addr = t.running().console_addr().expect("the console is on");
+    let item = t.schedule(email_reply("acme", "T1", T0 + 3_600_000)).await;
+    for (host, status) in [
+        ("desk.example.com", 303),
+        ("DESK.example.com:443", 303),
+        ("desk.example.org:8443", 303),
+        ("desk.example.org", 421),
+        ("desk.example.org:8080", 421),
+        ("example.com", 421),
+    ] {
+        let r = call_with(addr, "GET", "/".into(), &[("Host", host)], None, None).await;
+        assert_eq!(r.status, status, "Host {host}: {r}");
+    }
+    let first = call_with(
+        addr,
+        "GET",
+        "/accounts/acme/tickets/T1".into(),
+        &[("Host", "desk.example.com")],
+        None,
+        None,
+    )
+    .await;
+    let sid = session_of(&first);
+    let page = call_with(
+        addr,
+        "GET",
+        "/accounts/acme/tickets/T1".into(),
+        &[("Host", "desk.example.com")],
+        Some(sid.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200, "{page}");
+    let csrf = csrf_of(&page.body);
+    let r = call_with(
+        addr,
+        "POST",
+        format!("/accounts/acme/items/{}/cancel", item.item_id),
+        &[
+            ("Host", "desk.example.com"),
+            ("Origin", "http://desk.example.com"),
+        ],
+        Some(sid),
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r}");
+    assert_eq!(
+        t.get_acme(&item.item_id).await.state,
+        pb::State::Cancelled as i32
+    );
+}

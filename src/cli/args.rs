@@ -223,6 +223,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SENDLATER_CONSOLE_LISTEN", value_name = "ADDR|off")]
     pub console_listen: Option<String>,
 
+    /// A host name the console also answers to (e.g. behind a reverse proxy), NAME or
+    /// NAME:PORT; repeat for several. Requests naming any other host are refused
+    /// (DNS rebinding); its own address, localhost and loopback always work.
+    #[arg(long = "console-host", value_name = "NAME")]
+    pub console_hosts: Vec<String>,
+
     /// Listen on a non-loopback address although no auth tokens are configured: anyone
     /// who reaches the port can read and send every account's messages.
     #[arg(long, env = "SENDLATER_INSECURE")]

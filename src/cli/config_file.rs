@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub db: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    pub console_hosts: Option<Vec<String>>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -86,6 +87,8 @@ pub struct Settings {
     pub event_retention_ms: Option<i64>,
     pub tls: Option<TlsConfig>,
     pub tokens: Vec<TokenConfig>,
+    /// Host names the console also answers to, validated.
+    pub console_hosts: Vec<String>,
 }
 
 fn bad(key: &str, msg: impl std::fmt::Display) -> CliError {
@@ -230,6 +233,15 @@ pub fn parse(text: &str) -> Result<Settings> {
                 .map_err(|_| bad("metrics_listen", format!("{m:?} is not IP:PORT")))
         })
         .transpose()?;
+    let console_hosts = f
+        .console_hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            crate::console::console_host(h).map_err(|m| bad(&format!("console_hosts[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut tokens = Vec::with_capacity(f.tokens.len());
     for (i, t) in f.tokens.into_iter().enumerate() {
         let key = |k: &str| format!("tokens[{i}].{k}");
@@ -289,6 +301,7 @@ pub fn parse(text: &str) -> Result<Settings> {
             key: t.key,
         }),
         tokens,
+        console_hosts,
     })
 }
 
@@ -377,6 +390,11 @@ accounts = ["*"]
             ("[limits]\nmax_recipients = \"many\"", "max_recipients"),
             ("[dispatch]\nmax_attempts = 0", "dispatch.max_attempts"),
             ("metrics_listen = \"nowhere\"", "metrics_listen"),
+            ("console_hosts = [\"a/b\"]", "console_hosts[0]"),
+            (
+                "console_hosts = [\"ok.example\", \"x:0\"]",
+                "console_hosts[1]",
+            ),
             (
                 "[[tokens]]\ntoken = \"0123456789abcdef\"\nrole = \"root\"\naccounts = [\"*\"]",
                 "tokens[0].role",

@@ -92,6 +92,17 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
             )));
         }
     }
+    config.console_hosts = if args.console_hosts.is_empty() {
+        file.console_hosts
+    } else {
+        args.console_hosts
+            .iter()
+            .map(|h| {
+                crate::console::console_host(h)
+                    .map_err(|m| CliError::Config(format!("--console-host {m}")))
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
     config.synchronous = match args.sync {
         SyncMode::Full => Synchronous::Full,
         SyncMode::Normal => Synchronous::Normal,
@@ -295,5 +306,26 @@ mod tests {
         );
         let err = console(&["--console-listen", "nope"]).unwrap_err();
         assert!(err.to_string().contains("--console-listen"), "{err}");
+    }
+
+    #[test]
+    fn console_host_names_are_read_lowercase_and_a_bad_one_names_the_flag() {
+        let hosts = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.console_hosts);
+        assert!(hosts(&[]).unwrap().is_empty());
+        assert_eq!(
+            hosts(&[
+                "--console-host",
+                "Desk.Example.com",
+                "--console-host",
+                "desk:8443"
+            ])
+            .unwrap(),
+            vec!["desk.example.com".to_owned(), "desk:8443".to_owned()]
+        );
+        for bad in ["http://desk", "desk/x", "desk:0", "desk:http", "", "[zz]"] {
+            let err = hosts(&["--console-host", bad]).expect_err(bad);
+            assert_eq!(err.exit_code(), 64);
+            assert!(err.to_string().starts_with("--console-host "), "{err}");
+        }
     }
 }

@@ -12,6 +12,11 @@
 //!   and a session is made on the first visit, for the CSRF token.
 //! - Every state change is a POST carrying the session's CSRF token; every response
 //!   has a strict Content-Security-Policy (no inline script or style).
+//! - The front door ([`FrontDoor`]), before any route: a request whose Host is not a
+//!   name of the console (its address, localhost, loopback, the `--console-host`
+//!   names) is refused with 421, so a page of another site whose name re-resolves to
+//!   127.0.0.1 (DNS rebinding) gets no page and no session; a POST whose Origin (or,
+//!   without one, Sec-Fetch-Site) is another site is refused with 403.
 //!
 //! Pinned paths: `/accounts/{account_id}/deferred` and
 //! `/accounts/{account_id}/tickets/{ticket_id}`; `/` leads to them.
@@ -19,7 +24,7 @@
 mod pages;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +72,192 @@ pub struct Console {
     auth: Auth,
     gauges: Arc<dyn Gauges>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    door: Arc<FrontDoor>,
+}
+
+/// Which requests may reach the console's routes at all: those naming one of its
+/// hosts (DNS rebinding), and of those, the POSTs of its own pages (cross-site forms).
+#[derive(Debug, Clone)]
+pub struct FrontDoor {
+    /// The bound address (its port is the one Host must name).
+    bound: SocketAddr,
+    /// Names the operator configured (`name` at any port, or `name:port`), lowercase.
+    names: Vec<String>,
+    /// Served over TLS (the scheme an Origin must name).
+    https: bool,
+}
+
+/// A `--console-host` / `console_hosts` entry as the console compares it: a DNS name
+/// (letters, digits, `-`, `.`) or a bracketed IPv6 address, optionally `:PORT`;
+/// lowercase.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn console_host(text: &str) -> Result<String, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (host, port) = split_host_port(&t);
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && (host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            || host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()));
+    if !name_ok {
+        return Err(format!(
+            "{text:?} is not a host name (e.g. console.example.com or console.example.com:8080)"
+        ));
+    }
+    match port {
+        Some(Err(())) => Err(format!("{text:?}: the port is not a number 1..=65535")),
+        _ => Ok(t),
+    }
+}
+
+/// `host[:port]` split (IPv6 in brackets); the port is `Err` when present but not
+/// a port number.
+fn split_host_port(authority: &str) -> (&str, Option<Result<u16, ()>>) {
+    let port_at = match authority.rfind(':') {
+        // `[::1]` alone: the colons are inside the brackets.
+        Some(at) if authority[at..].contains(']') => None,
+        other => other,
+    };
+    match port_at {
+        Some(at) => {
+            let port = authority[at + 1..]
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(());
+            (&authority[..at], Some(port))
+        }
+        None => (authority, None),
+    }
+}
+
+impl FrontDoor {
+    /// The door of a console bound at `bound` that also answers to `names` (entries of
+    /// [`console_host`]).
+    pub fn new(bound: SocketAddr, names: Vec<String>, https: bool) -> Self {
+        FrontDoor {
+            bound,
+            names,
+            https,
+        }
+    }
+
+    /// Whether a request naming `authority` (its Host) is for this console: a
+    /// configured name; or at the console's port, `localhost`, a loopback address, the
+    /// bound address, or (bound to every interface) any IP address. An IP literal
+    /// cannot be a rebinding: a page's origin is then that address itself.
+    pub fn allows_host(&self, authority: &str) -> bool {
+        let authority = authority.trim().to_ascii_lowercase();
+        let (host, port) = split_host_port(&authority);
+        let port = match port {
+            None => Ok(if self.https { 443 } else { 80 }),
+            Some(p) => p,
+        };
+        let Ok(port) = port else { return false };
+        if self.names.iter().any(|n| match split_host_port(n) {
+            (name, None) => name == host,
+            (name, Some(p)) => name == host && p == Ok(port),
+        }) {
+            return true;
+        }
+        if port != self.bound.port() || host.is_empty() {
+            return false;
+        }
+        if host == "localhost" {
+            return true;
+        }
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map_or_else(
+                || host.parse::<std::net::Ipv4Addr>().map(IpAddr::V4).ok(),
+                |h| h.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).ok(),
+            );
+        ip.is_some_and(|ip| {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            ip.is_loopback() || ip == self.bound.ip() || self.bound.ip().is_unspecified()
+        })
+    }
+
+    /// Whether a state-changing request comes from another site: its Origin is not
+    /// this console's (scheme and the request's Host), or, without an Origin, its
+    /// Sec-Fetch-Site is anything but `same-origin` / `none` (typed in by the user).
+    /// Neither header (a script, curl): not a browser's cross-site form.
+    fn foreign(&self, headers: &HeaderMap, host: &str) -> bool {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let scheme = if self.https { "https" } else { "http" };
+            return origin.to_str().map_or(true, |o| {
+                !o.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
+            });
+        }
+        match headers.get("sec-fetch-site").map(HeaderValue::to_str) {
+            None => false,
+            Some(Ok(site)) => !matches!(site, "same-origin" | "none"),
+            Some(Err(_)) => true,
+        }
+    }
+}
+
+/// The front door (see [`FrontDoor`]), before every route.
+async fn front_door(
+    State(door): State<Arc<FrontDoor>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // HTTP/1.1 names the host in Host (and an absolute-form target may name one too);
+    // HTTP/2 in :authority. Every name the request carries must be ours.
+    let host = req.headers().get(header::HOST).map(HeaderValue::to_str);
+    let target = req.uri().authority().map(|a| a.as_str().to_owned());
+    let host = match (host, target) {
+        (Some(Ok(h)), Some(t)) if h.eq_ignore_ascii_case(&t) => Some(h.to_owned()),
+        (Some(Ok(h)), None) => Some(h.to_owned()),
+        (None, Some(t)) => Some(t),
+        _ => None,
+    };
+    let Some(host) = host.filter(|h| door.allows_host(h)) else {
+        tracing::info!(
+            host = ?req.headers().get(header::HOST),
+            "console: refused a request naming another host"
+        );
+        return page_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Wrong address",
+            &format!(
+                "This console answers only to its own address (127.0.0.1, localhost or \
+                 [::1] at port {}) and the names its operator configured \
+                 (--console-host); this request's Host header names another. If you \
+                 reached it through another name, ask for that name to be added.",
+                door.bound.port()
+            ),
+        );
+    };
+    if !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) && door.foreign(req.headers(), &host)
+    {
+        tracing::info!(
+            origin = ?req.headers().get(header::ORIGIN),
+            path = %req.uri().path(),
+            "console: refused a form posted by another site"
+        );
+        return page_error(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "this request was sent by another site (its Origin or Sec-Fetch-Site); the \
+             console takes changes only from its own pages",
+        );
+    }
+    next.run(req).await
 }
 
 fn random_hex() -> String {
@@ -94,7 +285,24 @@ impl Console {
             auth,
             gauges,
             sessions: Arc::default(),
+            door: Arc::new(FrontDoor::new(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Vec::new(),
+                false,
+            )),
         }
+    }
+
+    /// The console that also answers to these host names (entries of
+    /// [`console_host`]), besides its own address.
+    #[must_use]
+    pub fn with_hosts(mut self, names: Vec<String>) -> Self {
+        let door = FrontDoor {
+            names,
+            ..(*self.door).clone()
+        };
+        self.door = Arc::new(door);
+        self
     }
 
     fn session_id(headers: &HeaderMap) -> Option<String> {
@@ -207,6 +415,10 @@ pub fn router(console: Console) -> Router {
         )
         .route("/accounts/{account}/events", get(events))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            console.door.clone(),
+            front_door,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(console)
 }
@@ -222,6 +434,11 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let mut console = console;
+    console.door = Arc::new(FrontDoor {
+        bound,
+        ..(*console.door).clone()
+    });
     let app = router(console);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
