@@ -646,3 +646,81 @@ async fn the_console_answers_to_the_host_names_its_operator_configured() {
         pb::State::Cancelled as i32
     );
 }
+
+/// Posts the login form with `token` (a fresh form and its cookie first).
+async fn log_in(addr: SocketAddr, token: &str) -> HttpResponse {
+    let form = call(addr, "GET", "/login".into(), None, None).await;
+    assert_eq!(form.status, 200, "{form}");
+    let pair = form
+        .header("set-cookie")
+        .expect("a login cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let at = form
+        .body
+        .find("name=\"login_csrf\" value=\"")
+        .expect("a login_csrf field")
+        + 25;
+    let login_csrf = form.body[at..at + 32].to_owned();
+    call(
+        addr,
+        "POST",
+        "/login".into(),
+        Some(pair),
+        Some(format!("token={token}&login_csrf={login_csrf}")),
+    )
+    .await
+}
+
+/// Roles hold in the console as over gRPC: a connector token (Dispatch only) opens
+/// no session; a backend token for every account sees the accounts but not the
+/// operations page, which needs an admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_backend_and_admin_tokens_log_in_and_operations_needs_admin() {
+    let tokens = vec![
+        TokenConfig {
+            token: "connector-token-all".into(),
+            role: Role::Connector,
+            accounts: Accounts::All,
+        },
+        TokenConfig {
+            token: "backend-token-all".into(),
+            role: Role::Backend,
+            accounts: Accounts::All,
+        },
+        TokenConfig {
+            token: "operator-token-0001".into(),
+            role: Role::Admin,
+            accounts: Accounts::All,
+        },
+    ];
+    let (t, addr) = console_server(tokens).await;
+    let r = log_in(addr, "connector-token-all").await;
+    assert_eq!(r.status, 403, "{r}");
+    assert!(
+        !r.to_string().contains("sendlater_session="),
+        "no session: {r}"
+    );
+    assert!(r.body.contains("connector"), "a clear refusal: {r}");
+
+    let backend = session_of(&log_in(addr, "backend-token-all").await);
+    let r = call(
+        addr,
+        "GET",
+        "/accounts/acme/deferred".into(),
+        Some(backend.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r}");
+    let r = call(addr, "GET", "/operations".into(), Some(backend), None).await;
+    assert_eq!(r.status, 403, "{r}");
+    assert!(r.body.contains("admin"), "{r}");
+
+    let admin = session_of(&log_in(addr, "operator-token-0001").await);
+    let r = call(addr, "GET", "/operations".into(), Some(admin), None).await;
+    assert_eq!(r.status, 200, "{r}");
+    drop(t);
+}

@@ -110,7 +110,9 @@ async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
     db.execute_batch("DELETE FROM arm").unwrap();
     t.settle().await;
     // Fenced by a later item: the next job is it, not X again.
-    let fence = t.schedule(email_reply("acme", "T2", t.clock.now_ms())).await;
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
     let next = c.next_job().await;
     assert_eq!(
         job_item(&next),
@@ -118,11 +120,7 @@ async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
         "X was handed out a second time while its first job was out: {next:?}"
     );
     let cancel = client.cancel(item_ref("acme", &x.item_id)).await;
-    assert_status(
-        cancel,
-        tonic::Code::FailedPrecondition,
-        "",
-    );
+    assert_status(cancel, tonic::Code::FailedPrecondition, "");
     c.ack(&job, "<x@example.com>").await;
     let sent = wait_state(&t.client, "acme", &x.item_id, pb::State::Sent).await;
     assert_eq!(sent.attempts, 1);
