@@ -6,10 +6,12 @@
 //!   updates over Server-Sent Events), every asset inside the binary.
 //! - It calls the engine directly, the same calls the gRPC services make: the rules
 //!   (validation, state machine, activity) live there, never here.
-//! - Auth: the gRPC tokens. A login form exchanges a token for a session cookie
-//!   (HttpOnly, SameSite=Strict); a session sees only its token's accounts. With no
-//!   tokens configured the console is open (as gRPC: loopback only, see `cli::serve`),
-//!   and a session is made on the first visit, for the CSRF token.
+//! - Auth: the gRPC tokens. A login form exchanges a backend or admin token (not a
+//!   connector's) for a session cookie (HttpOnly, SameSite=Strict); a session sees
+//!   only its token's accounts, and the operations page needs an admin token for
+//!   every account. With no tokens configured the console is open (as gRPC: loopback
+//!   only, see `cli::serve`), and a session is made on the first visit, for the CSRF
+//!   token.
 //! - Every state change is a POST carrying the session's CSRF token; every response
 //!   has a strict Content-Security-Policy (no inline script or style).
 //! - The front door ([`FrontDoor`]), before any route: a request whose Host is not a
@@ -37,6 +39,7 @@ use axum::Router;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Role;
 use crate::dispatch::Dispatcher;
 use crate::domain::{self, Item, ItemId};
 use crate::engine::{Audience, Engine, Order};
@@ -606,6 +609,17 @@ async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login
     let Some(identity) = c.auth.identify(f.token.trim()) else {
         return login_page(StatusCode::UNAUTHORIZED, Some("That token is not known."));
     };
+    // The console is the Scheduler's: a connector token (Dispatch only) opens nothing.
+    if identity.role == Role::Connector {
+        tracing::info!(
+            token_index = ?identity.token_index,
+            "console: refused a login with a connector token"
+        );
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("That is a connector token: the console needs a backend or admin token."),
+        );
+    }
     let cookie = c.open_session(identity);
     let mut r = Redirect::to("/").into_response();
     r.headers_mut().insert(
@@ -996,12 +1010,14 @@ async fn operations(State(c): State<Console>, headers: HeaderMap) -> Response {
         Ok(v) => v,
         Err(r) => return r,
     };
-    // Operators only: the page shows every account's controls.
-    if !matches!(v.identity.accounts, crate::config::Accounts::All) {
+    // Operators only: the page shows every account's controls and the connectors.
+    if v.identity.role != Role::Admin
+        || !matches!(v.identity.accounts, crate::config::Accounts::All)
+    {
         return page_error(
             StatusCode::FORBIDDEN,
             "Not allowed",
-            "the operations page needs a token for every account",
+            "the operations page needs an admin token for every account",
         );
     }
     let connectors = c.dispatcher.connectors().await;
