@@ -262,7 +262,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .limits
         .max_message_bytes
         .max(config.limits.min_message_bytes());
-    let auth = Auth::new(config.tokens.clone());
+    let auth = Auth::with_clock(config.tokens.clone(), config.clock.clone());
     let scheduler = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(
         engine.clone(),
         streams.clone(),

@@ -31,17 +31,17 @@ async fn get_controls(t: &TestServer, token: &str) -> Result<(), tonic::Status> 
     let mut r = tonic::Request::new(pb::GetDispatchControlsRequest {
         account_id: "acme".into(),
     });
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().unwrap(),
-    );
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     t.client.clone().get_dispatch_controls(r).await.map(|_| ())
 }
 
 #[tokio::test]
 async fn after_five_unknown_tokens_grpc_refuses_even_the_right_token_until_the_lockout_ends() {
     let t = secured().await;
-    get_controls(&t, TOKEN).await.expect("the right token works");
+    get_controls(&t, TOKEN)
+        .await
+        .expect("the right token works");
     for i in 0..5 {
         let e = get_controls(&t, &format!("wrong-token-number-{i}"))
             .await

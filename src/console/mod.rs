@@ -44,7 +44,7 @@ use crate::dispatch::Dispatcher;
 use crate::domain::{self, Item, ItemId};
 use crate::engine::{Audience, Engine, Order};
 use crate::metrics::Gauges;
-use crate::service::auth::{Auth, Identity};
+use crate::service::auth::{Auth, Identity, Refusal};
 
 /// How long a session lives without use.
 const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
@@ -444,6 +444,8 @@ pub async fn serve(
     });
     let app = router(console);
     tokio::spawn(async move {
+        // The peer address reaches the handlers (the login's per-address backoff).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
@@ -598,7 +600,12 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login>) -> Response {
+async fn login(
+    State(c): State<Console>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(f): Form<Login>,
+) -> Response {
     let bound = cookie(&headers, LOGIN_COOKIE);
     if f.login_csrf.len() != 32 || bound.as_deref() != Some(f.login_csrf.as_str()) {
         return login_page(
@@ -606,8 +613,24 @@ async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login
             Some("The login form is stale or did not come from this console; try again."),
         );
     }
-    let Some(identity) = c.auth.identify(f.token.trim()) else {
-        return login_page(StatusCode::UNAUTHORIZED, Some("That token is not known."));
+    let peer = peer.map(|p| p.0 .0.ip());
+    let identity = match c.auth.identify_from(f.token.trim(), peer) {
+        Ok(identity) => identity,
+        Err(Refusal::Unknown) => {
+            return login_page(StatusCode::UNAUTHORIZED, Some("That token is not known."))
+        }
+        Err(Refusal::LockedOut(ms)) => {
+            let secs = (ms + 999) / 1000;
+            let mut r = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "Too many unknown tokens from this address; try again in {secs} s."
+                )),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
     };
     // The console is the Scheduler's: a connector token (Dispatch only) opens nothing.
     if identity.role == Role::Connector {

@@ -6,13 +6,162 @@
 //! then check the role and every account the request names *before* any lookup, so a
 //! token can never probe another account's items by their NOT_FOUND answers. With no
 //! tokens configured the service is open (everything allowed). Tokens are never logged.
+//!
+//! Guessing is slowed per peer address ([`Backoff`]): after [`FREE_FAILURES`] unknown
+//! tokens from one address (IPv4, or the /64 of an IPv6 address), each further one locks
+//! the address out for twice as long as the last (1 s, 2 s, 4 s, ... up to 15 min). A
+//! locked-out peer is answered UNAUTHENTICATED (the console: 429) without its token being
+//! looked at, so even the right token waits. A failure older than
+//! [`FAILURE_MEMORY_MS`] is forgotten, a success forgets them all, and the table holds at
+//! most [`MAX_PEERS`] addresses. gRPC and the console's login share one table, on the
+//! service's clock.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Accounts, Role, TokenConfig};
+
+/// Unknown tokens a peer may present before it is locked out.
+pub const FREE_FAILURES: u32 = 5;
+/// The first lockout; each further failure doubles it.
+pub const FIRST_LOCKOUT_MS: i64 = 1_000;
+/// The longest lockout.
+pub const MAX_LOCKOUT_MS: i64 = 15 * 60_000;
+/// A peer's failures are forgotten this long after its last one.
+pub const FAILURE_MEMORY_MS: i64 = 60 * 60_000;
+/// Peers remembered at most; beyond it the least recently failed is forgotten.
+pub const MAX_PEERS: usize = 10_000;
+
+/// What the table knows of one peer.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last_ms: i64,
+    locked_until_ms: i64,
+}
+
+/// Failed authentications per peer address (see the module doc). Cheap to clone.
+#[derive(Clone)]
+pub struct Backoff {
+    clock: Arc<dyn Clock>,
+    peers: Arc<Mutex<HashMap<IpAddr, Failures>>>,
+}
+
+/// The key of a peer: an IPv4 address, or the /64 network of an IPv6 one (a host is
+/// usually given a whole /64, so its addresses count as one).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl Backoff {
+    /// An empty table on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Backoff {
+            clock,
+            peers: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Milliseconds `peer` must still wait before a token of it is looked at; `None`
+    /// when it may try now.
+    pub fn locked_out(&self, peer: IpAddr) -> Option<i64> {
+        let now = self.clock.now_ms();
+        let f = *self.lock().get(&peer_key(peer))?;
+        (f.locked_until_ms > now).then(|| f.locked_until_ms - now)
+    }
+
+    /// Records an unknown token from `peer`; returns the lockout it now has (ms), if
+    /// any.
+    pub fn failed(&self, peer: IpAddr) -> Option<i64> {
+        let now = self.clock.now_ms();
+        let key = peer_key(peer);
+        let mut peers = self.lock();
+        if !peers.contains_key(&key) && peers.len() >= MAX_PEERS {
+            peers.retain(|_, f| now - f.last_ms < FAILURE_MEMORY_MS || f.locked_until_ms > now);
+            if peers.len() >= MAX_PEERS {
+                if let Some(oldest) = peers.iter().min_by_key(|(_, f)| f.last_ms).map(|(k, _)| *k) {
+                    peers.remove(&oldest);
+                }
+            }
+        }
+        let f = peers.entry(key).or_insert(Failures {
+            count: 0,
+            last_ms: now,
+            locked_until_ms: i64::MIN,
+        });
+        if now - f.last_ms >= FAILURE_MEMORY_MS {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last_ms = now;
+        let over = f.count.saturating_sub(FREE_FAILURES);
+        if over == 0 {
+            return None;
+        }
+        let lockout = FIRST_LOCKOUT_MS
+            .saturating_mul(1_i64 << (over - 1).min(30))
+            .min(MAX_LOCKOUT_MS);
+        f.locked_until_ms = now.saturating_add(lockout);
+        tracing::warn!(peer = %key, failures = f.count, lockout_ms = lockout, "repeated unknown tokens; peer locked out");
+        Some(lockout)
+    }
+
+    /// A token of `peer` was right: its failures are forgotten.
+    pub fn succeeded(&self, peer: IpAddr) {
+        self.lock().remove(&peer_key(peer));
+    }
+
+    /// Peers remembered (for tests of the bound).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no peer is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why [`Auth::identify_from`] found no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not one of ours.
+    Unknown,
+    /// The peer is locked out for this many more milliseconds; the token was not
+    /// looked at.
+    LockedOut(i64),
+}
+
+impl Refusal {
+    /// The UNAUTHENTICATED status of a gRPC call.
+    pub fn status(self) -> Status {
+        match self {
+            Refusal::Unknown => Status::unauthenticated("authorization: unknown token"),
+            Refusal::LockedOut(ms) => Status::unauthenticated(format!(
+                "authorization: too many unknown tokens from this address; retry in {} s",
+                (ms + 999) / 1000
+            )),
+        }
+    }
+}
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -41,10 +190,17 @@ pub enum Service {
     Dispatch,
 }
 
-/// The configured tokens; cheap to clone.
-#[derive(Clone, Default)]
+/// The configured tokens and the failure table; cheap to clone.
+#[derive(Clone)]
 pub struct Auth {
     tokens: Arc<Vec<TokenConfig>>,
+    backoff: Backoff,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth::new(Vec::new())
+    }
 }
 
 /// Compares in time independent of where the inputs differ (length aside).
@@ -56,9 +212,49 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Auth {
+    /// These tokens, failures counted on the system clock.
     pub fn new(tokens: Vec<TokenConfig>) -> Self {
+        Auth::with_clock(tokens, Arc::new(SystemClock))
+    }
+
+    /// These tokens, failures counted on `clock` (the service's clock).
+    pub fn with_clock(tokens: Vec<TokenConfig>, clock: Arc<dyn Clock>) -> Self {
         Auth {
             tokens: Arc::new(tokens),
+            backoff: Backoff::new(clock),
+        }
+    }
+
+    /// The per-peer failure table.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// [`Auth::identify`] for a caller at `peer` (when known): a locked-out peer is
+    /// refused without its token being looked at, an unknown token counts against the
+    /// peer, a known one clears its failures.
+    ///
+    /// # Errors
+    /// [`Refusal`]: unknown token, or locked out.
+    pub fn identify_from(
+        &self,
+        presented: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Identity, Refusal> {
+        if let Some(ms) = peer.and_then(|p| self.backoff.locked_out(p)) {
+            return Err(Refusal::LockedOut(ms));
+        }
+        match (self.identify(presented), peer) {
+            (Some(id), Some(p)) => {
+                self.backoff.succeeded(p);
+                Ok(id)
+            }
+            (Some(id), None) => Ok(id),
+            (None, Some(p)) => Err(self
+                .backoff
+                .failed(p)
+                .map_or(Refusal::Unknown, Refusal::LockedOut)),
+            (None, None) => Err(Refusal::Unknown),
         }
     }
 
@@ -116,10 +312,11 @@ impl Interceptor for AuthInterceptor {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization: expected `Bearer <token>`"))?;
+        let peer = req.remote_addr().map(|a: SocketAddr| a.ip());
         let id = self
             .auth
-            .identify(token.trim())
-            .ok_or_else(|| Status::unauthenticated("authorization: unknown token"))?;
+            .identify_from(token.trim(), peer)
+            .map_err(Refusal::status)?;
         let allowed = matches!(
             (id.role, self.service),
             (Role::Admin, _)
@@ -245,5 +442,88 @@ mod tests {
             accounts: Accounts::All,
         };
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    fn backoff() -> (crate::clock::ManualClock, Auth) {
+        let clock = crate::clock::ManualClock::new(1_000_000);
+        let a = Auth::with_clock(auth().tokens.to_vec(), Arc::new(clock.clone()));
+        (clock, a)
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    #[test]
+    fn after_the_free_failures_a_peer_is_locked_out_for_doubling_times_even_with_the_right_token() {
+        let (clock, a) = backoff();
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(
+                a.identify_from("nope", Some(PEER)).unwrap_err(),
+                Refusal::Unknown
+            );
+        }
+        assert_eq!(
+            a.identify_from("nope", Some(PEER)).unwrap_err(),
+            Refusal::LockedOut(FIRST_LOCKOUT_MS)
+        );
+        // Locked out: the right token is not even looked at.
+        assert!(matches!(
+            a.identify_from("back", Some(PEER)),
+            Err(Refusal::LockedOut(_))
+        ));
+        // Another address is not affected.
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
+        assert!(a.identify_from("back", Some(other)).is_ok());
+        clock.advance(std::time::Duration::from_millis(FIRST_LOCKOUT_MS as u64));
+        // The next failure doubles the lockout.
+        assert_eq!(
+            a.identify_from("nope", Some(PEER)).unwrap_err(),
+            Refusal::LockedOut(2 * FIRST_LOCKOUT_MS)
+        );
+        clock.advance(std::time::Duration::from_millis(
+            2 * FIRST_LOCKOUT_MS as u64 - 1,
+        ));
+        assert!(a.identify_from("back", Some(PEER)).is_err(), "still locked");
+        clock.advance(std::time::Duration::from_millis(1));
+        assert!(a.identify_from("back", Some(PEER)).is_ok());
+        // The success forgot the failures: a wrong token is merely unknown again.
+        assert_eq!(
+            a.identify_from("nope", Some(PEER)).unwrap_err(),
+            Refusal::Unknown
+        );
+    }
+
+    #[test]
+    fn lockouts_stop_growing_at_the_cap_and_failures_are_forgotten_after_an_hour() {
+        let (clock, a) = backoff();
+        let mut last = None;
+        for _ in 0..FREE_FAILURES + 40 {
+            last = a.backoff().failed(PEER);
+        }
+        assert_eq!(last, Some(MAX_LOCKOUT_MS));
+        clock.advance(std::time::Duration::from_millis(FAILURE_MEMORY_MS as u64));
+        assert_eq!(a.backoff().failed(PEER), None, "counting starts over");
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv6_64_count_as_one_peer() {
+        let (_clock, a) = backoff();
+        for i in 0..=FREE_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            a.backoff().failed(ip);
+        }
+        let sibling: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(a.backoff().locked_out(sibling).is_some());
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(a.backoff().locked_out(elsewhere).is_none());
+    }
+
+    #[test]
+    fn the_failure_table_is_bounded() {
+        let (_clock, a) = backoff();
+        for i in 0..MAX_PEERS as u32 + 100 {
+            a.backoff()
+                .failed(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        }
+        assert_eq!(a.backoff().len(), MAX_PEERS);
     }
 }
