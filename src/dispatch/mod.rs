@@ -235,8 +235,9 @@ impl Dispatcher {
 struct PendingWrite {
     /// The answers it records: put back if it does not commit.
     outcomes: Vec<Outcome>,
-    /// The items it leased and handed out: due again at once if it does not commit.
-    handed_out: Vec<ItemId>,
+    /// Planned items it did not lease because an earlier write of the open group
+    /// changed them: they wait in line again once it is done.
+    deferred: Vec<Planned>,
     /// It was an isolated write of this many outcomes.
     isolated: usize,
 }
@@ -716,7 +717,7 @@ impl Actor {
         let batch: Vec<Outcome> = self.outcomes.drain(..n).collect();
         let due: Vec<Fired> = planned.iter().map(|p| (p.id, p.due)).collect();
         let t = self.tuning;
-        let (executed_tx, executed) = oneshot::channel::<Vec<(Item, u128)>>();
+        let (executed_tx, executed) = oneshot::channel::<writes::Leased>();
         let write = self.next_write;
         self.next_write += 1;
         let store = self.engine.store().clone();
@@ -733,8 +734,9 @@ impl Actor {
             let queued = store
                 .enqueue(move |tx| {
                     // Leases first: their jobs leave as soon as they have run, before
-                    // the answers are recorded. (Should recording fail, the write rolls
-                    // back and its jobs are due again: at-least-once, as after a crash.)
+                    // the answers are recorded. (Should recording fail, or the group's
+                    // commit, the write rolls back but its leases are given back as
+                    // claims and applied again: the jobs are out.)
                     let leased = writes::lease(tx, &due, t)?;
                     let _ = executed_tx.send(leased);
                     let mut rng = rand::rng();
@@ -760,7 +762,7 @@ impl Actor {
                 ok: r.is_ok(),
             });
         });
-        let mut handed_out = Vec::new();
+        let mut deferred = Vec::new();
         // With only answers to record there is nothing to wait for: the next round
         // goes on at once.
         if !planned.is_empty() {
@@ -768,11 +770,16 @@ impl Actor {
                 Ok(leased) => {
                     let conn_of: HashMap<ItemId, u64> =
                         planned.iter().map(|p| (p.id, p.conn)).collect();
-                    for (item, token) in leased {
+                    for (item, token) in leased.jobs {
                         let conn = conn_of.get(&item.id).copied();
-                        handed_out.push(item.id);
                         self.hand_out(conn, item, token);
                     }
+                    let later: std::collections::HashSet<ItemId> =
+                        leased.deferred.iter().map(|&(id, _)| id).collect();
+                    deferred = planned
+                        .into_iter()
+                        .filter(|p| later.contains(&p.id))
+                        .collect();
                 }
                 // The write failed before leasing: the planned items wait again, first
                 // in line (the answers are put back when its WriteDone arrives).
@@ -783,21 +790,25 @@ impl Actor {
             write,
             PendingWrite {
                 outcomes: batch,
-                handed_out,
+                deferred,
                 isolated,
             },
         );
     }
 
     /// A write of ours finished. Durable: done. Not committed: its answers are recorded
-    /// again (one by one, in case one of them is what failed) and the jobs it handed out
-    /// are leased again at once (the connectors may still answer them: a late Ack
-    /// counts; the item may go out twice, as at-least-once allows).
+    /// again (one by one, in case one of them is what failed); the jobs it handed out
+    /// stay out (their leases are applied again by the store, see
+    /// `Tx::record_lease`). Either way, the items it deferred wait in line again.
     fn on_write_done(&mut self, write: u64, ok: bool) {
         let Some(w) = self.writes.remove(&write) else {
             return;
         };
         if std::mem::take(&mut self.held_by_answers) {
+            self.replan = true;
+        }
+        if !w.deferred.is_empty() {
+            self.wait_again(w.deferred);
             self.replan = true;
         }
         if ok {
@@ -807,15 +818,6 @@ impl Actor {
         self.write_failed = true;
         self.isolate = self.isolate.max(w.outcomes.len());
         self.outcomes.splice(0..0, w.outcomes);
-        let now = self.engine.clock().now_ms();
-        let mut again = Vec::with_capacity(w.handed_out.len());
-        for id in w.handed_out {
-            self.forget(id);
-            again.push((id, now));
-        }
-        if !again.is_empty() {
-            self.engine.ready().put_back(again);
-        }
     }
 
     async fn take_due(&mut self) -> domain::Result<()> {

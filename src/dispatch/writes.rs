@@ -8,7 +8,10 @@
 
 use crate::domain::machine::{Command, Retry};
 use crate::domain::{self, EventType, Item, ItemId};
-use crate::engine::{transitions::apply, Fired};
+use crate::engine::{
+    transitions::{self, apply},
+    Fired,
+};
 use rand::RngExt;
 
 use crate::store::Tx;
@@ -52,18 +55,36 @@ pub struct Tuning {
     pub max_attempts: u32,
 }
 
+/// What [`lease`] did with the fired items.
+#[derive(Debug, Default)]
+pub struct Leased {
+    /// Each leased item with its lease token (the secret part of its job id): its job
+    /// may leave once the write has run (the lease outlives a rollback, see
+    /// `Tx::record_lease`).
+    pub jobs: Vec<(Item, u128)>,
+    /// Fired items that a write earlier in the open group changed: not leased now (a
+    /// job would carry a change that may not commit); due again once this write is done.
+    pub deferred: Vec<Fired>,
+}
+
 /// Leases the given fired items (PENDING, and due by the deadline their timer fired
-/// for): DISPATCHING, attempt + 1, lease timer. Returns each leased item with its
-/// lease token (the secret part of its job id).
+/// for): DISPATCHING, attempt + 1, lease timer.
 ///
 /// A row that cannot be decoded fails alone (FAILED, with the reason in last_error);
 /// the others are leased. An item whose lateness window has passed gets its on_late
 /// policy instead.
-pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Vec<(Item, u128)>> {
-    let mut out = Vec::with_capacity(fired.len());
+pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Leased> {
+    let mut out = Leased {
+        jobs: Vec::with_capacity(fired.len()),
+        deferred: Vec::new(),
+    };
     let expires = tx.now + t.lease_ms;
     let mut rng = rand::rng();
     for &(id, due) in fired {
+        if tx.changed_in_group(id) {
+            out.deferred.push((id, due));
+            continue;
+        }
         let mut item = match tx.load_checked(id)? {
             None => continue,
             Some(Ok(item)) => item,
@@ -72,12 +93,12 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Vec<
                 continue;
             }
         };
-        let step = apply(tx, &mut item, Command::Lease { due, expires })?;
+        let step = transitions::lease(tx, &mut item, due, expires)?;
         if step
             .change()
             .is_some_and(|c| c.event == EventType::Dispatching)
         {
-            out.push((item, rng.random::<u128>()));
+            out.jobs.push((item, rng.random::<u128>()));
         }
     }
     Ok(out)
@@ -207,4 +228,111 @@ fn record_one(
     };
     apply(tx, &mut item, cmd)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::Synchronous;
+    use crate::domain::machine::{self, Step};
+    use crate::domain::{ChatContent, Content, Error, State};
+    use crate::store::{CommitHook, Effects, Store};
+
+    struct NoHook;
+    impl CommitHook for NoHook {
+        fn durable(&self, _: &Effects) {}
+        fn abandoned(&self, _: &Effects) {}
+    }
+
+    const T: Tuning = Tuning {
+        lease_ms: 30_000,
+        retry_base_ms: 1_000,
+        retry_cap_ms: 60_000,
+        max_attempts: 3,
+    };
+
+    async fn store_with_item(dir: &tempfile::TempDir) -> (Store, ItemId) {
+        let store = Store::open(
+            &dir.path().join("w.db"),
+            Synchronous::Full,
+            Arc::new(SystemClock),
+            Arc::new(NoHook),
+        )
+        .unwrap();
+        let new = crate::store::test_support::new_chat();
+        let id = store
+            .write(move |tx| tx.insert(&new, 1, &Default::default()))
+            .await
+            .unwrap();
+        (store, id)
+    }
+
+    async fn stored(store: &Store, id: ItemId) -> Item {
+        store
+            .read(move |conn| Ok(crate::store::rows::get_item_any(conn, id)?))
+            .await
+            .unwrap()
+            .expect("row")
+    }
+
+    /// A lease taken in a write that then fails is not rolled back with it: its job
+    /// has left (on main the item was PENDING again, so a cancel answered OK while a
+    /// connector sent it, and it was leased a second time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_outlives_the_rollback_of_the_write_that_took_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_item(&dir).await;
+        let r = store
+            .write(move |tx| {
+                let leased = lease(tx, &[(id, 1)], T)?;
+                assert_eq!(leased.jobs.len(), 1, "{leased:?}");
+                Err::<(), _>(Error::Internal("recording the answers failed".into()))
+            })
+            .await;
+        assert!(r.is_err());
+        let now = stored(&store, id).await;
+        assert_eq!((now.state, now.attempts), (State::Dispatching, 1));
+    }
+
+    /// A job never carries a change that may not commit: an item an earlier write of
+    /// the open group changed (here an edit of its text) is not leased in this group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_item_changed_earlier_in_the_open_group_is_not_leased_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_item(&dir).await;
+        let leased = store
+            .write(move |tx| {
+                let mut item = tx.load("a", id)?.expect("exists");
+                let edit = Command::Edit {
+                    send_at: None,
+                    content: Some(Content::Chat(ChatContent {
+                        text: "edited, not committed yet".into(),
+                        ..Default::default()
+                    })),
+                    on_activity: None,
+                };
+                let Step::Changed(change) = machine::step(&mut item, edit, tx.now)? else {
+                    panic!("edited")
+                };
+                tx.save(&item, change)?;
+                lease(tx, &[(id, 1)], T)
+            })
+            .await
+            .unwrap();
+        assert!(leased.jobs.is_empty(), "{leased:?}");
+        assert_eq!(leased.deferred, vec![(id, 1)]);
+        // Once that group is done, the item is leased with the committed text.
+        let leased = store
+            .write(move |tx| lease(tx, &[(id, 1)], T))
+            .await
+            .unwrap();
+        assert_eq!(leased.jobs.len(), 1);
+        let Content::Chat(c) = &leased.jobs[0].0.content else {
+            panic!("chat")
+        };
+        assert_eq!(c.text, "edited, not committed yet");
+    }
 }

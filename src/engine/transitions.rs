@@ -46,6 +46,34 @@ pub(crate) fn apply(tx: &mut Tx<'_>, item: &mut Item, cmd: Command) -> domain::R
     Ok(step)
 }
 
+/// Leases `item` (as just loaded in this write) for its timer's deadline `due` until
+/// `expires`: a DISPATCHING change is recorded as a lease that survives a rollback of
+/// this write or its group ([`Tx::record_lease`]: the job leaves before the commit);
+/// any other change (its lateness policy) is saved as by [`apply`]. Returns the step.
+///
+/// # Errors
+/// As [`apply`].
+pub(crate) fn lease(
+    tx: &mut Tx<'_>,
+    item: &mut Item,
+    due: crate::domain::Millis,
+    expires: crate::domain::Millis,
+) -> domain::Result<Step> {
+    let step = machine::step(item, Command::Lease { due, expires }, tx.now)?;
+    match step {
+        Step::Changed(change) if change.event == EventType::Dispatching => {
+            tx.record_lease(item, change)?;
+        }
+        Step::Changed(change) => {
+            debug_assert_ne!(change.event, EventType::Sent, "a lease never sends");
+            tx.save(item, change)?;
+        }
+        Step::Unchanged { rearm: Some(at) } => tx.rearm(item.id, at),
+        Step::Unchanged { rearm: None } => {}
+    }
+    Ok(step)
+}
+
 /// Applies the activity rule to the ticket's PENDING replies created before the
 /// activity; `except` is an item to leave alone (the one being sent) with how many of
 /// the ticket's live items it counts as (1 if it was live, 0 if it was not: the

@@ -467,6 +467,29 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Records a lease whose job leaves as soon as this write has run, before the
+    /// group commits: the item's DISPATCHING event, as [`Tx::save`], applied like a
+    /// dispatcher's claim. Should this write or its group not commit, the lease is not
+    /// lost with it (the job is out): it is given back as a claim and applied again,
+    /// before any later write reads the item.
+    ///
+    /// # Errors
+    /// Storage errors (the lease is then given back as a claim by the rollback).
+    pub fn record_lease(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        let seq = self.save(item, change);
+        self.overlay.applying(claims::Claim {
+            item: item.clone(),
+            change,
+        });
+        seq
+    }
+
+    /// Whether a write earlier in the open group (not yet committed) changed the item:
+    /// a job taken from it now could carry a change that never commits.
+    pub fn changed_in_group(&self, id: ItemId) -> bool {
+        self.overlay.changed_in_group(id)
+    }
+
     /// Records a lease the dispatcher took (its job is out already): the item's
     /// DISPATCHING event, as [`Tx::save`].
     fn apply_claim(&mut self, c: claims::Claim) -> domain::Result<()> {

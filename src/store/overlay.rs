@@ -82,6 +82,10 @@ pub(super) struct Overlay {
     /// Claims the open group applied, in order: given back if what applied them rolls
     /// back.
     applied: Vec<Claim>,
+    /// Items changed in the open group (a superset: a write rolled back alone leaves
+    /// its items here until the group ends). A lease is not taken through a write on
+    /// such an item: its job would carry a change that may not commit.
+    changed: std::collections::HashSet<ItemId>,
 }
 
 /// Where a write started in the open group's logs (to undo that write alone).
@@ -105,12 +109,18 @@ impl Overlay {
             last_sweep: Instant::now(),
             claims,
             applied: Vec::new(),
+            changed: Default::default(),
         }
     }
 
     /// The open group is applying this claim (its change is `put` next).
     pub(super) fn applying(&mut self, claim: Claim) {
         self.applied.push(claim);
+    }
+
+    /// Whether the open group changed the item (possibly by a write since rolled back).
+    pub(super) fn changed_in_group(&self, id: ItemId) -> bool {
+        self.changed.contains(&id)
     }
 
     /// The dirty version of the item, if any.
@@ -138,6 +148,7 @@ impl Overlay {
             }
         };
         self.taken.remove(&id);
+        self.changed.insert(id);
         let before = self.dirty.insert(
             id,
             Dirty {
@@ -228,6 +239,7 @@ impl Overlay {
         }
         drop(hints);
         self.applied.clear();
+        self.changed.clear();
         // After the rows and the hints: a claim read before this may be stale.
         self.claims.group_ended();
         if swept_any {
@@ -249,6 +261,7 @@ impl Overlay {
             swept: 0,
             applied: 0,
         });
+        self.changed.clear();
         self.claims.group_ended();
         self.publish();
     }
