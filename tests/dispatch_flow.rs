@@ -243,22 +243,27 @@ async fn one_accounts_burst_does_not_starve_another_account() {
     let mut order = Vec::new();
     for _ in 0..6 {
         let job = c.next_job().await;
-        order.push(job.item.as_ref().unwrap().account_id.clone());
+        let item = job.item.as_ref().unwrap();
+        order.push((item.account_id.clone(), item.item_id.clone()));
         c.ack(&job, "ok").await;
     }
-    let small_pos: Vec<usize> = order
+    // Both small items, each once, among the first 5 jobs (round-robin: at most every
+    // other job is the big account's).
+    let small_jobs: Vec<(usize, &String)> = order
         .iter()
         .enumerate()
-        .filter(|(_, a)| *a == "small")
-        .map(|(i, _)| i)
+        .filter(|(_, (a, _))| a == "small")
+        .map(|(i, (_, id))| (i, id))
         .collect();
+    let mut got: Vec<&String> = small_jobs.iter().map(|(_, id)| *id).collect();
+    got.sort();
+    let mut want: Vec<&String> = small.iter().collect();
+    want.sort();
     assert_eq!(
-        small_pos.len(),
-        2,
+        got, want,
         "both small items among the first 6 jobs: {order:?}"
     );
-    assert!(small_pos[1] <= 4, "{order:?}");
-    let _ = small;
+    assert!(small_jobs[1].0 <= 4, "{order:?}");
     t.stop().await;
 }
 
@@ -390,6 +395,30 @@ async fn the_client_timeline_shows_sent_items_without_internal_fields() {
         .unwrap()
         .into_inner();
     assert_eq!(client_view.items.len(), 1, "only the sent item");
+    assert!(
+        client_view
+            .items
+            .iter()
+            .all(|i| i.item_id != pending.item_id),
+        "the pending reply is not in the client's view"
+    );
+    let staff_view = t
+        .client
+        .get_ticket_timeline(pb::GetTicketTimelineRequest {
+            account_id: "acme".into(),
+            ticket_id: "T1".into(),
+            audience: pb::Audience::Staff as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        staff_view
+            .items
+            .iter()
+            .any(|i| i.item_id == pending.item_id),
+        "the staff view shows the pending reply: {staff_view:?}"
+    );
     let seen = &client_view.items[0];
     assert_eq!(seen.item_id, item.item_id);
     assert_eq!(seen.author_id, "");
@@ -399,7 +428,6 @@ async fn the_client_timeline_shows_sent_items_without_internal_fields() {
         Some(pb::scheduled_item::Content::Email(e)) => assert!(e.bcc.is_empty(), "bcc hidden"),
         other => panic!("{other:?}"),
     }
-    let _ = pending;
     t.stop().await;
 }
 

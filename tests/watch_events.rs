@@ -193,20 +193,20 @@ async fn dispatch_outcomes_are_events() {
         .unwrap()
         .into_inner();
     let job = c.next_job().await;
+    assert_eq!(job_item(&job), it.item_id);
     c.nack(&job, "busy", false).await;
     let mut s = watch(&t, "acme", 0).await;
-    let kinds: Vec<i32> = [next(&mut s).await, next(&mut s).await, next(&mut s).await]
-        .iter()
-        .map(|e| e.r#type)
+    let events: Vec<(i32, String)> = [next(&mut s).await, next(&mut s).await, next(&mut s).await]
+        .into_iter()
+        .map(|e| (e.r#type, e.item.expect("the event's item").item_id))
         .collect();
     assert_eq!(
-        kinds,
+        events,
         vec![
-            pb::EventType::Scheduled as i32,
-            pb::EventType::Dispatching as i32,
-            pb::EventType::Retrying as i32
+            (pb::EventType::Scheduled as i32, it.item_id.clone()),
+            (pb::EventType::Dispatching as i32, it.item_id.clone()),
+            (pb::EventType::Retrying as i32, it.item_id.clone())
         ]
     );
-    let _ = it;
     t.stop().await;
 }
