@@ -126,3 +126,58 @@ async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
     assert_eq!(sent.attempts, 1);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_reply_in_the_ticket_fails_alone_and_the_ack_is_recorded() {
+    // U, an older pending reply of the ticket, cannot be decoded. A's Ack runs the
+    // activity rule over the ticket's pending replies: U must fail alone (FAILED, with
+    // the reason and an event), and A's answer must count (on main the Ack's write
+    // failed on U, the answer was dropped and A was delivered again).
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let u = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
+    t.advance(Duration::from_secs(1));
+    let a = t.schedule(email_reply("acme", "T1", T0 + 10 * SEC)).await;
+    t.settle().await;
+    raw(&t)
+        .execute(
+            "UPDATE items SET content = x'ff00ff' WHERE id = ?1",
+            [numeric_id(&u.item_id)],
+        )
+        .unwrap();
+    t.advance(Duration::from_secs(9));
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), a.item_id);
+    c.ack(&job, "<a@example.com>").await;
+    let sent = wait_state(&t.client, "acme", &a.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 1, "A's answer was dropped: {sent:?}");
+    t.settle().await;
+    let db = raw(&t);
+    let (state, err): (i64, Option<String>) = db
+        .query_row(
+            "SELECT state, last_error FROM items WHERE id = ?1",
+            [numeric_id(&u.item_id)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, pb::State::Failed as i64);
+    assert!(
+        err.as_deref().unwrap_or("").contains("cannot be read"),
+        "{err:?}"
+    );
+    let failed_events: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE item_id = ?1 AND type = ?2",
+            [
+                numeric_id(&u.item_id),
+                sendlater::domain::EventType::Failed.as_i64(),
+            ],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed_events, 1, "U's failure has its event");
+    // No second delivery of A: a later item is the next job.
+    let fence = t.schedule(email_reply("acme", "T2", t.clock.now_ms())).await;
+    assert_eq!(job_item(&c.next_job().await), fence.item_id);
+    t.stop().await;
+}
