@@ -724,3 +724,75 @@ async fn only_backend_and_admin_tokens_log_in_and_operations_needs_admin() {
     assert_eq!(r.status, 200, "{r}");
     drop(t);
 }
+
+/// A negative max lateness from the schedule form is refused as over gRPC
+/// (INVALID_ARGUMENT naming max_lateness there, 400 naming it here), and nothing is
+/// scheduled; a positive one is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_max_lateness_from_the_schedule_form_is_refused_like_over_grpc() {
+    let (t, addr) = console_server(Vec::new()).await;
+    let (sid, page) = open_page(addr, "/accounts/acme/schedule").await;
+    assert_eq!(page.status, 200, "{page}");
+    let csrf = csrf_of(&page.body);
+    let form = |minutes: &str| {
+        format!(
+            "csrf={csrf}&kind=reply&channel=email&ticket_id=T1&author_id=ann\
+             &to=client%40example.com&subject=Hi&text=Hello&when=in+1h&tz=UTC\
+             &max_lateness_minutes={minutes}&on_late=fail"
+        )
+    };
+    // Over gRPC.
+    let mut req = email_reply("acme", "T1", T0 + 3_600_000);
+    req.max_lateness = Some(prost_types::Duration {
+        seconds: -300,
+        nanos: 0,
+    });
+    let r = t.client.clone().schedule_message(req).await;
+    assert_status(r, tonic::Code::InvalidArgument, "max_lateness: ");
+    for minutes in ["-5", "-1"] {
+        let r = call(
+            addr,
+            "POST",
+            "/accounts/acme/schedule".into(),
+            Some(sid.clone()),
+            Some(form(minutes)),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{minutes}: {r}");
+        assert!(r.body.contains("max_lateness"), "names the field: {r}");
+    }
+    t.settle().await;
+    let listed = t
+        .client
+        .clone()
+        .list_scheduled(pb::ListScheduledRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.items.is_empty(), "nothing scheduled: {listed:?}");
+    let r = call(
+        addr,
+        "POST",
+        "/accounts/acme/schedule".into(),
+        Some(sid),
+        Some(form("30")),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r}");
+    let listed = t
+        .client
+        .clone()
+        .list_scheduled(pb::ListScheduledRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items.len(), 1, "{listed:?}");
+    let lateness = listed.items[0].max_lateness.expect("max lateness kept");
+    assert_eq!(lateness.seconds, 1800);
+}
