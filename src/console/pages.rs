@@ -493,7 +493,9 @@ impl ScheduleForm {
                 .trim()
                 .parse()
                 .map_err(|_| "max lateness: a whole number of minutes".to_owned())?;
-            timing.max_lateness = Some(m.saturating_mul(60_000));
+            // 0 is "no limit", as a zero Duration over gRPC; a negative number is
+            // left to the engine's validation, which refuses it naming the field.
+            timing.max_lateness = (m != 0).then(|| m.saturating_mul(60_000));
         }
         timing.on_late = match self.on_late.as_str() {
             "convert_to_note" => Some(OnLate::ConvertToNote),

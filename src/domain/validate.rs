@@ -73,6 +73,14 @@ pub fn validate_new(item: &NewItem, now: Millis, limits: &Limits) -> Result<()> 
     }
     validate_content(&item.content, limits)?;
     if let Some(max) = item.timing.max_lateness {
+        // As the gRPC conversion says of a negative Duration (the console's form
+        // reaches here with its own number).
+        if max < 0 {
+            return Err(Error::invalid(
+                "max_lateness",
+                "must be a non-negative duration",
+            ));
+        }
         if max > limits.max_horizon_ms() {
             return Err(Error::invalid(
                 "max_lateness",
@@ -227,6 +235,15 @@ mod tests {
         n.timing.max_lateness = Some(limits.max_horizon_ms());
         assert!(validate_new(&n, NOW, &limits).is_ok());
         n.timing.max_lateness = Some(limits.max_horizon_ms() + 1);
+        let e = validate_new(&n, NOW, &limits).unwrap_err();
+        assert!(e.to_string().starts_with("max_lateness: "), "{e}");
+    }
+
+    #[test]
+    fn a_negative_max_lateness_is_invalid_naming_the_field() {
+        let limits = Limits::default();
+        let mut n = email(&["a@example.com"], "hi");
+        n.timing.max_lateness = Some(-60_000);
         let e = validate_new(&n, NOW, &limits).unwrap_err();
         assert!(e.to_string().starts_with("max_lateness: "), "{e}");
     }
