@@ -9,8 +9,9 @@
 //! `next_job()`; the manual clock moves only by `advance`.
 //!
 //! The browser runs in Europe/Moscow (TZ of chromedriver, which the browser inherits)
-//! while the server's clock is UTC, so the tests also see times turned into the
-//! viewer's zone by console.js and wall-clock times read in it.
+//! with the en-US locale (`--lang`) while the server's clock is UTC, so the tests also
+//! see times turned into the viewer's zone by console.js (exactly, as that locale
+//! writes them) and wall-clock times read in it.
 //!
 //! Screenshots of every page go to `target/console-screenshots/<name>.png`.
 mod common;
@@ -145,7 +146,8 @@ impl Browser {
             json!({
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1200,900"],
+                         "--disable-dev-shm-usage", "--window-size=1200,900",
+                         "--lang=en-US"],
             }),
         );
         // WebDriver on loopback is plain HTTP: no TLS connector needed.
@@ -719,7 +721,8 @@ async fn the_deferred_list_is_in_next_send_order_both_ways() {
     )
     .await;
     let first = b.text_content("tr.ticket td.next-send time").await;
-    assert!(first.contains("4:00") || first.contains("16:00"), "{first}");
+    // Exactly: the browser's zone is Europe/Moscow (TZ) and its locale en-US (--lang).
+    assert_eq!(first, "Nov 25, 2026, 04:00 PM GMT+3");
     b.screenshot("deferred").await;
 
     b.find("a#order-desc").await.click().await.unwrap();

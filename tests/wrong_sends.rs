@@ -177,7 +177,9 @@ async fn an_unreadable_reply_in_the_ticket_fails_alone_and_the_ack_is_recorded()
         .unwrap();
     assert_eq!(failed_events, 1, "U's failure has its event");
     // No second delivery of A: a later item is the next job.
-    let fence = t.schedule(email_reply("acme", "T2", t.clock.now_ms())).await;
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
     assert_eq!(job_item(&c.next_job().await), fence.item_id);
     t.stop().await;
 }
