@@ -56,11 +56,12 @@ struct Webhook {
 
 impl Webhook {
     async fn start(script: &[u16]) -> Webhook {
-        Webhook::start_slow(script, Duration::ZERO).await
+        Webhook::start_gated(script, None).await
     }
 
-    /// Like `start`, but every answer waits `delay` after the request was recorded.
-    async fn start_slow(script: &[u16], delay: Duration) -> Webhook {
+    /// Like `start`, but with a gate: every answer waits, after its request was
+    /// reported, until the test adds a permit to `gate` (one per answer).
+    async fn start_gated(script: &[u16], gate: Option<Arc<tokio::sync::Semaphore>>) -> Webhook {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, hits) = mpsc::unbounded_channel();
@@ -75,9 +76,11 @@ impl Webhook {
                 };
                 let tx = tx.clone();
                 let script = Arc::clone(&script);
+                let gate = gate.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let tx = tx.clone();
                     let script = Arc::clone(&script);
+                    let gate = gate.clone();
                     async move {
                         let (parts, body) = req.into_parts();
                         let body = body.collect().await.expect("body").to_bytes();
@@ -85,7 +88,9 @@ impl Webhook {
                             headers: parts.headers,
                             body,
                         });
-                        tokio::time::sleep(delay).await;
+                        if let Some(gate) = &gate {
+                            gate.acquire().await.expect("gate open").forget();
+                        }
                         let code = script.lock().unwrap().pop_front().unwrap_or(200);
                         let answer = if code == 200 {
                             r#"{"id":"chat-msg-1"}"#.to_owned()
@@ -398,13 +403,22 @@ async fn the_connector_waits_for_the_server_and_reconnects_after_a_restart() {
 #[tokio::test]
 async fn stopping_the_connector_lets_a_running_send_finish_and_acknowledges_it() {
     let mut t = TestServer::start().await;
-    let mut hook = Webhook::start_slow(&[], Duration::from_millis(300)).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut hook = Webhook::start_gated(&[], Some(gate.clone())).await;
     let connector = Connector::start(&t.url(), &hook.url());
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
     hook.next_hit().await;
-    // The webhook is still holding its answer: stop now.
+    // The webhook holds its answer until the gate opens: ask the connector to stop
+    // first, then let the webhook answer; the stop waits for the send and its ack.
+    connector.shutdown.cancel();
+    assert_eq!(
+        t.get_acme(&item.item_id).await.state,
+        pb::State::Dispatching as i32,
+        "the send is still running when the stop is asked for"
+    );
+    gate.add_permits(1);
     connector.stop().await;
     let sent = wait_item(&t, &item.item_id, "SENT", |i| {
         i.state == pb::State::Sent as i32

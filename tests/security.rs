@@ -411,12 +411,34 @@ async fn dispatch_needs_a_connector_token_and_gets_only_its_accounts_jobs() {
         .unwrap()
         .unwrap();
     assert_eq!(job.item.unwrap().item_id, mine.item_id);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), jobs.message())
-            .await
-            .is_err(),
+    // Fence: once the server is idle, every job it would hand out has left; a later
+    // acme item's job comes after them on this ordered stream.
+    t.settle().await;
+    let fence = c
+        .schedule_message(with(email_reply("acme", "T2", T0), Some("acme-backend")))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(Duration::from_secs(10), jobs.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.item.unwrap().item_id,
+        fence.item_id,
         "the other account's job must not reach this connector"
     );
+    // The other account's item was due all along: a connector for every account gets it.
+    let mut all = connector(&t.url(), Some("admin"))
+        .await
+        .expect("admin token");
+    let theirs = tokio::time::timeout(Duration::from_secs(10), all.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.item.unwrap().account_id, "other");
     t.stop().await;
 }
 
