@@ -104,12 +104,9 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Leas
     Ok(out)
 }
 
-/// Fails an item whose row cannot be decoded, without decoding it.
+/// Fails an item whose row cannot be decoded (see `transitions::fail_unreadable`).
 fn fail_unreadable_item(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain::Result<()> {
-    let why = format!("stored item cannot be read: {why}");
-    tracing::error!(item = id, reason = %why, "failing an item whose stored row cannot be read");
-    crate::metrics::METRICS.unreadable_items.inc();
-    tx.fail_unreadable(id, &why)
+    transitions::fail_unreadable(tx, id, why)
 }
 
 /// Records outcomes; jitter in [0,1) comes from `jitter`. Any error fails the write

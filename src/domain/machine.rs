@@ -74,6 +74,9 @@ pub enum Command {
     Unsent { attempt: u32 },
     /// Its lateness window ended while it waited.
     Late,
+    /// Its stored row cannot be decoded: a live item fails with `why` (it can never be
+    /// sent as stored).
+    Unreadable { why: String },
 }
 
 /// What the item's timer does after a change.
@@ -313,6 +316,17 @@ pub fn step(item: &mut Item, cmd: Command, now: Millis) -> Result<Step> {
             item.lease_expires_at = None;
             item.updated_at = now;
             Ok(changed(item, EventType::Retrying, Timer::Set(now)))
+        }
+        Command::Unreadable { why } => {
+            if !item.state.is_live() {
+                return Ok(Step::Unchanged { rearm: None });
+            }
+            item.state = State::Failed;
+            item.last_error = Some(why);
+            item.lease_expires_at = None;
+            item.next_attempt_at = None;
+            item.updated_at = now;
+            Ok(changed(item, EventType::Failed, Timer::Remove))
         }
         Command::Late => {
             if item.state != State::Pending || item.next_send_at() > now {

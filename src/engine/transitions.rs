@@ -94,7 +94,15 @@ pub(crate) fn activity_rule(
         Some((id, own)) => (Some(id), own),
         None => (None, 0),
     };
-    for mut item in tx.pending_replies(account, ticket, activity.occurred_at, own)? {
+    for r in tx.pending_replies(account, ticket, activity.occurred_at, own)? {
+        let mut item = match r {
+            Ok(item) => item,
+            // Fails alone: the rule goes on for the ticket's other replies.
+            Err((id, why)) => {
+                fail_unreadable(tx, id, &why)?;
+                continue;
+            }
+        };
         if Some(item.id) == except {
             continue;
         }
@@ -103,4 +111,19 @@ pub(crate) fn activity_rule(
         }
     }
     Ok(affected)
+}
+
+/// Fails a live item whose stored row cannot be decoded: FAILED with the reason in
+/// last_error and a FAILED event (`Tx::fail_unreadable`), counted in
+/// `sendlater_unreadable_items_total`.
+///
+/// # Errors
+/// Storage errors.
+pub(crate) fn fail_unreadable(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain::Result<()> {
+    let why = format!("stored item cannot be read: {why}");
+    if tx.fail_unreadable(id, &why)? {
+        tracing::error!(item = id, reason = %why, "failed an item whose stored row cannot be read");
+        crate::metrics::METRICS.unreadable_items.inc();
+    }
+    Ok(())
 }

@@ -252,7 +252,8 @@ impl Tx<'_> {
     }
 
     /// The ticket's PENDING replies created before `before`, oldest first: the items a
-    /// message in the ticket at `before` may convert or cancel. `own`: how many of the
+    /// message in the ticket at `before` may convert or cancel; a row that cannot be
+    /// decoded is `Err((id, why))` (the caller fails it alone). `own`: how many of the
     /// ticket's live items the caller holds itself (1 for an item being sent, which is
     /// still counted live): when the ticket has no other live item (known from memory,
     /// [`tickets::LiveTickets`]), nothing is read.
@@ -265,21 +266,26 @@ impl Tx<'_> {
         ticket: &str,
         before: Millis,
         own: usize,
-    ) -> domain::Result<Vec<Item>> {
+    ) -> domain::Result<Vec<Result<Item, (ItemId, String)>>> {
         if self.tickets.nothing_else_live(account, ticket, own) {
             return Ok(Vec::new());
         }
         // Every item has its row (inserts are not deferred) and a row never reads as
         // finished while the item is live, so the rows find every candidate; the
-        // overlay says what each is now.
+        // overlay says what each is now (a dirty item is decoded already, whatever its
+        // row holds).
         let mut out = rows::pending_replies(self.conn, account, ticket, before)?;
-        for item in &mut out {
-            self.touch(item.id)?;
-            if let Some(now) = self.overlay.get(item.id) {
-                *item = now.clone();
+        for r in &mut out {
+            let id = match r {
+                Ok(item) => item.id,
+                Err((id, _)) => *id,
+            };
+            self.touch(id)?;
+            if let Some(now) = self.overlay.get(id) {
+                *r = Ok(now.clone());
             }
         }
-        out.retain(|i| i.state == State::Pending);
+        out.retain(|r| r.as_ref().map_or(true, |i| i.state == State::Pending));
         Ok(out)
     }
 
@@ -444,18 +450,46 @@ impl Tx<'_> {
         self.fx.timers.push(WheelOp::Set(id, at));
     }
 
-    /// Fails a live item whose row cannot be decoded, without decoding it: FAILED with
-    /// `why` as its last error, lease and timer gone, quota slot freed.
+    /// Fails a live item whose row cannot be decoded, through the state machine
+    /// (`Command::Unreadable`): FAILED with `why` as its last error and a FAILED event,
+    /// lease and timer gone, quota slot freed. The item is read as far as its row can
+    /// be; only its state columns are written (the overlay's write-back would rewrite
+    /// the columns that cannot be decoded with defaults: they are kept as found).
+    /// Returns whether it failed (`false`: not live, or nothing of it can be read).
     ///
     /// # Errors
     /// Storage errors.
-    pub fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<()> {
+    pub fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<bool> {
         self.touch(id)?;
-        if let Some(account) = rows::fail_unreadable(self.conn, id, why, self.now)? {
-            self.fx.released.push(account);
+        if self.overlay.get(id).is_some() {
+            // Decoded in memory: not unreadable (its change is written back later).
+            return Ok(false);
         }
+        let Some(mut item) = rows::get_item_lenient(self.conn, id)? else {
+            return Ok(false);
+        };
+        let cmd = domain::machine::Command::Unreadable {
+            why: why.to_owned(),
+        };
+        let domain::machine::Step::Changed(change) =
+            domain::machine::step(&mut item, cmd, self.now)?
+        else {
+            return Ok(false);
+        };
+        if rows::fail_unreadable(self.conn, id, why, self.now)?.is_none() {
+            return Ok(false);
+        }
+        let seq = rows::insert_event(self.conn, change.event, &item, self.now)?;
+        self.fx.max_seq = self.fx.max_seq.max(seq);
         self.fx.timers.push(WheelOp::Remove(id));
-        Ok(())
+        if change.left_live {
+            self.fx.released.push(item.account_id.clone());
+            self.fx.left_tickets.push(tickets::LiveTickets::slot(
+                &item.account_id,
+                &item.ticket_id,
+            ));
+        }
+        Ok(true)
     }
 
     /// Marks the item read by this write (no dispatcher claim made from an older read

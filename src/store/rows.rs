@@ -118,6 +118,76 @@ pub fn item_from_row_at(row: &Row, o: usize) -> rusqlite::Result<Item> {
     })
 }
 
+/// The item by id read as far as its row can be decoded, every column that cannot be
+/// read as its default (no content, an email reply, ...): for failing an unreadable
+/// item through the state machine. `None` when there is no such row, or its state or
+/// account cannot be read (nothing can be decided for it).
+pub fn get_item_lenient(conn: &Connection, id: ItemId) -> Result<Option<Item>, StoreError> {
+    let mut st = conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))?;
+    Ok(st
+        .query_row(params![id], |r| Ok(item_from_row_lenient(r)))
+        .optional()?
+        .flatten())
+}
+
+fn item_from_row_lenient(row: &Row) -> Option<Item> {
+    let lease_expires_at: Option<Millis> = row.get(19).ok().flatten();
+    let (state, attempts) = with_lease(
+        State::from_i64(row.get(10).ok()?)?,
+        row.get(16).unwrap_or(0),
+        lease_expires_at,
+    );
+    let channel = row
+        .get(4)
+        .ok()
+        .and_then(Channel::from_i64)
+        .unwrap_or(Channel::Email);
+    Some(Item {
+        id: row.get(0).ok()?,
+        account_id: row.get(1).ok()?,
+        ticket_id: row.get(2).unwrap_or_default(),
+        kind: row
+            .get(3)
+            .ok()
+            .and_then(Kind::from_i64)
+            .unwrap_or(Kind::Reply),
+        channel,
+        author_id: row.get(5).unwrap_or_default(),
+        content: row
+            .get::<_, Vec<u8>>(6)
+            .ok()
+            .and_then(|b| Content::from_bytes(&b))
+            .unwrap_or_else(|| match channel {
+                Channel::Email => Content::Email(Default::default()),
+                Channel::Chat => Content::Chat(Default::default()),
+            }),
+        send_at: row.get(7).unwrap_or_default(),
+        created_at: row.get(8).unwrap_or_default(),
+        updated_at: row.get(9).unwrap_or_default(),
+        state,
+        on_activity: row
+            .get(11)
+            .ok()
+            .and_then(OnActivity::from_i64)
+            .unwrap_or(OnActivity::Keep),
+        note_at: row.get(12).ok().flatten(),
+        converted_by: None,
+        attempts,
+        last_error: row.get(17).ok().flatten(),
+        next_attempt_at: row.get(18).ok().flatten(),
+        lease_expires_at,
+        sent_at: row.get(20).ok().flatten(),
+        provider_message_id: row.get(21).ok().flatten(),
+        request_id: row.get(22).ok().flatten(),
+        timing: row
+            .get::<_, Option<Vec<u8>>>(23)
+            .ok()
+            .flatten()
+            .and_then(|b| Timing::from_bytes(&b))
+            .unwrap_or_default(),
+    })
+}
+
 /// Inserts a new PENDING item, due at `send_at` (the request's time after its delivery
 /// window) with `timing`; returns its id. The idempotency fingerprint is the request's.
 pub fn insert_item(
@@ -541,7 +611,7 @@ pub fn pending_replies(
     account: &str,
     ticket: &str,
     before: Millis,
-) -> Result<Vec<Item>, StoreError> {
+) -> Result<Vec<Result<Item, (ItemId, String)>>, StoreError> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_by_ticket \
          WHERE account_id = ?1 AND ticket_id = ?2 AND created_at < ?3 \
@@ -555,11 +625,19 @@ pub fn pending_replies(
             State::Pending.as_i64(),
             Kind::Reply.as_i64()
         ],
-        item_from_row,
+        // A row that cannot be decoded is told apart (by its id), to fail alone.
+        |r| Ok(item_from_row(r).map_err(|e| (r.get::<_, ItemId>(0), e.to_string()))),
     )?;
     // A PENDING row with a lease reads as DISPATCHING; the caller keeps the items
     // that are PENDING now (`Tx::pending_replies`).
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(match r? {
+            Ok(item) => Ok(item),
+            Err((id, why)) => Err((id?, why)),
+        });
+    }
+    Ok(out)
 }
 
 /// Appends an event for `item`; returns its sequence number. The snapshot carries
