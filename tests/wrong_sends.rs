@@ -183,3 +183,48 @@ async fn an_unreadable_reply_in_the_ticket_fails_alone_and_the_ack_is_recorded()
     assert_eq!(job_item(&c.next_job().await), fence.item_id);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_recorded_is_kept_and_recorded_later() {
+    // Recording A's SENT event fails while an injected trigger is armed: the write
+    // that carries the Ack fails, and so does the Ack alone. The answer must be kept
+    // and recorded by a later write once that can succeed (on main it was dropped: A
+    // stayed DISPATCHING until its lease expired and went out again).
+    let mut t = TestServer::start().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let a = t.schedule(email_reply("acme", "T1", T0 + SEC)).await;
+    let db = raw(&t);
+    db.execute_batch(&format!(
+        "CREATE TABLE arm (on_ INTEGER); INSERT INTO arm VALUES (1);
+         CREATE TRIGGER refuse_a BEFORE INSERT ON events
+           WHEN NEW.item_id = {} AND NEW.type = {} AND EXISTS (SELECT 1 FROM arm)
+           BEGIN SELECT RAISE(ABORT, 'injected: cannot record'); END;",
+        numeric_id(&a.item_id),
+        sendlater::domain::EventType::Sent.as_i64()
+    ))
+    .unwrap();
+    t.advance(Duration::from_secs(1));
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), a.item_id);
+    c.ack(&job, "<a@example.com>").await;
+    // The answer's write (and its isolated retry) fail while armed.
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
+    let fence_job = c.next_job().await;
+    assert_eq!(job_item(&fence_job), fence.item_id);
+    t.settle().await;
+    assert_eq!(
+        t.get_acme(&a.item_id).await.state,
+        pb::State::Dispatching as i32,
+        "not recorded while the trigger refuses it"
+    );
+    db.execute_batch("DELETE FROM arm").unwrap();
+    // The next write records the kept answer with its own.
+    c.ack(&fence_job, "<fence@example.com>").await;
+    wait_state(&t.client, "acme", &fence.item_id, pb::State::Sent).await;
+    let sent = wait_state(&t.client, "acme", &a.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 1);
+    assert_eq!(sent.provider_message_id, "<a@example.com>");
+    t.stop().await;
+}
