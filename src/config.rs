@@ -32,6 +32,13 @@ pub struct Limits {
     /// request needs, so an oversize body is INVALID_ARGUMENT naming the field rather
     /// than RESOURCE_EXHAUSTED from the transport.
     pub max_message_bytes: usize,
+    /// Attachments of one item at most.
+    pub max_attachments: usize,
+    /// An attachment's URL at most this many bytes.
+    pub max_url_bytes: usize,
+    /// An item's whole content (bodies, subject, addresses, in_reply_to, conversation
+    /// id, attachments) at most this many bytes.
+    pub max_item_bytes: usize,
 }
 
 impl Default for Limits {
@@ -46,15 +53,25 @@ impl Default for Limits {
             default_page_size: 100,
             max_past_ms: 1000,
             max_message_bytes: 4 * 1024 * 1024,
+            max_attachments: 20,
+            max_url_bytes: 2048,
+            max_item_bytes: Limits::item_bytes_for(256 * 1024),
         }
     }
 }
 
 impl Limits {
     /// The smallest gRPC message limit that still lets every body-size error be
-    /// reported by validation: two maximal bodies (text and html) plus headroom.
+    /// reported by validation: two maximal bodies (text and html), or a maximal item,
+    /// plus headroom.
     pub fn min_message_bytes(&self) -> usize {
-        self.max_body_bytes * 2 + 256 * 1024
+        (self.max_body_bytes * 2).max(self.max_item_bytes) + 256 * 1024
+    }
+
+    /// The default per-item limit for a body limit: two maximal bodies (text and
+    /// html) and 64 KiB for the rest.
+    pub fn item_bytes_for(max_body_bytes: usize) -> usize {
+        max_body_bytes * 2 + 64 * 1024
     }
 
     /// The horizon in milliseconds.

@@ -362,3 +362,102 @@ async fn converting_a_reply_to_a_note_frees_its_quota_slot() {
     schedule(&mut t, email_reply("acme", "T3", T0 + HOUR)).await;
     t.stop().await;
 }
+
+fn attachment(url: String) -> pb::Attachment {
+    pb::Attachment {
+        filename: "a.pdf".into(),
+        content_type: "application/pdf".into(),
+        url,
+        size_bytes: 1,
+    }
+}
+
+#[tokio::test]
+async fn more_than_20_attachments_is_invalid_argument_naming_the_attachments() {
+    let mut t = TestServer::start().await;
+    let many = || (0..21).map(|i| attachment(format!("https://f.example.com/{i}")));
+    let mut req = email_reply("acme", "T1", T0 + HOUR);
+    email_of(&mut req).attachments = many().collect();
+    refused(&mut t, req, Code::InvalidArgument, "email.attachments: ").await;
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    chat_of(&mut req).attachments = many().collect();
+    refused(&mut t, req, Code::InvalidArgument, "chat.attachments: ").await;
+    // Twenty are fine.
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    chat_of(&mut req).attachments = many().take(20).collect();
+    schedule(&mut t, req).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_attachment_url_over_2048_bytes_or_a_long_filename_is_invalid_argument_naming_it() {
+    let mut t = TestServer::start().await;
+    let url = |len: usize| format!("https://f.example.com/{}", "u".repeat(len - 22));
+    let mut req = email_reply("acme", "T1", T0 + HOUR);
+    email_of(&mut req).attachments = vec![attachment(url(100)), attachment(url(2049))];
+    refused(
+        &mut t,
+        req,
+        Code::InvalidArgument,
+        "email.attachments[1].url: ",
+    )
+    .await;
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    let mut a = attachment(url(100));
+    a.filename = "f".repeat(256);
+    chat_of(&mut req).attachments = vec![a];
+    refused(
+        &mut t,
+        req,
+        Code::InvalidArgument,
+        "chat.attachments[0].filename: ",
+    )
+    .await;
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    let mut a = attachment(url(100));
+    a.content_type = "x".repeat(256);
+    chat_of(&mut req).attachments = vec![a];
+    refused(
+        &mut t,
+        req,
+        Code::InvalidArgument,
+        "chat.attachments[0].content_type: ",
+    )
+    .await;
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    chat_of(&mut req).attachments = vec![attachment(url(2048))];
+    schedule(&mut t, req).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn the_whole_content_counts_toward_the_per_item_byte_limit() {
+    let mut t = TestServer::start_with(|cfg| cfg.limits.max_item_bytes = 100 * KIB).await;
+    // Each body is well under its own limit (256 KiB); together they are not.
+    let mut req = email_reply("acme", "T1", T0 + HOUR);
+    email_of(&mut req).text_body = "x".repeat(60 * KIB);
+    email_of(&mut req).html_body = "y".repeat(60 * KIB);
+    refused(&mut t, req, Code::InvalidArgument, "email: ").await;
+    // Attachments, recipients and the subject count too.
+    let mut req = email_reply("acme", "T1", T0 + HOUR);
+    email_of(&mut req).text_body = "x".repeat(60 * KIB);
+    email_of(&mut req).subject = "s".repeat(900);
+    email_of(&mut req).cc = (0..99)
+        .map(|i| format!("{}{i}@example.com", "c".repeat(50)))
+        .collect();
+    email_of(&mut req).attachments = (0..20)
+        .map(|i| attachment(format!("https://f.example.com/{i}/{}", "u".repeat(1500))))
+        .collect();
+    refused(&mut t, req, Code::InvalidArgument, "email: ").await;
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    chat_of(&mut req).text = "z".repeat(80 * KIB);
+    chat_of(&mut req).attachments = (0..20)
+        .map(|i| attachment(format!("https://f.example.com/{i}/{}", "u".repeat(1500))))
+        .collect();
+    refused(&mut t, req, Code::InvalidArgument, "chat: ").await;
+    // Under the limit it goes through.
+    let mut req = chat_reply("acme", "T1", T0 + HOUR);
+    chat_of(&mut req).text = "z".repeat(90 * KIB);
+    schedule(&mut t, req).await;
+    t.stop().await;
+}
