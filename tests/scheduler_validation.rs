@@ -440,7 +440,7 @@ async fn the_whole_content_counts_toward_the_per_item_byte_limit() {
     refused(&mut t, req, Code::InvalidArgument, "email: ").await;
     // Attachments, recipients and the subject count too.
     let mut req = email_reply("acme", "T1", T0 + HOUR);
-    email_of(&mut req).text_body = "x".repeat(60 * KIB);
+    email_of(&mut req).text_body = "x".repeat(70 * KIB);
     email_of(&mut req).subject = "s".repeat(900);
     email_of(&mut req).cc = (0..99)
         .map(|i| format!("{}{i}@example.com", "c".repeat(50)))

@@ -43,6 +43,9 @@ pub struct LimitsFile {
     pub max_batch_entries: Option<u64>,
     pub max_page_size: Option<u64>,
     pub max_message_bytes: Option<u64>,
+    pub max_attachments: Option<u64>,
+    pub max_url_bytes: Option<u64>,
+    pub max_item_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,7 +170,31 @@ pub fn parse(text: &str) -> Result<Settings> {
             10_000,
             d.max_page_size.into(),
         )? as u32,
+        max_attachments: ranged(
+            "limits.max_attachments",
+            f.limits.max_attachments,
+            0,
+            1000,
+            d.max_attachments as u64,
+        )? as usize,
+        max_url_bytes: ranged(
+            "limits.max_url_bytes",
+            f.limits.max_url_bytes,
+            16,
+            64 * 1024,
+            d.max_url_bytes as u64,
+        )? as usize,
         ..d
+    };
+    let limits = Limits {
+        max_item_bytes: ranged(
+            "limits.max_item_bytes",
+            f.limits.max_item_bytes,
+            1024,
+            256 << 20,
+            Limits::item_bytes_for(limits.max_body_bytes) as u64,
+        )? as usize,
+        ..limits
     };
     let limits = Limits {
         max_message_bytes: ranged(
@@ -372,6 +399,26 @@ accounts = ["*"]
         assert_eq!(s.tokens[0].accounts, Accounts::Only(vec!["acme".into()]));
         assert_eq!(s.tokens[1].role, Role::Connector);
         assert_eq!(s.tokens[1].accounts, Accounts::All);
+    }
+
+    #[test]
+    fn the_item_limit_follows_the_body_limit_unless_set() {
+        let s = parse("[limits]\nmax_body_bytes = 1000").unwrap();
+        assert_eq!(s.limits.max_item_bytes, 2000 + 64 * 1024);
+        let s = parse("[limits]\nmax_item_bytes = 5000\nmax_attachments = 3\nmax_url_bytes = 100")
+            .unwrap();
+        assert_eq!(
+            (
+                s.limits.max_item_bytes,
+                s.limits.max_attachments,
+                s.limits.max_url_bytes
+            ),
+            (5000, 3, 100)
+        );
+        let e = parse("[limits]\nmax_url_bytes = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_url_bytes"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,9 @@ use crate::config::Limits;
 /// Longest id (account, ticket, author, request, message) accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// Longest attachment filename or content type accepted, in bytes.
+pub const MAX_ATTACHMENT_NAME_BYTES: usize = 255;
+
 /// Checks a non-empty identifier field.
 ///
 /// # Errors
@@ -109,9 +112,58 @@ pub fn validate_content(content: &Content, limits: &Limits) -> Result<()> {
             if c.conversation_id.len() > MAX_ID_BYTES {
                 return Err(Error::invalid("chat.conversation_id", "is too long"));
             }
-            validate_attachments("chat.attachments", &c.attachments)
+            validate_attachments("chat.attachments", &c.attachments, limits)?;
+            check_total("chat", chat_bytes(c), limits)
         }
     }
+}
+
+/// The bytes of an item's content as stored and sent: every string field.
+pub fn content_bytes(content: &Content) -> usize {
+    match content {
+        Content::Email(e) => email_bytes(e),
+        Content::Chat(c) => chat_bytes(c),
+    }
+}
+
+fn email_bytes(e: &EmailContent) -> usize {
+    let addresses: usize =
+        e.to.iter()
+            .chain(&e.cc)
+            .chain(&e.bcc)
+            .map(String::len)
+            .sum();
+    e.from.len()
+        + addresses
+        + e.subject.len()
+        + e.text_body.len()
+        + e.html_body.len()
+        + e.in_reply_to.len()
+        + attachments_bytes(&e.attachments)
+}
+
+fn chat_bytes(c: &super::ChatContent) -> usize {
+    c.conversation_id.len() + c.text.len() + attachments_bytes(&c.attachments)
+}
+
+fn attachments_bytes(list: &[super::Attachment]) -> usize {
+    list.iter()
+        .map(|a| a.filename.len() + a.content_type.len() + a.url.len() + 8)
+        .sum()
+}
+
+fn check_total(field: &str, total: usize, limits: &Limits) -> Result<()> {
+    if total > limits.max_item_bytes {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "the whole content (bodies, subject, addresses, attachments) is {total} bytes, \
+                 at most {} allowed",
+                limits.max_item_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_email(e: &EmailContent, limits: &Limits) -> Result<()> {
@@ -164,7 +216,8 @@ fn validate_email(e: &EmailContent, limits: &Limits) -> Result<()> {
             "must be one short line",
         ));
     }
-    validate_attachments("email.attachments", &e.attachments)
+    validate_attachments("email.attachments", &e.attachments, limits)?;
+    check_total("email", email_bytes(e), limits)
 }
 
 fn check_body(field: &str, body: &str, limits: &Limits) -> Result<()> {
@@ -181,10 +234,41 @@ fn check_body(field: &str, body: &str, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-fn validate_attachments(field: &str, list: &[super::Attachment]) -> Result<()> {
+fn validate_attachments(field: &str, list: &[super::Attachment], limits: &Limits) -> Result<()> {
+    if list.len() > limits.max_attachments {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "has {} attachments, at most {} allowed",
+                list.len(),
+                limits.max_attachments
+            ),
+        ));
+    }
     for (i, a) in list.iter().enumerate() {
         if a.url.is_empty() {
             return Err(Error::invalid(format!("{field}[{i}].url"), "is required"));
+        }
+        if a.url.len() > limits.max_url_bytes {
+            return Err(Error::invalid(
+                format!("{field}[{i}].url"),
+                format!(
+                    "is {} bytes, at most {} allowed",
+                    a.url.len(),
+                    limits.max_url_bytes
+                ),
+            ));
+        }
+        for (name, value) in [("filename", &a.filename), ("content_type", &a.content_type)] {
+            if value.len() > MAX_ATTACHMENT_NAME_BYTES {
+                return Err(Error::invalid(
+                    format!("{field}[{i}].{name}"),
+                    format!(
+                        "is {} bytes, at most {MAX_ATTACHMENT_NAME_BYTES} allowed",
+                        value.len()
+                    ),
+                ));
+            }
         }
         if a.filename.contains(['\r', '\n', '"']) {
             return Err(Error::invalid(
