@@ -484,3 +484,30 @@ async fn a_page_token_with_multi_byte_characters_is_invalid_argument_naming_page
     assert_eq!(page.items.len(), 3);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_page_of_large_items_stops_before_the_response_limit_with_a_next_page_token() {
+    const KIB: usize = 1024;
+    let mut t = TestServer::start_with(|c| c.limits.max_message_bytes = 1024 * KIB).await;
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let mut req = chat_reply("acme", "T1", T0 + HOUR + i * MINUTE);
+        chat_of(&mut req).text = char::from(b'a' + i as u8).to_string().repeat(200 * KIB);
+        want.push(schedule(&mut t, req).await);
+    }
+    let mut req = list_req("acme");
+    req.page_size = 100;
+    let first = list(&mut t, req.clone()).await;
+    assert!(
+        !first.items.is_empty() && first.items.len() < 12,
+        "a page of {} items",
+        first.items.len()
+    );
+    assert!(
+        !first.next_page_token.is_empty(),
+        "the page says more follow"
+    );
+    let all = list_all(&mut t, req).await;
+    assert_eq!(ids(&all), ids(&want), "every item once, in send order");
+    t.stop().await;
+}
