@@ -68,6 +68,17 @@ impl Limits {
         (self.max_body_bytes * 2).max(self.max_item_bytes) + 256 * 1024
     }
 
+    /// The gRPC message limit in force (never below [`Limits::min_message_bytes`]).
+    pub fn effective_message_bytes(&self) -> usize {
+        self.max_message_bytes.max(self.min_message_bytes())
+    }
+
+    /// What the items of one response may take: the message limit less 64 KiB for the
+    /// rest of the response.
+    pub fn response_budget(&self) -> usize {
+        self.effective_message_bytes() - 64 * 1024
+    }
+
     /// The default per-item limit for a body limit: two maximal bodies (text and
     /// html) and 64 KiB for the rest.
     pub fn item_bytes_for(max_body_bytes: usize) -> usize {

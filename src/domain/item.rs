@@ -436,6 +436,22 @@ pub struct Item {
 }
 
 impl Item {
+    /// An upper bound of the item's size in a gRPC response: every string it holds plus
+    /// a fixed allowance for the numbers, timestamps and field tags.
+    pub fn approx_wire_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        const FIXED: usize = 1024;
+        FIXED
+            + super::content_bytes(&self.content)
+            + self.account_id.len()
+            + self.ticket_id.len()
+            + self.author_id.len()
+            + opt(&self.last_error)
+            + opt(&self.provider_message_id)
+            + opt(&self.request_id)
+            + self.converted_by.as_ref().map_or(0, |a| a.message_id.len())
+    }
+
     /// The opaque id clients see.
     pub fn public_id(&self) -> String {
         format_item_id(self.id)

@@ -27,6 +27,24 @@ pub struct Page<T> {
     pub next_page_token: String,
 }
 
+/// Keeps the rows that fit in `budget` bytes (at least one), marking `more` when some
+/// were left out: a page of large items stops before the response limit.
+fn cut_to_budget(rows: &mut Rows<Item>, budget: usize) {
+    let mut used = 0usize;
+    let fits = rows
+        .rows
+        .iter()
+        .position(|item| {
+            used = used.saturating_add(item.approx_wire_bytes());
+            used > budget
+        })
+        .map_or(rows.rows.len(), |at| at.max(1));
+    if fits < rows.rows.len() {
+        rows.rows.truncate(fits);
+        rows.more = true;
+    }
+}
+
 impl<T> Page<T> {
     /// The page of `rows`; its token names the key of the last row when more follow.
     fn of(rows: Rows<T>, order: Order, key: impl Fn(&T) -> (Millis, Vec<u8>)) -> Self {
@@ -140,11 +158,12 @@ impl Engine {
             Some((at, id))
         };
         let order = q.order;
-        let rows = self
+        let mut rows = self
             .inner
             .store
             .read(move |conn| Ok(reads::list_items(conn, &q, after, limit)?))
             .await?;
+        cut_to_budget(&mut rows, self.inner.limits.response_budget());
         Ok(Page::of(rows, order, |item: &Item| {
             (item.next_send_at(), item.id.to_string().into_bytes())
         }))
