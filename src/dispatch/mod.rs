@@ -88,6 +88,8 @@ pub enum ConnectorEvent {
     WriteDone {
         write: u64,
         ok: bool,
+        /// Answers it could not record (kept for a later write).
+        kept: Vec<Outcome>,
     },
     /// Answered with the ids of the due items waiting in line and of the jobs out at
     /// connectors (for checks of "nothing stranded").
@@ -160,6 +162,9 @@ impl Dispatcher {
             inflight: HashMap::new(),
             outcomes: Vec::new(),
             isolate: 0,
+            unrecorded: Vec::new(),
+            unrecorded_at: None,
+            unrecorded_backoff: UNRECORDED_FIRST_RETRY,
             idle: Vec::new(),
             parked: HashMap::new(),
             limiter: Limiter::default(),
@@ -242,6 +247,11 @@ struct PendingWrite {
     isolated: usize,
 }
 
+/// The first wait before answers a write could not record are tried again on their own.
+const UNRECORDED_FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest such wait.
+const UNRECORDED_MAX_RETRY: Duration = Duration::from_secs(60);
+
 /// Answers received and not yet durable past which no new job is handed out until a
 /// write is done. Jobs leave without the writer (their leases are claims, see
 /// `store::claims`) and a connector's credit comes back with its answer, so without
@@ -278,6 +288,12 @@ struct Actor {
     /// After a failed write: how many of the outcomes at the front to record one by
     /// one, each in its own savepoint, so a bad one cannot hold back the others.
     isolate: usize,
+    /// Outcomes an isolated write could not record (not for a reason of their own
+    /// row): recorded with the next write, or on their own at `unrecorded_at` (backing
+    /// off from 1 s to a minute while they keep failing). Never dropped.
+    unrecorded: Vec<Outcome>,
+    unrecorded_at: Option<tokio::time::Instant>,
+    unrecorded_backoff: Duration,
     /// Callers of [`Dispatcher::idle`].
     idle: Vec<oneshot::Sender<()>>,
     /// Due items held back by a pause or a rate limit, per account and channel.
@@ -325,6 +341,7 @@ impl Actor {
                     "dispatcher stopping: recording the answers of jobs in flight"
                 );
                 self.draining = Some(tokio::time::Instant::now() + self.drain_grace);
+                self.requeue_unrecorded();
             }
             if let Some(deadline) = self.draining {
                 let done =
@@ -367,6 +384,9 @@ impl Actor {
                     _ = tokio::time::sleep_until(self.draining.unwrap_or(far)), if self.draining.is_some() => {}
                     _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
                         retry_at = None;
+                    }
+                    _ = tokio::time::sleep_until(self.unrecorded_at.unwrap_or(far)), if self.unrecorded_at.is_some() => {
+                        self.requeue_unrecorded();
                     }
                 }
             }
@@ -425,7 +445,7 @@ impl Actor {
             }
             ConnectorEvent::Gone { conn } => self.on_gone(conn),
             ConnectorEvent::Idle(waiter) => self.idle.push(waiter),
-            ConnectorEvent::WriteDone { write, ok } => self.on_write_done(write, ok),
+            ConnectorEvent::WriteDone { write, ok, kept } => self.on_write_done(write, ok, kept),
             ConnectorEvent::Inspect(reply) => {
                 let mut ids: Vec<ItemId> = self.inflight.keys().copied().collect();
                 for q in self.waiting.values() {
@@ -705,6 +725,8 @@ impl Actor {
     /// back as [`ConnectorEvent::WriteDone`]; if it did not commit, its answers are
     /// recorded again and its items are due again.
     async fn write_round(&mut self, planned: Vec<Planned>) {
+        // Answers kept from an earlier write go with this one.
+        self.requeue_unrecorded();
         let isolated = if self.isolate > 0 {
             self.isolate.min(BATCH)
         } else {
@@ -742,11 +764,10 @@ impl Actor {
                     let mut rng = rand::rng();
                     let mut jitter = || rand::RngExt::random::<f64>(&mut rng);
                     if isolated > 0 {
-                        writes::record_isolated(tx, &records, t, &mut jitter)?;
+                        writes::record_isolated(tx, &records, t, &mut jitter)
                     } else {
-                        writes::record(tx, &records, t, &mut jitter)?;
+                        writes::record(tx, &records, t, &mut jitter).map(|()| Vec::new())
                     }
-                    Ok(())
                 })
                 .await;
             let _ = queued_tx.send(());
@@ -757,10 +778,11 @@ impl Actor {
             if let Err(e) = &r {
                 tracing::error!(error = %e, "dispatch write failed");
             }
-            let _ = events.send(ConnectorEvent::WriteDone {
-                write,
-                ok: r.is_ok(),
-            });
+            let (ok, kept) = match r {
+                Ok(kept) => (true, kept),
+                Err(_) => (false, Vec::new()),
+            };
+            let _ = events.send(ConnectorEvent::WriteDone { write, ok, kept });
         });
         let mut deferred = Vec::new();
         // With only answers to record there is nothing to wait for: the next round
@@ -800,10 +822,18 @@ impl Actor {
     /// again (one by one, in case one of them is what failed); the jobs it handed out
     /// stay out (their leases are applied again by the store, see
     /// `Tx::record_lease`). Either way, the items it deferred wait in line again.
-    fn on_write_done(&mut self, write: u64, ok: bool) {
+    fn on_write_done(&mut self, write: u64, ok: bool, kept: Vec<Outcome>) {
         let Some(w) = self.writes.remove(&write) else {
             return;
         };
+        if !kept.is_empty() {
+            self.unrecorded.extend(kept);
+            let wait = self.unrecorded_backoff;
+            self.unrecorded_at = Some(tokio::time::Instant::now() + wait);
+            self.unrecorded_backoff = (wait * 2).min(UNRECORDED_MAX_RETRY);
+        } else if ok && w.isolated > 0 {
+            self.unrecorded_backoff = UNRECORDED_FIRST_RETRY;
+        }
         if std::mem::take(&mut self.held_by_answers) {
             self.replan = true;
         }
@@ -818,6 +848,16 @@ impl Actor {
         self.write_failed = true;
         self.isolate = self.isolate.max(w.outcomes.len());
         self.outcomes.splice(0..0, w.outcomes);
+    }
+
+    /// Puts the kept answers back in front of the outcomes to record.
+    fn requeue_unrecorded(&mut self) {
+        self.unrecorded_at = None;
+        if !self.unrecorded.is_empty() {
+            let kept = std::mem::take(&mut self.unrecorded);
+            self.isolate += kept.len();
+            self.outcomes.splice(0..0, kept);
+        }
     }
 
     async fn take_due(&mut self) -> domain::Result<()> {

@@ -125,30 +125,34 @@ pub fn record(
 }
 
 /// Records outcomes each in its own savepoint, after a write of them failed: one that
-/// cannot be recorded (its row cannot be decoded) is handled alone and the others are
-/// recorded; a storage error that ends the whole transaction still fails the write.
+/// cannot be recorded because its row cannot be decoded fails its item alone; one that
+/// cannot be recorded for another reason is returned, to be recorded by a later write
+/// (an answer is never dropped); the others are recorded. A storage error that ends
+/// the whole transaction still fails the write.
 pub fn record_isolated(
     tx: &mut Tx<'_>,
     outcomes: &[Outcome],
     t: Tuning,
     jitter: &mut dyn FnMut() -> f64,
-) -> domain::Result<()> {
+) -> domain::Result<Vec<Outcome>> {
+    let mut kept = Vec::new();
     for o in outcomes {
         if let Err(e) = tx.isolated(|tx| record_one(tx, o, t, jitter))? {
             let id = o.item();
             match tx.load_checked(id)? {
                 Some(Err(why)) => fail_unreadable_item(tx, id, &why)?,
                 _ => {
-                    tracing::error!(item = id, error = %e, outcome = ?o, "could not record a dispatch outcome; dropped")
+                    tracing::error!(item = id, error = %e, outcome = ?o, "could not record a dispatch outcome; kept for a later write");
+                    kept.push(o.clone());
                 }
             }
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 impl Outcome {
-    fn item(&self) -> ItemId {
+    pub(crate) fn item(&self) -> ItemId {
         match self {
             Outcome::Ack { id, .. }
             | Outcome::Nack { id, .. }
