@@ -309,6 +309,48 @@ mod tests {
     }
 
     #[test]
+    fn a_console_beyond_loopback_without_tls_is_refused_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = "[[tokens]]\ntoken = \"operator-token-0001\"\nrole = \"admin\"\n\
+                      accounts = [\"*\"]\n";
+        let plain = dir.path().join("plain.toml");
+        std::fs::write(&plain, tokens).unwrap();
+        let tls = dir.path().join("tls.toml");
+        std::fs::write(
+            &tls,
+            format!("{tokens}[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n"),
+        )
+        .unwrap();
+        let plain = plain.to_str().unwrap();
+        let tls = tls.to_str().unwrap();
+        let console = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.console_listen);
+        let public = Some("0.0.0.0:8080".parse().unwrap());
+        // Tokens, but the session cookie would cross the network in clear text.
+        let err = console(&["--config", plain, "--console-listen", "0.0.0.0:8080"]).unwrap_err();
+        assert_eq!(err.exit_code(), 64);
+        let msg = err.to_string();
+        assert!(msg.contains("--console-listen 0.0.0.0:8080"), "{msg}");
+        assert!(msg.contains("--insecure") && msg.contains("[tls]"), "{msg}");
+        assert_eq!(
+            console(&[
+                "--config",
+                plain,
+                "--console-listen",
+                "0.0.0.0:8080",
+                "--insecure"
+            ])
+            .unwrap(),
+            public
+        );
+        assert_eq!(
+            console(&["--config", tls, "--console-listen", "0.0.0.0:8080"]).unwrap(),
+            public
+        );
+        // Loopback needs neither.
+        assert!(console(&["--config", plain, "--console-listen", "127.0.0.1:8080"]).is_ok());
+    }
+
+    #[test]
     fn console_host_names_are_read_lowercase_and_a_bad_one_names_the_flag() {
         let hosts = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.console_hosts);
         assert!(hosts(&[]).unwrap().is_empty());
