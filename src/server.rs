@@ -299,6 +299,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 gauges,
             )
             .with_hosts(config.console_hosts.clone());
+            // With [tls] the console speaks TLS too, with the same certificate.
+            let console = match &config.tls {
+                Some(tls) => {
+                    console.with_tls(crate::console::tls_config(tls).map_err(ServerError::Other)?)
+                }
+                None => console,
+            };
             match crate::console::serve(addr, console, streams.clone()).await {
                 Ok(bound) => {
                     tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");

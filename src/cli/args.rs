@@ -147,6 +147,10 @@ pub struct ConnectorArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// For an https:// server: PEM file of the CA its certificate chains to (or the
+    /// certificate itself) [default: the system's roots].
+    #[arg(long, env = "SENDLATER_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// Bearer token of a `connector` (or `admin`) role.
     #[arg(long, env = "SENDLATER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -9,6 +9,7 @@ use crate::connector::{self, ChatConfig, ConnectorError, EmailConfig, RunnerConf
 
 fn runner(args: &ConnectorArgs) -> RunnerConfig {
     let mut r = RunnerConfig::new(args.server.clone());
+    r.ca_file = args.ca_file.clone();
     r.token = args.token.clone();
     r.max_in_flight = args.max_in_flight;
     if let Some(id) = &args.connector_id {

@@ -91,6 +91,14 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
                  address, or pass --insecure to accept that"
             )));
         }
+        if !is_loopback(c.ip()) && !args.insecure && config.tls.is_none() {
+            return Err(CliError::Config(format!(
+                "--console-listen {c}: not a loopback address, and no [tls] is configured, \
+                 so the console's tokens and session cookies would cross the network in \
+                 clear text; configure [tls] in --config, use a loopback address, or pass \
+                 --insecure to accept that"
+            )));
+        }
     }
     config.console_hosts = if args.console_hosts.is_empty() {
         file.console_hosts

@@ -33,7 +33,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
@@ -50,8 +50,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Where and how a connector talks to the sendlater server.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// gRPC URL of the server, e.g. `http://127.0.0.1:50051`.
+    /// gRPC URL of the server, e.g. `http://127.0.0.1:50051`, or `https://` for a
+    /// server with `[tls]`.
     pub server: String,
+    /// PEM file of the CA (or the certificate itself) that an `https://` server's
+    /// certificate must chain to; the system's roots when `None`.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Bearer token sent as `authorization: Bearer <token>`; `None` for an open server.
     pub token: Option<String>,
     /// Names this connector in the server's logs; not empty.
@@ -73,6 +77,7 @@ impl RunnerConfig {
     pub fn new(server: impl Into<String>) -> RunnerConfig {
         RunnerConfig {
             server: server.into(),
+            ca_file: None,
             token: None,
             connector_id: format!("connector-{}", std::process::id()),
             max_in_flight: 16,
@@ -163,19 +168,55 @@ fn endpoint(config: &RunnerConfig) -> Result<Endpoint> {
             "reconnect: need 0 < reconnect_min <= reconnect_max".into(),
         ));
     }
-    if !config.server.starts_with("http://") {
+    let https = config.server.starts_with("https://");
+    if !https && !config.server.starts_with("http://") {
         return Err(ConnectorError::Config(format!(
-            "server: {:?} must be an http:// URL (this build has no TLS for gRPC clients)",
+            "server: {:?} must be an http:// or https:// URL",
             config.server
         )));
     }
-    let endpoint = Endpoint::from_shared(config.server.clone())
+    let mut endpoint = Endpoint::from_shared(config.server.clone())
         .map_err(|e| ConnectorError::Config(format!("server: {:?}: {e}", config.server)))?;
+    match (&config.ca_file, https) {
+        (Some(_), false) => {
+            return Err(ConnectorError::Config(format!(
+                "ca-file: only for an https:// server, and --server is {:?}",
+                config.server
+            )))
+        }
+        (ca_file, true) => {
+            let tls = match ca_file {
+                Some(path) => ClientTlsConfig::new().ca_certificate(ca_certificate(path)?),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| ConnectorError::Config(format!("server: {e}")))?;
+        }
+        (None, false) => {}
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true))
+}
+
+/// The CA certificate(s) of `path`, checked to hold at least one PEM certificate.
+fn ca_certificate(path: &std::path::Path) -> Result<Certificate> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |m: &dyn std::fmt::Display| {
+        ConnectorError::Config(format!("ca-file: {}: {m}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no PEM certificate in it"));
+    }
+    Ok(Certificate::from_pem(pem))
 }
 
 fn auth(token: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
@@ -504,6 +545,39 @@ mod tests {
         assert!(matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("server")));
         assert!(auth(Some("bad\ntoken")).is_err());
         assert!(auth(Some("good")).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_https_server_takes_a_ca_file_and_a_bad_one_is_named() {
+        let config = |server: &str, ca: Option<&std::path::Path>| {
+            let mut c = RunnerConfig::new(server);
+            c.ca_file = ca.map(std::path::Path::to_path_buf);
+            endpoint(&c).map(|_| ())
+        };
+        let config_error = |r: Result<()>| match r {
+            Err(ConnectorError::Config(m)) => m,
+            other => panic!("not a config error: {other:?}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        assert!(config("https://localhost:50051", Some(&ca)).is_ok());
+        assert!(config("https://localhost:50051", None).is_ok());
+        let m = config_error(config("http://localhost:50051", Some(&ca)));
+        assert!(m.starts_with("ca-file: only for an https://"), "{m}");
+        let m = config_error(config("https://localhost:50051", Some(&not_pem)));
+        assert!(m.starts_with("ca-file: ") && m.contains("not.pem"), "{m}");
+        let missing = dir.path().join("missing.pem");
+        let m = config_error(config("https://localhost:50051", Some(&missing)));
+        assert!(
+            m.starts_with("ca-file: ") && m.contains("missing.pem"),
+            "{m}"
+        );
+        let m = config_error(config("ftp://localhost:50051", None));
+        assert!(m.starts_with("server: "), "{m}");
     }
 
     #[test]

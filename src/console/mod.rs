@@ -20,6 +20,10 @@
 //!   127.0.0.1 (DNS rebinding) gets no page and no session; a POST whose Origin (or,
 //!   without one, Sec-Fetch-Site) is another site is refused with 403.
 //!
+//! - With `[tls]` the console is served over TLS too (the gRPC port's certificate), and
+//!   its cookies are `Secure` with the `__Host-` prefix (bound to this host, never
+//!   set by a plain-HTTP page of it).
+//!
 //! Pinned paths: `/accounts/{account_id}/deferred` and
 //! `/accounts/{account_id}/tickets/{ticket_id}`; `/` leads to them.
 
@@ -52,8 +56,15 @@ const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most (the least recently used goes first).
 const MAX_SESSIONS: usize = 10_000;
 
-/// The name of the session cookie.
+/// The name of the session cookie (over plain HTTP).
 const COOKIE: &str = "sendlater_session";
+
+/// The name of the session cookie over TLS: `__Host-` makes the browser take it only
+/// with `Secure`, `Path=/` and no `Domain`, from an https:// page of this very host.
+const TLS_COOKIE: &str = "__Host-sendlater_session";
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The Content-Security-Policy of every response: our own script and style only, no
 /// inline code, no framing, forms post only here.
@@ -76,6 +87,108 @@ pub struct Console {
     gauges: Arc<dyn Gauges>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     door: Arc<FrontDoor>,
+    /// Served over TLS with this configuration when set.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The console's TLS configuration from the gRPC port's `[tls]` PEM files.
+///
+/// # Errors
+/// A file that cannot be read or holds no usable certificate or key, naming it.
+pub fn tls_config(tls: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_err = |e: &dyn std::fmt::Display| format!("tls: {}: {e}", tls.cert.display());
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| cert_err(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(&e))?;
+    if certs.is_empty() {
+        return Err(cert_err(&"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("tls: {}: {e}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: {}: {e}", tls.key.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Connections of a TLS port, handed to axum once their handshake is done. Each
+/// handshake runs on its own task (bounded by [`TLS_HANDSHAKE`]), so a slow or silent
+/// client holds up no one else.
+struct TlsListener {
+    done: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `tcp` until `stop`.
+    fn new(
+        tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, done) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = tcp.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // As axum's own listener: out of descriptors and the
+                            // like pass; wait a moment rather than spin.
+                            tracing::debug!(error = %e, "console: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "console: TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "console: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { done, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.done.recv().await {
+            Some(conn) => conn,
+            // Stopped: nothing more comes (axum stops asking once it shuts down).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// Which requests may reach the console's routes at all: those naming one of its
@@ -293,6 +406,32 @@ impl Console {
                 Vec::new(),
                 false,
             )),
+            tls: None,
+        }
+    }
+
+    /// The console served over TLS with `config` (see [`tls_config`]).
+    #[must_use]
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The session cookie's name.
+    fn cookie_name(&self) -> &'static str {
+        if self.tls.is_some() {
+            TLS_COOKIE
+        } else {
+            COOKIE
+        }
+    }
+
+    /// The attributes of every cookie the console sets (`Secure` over TLS).
+    fn cookie_attributes(&self) -> &'static str {
+        if self.tls.is_some() {
+            "Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "Path=/; HttpOnly; SameSite=Strict"
         }
     }
 
@@ -308,13 +447,13 @@ impl Console {
         self
     }
 
-    fn session_id(headers: &HeaderMap) -> Option<String> {
-        cookie(headers, COOKIE)
+    fn session_id(&self, headers: &HeaderMap) -> Option<String> {
+        cookie(headers, self.cookie_name())
     }
 
     /// The viewer of a request, if it has a live session.
     fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
-        let id = Self::session_id(headers)?;
+        let id = self.session_id(headers)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let s = sessions.get_mut(&id)?;
         if s.last_used.elapsed() > SESSION_IDLE {
@@ -351,7 +490,7 @@ impl Console {
                 last_used: Instant::now(),
             },
         );
-        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")
+        format!("{}={id}; {}", self.cookie_name(), self.cookie_attributes())
     }
 
     /// The viewer, or where to send a request that has none: the login form, or (no
@@ -440,16 +579,32 @@ pub async fn serve(
     let mut console = console;
     console.door = Arc::new(FrontDoor {
         bound,
+        https: console.tls.is_some(),
         ..(*console.door).clone()
     });
-    let app = router(console);
+    let tls = console.tls.clone();
+    // The peer address reaches the handlers (the login's per-address backoff).
+    let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
+    let stopped = stop.clone().cancelled_owned();
+    let served = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` only so that the peer address is the connection's info.
+            let listener = TlsListener::new(listener, config, stop)?.tap_io(|_| {});
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        }
+    };
     tokio::spawn(async move {
-        // The peer address reaches the handlers (the login's per-address backoff).
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
+        if let Ok(Err(e)) = served.await {
             tracing::warn!(error = %e, "the console stopped");
         }
     });
@@ -560,26 +715,46 @@ async fn home(State(c): State<Console>, headers: HeaderMap, Query(go): Query<Go>
 /// The cookie that ties a login form to the browser that loaded it.
 const LOGIN_COOKIE: &str = "sendlater_login";
 
-/// The login form, with a fresh token that must come back both in the form and in a
-/// SameSite=Strict cookie (so another site cannot log this browser in).
-fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
-    let token = random_hex();
-    let mut r = (status, html(pages::login(problem, &token))).into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict"
-        ))
-        .expect("ascii"),
-    );
-    r
+/// Its name over TLS (`__Host-`: see [`TLS_COOKIE`]; so its path is `/`).
+const TLS_LOGIN_COOKIE: &str = "__Host-sendlater_login";
+
+impl Console {
+    /// The login cookie's name.
+    fn login_cookie_name(&self) -> &'static str {
+        if self.tls.is_some() {
+            TLS_LOGIN_COOKIE
+        } else {
+            LOGIN_COOKIE
+        }
+    }
+
+    /// The login form, with a fresh token that must come back both in the form and in
+    /// a SameSite=Strict cookie (so another site cannot log this browser in).
+    fn login_page(&self, status: StatusCode, problem: Option<&str>) -> Response {
+        let token = random_hex();
+        let mut r = (status, html(pages::login(problem, &token))).into_response();
+        let cookie = if self.tls.is_some() {
+            format!(
+                "{}={token}; {}",
+                self.login_cookie_name(),
+                self.cookie_attributes()
+            )
+        } else {
+            format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict")
+        };
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).expect("ascii"),
+        );
+        r
+    }
 }
 
 async fn login_form(State(c): State<Console>) -> Response {
     if !c.auth.enabled() {
         return Redirect::to("/").into_response();
     }
-    login_page(StatusCode::OK, None)
+    c.login_page(StatusCode::OK, None)
 }
 
 #[derive(Deserialize)]
@@ -606,9 +781,9 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<Login>,
 ) -> Response {
-    let bound = cookie(&headers, LOGIN_COOKIE);
+    let bound = cookie(&headers, c.login_cookie_name());
     if f.login_csrf.len() != 32 || bound.as_deref() != Some(f.login_csrf.as_str()) {
-        return login_page(
+        return c.login_page(
             StatusCode::FORBIDDEN,
             Some("The login form is stale or did not come from this console; try again."),
         );
@@ -617,11 +792,11 @@ async fn login(
     let identity = match c.auth.identify_from(f.token.trim(), peer) {
         Ok(identity) => identity,
         Err(Refusal::Unknown) => {
-            return login_page(StatusCode::UNAUTHORIZED, Some("That token is not known."))
+            return c.login_page(StatusCode::UNAUTHORIZED, Some("That token is not known."))
         }
         Err(Refusal::LockedOut(ms)) => {
             let secs = (ms + 999) / 1000;
-            let mut r = login_page(
+            let mut r = c.login_page(
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(&format!(
                     "Too many unknown tokens from this address; try again in {secs} s."
@@ -638,7 +813,7 @@ async fn login(
             token_index = ?identity.token_index,
             "console: refused a login with a connector token"
         );
-        return login_page(
+        return c.login_page(
             StatusCode::FORBIDDEN,
             Some("That is a connector token: the console needs a backend or admin token."),
         );
@@ -680,7 +855,7 @@ async fn logout(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Csrf
         if !csrf_ok(&v, &f.csrf) {
             return bad_csrf();
         }
-        if let Some(id) = Console::session_id(&headers) {
+        if let Some(id) = c.session_id(&headers) {
             c.sessions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -691,7 +866,9 @@ async fn logout(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Csrf
     r.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            "{}=; {}; Max-Age=0",
+            c.cookie_name(),
+            c.cookie_attributes()
         ))
         .expect("ascii"),
     );
