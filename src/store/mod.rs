@@ -753,6 +753,15 @@ impl Store {
         self.progress.tickets.clone()
     }
 
+    /// How many write-backs of rows (sweeps) failed and were rolled back so far (for
+    /// tests and diagnostics).
+    #[doc(hidden)]
+    pub fn sweep_failures(&self) -> u64 {
+        self.progress
+            .sweep_failures
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The reason the writer died (a panic or a lost thread), once it has; writes fail
     /// from then on and the process should stop so a supervisor restarts it.
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {

@@ -107,6 +107,8 @@ pub(super) struct Progress {
     pub(super) tickets: Arc<super::tickets::LiveTickets>,
     /// The dispatcher's leases waiting for the writer.
     pub(super) claims: Arc<super::claims::Claims>,
+    /// Write-backs of rows (sweeps) that failed and were rolled back.
+    pub(super) sweep_failures: AtomicU64,
 }
 
 impl Progress {
@@ -122,6 +124,7 @@ impl Progress {
             hints: Default::default(),
             tickets: Default::default(),
             claims: Default::default(),
+            sweep_failures: AtomicU64::new(0),
         })
     }
 
@@ -629,6 +632,7 @@ impl Writer<'_> {
                 .map_err(|e| format!("savepoint release failed: {e}")),
             Err(e) if conn.is_autocommit() => Err(format!("writing rows back failed: {e}")),
             Err(e) => {
+                self.progress.sweep_failures.fetch_add(1, Ordering::SeqCst);
                 tracing::error!(error = %e, "writing rows back failed; they stay dirty");
                 self.overlay.rollback_to(mark);
                 conn.execute_batch("ROLLBACK TO s; RELEASE s")
