@@ -390,6 +390,7 @@ async fn the_client_timeline_shows_sent_items_without_internal_fields() {
             account_id: "acme".into(),
             ticket_id: "T1".into(),
             audience: pb::Audience::Client as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -408,6 +409,7 @@ async fn the_client_timeline_shows_sent_items_without_internal_fields() {
             account_id: "acme".into(),
             ticket_id: "T1".into(),
             audience: pb::Audience::Staff as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -445,6 +447,7 @@ async fn a_new_ticket_exists_for_the_client_once_sent() {
         account_id: "acme".into(),
         ticket_id: "NEW-1".into(),
         audience: pb::Audience::Client as i32,
+        ..Default::default()
     };
     let hidden = t.client.get_ticket_timeline(req.clone()).await;
     assert_eq!(hidden.unwrap_err().code(), tonic::Code::NotFound);

@@ -108,3 +108,86 @@ async fn a_timeline_without_account_or_ticket_is_invalid_argument() {
     assert_status(r, Code::InvalidArgument, "ticket_id: ");
     t.stop().await;
 }
+
+async fn timeline_page(
+    t: &mut TestServer,
+    ticket: &str,
+    page_size: u32,
+    page_token: &str,
+) -> Result<pb::GetTicketTimelineResponse, tonic::Status> {
+    t.client
+        .get_ticket_timeline(pb::GetTicketTimelineRequest {
+            account_id: "acme".into(),
+            ticket_id: ticket.into(),
+            audience: pb::Audience::Staff as i32,
+            page_size,
+            page_token: page_token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every page of a staff timeline, following next_page_token (bounded), and the sizes
+/// of the pages.
+async fn timeline_pages(
+    t: &mut TestServer,
+    ticket: &str,
+    page_size: u32,
+) -> (Vec<pb::ScheduledItem>, Vec<usize>) {
+    let (mut items, mut sizes, mut token) = (Vec::new(), Vec::new(), String::new());
+    for _ in 0..100 {
+        let page = timeline_page(t, ticket, page_size, &token)
+            .await
+            .expect("a timeline page");
+        sizes.push(page.items.len());
+        items.extend(page.items);
+        if page.next_page_token.is_empty() {
+            return (items, sizes);
+        }
+        token = page.next_page_token;
+    }
+    panic!("the timeline did not end");
+}
+
+#[tokio::test]
+async fn a_timeline_is_paginated_in_time_order_with_each_item_once() {
+    let mut t = TestServer::start().await;
+    for i in 0..5 {
+        schedule(&mut t, chat_reply("acme", "T1", T0 + HOUR - i * MINUTE)).await;
+    }
+    let whole = timeline(&mut t, "acme", "T1", pb::Audience::Staff)
+        .await
+        .expect("timeline");
+    assert_eq!(whole.len(), 5);
+    let (paged, sizes) = timeline_pages(&mut t, "T1", 2).await;
+    assert_eq!(sizes, vec![2, 2, 1]);
+    assert_eq!(ids(&paged), ids(&whole), "the same items in the same order");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeline_page_of_large_items_stops_before_the_response_limit() {
+    const KIB: usize = 1024;
+    let mut t = TestServer::start_with(|c| c.limits.max_message_bytes = 1024 * KIB).await;
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let mut req = chat_reply("acme", "T1", T0 + HOUR + i * MINUTE);
+        chat_of(&mut req).text = char::from(b'a' + i as u8).to_string().repeat(200 * KIB);
+        want.push(schedule(&mut t, req).await);
+    }
+    let (paged, sizes) = timeline_pages(&mut t, "T1", 0).await;
+    assert!(sizes.len() > 1, "more than one page: {sizes:?}");
+    assert_eq!(ids(&paged), ids(&want));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_garbled_timeline_page_token_is_invalid_argument_naming_page_token() {
+    let mut t = TestServer::start().await;
+    schedule(&mut t, chat_reply("acme", "T1", T0 + HOUR)).await;
+    for token in ["garbage", "v1.a.12.zz", "v1.d.12.31"] {
+        let r = timeline_page(&mut t, "T1", 1, token).await;
+        assert_status(r, Code::InvalidArgument, "page_token: ");
+    }
+    t.stop().await;
+}

@@ -157,6 +157,7 @@ async fn every_rpc(
                         account_id: account.into(),
                         ticket_id: "T9".into(),
                         audience: 0,
+                        ..Default::default()
                     },
                     tok,
                 ))

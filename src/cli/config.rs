@@ -456,6 +456,7 @@ fn timeline(args: &TimelineArgs, config: &ClientConfig) -> pb::GetTicketTimeline
         account_id: config.account.clone(),
         ticket_id: args.ticket.clone(),
         audience: audience as i32,
+        ..Default::default()
     }
 }
 
@@ -1358,6 +1359,7 @@ mod tests {
                 account_id: "acme".into(),
                 ticket_id: "T".into(),
                 audience: pb::Audience::Client as i32,
+                ..Default::default()
             }))
         );
         assert_eq!(

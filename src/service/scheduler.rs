@@ -266,6 +266,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .map_err(status)?;
         Ok(Response::new(pb::GetTicketTimelineResponse {
             items: items.into_iter().map(Into::into).collect(),
+            next_page_token: String::new(),
         }))
     }
 

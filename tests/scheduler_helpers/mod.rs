@@ -215,6 +215,7 @@ pub async fn timeline(
             account_id: account.into(),
             ticket_id: ticket.into(),
             audience: audience as i32,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().items)
