@@ -305,12 +305,21 @@ pub async fn run_with(
             Ok(())
         }
         Action::Timeline(request) => {
-            let items = client
-                .inner
-                .get_ticket_timeline(client.request(request))
-                .await?
-                .into_inner()
-                .items;
+            // Every page, in order (the server pages long timelines).
+            let mut request = request;
+            let mut items = Vec::new();
+            loop {
+                let page = client
+                    .inner
+                    .get_ticket_timeline(client.request(request.clone()))
+                    .await?
+                    .into_inner();
+                items.extend(page.items);
+                if page.next_page_token.is_empty() || page.next_page_token == request.page_token {
+                    break;
+                }
+                request.page_token = page.next_page_token;
+            }
             if config.json {
                 return printer.json(&json::items(&items, None));
             }

@@ -223,6 +223,51 @@ impl Engine {
         domain::timeline(items, audience == Audience::Client)
     }
 
+    /// One page of GetTicketTimeline: the timeline's items after the page token's
+    /// (timeline time, id), at most `page_size` (0: the largest page) and never more than
+    /// the response budget.
+    ///
+    /// # Errors
+    /// As [`Engine::timeline`]; a malformed page token.
+    pub async fn timeline_page(
+        &self,
+        account: String,
+        ticket: String,
+        audience: Audience,
+        page_size: u32,
+        page_token: String,
+    ) -> domain::Result<Page<Item>> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let (at, key) = parse_page_token(&page_token, Order::Asc)?;
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|s| s.parse::<ItemId>().ok())
+                .ok_or_else(bad_token)?;
+            Some((at, id))
+        };
+        let l = &self.inner.limits;
+        let limit = match page_size {
+            0 => l.max_page_size,
+            n => n.min(l.max_page_size),
+        }
+        .max(1) as usize;
+        let budget = l.response_budget();
+        let items = self.timeline(account, ticket, audience).await?;
+        let mut rows: Vec<Item> = items
+            .into_iter()
+            .filter(|i| after.is_none_or(|a| (i.timeline_at(), i.id) > a))
+            .collect();
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let mut rows = Rows { rows, more };
+        cut_to_budget(&mut rows, budget);
+        Ok(Page::of(rows, Order::Asc, |i: &Item| {
+            (i.timeline_at(), i.id.to_string().into_bytes())
+        }))
+    }
+
     /// What changed in `account` after `after`: (sequence, type, item, ticket), at most
     /// `limit`, oldest first; cheap (no item rows are read or written back), for live
     /// views that re-read what they show.

@@ -259,14 +259,20 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let audience = convert::audience(r.audience).map_err(status)?;
-        let items = self
+        let page = self
             .engine
-            .timeline(r.account_id, r.ticket_id, audience)
+            .timeline_page(
+                r.account_id,
+                r.ticket_id,
+                audience,
+                r.page_size,
+                r.page_token,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetTicketTimelineResponse {
-            items: items.into_iter().map(Into::into).collect(),
-            next_page_token: String::new(),
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 
