@@ -35,6 +35,15 @@ pub const MINUTES_PER_DAY: u16 = 1440;
 /// How many dates past the requested one the search looks at before giving up (ten years).
 const MAX_SEARCH_DAYS: i64 = 3653;
 
+/// Intervals one SetBusinessHours request may give (before merging).
+pub const MAX_INTERVALS: usize = 100;
+
+/// Holidays one SetBusinessHours request may give.
+pub const MAX_HOLIDAYS: usize = 1000;
+
+/// Milliseconds in a day (for bounding a search by an instant).
+const DAY_MS: Millis = 86_400_000;
+
 /// How many dates after the first with a candidate are still searched: DST can move a later
 /// date's window start before an earlier date's (a gap shifts a time by up to a day).
 const LOOK_AHEAD_DAYS: i64 = 2;
@@ -94,9 +103,39 @@ impl BusinessHours {
     /// day are merged; duplicate holidays collapse.
     ///
     /// # Errors
-    /// `InvalidArgument` naming `time_zone`, `days` (none given), `days[i].weekday`,
-    /// `days[i].open`, `days[i].close` (malformed, or not after open) or `holidays[i]`.
+    /// `InvalidArgument` naming `time_zone`, `days` (none, or more than
+    /// [`MAX_INTERVALS`], given), `days[i].weekday`, `days[i].open`, `days[i].close`
+    /// (malformed, or not after open), `holidays` (more than [`MAX_HOLIDAYS`]) or
+    /// `holidays[i]`.
     pub fn parse(
+        time_zone: &str,
+        days: &[(i32, &str, &str)],
+        holidays: &[&str],
+    ) -> Result<BusinessHours> {
+        if days.len() > MAX_INTERVALS {
+            return Err(Error::invalid(
+                "days",
+                format!(
+                    "has {} intervals, at most {MAX_INTERVALS} allowed",
+                    days.len()
+                ),
+            ));
+        }
+        if holidays.len() > MAX_HOLIDAYS {
+            return Err(Error::invalid(
+                "holidays",
+                format!(
+                    "has {} dates, at most {MAX_HOLIDAYS} allowed",
+                    holidays.len()
+                ),
+            ));
+        }
+        BusinessHours::build(time_zone, days, holidays)
+    }
+
+    /// [`BusinessHours::parse`] without the caps on counts: for hours read back from
+    /// storage, which may predate them.
+    fn build(
         time_zone: &str,
         days: &[(i32, &str, &str)],
         holidays: &[&str],
@@ -248,7 +287,7 @@ impl BusinessHours {
             }
         }
         let zone = zone.ok_or_else(|| corrupt("no zone"))?;
-        BusinessHours::parse(zone, &days, &holidays).map_err(|e| corrupt(&e.to_string()))
+        BusinessHours::build(zone, &days, &holidays).map_err(|e| corrupt(&e.to_string()))
     }
 
     /// Whether the instant `t` lies in one of the windows (see the module doc).
@@ -264,7 +303,14 @@ impl BusinessHours {
     /// The earliest instant `>= t` inside a window: `t` itself when open then. `None` when
     /// no window starts within about ten years (every day a holiday, or no intervals).
     pub fn next_opening(&self, t: Millis) -> Option<Millis> {
-        self.earliest(t, |open, close| (close > t).then_some(open.max(t)))
+        self.next_opening_until(t, Millis::MAX)
+    }
+
+    /// [`BusinessHours::next_opening`], but `None` when it is later than `until`; the
+    /// search stops at the date of `until` (a bounded search whatever the holidays).
+    pub fn next_opening_until(&self, t: Millis, until: Millis) -> Option<Millis> {
+        self.earliest_until(t, until, |open, close| (close > t).then_some(open.max(t)))
+            .filter(|&at| at <= until)
     }
 
     /// The start of the next opening strictly after `after`: the earliest window start
@@ -298,9 +344,21 @@ impl BusinessHours {
         from: Millis,
         candidate: impl Fn(Millis, Millis) -> Option<Millis>,
     ) -> Option<Millis> {
+        self.earliest_until(from, Millis::MAX, candidate)
+    }
+
+    /// [`BusinessHours::earliest`] over the dates up to a day or two past `until`'s (DST
+    /// moves a window by less than a day) and at most [`MAX_SEARCH_DAYS`].
+    fn earliest_until(
+        &self,
+        from: Millis,
+        until: Millis,
+        candidate: impl Fn(Millis, Millis) -> Option<Millis>,
+    ) -> Option<Millis> {
         let first = local_of(from, self.zone).date();
         let mut best: Option<Millis> = None;
-        let mut last = MAX_SEARCH_DAYS;
+        let span = until.saturating_sub(from).max(0) / DAY_MS;
+        let mut last = MAX_SEARCH_DAYS.min(span.saturating_add(LOOK_AHEAD_DAYS));
         for k in -2..=MAX_SEARCH_DAYS {
             if k > last {
                 break;
@@ -600,6 +658,38 @@ mod tests {
         for (after, expected, why) in cases {
             assert_eq!(h.next_open_start(utc(after)), Some(utc(expected)), "{why}");
         }
+    }
+
+    #[test]
+    fn next_opening_until_is_none_past_the_bound_and_the_same_within_it() {
+        let h = hours(
+            "UTC",
+            &[(1, "09:00", "17:00")],
+            &["2026-11-30", "2026-12-07"],
+        );
+        let wed = utc("2026-11-25T12:00");
+        let monday = utc("2026-12-14T09:00");
+        assert_eq!(h.next_opening(wed), Some(monday));
+        assert_eq!(h.next_opening_until(wed, monday), Some(monday));
+        assert_eq!(h.next_opening_until(wed, monday - 1), None);
+        assert_eq!(h.next_opening_until(wed, wed), None);
+    }
+
+    #[test]
+    fn a_request_over_the_caps_names_days_or_holidays() {
+        let days: Vec<(i32, &str, &str)> = vec![(1, "09:00", "10:00"); MAX_INTERVALS + 1];
+        assert_eq!(
+            field_of(BusinessHours::parse("UTC", &days, &[]).unwrap_err()),
+            "days"
+        );
+        let holidays = vec!["2027-01-01"; MAX_HOLIDAYS + 1];
+        assert_eq!(
+            field_of(BusinessHours::parse("UTC", &days[..1], &holidays).unwrap_err()),
+            "holidays"
+        );
+        assert!(
+            BusinessHours::parse("UTC", &days[..MAX_INTERVALS], &holidays[..MAX_HOLIDAYS]).is_ok()
+        );
     }
 
     #[test]

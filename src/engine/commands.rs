@@ -47,6 +47,7 @@ pub(crate) fn window_send_at(
     account: &str,
     requested: Millis,
     timing: &Timing,
+    limits: &crate::config::Limits,
 ) -> domain::Result<Millis> {
     if timing.window() != DeliveryWindow::BusinessHours {
         return Ok(requested);
@@ -57,9 +58,14 @@ pub(crate) fn window_send_at(
              SetBusinessHours first"
         ))
     })?;
-    hours.next_opening(requested).ok_or_else(|| {
+    // Bounded by the horizon: hours that stay closed (holidays) past it refuse the item
+    // rather than schedule it years ahead.
+    let until = requested.saturating_add(limits.max_horizon_ms());
+    hours.next_opening_until(requested, until).ok_or_else(|| {
         Error::FailedPrecondition(format!(
-            "delivery_window: the business hours of account {account:?} never open"
+            "delivery_window: the business hours of account {account:?} do not open within \
+             the horizon ({} days) of the requested time",
+            limits.max_horizon_days
         ))
     })
 }
@@ -149,7 +155,13 @@ impl Engine {
                 new.account_id
             )));
         }
-        let send_at = window_send_at(tx, &new.account_id, new.send_at, &new.timing)?;
+        let send_at = window_send_at(
+            tx,
+            &new.account_id,
+            new.send_at,
+            &new.timing,
+            &self.inner.limits,
+        )?;
         // Counted now, so that the other writes of this group see it; given back by
         // the store if this write does not commit.
         self.inner.live.add(&new.account_id, 1);
@@ -198,6 +210,7 @@ impl Engine {
         if let Some(c) = &changes.content {
             validate_content(c, &self.inner.limits)?;
         }
+        let limits = self.inner.limits.clone();
         self.inner
             .store
             .write(move |tx| {
@@ -206,7 +219,7 @@ impl Engine {
                     Some(at) if item.state == domain::State::Pending => Some(SendTime {
                         requested: at,
                         // The window applies again, from the new requested time.
-                        at: window_send_at(tx, &item.account_id, at, &item.timing)?,
+                        at: window_send_at(tx, &item.account_id, at, &item.timing, &limits)?,
                         local: changes.send_at_local,
                     }),
                     Some(at) => Some(SendTime {
