@@ -39,6 +39,11 @@ pub struct Limits {
     /// An item's whole content (bodies, subject, addresses, in_reply_to, conversation
     /// id, attachments) at most this many bytes.
     pub max_item_bytes: usize,
+    /// Live WatchEvents streams one caller (a token; without tokens, a peer address)
+    /// may hold at once.
+    pub max_streams_per_caller: usize,
+    /// Live WatchEvents streams of the whole service at once.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +61,8 @@ impl Default for Limits {
             max_attachments: 20,
             max_url_bytes: 2048,
             max_item_bytes: Limits::item_bytes_for(256 * 1024),
+            max_streams_per_caller: 8,
+            max_streams: 1024,
         }
     }
 }
