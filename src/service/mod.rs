@@ -4,6 +4,7 @@ pub mod auth;
 pub mod convert;
 pub mod dispatch;
 pub mod scheduler;
+pub mod streams;
 
 pub use dispatch::DispatchService;
 pub use scheduler::SchedulerService;

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth;
 use super::convert::{self, status, ScheduleFields};
+use super::streams::LiveStreams;
 use crate::domain::{self, parse_item_id, Error, ItemId, Kind};
 use crate::engine::{Changes, ControlChange, Engine, ListQuery, EVERY_ACCOUNT};
 use crate::pb;
@@ -20,11 +21,18 @@ pub struct SchedulerService {
     engine: Engine,
     /// Cancelled at shutdown: event streams end so the server can drain.
     shutdown: CancellationToken,
+    /// The live WatchEvents streams (capped per caller and in all).
+    watchers: LiveStreams,
 }
 
 impl SchedulerService {
     pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown }
+        let watchers = LiveStreams::new(engine.limits().max_streams);
+        Self {
+            engine,
+            shutdown,
+            watchers,
+        }
     }
 }
 
@@ -64,8 +72,17 @@ fn item_ref(account: &str, item_id: &str) -> Result<(String, ItemId), Status> {
 
 type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ItemEvent, Status>> + Send>>;
 
-/// Events read from the store per query while streaming.
+/// Events read from the store per query while streaming, at most (fewer once events
+/// are seen to be large: see [`EVENT_BYTES`]).
 const EVENT_BATCH: usize = 512;
+
+/// What one stream holds of events at once, in bytes (approximately): a batch read is
+/// sized so that its events fit, and events beyond it wait in the table for the next
+/// read; the channel to the transport holds [`EVENT_QUEUE`] more.
+const EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Events queued between a stream's reader and the transport.
+const EVENT_QUEUE: usize = 16;
 
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for SchedulerService {
@@ -371,13 +388,32 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
+        // The caller: its token, or (no tokens configured) its address.
+        let caller = match auth::identity(&req)?.token_index {
+            Some(i) => format!("token:{i}"),
+            None => format!(
+                "address:{}",
+                req.remote_addr()
+                    .map_or_else(String::new, |a| a.ip().to_string())
+            ),
+        };
         let r = req.into_inner();
         domain::validate_id("account_id", &r.account_id).map_err(status)?;
-        let (tx, rx) = mpsc::channel(EVENT_BATCH);
+        let per_caller = self.engine.limits().max_streams_per_caller;
+        let slot = self
+            .watchers
+            .try_open(&[(caller, per_caller)])
+            .map_err(|full| Status::resource_exhausted(format!("WatchEvents: {full}")))?;
+        // A sequence beyond the newest is clamped to it: the stream delivers what comes
+        // next instead of waiting for a sequence that may never be reached.
+        let newest = *self.engine.store().event_sequence().borrow();
+        let after = r.after_sequence.min(newest);
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            stream_events(engine, r.account_id, r.after_sequence, tx, shutdown).await;
+            let _slot = slot;
+            stream_events(engine, r.account_id, after, tx, shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -425,10 +461,11 @@ async fn stream_events(
     shutdown: CancellationToken,
 ) {
     let mut seq = engine.store().event_sequence();
+    let mut limit = EVENT_BATCH.min(16);
     loop {
         seq.borrow_and_update();
-        let batch = match engine
-            .events_after(Some(account.clone()), after, EVENT_BATCH)
+        let mut batch = match engine
+            .events_after(Some(account.clone()), after, limit)
             .await
         {
             Ok(b) => b,
@@ -437,7 +474,25 @@ async fn stream_events(
                 return;
             }
         };
-        let full = batch.len() == EVENT_BATCH;
+        let mut full = batch.len() == limit;
+        // Bounded in bytes: keep what fits (at least one), read the rest next time, and
+        // size the next read by what these weighed.
+        let mut bytes = 0usize;
+        let fits = batch
+            .iter()
+            .position(|ev| {
+                bytes = bytes.saturating_add(ev.item.approx_wire_bytes());
+                bytes > EVENT_BYTES
+            })
+            .map_or(batch.len(), |at| at.max(1));
+        if fits < batch.len() {
+            batch.truncate(fits);
+            full = true;
+        }
+        if !batch.is_empty() {
+            let per_event = (bytes / batch.len()).max(1);
+            limit = (EVENT_BYTES / per_event).clamp(1, EVENT_BATCH);
+        }
         for ev in batch {
             after = ev.sequence;
             if tx.send(Ok(ev.into())).await.is_err() {
