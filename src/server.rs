@@ -361,6 +361,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let task =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
     let failure = watch_for_failure(&engine, &health_reporter, &stop, &streams);
+    watch_degraded(&engine, &health_reporter, &stop);
     tracing::info!(addr = %local_addr, "serving");
     Ok(RunningServer {
         local_addr,
@@ -392,6 +393,36 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
         )
         .await;
     health.set_service_status("", status).await;
+}
+
+/// While the store cannot do all its work (rows cannot be written back, groups fail
+/// to commit), health says NOT_SERVING, and SERVING again once it can; until a stop
+/// (which says NOT_SERVING itself).
+fn watch_degraded(
+    engine: &Engine,
+    health: &tonic_health::server::HealthReporter,
+    stop: &CancellationToken,
+) {
+    let mut degraded = engine.store().degraded();
+    let health = health.clone();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = degraded.changed() => if r.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            let status = if degraded.borrow_and_update().is_some() {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+            set_health(&health, status).await;
+        }
+    });
 }
 
 /// When the store's writer dies (a panic, a lost thread), nothing can be written any

@@ -96,6 +96,14 @@ async fn health_is_not_serving_while_rows_cannot_be_written_back_and_serving_aft
     assert_eq!(first.status, ServingStatus::Serving as i32);
     raw(&t).execute_batch(REFUSE_ROWS).unwrap();
     let id = dirty_item(&t).await;
+    // A read needs the row written back: it cannot be, so the read is UNAVAILABLE
+    // (retryable) and the service goes out of rotation.
+    let read = t.client.clone().get_item(item_ref("acme", &id)).await;
+    assert_status(
+        read,
+        tonic::Code::Unavailable,
+        "the store cannot write its rows",
+    );
     let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .expect("health changes within 10 s")
@@ -110,5 +118,7 @@ async fn health_is_not_serving_while_rows_cannot_be_written_back_and_serving_aft
         .unwrap();
     assert_eq!(again.status, ServingStatus::Serving as i32);
     assert_eq!(t.get_acme(&id).await.state, pb::State::Cancelled as i32);
+    // The health stream would hold the graceful stop open.
+    drop((watch, health));
     t.stop().await;
 }

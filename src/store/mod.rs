@@ -173,6 +173,8 @@ pub struct Tx<'a> {
     overlay: &'a mut overlay::Overlay,
     /// Which tickets may have live items (lets the activity rule skip its query).
     tickets: &'a tickets::LiveTickets,
+    /// The writer's progress (a write's own write-back reports its failure there).
+    progress: &'a writer::Progress,
 }
 
 impl Tx<'_> {
@@ -368,12 +370,31 @@ impl Tx<'_> {
         // With nothing changed, this only moves the watermark up to the last event.
         let (ids, mark) = self.overlay.take_for_sweep(usize::MAX);
         let overlay = &*self.overlay;
-        rows::sweep(
+        let swept = rows::sweep(
             self.conn,
             ids.iter().filter_map(|&id| overlay.get(id)),
             mark,
-        )?;
-        Ok(())
+        );
+        match swept {
+            Ok(()) => {
+                if self.progress.sweep_failing() {
+                    self.progress.set_sweep_failing(None);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.progress
+                    .sweep_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.progress
+                    .set_sweep_failing(Some(format!("writing rows back failed: {e}")));
+                Err(domain::Error::Unavailable(
+                    "the store cannot write its rows now (the disk refuses them); \
+                     try again later"
+                        .into(),
+                ))
+            }
+        }
     }
 
     /// The account's business hours, if set.
@@ -760,6 +781,14 @@ impl Store {
         self.progress
             .sweep_failures
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Why the store cannot do all its work now (rows cannot be written back, so
+    /// reads fail; or groups fail to commit), `None` while it can: the service is out
+    /// of rotation (health NOT_SERVING) meanwhile, and back once the next write-back
+    /// or commit succeeds.
+    pub fn degraded(&self) -> watch::Receiver<Option<String>> {
+        self.progress.degraded()
     }
 
     /// The reason the writer died (a panic or a lost thread), once it has; writes fail

@@ -109,6 +109,12 @@ pub(super) struct Progress {
     pub(super) claims: Arc<super::claims::Claims>,
     /// Write-backs of rows (sweeps) that failed and were rolled back.
     pub(super) sweep_failures: AtomicU64,
+    /// Why the writer cannot do all its work now (rows cannot be written back, or a
+    /// group failed to commit), `None` while it can; see `Store::degraded`.
+    degraded: watch::Sender<Option<String>>,
+    /// The two causes of `degraded`, each cleared by its own next success.
+    sweep_failing: std::sync::Mutex<Option<String>>,
+    commit_failing: std::sync::Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -125,6 +131,9 @@ impl Progress {
             tickets: Default::default(),
             claims: Default::default(),
             sweep_failures: AtomicU64::new(0),
+            degraded: watch::channel(None).0,
+            sweep_failing: std::sync::Mutex::new(None),
+            commit_failing: std::sync::Mutex::new(None),
         })
     }
 
@@ -170,6 +179,59 @@ impl Progress {
                 r = fatal.changed() => if r.is_err() { return Err(StoreError::Closed) },
             }
         }
+    }
+
+    /// Why the writer cannot do all its work now, `None` while it can.
+    pub(super) fn degraded(&self) -> watch::Receiver<Option<String>> {
+        self.degraded.subscribe()
+    }
+
+    /// Whether write-backs are failing now.
+    pub(super) fn sweep_failing(&self) -> bool {
+        self.sweep_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Records that write-backs fail (`Some(why)`) or succeed again (`None`).
+    pub(super) fn set_sweep_failing(&self, why: Option<String>) {
+        *self.sweep_failing.lock().unwrap_or_else(|p| p.into_inner()) = why;
+        self.publish_degraded();
+    }
+
+    /// Records that group commits fail (`Some(why)`) or succeed again (`None`).
+    fn set_commit_failing(&self, why: Option<String>) {
+        *self
+            .commit_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = why;
+        self.publish_degraded();
+    }
+
+    fn publish_degraded(&self) {
+        let now = self
+            .commit_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .or_else(|| {
+                self.sweep_failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            });
+        self.degraded.send_if_modified(|d| {
+            let changed = d.is_some() != now.is_some();
+            if changed {
+                match &now {
+                    Some(why) => tracing::error!(reason = %why, "the store cannot do all its work; out of rotation until it can"),
+                    None => tracing::info!("the store works again"),
+                }
+            }
+            *d = now;
+            changed
+        });
     }
 
     /// Resolves with the reason once the writer or the sync stage died.
@@ -264,6 +326,9 @@ pub(super) fn spawn(
                 writer_progress.hints.clone(),
                 writer_progress.claims.clone(),
             ),
+            sweep_retry_at: None,
+            sweep_backoff: SWEEP_RETRY_FIRST,
+            group_failed: false,
         };
         w.run(rx, synced_tx, syncer, clock, checkpointer)
     })?;
@@ -406,7 +471,20 @@ struct Writer<'a> {
     hook: &'a dyn CommitHook,
     progress: &'a Progress,
     overlay: Overlay,
+    /// After a failed write-back: none is tried before this time (the writer used to
+    /// retry at once, in a loop of empty commits and fsyncs).
+    sweep_retry_at: Option<Instant>,
+    /// The wait after the next failure (doubling from [`SWEEP_RETRY_FIRST`] up to
+    /// [`SWEEP_RETRY_MAX`]; back to the first after a success).
+    sweep_backoff: std::time::Duration,
+    /// The last group failed (to commit, or SQLite ended its transaction).
+    group_failed: bool,
 }
+
+/// The first wait after a failed write-back of rows.
+const SWEEP_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest wait between write-back attempts while they fail.
+const SWEEP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writer<'_> {
     /// The writer's loop; `true` when it ended by a close (or every handle dropped),
@@ -438,18 +516,36 @@ impl Writer<'_> {
                 None => {
                     // Idle: write back what has waited a while, or a step of a backlog,
                     // before sleeping.
-                    if self.overlay.wants_sweep(true) || self.overlay.wants_sweep_soon() {
+                    // While write-backs fail, one is retried after the backoff even
+                    // without traffic (so the store recovers, and says so, by itself).
+                    let retrying = self.sweep_retry_at.is_some() && self.overlay.len() > 0;
+                    let wants = retrying
+                        || self.overlay.wants_sweep(true)
+                        || self.overlay.wants_sweep_soon();
+                    if wants && !self.may_sweep() {
+                        // Write-backs fail: wait for a write, or for the next attempt
+                        // (in short naps: the queue has no blocking receive with a
+                        // timeout, and this only runs while the disk refuses rows).
+                        match rx.try_recv() {
+                            Ok(m) => Some(m),
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                                continue;
+                            }
+                        }
+                    } else if wants {
                         if let Ok(m) = rx.try_recv() {
                             Some(m)
                         } else {
                             if let Ok(g) = self.begin() {
-                                let limit = if self.overlay.wants_sweep(true) {
+                                let limit = if retrying || self.overlay.wants_sweep(true) {
                                     SWEEP_CHUNK
                                 } else {
                                     SWEEP_STEP
                                 };
                                 match self.sweep(limit) {
-                                    Ok(()) => open = Some(g),
+                                    Ok(_) => open = Some(g),
                                     Err(why) => self.abort(g, &why),
                                 }
                             }
@@ -468,7 +564,7 @@ impl Writer<'_> {
                             // small steps (a write that arrives waits for one step at
                             // most), or wait for a write (run it now) or for the sync
                             // stage's wake-up.
-                            if self.overlay.wants_sweep_soon() {
+                            if self.overlay.wants_sweep_soon() && self.may_sweep() {
                                 if let Err(why) = self.sweep(SWEEP_STEP) {
                                     let g = open.take().expect("open group");
                                     self.abort(g, &why);
@@ -541,10 +637,20 @@ impl Writer<'_> {
             }
         }
         // A clean stop leaves every row written back: nothing to replay at start-up.
+        // If rows cannot be written back, the stop does not wait for that: they stay
+        // behind the watermark and start-up replays them from the journal.
         while healthy && self.overlay.len() > 0 {
+            let before = self.progress.sweep_failures.load(Ordering::SeqCst);
             match self.begin() {
                 Ok(g) => healthy = self.hand_off(g, true, &synced, &checkpointer),
                 Err(()) => break,
+            }
+            if self.progress.sweep_failures.load(Ordering::SeqCst) != before {
+                tracing::warn!(
+                    dirty = self.overlay.len(),
+                    "stopping with rows not written back; start-up replays them from the journal"
+                );
+                break;
             }
         }
         // Writes still queued behind a close are refused: their senders see `Closed`.
@@ -569,7 +675,7 @@ impl Writer<'_> {
         synced: &std::sync::mpsc::SyncSender<Committed>,
         checkpointer: &Checkpointer,
     ) -> bool {
-        let sweep = self.overlay.wants_sweep(false);
+        let sweep = self.overlay.wants_sweep(false) && self.may_sweep();
         self.hand_off(g, sweep, synced, checkpointer)
     }
 
@@ -615,11 +721,19 @@ impl Writer<'_> {
         })
     }
 
+    /// Whether a write-back may be tried now (none is while backing off after one
+    /// failed).
+    fn may_sweep(&self) -> bool {
+        self.sweep_retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
     /// Writes dirty rows back in the open group, after its writes (so a sweep never
     /// delays the writes that arrived before it, e.g. a lease whose job waits to leave).
-    /// A sweep that fails is undone alone and the group's writes commit without it;
-    /// `Err` only when SQLite ended the whole transaction.
-    fn sweep(&mut self, limit: usize) -> Result<(), String> {
+    /// A sweep that fails is undone alone and the group's writes commit without it
+    /// (`Ok(false)`; the next one is tried after a backoff, and the store reports
+    /// itself degraded until one succeeds); `Err` only when SQLite ended the whole
+    /// transaction.
+    fn sweep(&mut self, limit: usize) -> Result<bool, String> {
         let conn = self.conn;
         conn.execute_batch("SAVEPOINT s")
             .map_err(|e| format!("savepoint failed: {e}"))?;
@@ -627,16 +741,27 @@ impl Writer<'_> {
         let (ids, up_to) = self.overlay.take_for_sweep(limit);
         let overlay = &self.overlay;
         match rows::sweep(conn, ids.iter().filter_map(|&id| overlay.get(id)), up_to) {
-            Ok(()) => conn
-                .execute_batch("RELEASE s")
-                .map_err(|e| format!("savepoint release failed: {e}")),
+            Ok(()) => {
+                conn.execute_batch("RELEASE s")
+                    .map_err(|e| format!("savepoint release failed: {e}"))?;
+                if self.sweep_retry_at.take().is_some() {
+                    self.sweep_backoff = SWEEP_RETRY_FIRST;
+                    self.progress.set_sweep_failing(None);
+                }
+                Ok(true)
+            }
             Err(e) if conn.is_autocommit() => Err(format!("writing rows back failed: {e}")),
             Err(e) => {
                 self.progress.sweep_failures.fetch_add(1, Ordering::SeqCst);
-                tracing::error!(error = %e, "writing rows back failed; they stay dirty");
+                tracing::error!(error = %e, retry_in_ms = self.sweep_backoff.as_millis() as u64, "writing rows back failed; they stay dirty");
+                self.sweep_retry_at = Some(Instant::now() + self.sweep_backoff);
+                self.sweep_backoff = (self.sweep_backoff * 2).min(SWEEP_RETRY_MAX);
+                self.progress
+                    .set_sweep_failing(Some(format!("writing rows back failed: {e}")));
                 self.overlay.rollback_to(mark);
                 conn.execute_batch("ROLLBACK TO s; RELEASE s")
-                    .map_err(|e| format!("savepoint rollback failed: {e}"))
+                    .map_err(|e| format!("savepoint rollback failed: {e}"))?;
+                Ok(false)
             }
         }
     }
@@ -670,11 +795,17 @@ impl Writer<'_> {
                 fx: &mut job_fx,
                 overlay: &mut self.overlay,
                 tickets: &self.progress.tickets,
+                progress: self.progress,
             };
             job(&mut tx)
         };
         g.completions.push(done);
         g.n += 1;
+        if self.sweep_retry_at.is_none() && self.progress.sweep_failing() {
+            // A write's own write-back (a read asked for it) failed: the writer retries
+            // by itself after a backoff, so the store recovers without traffic.
+            self.sweep_retry_at = Some(Instant::now() + self.sweep_backoff);
+        }
         if conn.is_autocommit() {
             g.undone.append(job_fx);
             return Err("SQLite rolled back the group's transaction".into());
@@ -722,6 +853,7 @@ impl Writer<'_> {
                 fx: &mut fx,
                 overlay: &mut self.overlay,
                 tickets: &self.progress.tickets,
+                progress: self.progress,
             };
             claims.by_ref().try_for_each(|c| tx.apply_claim(c))
         };
@@ -748,6 +880,9 @@ impl Writer<'_> {
     /// Rolls a broken group back and answers its writes with an error.
     fn abort(&mut self, mut g: Open, why: &str) {
         tracing::error!(reason = %why, writes = g.n, "write group failed; rolling it back");
+        self.group_failed = true;
+        self.progress
+            .set_commit_failing(Some(format!("a write group failed: {why}")));
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -767,6 +902,9 @@ impl Writer<'_> {
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
                 self.overlay.committed();
+                if std::mem::take(&mut self.group_failed) {
+                    self.progress.set_commit_failing(None);
+                }
                 Some(Committed {
                     writes: g.n,
                     fx: Some(g.fx),
@@ -777,6 +915,9 @@ impl Writer<'_> {
             Err(e) => {
                 self.overlay.abandoned();
                 tracing::error!(error = %e, writes = g.n, "group commit failed");
+                self.group_failed = true;
+                self.progress
+                    .set_commit_failing(Some(format!("a group commit failed: {e}")));
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
@@ -1051,6 +1192,9 @@ mod tests {
                 progress.hints.clone(),
                 progress.claims.clone(),
             ),
+            sweep_retry_at: None,
+            sweep_backoff: SWEEP_RETRY_FIRST,
+            group_failed: false,
         };
         let (j1, a1) = job(|c| c.execute("INSERT INTO t VALUES (1)", []).map(drop));
         // What SQLite does on SQLITE_FULL: the transaction is gone.
