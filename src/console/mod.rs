@@ -49,12 +49,19 @@ use crate::domain::{self, Item, ItemId};
 use crate::engine::{Audience, Engine, Order};
 use crate::metrics::Gauges;
 use crate::service::auth::{Auth, Identity, Refusal};
+use crate::service::streams::{LiveStreams, StreamSlot};
 
 /// How long a session lives without use.
 const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 
 /// Sessions kept at most (the least recently used goes first).
 const MAX_SESSIONS: usize = 10_000;
+
+/// Live event streams one session may hold (a few tabs).
+const STREAMS_PER_SESSION: usize = 4;
+
+/// Event heads read (and queued) per wake of an event stream.
+const SSE_BATCH: usize = 500;
 
 /// The name of the session cookie (over plain HTTP).
 const COOKIE: &str = "sendlater_session";
@@ -87,6 +94,8 @@ pub struct Console {
     gauges: Arc<dyn Gauges>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     door: Arc<FrontDoor>,
+    /// The live event streams (capped per session, per token and in all).
+    streams: LiveStreams,
     /// Served over TLS with this configuration when set.
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -395,12 +404,14 @@ impl Console {
         auth: Auth,
         gauges: Arc<dyn Gauges>,
     ) -> Self {
+        let streams = LiveStreams::new(engine.limits().max_streams);
         Console {
             engine,
             dispatcher,
             auth,
             gauges,
             sessions: Arc::default(),
+            streams,
             door: Arc::new(FrontDoor::new(
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 Vec::new(),
@@ -452,6 +463,15 @@ impl Console {
     }
 
     /// The viewer of a request, if it has a live session.
+    /// Whether session `id` is still live and may see `account` (without counting as a
+    /// use): an event stream re-checks it on each wake.
+    fn session_allows(&self, id: &str, account: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(id).is_some_and(|s| {
+            s.last_used.elapsed() <= SESSION_IDLE && s.identity.accounts.allows(account)
+        })
+    }
+
     fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
         let id = self.session_id(headers)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -1138,9 +1158,31 @@ async fn events(
     Path(account): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> Response {
-    if let Err(r) = for_account(&c, &headers, &account, "/") {
-        return r;
-    }
+    let v = match for_account(&c, &headers, &account, "/") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(sid) = c.session_id(&headers) else {
+        return page_error(StatusCode::FORBIDDEN, "Not allowed", "no session");
+    };
+    // A few streams per session and per token, and a cap for the console.
+    let caller = v
+        .identity
+        .token_index
+        .map_or_else(|| "token:open".to_owned(), |i| format!("token:{i}"));
+    let slot = match c.streams.try_open(&[
+        (format!("session:{sid}"), STREAMS_PER_SESSION),
+        (caller, c.engine.limits().max_streams_per_caller),
+    ]) {
+        Ok(slot) => slot,
+        Err(full) => {
+            return page_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many live views",
+                &full.to_string(),
+            )
+        }
+    };
     let engine = c.engine.clone();
     let seq = engine.store().event_sequence();
     // Resume where the page (or, after a reconnect, the stream: Last-Event-ID) stood,
@@ -1149,42 +1191,62 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Never beyond the newest: a stream waiting for a sequence that may never come
+    // would show nothing.
+    let newest = *seq.borrow();
     let start = resumed
         .into_iter()
         .chain(q.after)
         .max()
-        .unwrap_or_else(|| *seq.borrow());
-    let stream = event_stream(engine, account, seq, start);
+        .map_or(newest, |s| s.min(newest));
+    let session = {
+        let (c, account) = (c.clone(), account.clone());
+        move || c.session_allows(&sid, &account)
+    };
+    let stream = event_stream(engine, account, seq, start, session, slot);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-/// One `change` event (id: its sequence) per event of `account` after `start`.
+/// One `change` event (id: its sequence) per event of `account` after `start`, while
+/// `session()` holds (checked on every wake: a logged-out session's stream ends).
+/// Bounded: at most [`SSE_BATCH`] heads are queued, each a few hundred bytes (ids are
+/// at most 256 bytes). `slot` is the stream's place among the live ones, given back when
+/// the stream is dropped.
 fn event_stream(
     engine: Engine,
     account: String,
     seq: tokio::sync::watch::Receiver<u64>,
     start: u64,
+    session: impl Fn() -> bool + Send + Sync + 'static,
+    slot: StreamSlot,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>> {
     futures_util::stream::unfold(
         (
-            engine,
+            (engine, session, slot),
             account,
             seq,
             start,
             std::collections::VecDeque::new(),
         ),
-        |(engine, account, mut seq, mut after, mut queue)| async move {
+        |(parts, account, mut seq, mut after, mut queue)| async move {
             loop {
                 if let Some(ev) = queue.pop_front() {
-                    return Some((Ok(ev), (engine, account, seq, after, queue)));
+                    return Some((Ok(ev), (parts, account, seq, after, queue)));
                 }
                 if *seq.borrow_and_update() <= after && seq.changed().await.is_err() {
                     return None;
                 }
+                let (engine, session, _slot) = &parts;
+                if !session() {
+                    return None;
+                }
                 // An error ends the stream; the browser reconnects with Last-Event-ID.
-                let heads = engine.event_heads(account.clone(), after, 500).await.ok()?;
+                let heads = engine
+                    .event_heads(account.clone(), after, SSE_BATCH)
+                    .await
+                    .ok()?;
                 for (sequence, kind, item, ticket) in heads {
                     after = after.max(sequence);
                     let data = serde_json::json!({
