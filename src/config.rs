@@ -44,6 +44,12 @@ pub struct Limits {
     pub max_streams_per_caller: usize,
     /// Live WatchEvents streams of the whole service at once.
     pub max_streams: usize,
+    /// The console's HTTP server: how long a client may take to send a request's head
+    /// (also how long an idle keep-alive connection stays open), in milliseconds.
+    pub http_header_read_ms: u64,
+    /// The console's HTTP server: a connection on which nothing is read or written for
+    /// this long is closed (a stalled request body), in milliseconds.
+    pub http_idle_ms: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +69,8 @@ impl Default for Limits {
             max_item_bytes: Limits::item_bytes_for(256 * 1024),
             max_streams_per_caller: 8,
             max_streams: 1024,
+            http_header_read_ms: 10_000,
+            http_idle_ms: 60_000,
         }
     }
 }
