@@ -603,32 +603,164 @@ pub async fn serve(
         ..(*console.door).clone()
     });
     let tls = console.tls.clone();
-    // The peer address reaches the handlers (the login's per-address backoff).
-    let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
-    let stopped = stop.clone().cancelled_owned();
-    let served = match tls {
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }),
-        Some(config) => {
-            use axum::serve::ListenerExt;
-            // `tap_io` only so that the peer address is the connection's info.
-            let listener = TlsListener::new(listener, config, stop)?.tap_io(|_| {});
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
-        }
+    let limits = console.engine.limits();
+    let timeouts = HttpTimeouts {
+        header_read: Duration::from_millis(limits.http_header_read_ms.max(1)),
+        idle: Duration::from_millis(limits.http_idle_ms.max(1)),
     };
-    tokio::spawn(async move {
-        if let Ok(Err(e)) = served.await {
-            tracing::warn!(error = %e, "the console stopped");
+    let app = router(console);
+    match tls {
+        None => {
+            tokio::spawn(serve_connections(listener, app, timeouts, stop));
         }
-    });
+        Some(config) => {
+            let listener = TlsListener::new(listener, config, stop.clone())?;
+            tokio::spawn(serve_connections(listener, app, timeouts, stop));
+        }
+    }
     Ok(bound)
+}
+
+/// The console's HTTP timeouts (see [`crate::config::Limits`]).
+#[derive(Debug, Clone, Copy)]
+struct HttpTimeouts {
+    /// A request head must arrive within this (also: an idle keep-alive connection).
+    header_read: Duration,
+    /// A connection with nothing read or written for this long is closed.
+    idle: Duration,
+}
+
+/// Serves HTTP/1.1 on every connection `listener` accepts until `stop`: hyper with a
+/// timer, so a request head that does not arrive within the header-read timeout (a
+/// slow-loris client, or an idle keep-alive connection) ends the connection, and each
+/// connection's I/O behind [`IdleIo`]. The peer address reaches the handlers as
+/// `ConnectInfo` (the login's per-address backoff).
+async fn serve_connections<L>(
+    mut listener: L,
+    app: Router,
+    timeouts: HttpTimeouts,
+    stop: CancellationToken,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    loop {
+        let (io, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let io = TokioIo::new(IdleIo::new(io, timeouts.idle));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header_read)
+                .serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "console: connection ended");
+            }
+        });
+    }
+}
+
+/// A connection's I/O that fails (`TimedOut`) once nothing has been read or written for
+/// `idle`: a client that stalls mid-request holds its connection no longer. A stream
+/// being written (Server-Sent Events and their keep-alives) stays open.
+struct IdleIo<T> {
+    inner: T,
+    idle: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, idle: Duration) -> Self {
+        IdleIo {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// On a pending read or write: an error once the idle time is over.
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match std::future::Future::poll(self.deadline.as_mut(), cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "console: connection idle",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.progressed();
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => self.expired(cx),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, data) {
+            std::task::Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progressed();
+                }
+                std::task::Poll::Ready(Ok(n))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => self.expired(cx).map(|r| r.map(|()| 0)),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn html(markup: maud::Markup) -> Response {
