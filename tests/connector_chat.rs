@@ -540,3 +540,36 @@ async fn the_v2_signature_covers_the_idempotency_key_and_a_changed_key_breaks_it
     connector.stop().await;
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_webhook_request_never_shows_the_url_path_in_last_error() {
+    let mut t = TestServer::start().await;
+    // Nothing listens on a port that was just free: the request fails to connect.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let connector = Connector::start(
+        &t.url(),
+        &format!("http://{addr}/services/T0001/XyZsEcReTpAtH"),
+    );
+    let item = schedule_chat(&t).await;
+    t.advance(Duration::from_secs(60));
+    let retrying = wait_item(&t, &item.item_id, "PENDING after a failed request", |i| {
+        i.state == pb::State::Pending as i32 && i.attempts == 1
+    })
+    .await;
+    assert!(
+        retrying.last_error.starts_with("webhook:"),
+        "{:?}",
+        retrying.last_error
+    );
+    assert!(
+        !retrying.last_error.contains("XyZsEcReTpAtH"),
+        "the path leaked: {:?}",
+        retrying.last_error
+    );
+    connector.stop().await;
+    t.stop().await;
+}
