@@ -513,3 +513,81 @@ async fn tls_serves_the_api_to_a_client_that_trusts_the_certificate() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn reflection_needs_no_token_on_a_server_with_tokens() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut t = secured().await;
+    let mut refl = ServerReflectionClient::new(channel(&t.url()).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection without a token")
+        .into_inner()
+        .message()
+        .await
+        .expect("a reflection answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["sendlater.v1.Scheduler", "sendlater.v1.Dispatch"] {
+        assert!(names.iter().any(|n| n == service), "{service}: {names:?}");
+    }
+    // The services it names still need a token.
+    let r = t
+        .client
+        .get_dispatch_controls(pb::GetDispatchControlsRequest {
+            account_id: "acme".into(),
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn pausing_every_account_needs_a_token_for_every_account() {
+    let mut t = secured().await;
+    let every = |tok| {
+        with(
+            pb::DispatchControlRequest {
+                account_id: "*".into(),
+                channel: pb::Channel::Email as i32,
+            },
+            Some(tok),
+        )
+    };
+    let mut c = t.client.clone();
+    let r = c.pause_dispatch(every("acme-backend")).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    // Nothing was paused: acme's email still goes out.
+    let controls = c
+        .get_dispatch_controls(with(
+            pb::GetDispatchControlsRequest {
+                account_id: "acme".into(),
+            },
+            Some("acme-backend"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(controls.paused_channels.is_empty(), "{controls:?}");
+    // The same request with a token for every account is fine, and so is resuming.
+    c.pause_dispatch(every("admin"))
+        .await
+        .expect("admin pauses every account");
+    let r = c.resume_dispatch(every("acme-backend")).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    c.resume_dispatch(every("admin"))
+        .await
+        .expect("admin resumes every account");
+    t.stop().await;
+}
