@@ -35,6 +35,82 @@ async fn dirty_item(t: &TestServer) -> String {
     item.item_id
 }
 
+/// Wakes the writer with writes (schedules in another ticket) until it has tried a
+/// write-back of its own and failed: the idle writer writes rows back a while after
+/// they changed, when it next wakes.
+async fn until_a_write_back_failed(t: &TestServer) {
+    let store = t.running().engine().store().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.sweep_failures() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write-back was tried"
+        );
+        t.schedule(email_reply("acme", "T9", T0 + HOUR)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn reads_do_not_depend_on_writing_rows_back() {
+    // The changed rows cannot be written back; every read answers from the journal
+    // (on main each read asked for a write-back first, and failed).
+    let mut t = TestServer::start().await;
+    raw(&t).execute_batch(REFUSE_ROWS).unwrap();
+    let id = dirty_item(&t).await;
+    until_a_write_back_failed(&t).await;
+    let mut client = t.client.clone();
+    let item = client
+        .get_item(item_ref("acme", &id))
+        .await
+        .expect("GetItem")
+        .into_inner();
+    assert_eq!(item.state, pb::State::Cancelled as i32);
+    let listed = client
+        .list_scheduled(pb::ListScheduledRequest {
+            account_id: "acme".into(),
+            state: pb::State::Cancelled as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("ListScheduled")
+        .into_inner();
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|i| i.item_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    let pending = client
+        .list_scheduled(pb::ListScheduledRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListScheduled")
+        .into_inner();
+    assert!(
+        pending.items.iter().all(|i| i.item_id != id),
+        "the cancelled item is not listed as pending"
+    );
+    let tickets = client
+        .list_deferred_tickets(pb::ListDeferredTicketsRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListDeferredTickets")
+        .into_inner();
+    assert!(
+        tickets.tickets.iter().all(|t| t.ticket_id != "T1"),
+        "T1 has nothing pending: {tickets:?}"
+    );
+    raw(&t).execute_batch("DROP TRIGGER refuse_rows").unwrap();
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_stop_finishes_when_rows_cannot_be_written_back_and_loses_nothing() {
     let mut t = TestServer::start().await;
@@ -56,20 +132,9 @@ async fn a_stop_finishes_when_rows_cannot_be_written_back_and_loses_nothing() {
 async fn a_failed_write_back_backs_off_instead_of_spinning() {
     let mut t = TestServer::start().await;
     raw(&t).execute_batch(REFUSE_ROWS).unwrap();
-    let id = dirty_item(&t).await;
+    let _id = dirty_item(&t).await;
     let store = t.running().engine().store().clone();
-    // A read needs the row written back (it asks the writer for a sweep, which fails);
-    // once the writer's idle delay has passed, the writer tries a write-back of its
-    // own when it wakes. Reads wake it until one has been tried.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.sweep_failures() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no write-back was tried"
-        );
-        let _ = t.client.clone().get_item(item_ref("acme", &id)).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_write_back_failed(&t).await;
     // A bound for a negative over a second of real time, not a synchronisation: on
     // main the idle writer looped begin -> failed sweep -> empty commit -> fsync with
     // no pause (thousands a second).
@@ -96,14 +161,7 @@ async fn health_is_not_serving_while_rows_cannot_be_written_back_and_serving_aft
     assert_eq!(first.status, ServingStatus::Serving as i32);
     raw(&t).execute_batch(REFUSE_ROWS).unwrap();
     let id = dirty_item(&t).await;
-    // A read needs the row written back: it cannot be, so the read is UNAVAILABLE
-    // (retryable) and the service goes out of rotation.
-    let read = t.client.clone().get_item(item_ref("acme", &id)).await;
-    assert_status(
-        read,
-        tonic::Code::Unavailable,
-        "the store cannot write its rows",
-    );
+    until_a_write_back_failed(&t).await;
     let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .expect("health changes within 10 s")

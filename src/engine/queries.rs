@@ -133,7 +133,7 @@ impl Engine {
     pub async fn get(&self, account: String, id: ItemId) -> domain::Result<Item> {
         self.inner
             .store
-            .read(move |conn| Ok(reads::get_item(conn, &account, id)?))
+            .get_item(account, id)
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!("item {} not found", domain::format_item_id(id)))
@@ -158,11 +158,7 @@ impl Engine {
             Some((at, id))
         };
         let order = q.order;
-        let mut rows = self
-            .inner
-            .store
-            .read(move |conn| Ok(reads::list_items(conn, &q, after, limit)?))
-            .await?;
+        let mut rows = self.inner.store.list_items(q, after, limit).await?;
         cut_to_budget(&mut rows, self.inner.limits.response_budget());
         Ok(Page::of(rows, order, |item: &Item| {
             (item.next_send_at(), item.id.to_string().into_bytes())
@@ -191,12 +187,7 @@ impl Engine {
         let rows = self
             .inner
             .store
-            .read(move |conn| {
-                let after = after.as_ref().map(|(at, t)| (*at, t.as_str()));
-                Ok(reads::deferred_tickets(
-                    conn, &account, order, after, limit,
-                )?)
-            })
+            .deferred_tickets(account, order, after, limit)
             .await?;
         Ok(Page::of(rows, order, |t: &DeferredTicket| {
             (t.next_send_at, t.ticket_id.clone().into_bytes())
@@ -215,11 +206,7 @@ impl Engine {
     ) -> domain::Result<Vec<Item>> {
         domain::validate_id("account_id", &account)?;
         domain::validate_id("ticket_id", &ticket)?;
-        let items = self
-            .inner
-            .store
-            .read(move |conn| Ok(reads::ticket_items(conn, &account, &ticket)?))
-            .await?;
+        let items = self.inner.store.ticket_items(account, ticket).await?;
         domain::timeline(items, audience == Audience::Client)
     }
 
@@ -298,11 +285,7 @@ impl Engine {
         after: u64,
         limit: usize,
     ) -> domain::Result<Vec<Event>> {
-        let read = self
-            .inner
-            .store
-            .read(move |conn| Ok(reads::events_after(conn, account.as_deref(), after, limit)?))
-            .await?;
+        let read = self.inner.store.events_after(account, after, limit).await?;
         // Resuming after a sequence whose successors were pruned would skip events.
         let oldest = read.oldest;
         if after > 0 && after + 1 < oldest {

@@ -70,7 +70,9 @@ impl Engine {
         let a = account.clone();
         self.inner
             .store
-            .read(move |conn| Ok(get_business_hours(conn, &a)?))
+            // Business hours are written to their rows by the write itself (not
+            // journalled): no write-back is needed to read them.
+            .read_journal(move |conn| Ok(get_business_hours(conn, &a)?))
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!("account {account:?} has no business hours set"))

@@ -77,6 +77,10 @@ pub struct Claims {
     inner: Mutex<Inner>,
     /// How many claims wait (read without the lock).
     waiting: AtomicUsize,
+    /// How many leases whose jobs have left the open group applied and has not
+    /// committed yet (claims, and leases taken through a dispatch write): a read that
+    /// must see them waits for that group.
+    uncommitted: AtomicUsize,
 }
 
 impl Claims {
@@ -92,6 +96,27 @@ impl Claims {
     /// How many claims wait for the writer.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// How many leases whose jobs have left are applied in the open group, not yet
+    /// committed.
+    pub fn uncommitted(&self) -> usize {
+        self.uncommitted.load(Ordering::SeqCst)
+    }
+
+    /// `n` more leases are applied in the open group without having waited here
+    /// (leases taken through a dispatch write).
+    pub(super) fn add_uncommitted(&self, n: usize) {
+        self.uncommitted.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// The open group committed `n` applied leases.
+    pub(super) fn committed(&self, n: usize) {
+        let _ = self
+            .uncommitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 
     /// Claims the leases of items read at `read_at`; returns, in the order given, the
@@ -128,6 +153,9 @@ impl Claims {
         g.touched.insert(id);
         let c = g.waiting.remove(&id);
         if c.is_some() {
+            // Counted uncommitted before it stops counting as waiting (the writer is
+            // about to apply it): a reader never sees neither.
+            self.uncommitted.fetch_add(1, Ordering::SeqCst);
             self.waiting.store(g.waiting.len(), Ordering::SeqCst);
         }
         c
@@ -140,6 +168,7 @@ impl Claims {
         for c in &all {
             g.touched.insert(c.item.id);
         }
+        self.uncommitted.fetch_add(all.len(), Ordering::SeqCst);
         self.waiting.store(0, Ordering::SeqCst);
         drop(g);
         all.sort_unstable_by_key(|c| c.item.id);
@@ -149,10 +178,15 @@ impl Claims {
     /// Claims a write applied that then rolled back: they wait again.
     pub(super) fn give_back(&self, claims: impl IntoIterator<Item = Claim>) {
         let mut g = self.lock();
+        let mut n = 0;
         for c in claims {
             g.waiting.insert(c.item.id, c);
+            n += 1;
         }
         self.waiting.store(g.waiting.len(), Ordering::SeqCst);
+        // Waiting again (counted above first): no longer applied in the open group.
+        drop(g);
+        self.committed(n);
     }
 
     /// The open group ended (committed, or rolled back): its touched items are

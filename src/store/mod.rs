@@ -37,6 +37,7 @@
 pub mod backup;
 mod checkpoint;
 pub mod claims;
+mod current;
 pub mod meta;
 mod overlay;
 pub mod queries;
@@ -532,6 +533,7 @@ impl Tx<'_> {
     /// Storage errors (the lease is then given back as a claim by the rollback).
     pub fn record_lease(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
         let seq = self.save(item, change);
+        self.overlay.claims.add_uncommitted(1);
         self.overlay.applying(claims::Claim {
             item: item.clone(),
             change,
@@ -904,7 +906,7 @@ impl Store {
                 .unwrap_or_else(|p| p.into_inner());
             for id in ids {
                 match hints.get(&id) {
-                    Some(m) => metas.push(m.clone()),
+                    Some(h) => metas.push(h.meta.clone()),
                     None => rest.push(id),
                 }
             }

@@ -30,7 +30,15 @@ use super::meta::ItemMeta;
 
 /// What dispatch's hint reads must take from memory: the meta of every item whose
 /// committed change is not written back to its row yet.
-pub(super) type Hints = Arc<std::sync::Mutex<HashMap<ItemId, ItemMeta>>>;
+pub(super) type Hints = Arc<std::sync::Mutex<HashMap<ItemId, Hint>>>;
+
+/// A committed change not yet on the item's row: its meta (dispatch's hints) and the
+/// item itself (what readers see instead of the row, see `Store::get_item`).
+#[derive(Debug, Clone)]
+pub(super) struct Hint {
+    pub(super) meta: ItemMeta,
+    pub(super) item: Arc<Item>,
+}
 
 /// Dirty items that start a sweep at the beginning of the next group.
 pub(super) const SWEEP_AT: usize = 32_768;
@@ -52,7 +60,8 @@ pub(super) const SWEEP_STEP: usize = 128;
 pub(super) const SWEEP_IDLE: Duration = Duration::from_millis(1000);
 
 struct Dirty {
-    item: Item,
+    /// Shared with the published hints once committed (no copy per commit).
+    item: Arc<Item>,
     /// The sequence of the item's last event.
     seq: u64,
     /// The sequence of its first event since its row was last written.
@@ -125,12 +134,12 @@ impl Overlay {
 
     /// The dirty version of the item, if any.
     pub(super) fn get(&self, id: ItemId) -> Option<&Item> {
-        self.dirty.get(&id).map(|d| &d.item)
+        self.dirty.get(&id).map(|d| &*d.item)
     }
 
     /// Every dirty item (unordered).
     pub(super) fn items(&self) -> impl Iterator<Item = &Item> {
-        self.dirty.values().map(|d| &d.item)
+        self.dirty.values().map(|d| &*d.item)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -152,7 +161,7 @@ impl Overlay {
         let before = self.dirty.insert(
             id,
             Dirty {
-                item,
+                item: Arc::new(item),
                 seq,
                 first_seq,
             },
@@ -223,7 +232,13 @@ impl Overlay {
         let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
         for id in changed {
             if let Some(d) = self.dirty.get(&id) {
-                hints.insert(id, ItemMeta::of(&d.item));
+                hints.insert(
+                    id,
+                    Hint {
+                        meta: ItemMeta::of(&d.item),
+                        item: d.item.clone(),
+                    },
+                );
             }
         }
         let mut swept_any = false;
@@ -238,6 +253,7 @@ impl Overlay {
             }
         }
         drop(hints);
+        self.claims.committed(self.applied.len());
         self.applied.clear();
         self.changed.clear();
         // After the rows and the hints: a claim read before this may be stale.

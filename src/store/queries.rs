@@ -194,6 +194,45 @@ pub fn deferred_tickets(
     Ok(Rows::of(tickets, limit))
 }
 
+/// For each of `tickets` of the account: the aggregate of [`deferred_tickets`] over
+/// its live items other than `except` (the items whose rows are stale, counted by the
+/// caller as they are now); tickets with none are left out.
+///
+/// # Errors
+/// Storage errors.
+pub fn ticket_aggregates_without(
+    conn: &Connection,
+    account: &str,
+    tickets: &[String],
+    except: &[ItemId],
+) -> Result<Vec<DeferredTicket>, StoreError> {
+    if tickets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let json = |v: serde_json::Value| v.to_string();
+    let mut st = conn.prepare_cached(
+        "SELECT ticket_id, MIN(next_send_at), COUNT(*) FROM items \
+         WHERE account_id = ?1 AND ticket_id IN (SELECT value FROM json_each(?2)) \
+         AND state IN (1, 2) AND id NOT IN (SELECT value FROM json_each(?3)) \
+         GROUP BY ticket_id",
+    )?;
+    let rows = st.query_map(
+        params![
+            account,
+            json(serde_json::json!(tickets)),
+            json(serde_json::json!(except))
+        ],
+        |r| {
+            Ok(DeferredTicket {
+                ticket_id: r.get(0)?,
+                next_send_at: r.get(1)?,
+                pending_count: r.get::<_, i64>(2)? as u32,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// GetTicketTimeline: every item of the ticket, in no particular order (the domain's
 /// `timeline` orders and filters them).
 ///

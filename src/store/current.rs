@@ -1,0 +1,349 @@
+//! The Scheduler's reads through the journal: rows merged with the committed changes
+//! not yet written back to them (the published hints, `overlay::Hint`), so a read never
+//! needs a sweep. A write-back that cannot be made (a full disk) no longer fails reads,
+//! and a WatchEvents wake during a drain no longer forces a full sweep.
+//!
+//! Every read takes its snapshot of the journal *before* it reads the rows: an item
+//! written back (and dropped from the journal) in between is then found in the journal
+//! already, never read from a row older than it. Reads return only once what they saw
+//! is durable (`Progress::durable_barrier`), as [`Store::read`] does.
+//!
+//! # Contract
+//! - Each read sees every write answered before it started, and the dispatcher's claims
+//!   accepted before it (a read applies waiting claims first, with an empty write).
+//! - Results are those of the same query over rows that had been written back:
+//!   filters, order and keyset paging included.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::queries::{self, EventsAfter, Rows};
+use super::Store;
+use crate::domain::{self, DeferredTicket, Item, ItemId, ListQuery, Millis, Order, State};
+
+/// Whether `item` is one `q` lists (the SQL filters of `queries::list_items`).
+pub(super) fn matches(q: &ListQuery, item: &Item) -> bool {
+    let next = item.next_send_at();
+    item.account_id == q.account_id
+        && item.state == q.state.unwrap_or(State::Pending)
+        && q.ticket_id.as_ref().is_none_or(|t| *t == item.ticket_id)
+        && q.channel.is_none_or(|c| c == item.channel)
+        && q.author_id.as_ref().is_none_or(|a| *a == item.author_id)
+        && q.kind.is_none_or(|k| k == item.kind)
+        && q.send_at_from.is_none_or(|f| next >= f)
+        && q.send_at_to.is_none_or(|t| next < t)
+}
+
+/// Whether key `a` comes before key `b` in `order`.
+fn before<K: Ord>(order: Order, a: &K, b: &K) -> bool {
+    match order {
+        Order::Asc => a < b,
+        Order::Desc => a > b,
+    }
+}
+
+/// Merges a keyset page read from rows (`rows`, read with a limit of at least `limit`
+/// + the journal's size, so dropping the journal's items from it leaves enough) with
+/// the journal's items (`journal`, the current version of every item changed since its
+/// row was written): the rows of journal items are dropped (stale), the journal items
+/// that match are placed by their key, and the page is cut at `limit`.
+///
+/// `key` gives an entry's sort key, `keep` whether a journal entry belongs (filters),
+/// `after` the key the page starts after.
+pub(super) fn merge_page<T, K: Ord + Clone>(
+    rows: Rows<T>,
+    journal: Vec<T>,
+    stale: impl Fn(&T) -> bool,
+    key: impl Fn(&T) -> K,
+    keep: impl Fn(&T) -> bool,
+    order: Order,
+    after: Option<&K>,
+    limit: usize,
+) -> Rows<T> {
+    // Past the last row read, the rows are unknown: journal entries beyond it wait for
+    // the next page (which reads from that key on).
+    let bound = if rows.more {
+        rows.rows.last().map(&key)
+    } else {
+        None
+    };
+    let mut all: Vec<T> = rows.rows.into_iter().filter(|r| !stale(r)).collect();
+    all.extend(journal.into_iter().filter(|j| {
+        let k = key(j);
+        keep(j)
+            && after.is_none_or(|a| before(order, a, &k))
+            && bound.as_ref().is_none_or(|b| !before(order, b, &k))
+    }));
+    all.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        match order {
+            Order::Asc => ka.cmp(&kb),
+            Order::Desc => kb.cmp(&ka),
+        }
+    });
+    let more = all.len() > limit || bound.is_some();
+    all.truncate(limit);
+    Rows { rows: all, more }
+}
+
+impl Store {
+    /// The journal's items (committed, not yet on their rows) that `keep` selects.
+    fn journal(&self, keep: impl Fn(&Item) -> bool) -> Vec<Arc<Item>> {
+        let hints = self
+            .progress
+            .hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        hints
+            .values()
+            .filter(|h| keep(&h.item))
+            .map(|h| h.item.clone())
+            .collect()
+    }
+
+    /// Before a read: leases whose jobs are out already are committed, so the read
+    /// sees them: the dispatcher's waiting claims (any write applies them first; this
+    /// one does nothing else), and leases an open group applied (the write is answered
+    /// after that group's commit).
+    async fn apply_claims(&self) -> domain::Result<()> {
+        let claims = &self.progress.claims;
+        if claims.waiting() > 0 || claims.uncommitted() > 0 {
+            self.writer.write(|_| Ok(())).await?;
+        }
+        Ok(())
+    }
+
+    /// GetItem: the item, if it belongs to `account`.
+    ///
+    /// # Errors
+    /// Storage errors, a row that cannot be decoded included.
+    pub async fn get_item(&self, account: String, id: ItemId) -> domain::Result<Option<Item>> {
+        self.apply_claims().await?;
+        let journal = self.journal(|i| i.id == id);
+        let found = match journal.into_iter().next() {
+            Some(i) => Some((*i).clone()).filter(|i| i.account_id == account),
+            None => {
+                self.readers
+                    .read(move |c| Ok(queries::get_item(c, &account, id)?))
+                    .await?
+            }
+        };
+        self.progress.durable_barrier().await?;
+        Ok(found)
+    }
+
+    /// GetTicketTimeline's items: every item of the ticket, in no particular order.
+    ///
+    /// # Errors
+    /// Storage errors, a row that cannot be decoded included.
+    pub async fn ticket_items(&self, account: String, ticket: String) -> domain::Result<Vec<Item>> {
+        self.apply_claims().await?;
+        let journal: HashMap<ItemId, Arc<Item>> = self
+            .journal(|i| i.account_id == account && i.ticket_id == ticket)
+            .into_iter()
+            .map(|i| (i.id, i))
+            .collect();
+        // Every item has its row (inserts are not deferred): the rows find them all.
+        let mut items = self
+            .readers
+            .read(move |c| Ok(queries::ticket_items(c, &account, &ticket)?))
+            .await?;
+        for item in &mut items {
+            if let Some(now) = journal.get(&item.id) {
+                *item = (**now).clone();
+            }
+        }
+        self.progress.durable_barrier().await?;
+        Ok(items)
+    }
+
+    /// ListScheduled (see `queries::list_items`).
+    ///
+    /// # Errors
+    /// Storage errors, a row that cannot be decoded included.
+    pub async fn list_items(
+        &self,
+        q: ListQuery,
+        after: Option<(Millis, ItemId)>,
+        limit: usize,
+    ) -> domain::Result<Rows<Item>> {
+        self.apply_claims().await?;
+        let account = q.account_id.clone();
+        let journal = self.journal(|i| i.account_id == account);
+        let ids: HashSet<ItemId> = journal.iter().map(|i| i.id).collect();
+        let extra = journal.len();
+        let query = q.clone();
+        let rows = self
+            .readers
+            .read(move |c| Ok(queries::list_items(c, &query, after, limit + extra)?))
+            .await?;
+        let key = |i: &Item| (i.next_send_at(), i.id);
+        let page = merge_page(
+            rows,
+            journal.into_iter().map(|i| (*i).clone()).collect(),
+            |i| ids.contains(&i.id),
+            key,
+            |i| matches(&q, i),
+            q.order,
+            after.as_ref(),
+            limit,
+        );
+        self.progress.durable_barrier().await?;
+        Ok(page)
+    }
+
+    /// ListDeferredTickets (see `queries::deferred_tickets`): each ticket's aggregate
+    /// over its live items, those in the journal counted as they are now.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn deferred_tickets(
+        &self,
+        account: String,
+        order: Order,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> domain::Result<Rows<DeferredTicket>> {
+        self.apply_claims().await?;
+        let journal = self.journal(|i| i.account_id == account);
+        let dirty_ids: Vec<ItemId> = journal.iter().map(|i| i.id).collect();
+        let mut tickets: Vec<String> = journal.iter().map(|i| i.ticket_id.clone()).collect();
+        tickets.sort_unstable();
+        tickets.dedup();
+        let extra = tickets.len();
+        let (acc, t2, after2) = (account.clone(), tickets.clone(), after.clone());
+        let (rows, partial) = self
+            .readers
+            .read(move |c| {
+                let after = after2.as_ref().map(|(at, t)| (*at, t.as_str()));
+                let rows = queries::deferred_tickets(c, &acc, order, after, limit + extra)?;
+                // The tickets the journal touches, from their other items' rows.
+                let partial = queries::ticket_aggregates_without(c, &acc, &t2, &dirty_ids)?;
+                Ok((rows, partial))
+            })
+            .await?;
+        // Those tickets as they are now: their rows' part plus their journal items.
+        let mut now: HashMap<String, DeferredTicket> = partial
+            .into_iter()
+            .map(|t| (t.ticket_id.clone(), t))
+            .collect();
+        for item in journal.iter().filter(|i| i.state.is_live()) {
+            let t = now
+                .entry(item.ticket_id.clone())
+                .or_insert_with(|| DeferredTicket {
+                    ticket_id: item.ticket_id.clone(),
+                    next_send_at: item.next_send_at(),
+                    pending_count: 0,
+                });
+            t.next_send_at = t.next_send_at.min(item.next_send_at());
+            t.pending_count += 1;
+        }
+        let touched: HashSet<String> = tickets.into_iter().collect();
+        let key = |t: &DeferredTicket| (t.next_send_at, t.ticket_id.clone());
+        let page = merge_page(
+            rows,
+            now.into_values().collect(),
+            |t| touched.contains(&t.ticket_id),
+            key,
+            |_| true,
+            order,
+            after.as_ref(),
+            limit,
+        );
+        self.progress.durable_barrier().await?;
+        Ok(page)
+    }
+
+    /// Outbox events after `after` (see `queries::events_after`), each item's content as
+    /// known now (the journal's, for an item changed since its row was written; the
+    /// rest of the item is the event's own snapshot).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn events_after(
+        &self,
+        account: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<EventsAfter> {
+        self.apply_claims().await?;
+        let journal: HashMap<ItemId, Arc<Item>> = self
+            .journal(|i| account.as_ref().is_none_or(|a| *a == i.account_id))
+            .into_iter()
+            .map(|i| (i.id, i))
+            .collect();
+        let mut read = self
+            .readers
+            .read(move |c| Ok(queries::events_after(c, account.as_deref(), after, limit)?))
+            .await?;
+        for e in &mut read.events {
+            if let Some(now) = journal.get(&e.item.id) {
+                e.item.content = now.content.clone();
+            }
+        }
+        self.progress.durable_barrier().await?;
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(keys: &[i64], more: bool) -> Rows<i64> {
+        Rows {
+            rows: keys.to_vec(),
+            more,
+        }
+    }
+
+    #[test]
+    fn a_page_merges_the_journal_by_key_and_drops_stale_rows() {
+        // Rows 1..=5 (5 stale: its journal version moved to 7), journal 5->7 and 3->3.
+        let page = merge_page(
+            rows(&[1, 2, 3, 4, 5], false),
+            vec![7, 3],
+            |&r| r == 3 || r == 5,
+            |&k| k,
+            |_| true,
+            Order::Asc,
+            None,
+            10,
+        );
+        assert_eq!(page.rows, vec![1, 2, 3, 4, 7]);
+        assert!(!page.more);
+    }
+
+    #[test]
+    fn journal_entries_past_a_full_pages_last_row_wait_for_the_next_page() {
+        let page = merge_page(
+            rows(&[1, 2, 3], true),
+            vec![9, 2],
+            |&r| r == 2,
+            |&k| k,
+            |_| true,
+            Order::Asc,
+            None,
+            10,
+        );
+        assert_eq!(page.rows, vec![1, 2, 3], "9 is past the rows read");
+        assert!(page.more);
+    }
+
+    #[test]
+    fn the_limit_the_start_key_and_the_order_hold_for_journal_entries() {
+        let page = merge_page(
+            rows(&[8, 6, 4], false),
+            vec![9, 5, 7, 1],
+            |_| false,
+            |&k| k,
+            |&k| k != 7,
+            Order::Desc,
+            Some(&9),
+            3,
+        );
+        // Descending after 9: 8, 6, 5 (7 filtered out, 9 not after itself).
+        assert_eq!(page.rows, vec![8, 6, 5]);
+        assert!(page.more);
+    }
+}
