@@ -12,7 +12,8 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
         TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let addr = t.running().metrics_addr().expect("metrics enabled");
     let before = scrape_metrics(addr).await;
-    let scheduled_before = metric_value(&before, "sendlater_schedules_total");
+    // Each server has its own counters: they start at zero.
+    assert_eq!(metric_value(&before, "sendlater_schedules_total"), 0.0);
     let mut ids = Vec::new();
     for i in 0..3 {
         let item = t
@@ -25,8 +26,7 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
     }
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 10).await;
     let body = scrape_metrics(addr).await;
-    // Counters are process-wide (other tests in this binary may add to them).
-    assert!(metric_value(&body, "sendlater_schedules_total") >= scheduled_before + 3.0);
+    assert_eq!(metric_value(&body, "sendlater_schedules_total"), 3.0);
     assert_eq!(metric_value(&body, "sendlater_pending_timers"), 3.0);
     assert!(body.contains("# TYPE sendlater_dispatch_lateness_seconds histogram"));
     assert!(body.contains("sendlater_commit_batch_size_bucket{le=\"+Inf\"}"));
@@ -48,13 +48,21 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
         0.0,
         "{body}"
     );
-    assert!(
-        metric_value(
-            &body,
-            "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}"
-        ) >= 3.0,
-        "{body}"
-    );
+    for (series, want) in [
+        ("sendlater_dispatches_total", 3.0),
+        ("sendlater_acks_total", 3.0),
+        ("sendlater_nacks_total", 0.0),
+        (
+            "sendlater_dispatch_lateness_seconds_count{channel=\"chat\"}",
+            3.0,
+        ),
+        (
+            "sendlater_dispatch_lateness_seconds_count{channel=\"email\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(metric_value(&body, series), want, "{series}:\n{body}");
+    }
     t.stop().await;
 }
 
@@ -169,4 +177,31 @@ fn a_public_address_without_tokens_is_refused_with_exit_64_naming_insecure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+}
+
+#[tokio::test]
+async fn each_server_counts_only_its_own_work() {
+    let with_metrics = |c: &mut sendlater::config::ServerConfig| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    };
+    let mut busy = TestServer::start_with(with_metrics).await;
+    let mut quiet = TestServer::start_with(with_metrics).await;
+    for i in 0..2 {
+        busy.schedule(chat_reply("acme", &format!("T{i}"), T0 + 60_000))
+            .await;
+    }
+    let busy_body = scrape_metrics(busy.running().metrics_addr().unwrap()).await;
+    let quiet_body = scrape_metrics(quiet.running().metrics_addr().unwrap()).await;
+    assert_eq!(
+        metric_value(&busy_body, "sendlater_schedules_total"),
+        2.0,
+        "{busy_body}"
+    );
+    assert_eq!(
+        metric_value(&quiet_body, "sendlater_schedules_total"),
+        0.0,
+        "another server's schedules counted here:\n{quiet_body}"
+    );
+    busy.stop().await;
+    quiet.stop().await;
 }
