@@ -1,23 +1,25 @@
 //! Prometheus metrics, served as text on a separate `--metrics-listen` address.
 //!
 //! The instruments and the exposition are the Prometheus project's `prometheus-client`
-//! crate. Counters ([`Counter`]) and histograms ([`Histogram`]) are process-wide
-//! ([`METRICS`]): a counter increment is one relaxed atomic add; a histogram observation
-//! takes the histogram's own uncontended lock for a few additions (each histogram has a
-//! single writer: the dispatcher for lateness, the writer thread for group commits).
+//! crate. Counters ([`Counter`]) and histograms ([`Histogram`]) belong to a server: each
+//! store holds its own [`Metrics`] (the engine, the dispatcher and the writer count into
+//! it), so two servers in one process (tests) never see each other's figures and a test
+//! can assert exact values. A counter increment is one relaxed atomic add; a histogram
+//! observation takes the histogram's own uncontended lock for a few additions (each
+//! histogram has a single writer: the dispatcher for lateness, the writer thread for
+//! group commits).
 //!
-//! Gauges (pending timers, due backlog, connectors, held back) belong to a server, not to
-//! the process: each scrape builds a [`Registry`] that holds handles on the process-wide
-//! counters and histograms plus the gauges of the [`Gauges`] it was given, read at that
-//! moment as constant gauges. Nothing is copied into shared gauge cells, so two servers
-//! in one process (tests) never see each other's figures.
+//! Gauges (pending timers, due backlog, connectors, held back) are read at scrape time:
+//! each scrape builds a [`Registry`] that holds handles on the server's counters and
+//! histograms ([`Gauges::metrics`]) plus the gauges of the [`Gauges`] it was given, read
+//! at that moment as constant gauges.
 //!
 //! [`render`] is the Prometheus text format, version 0.0.4. [`snapshot`] is the same text
 //! read back into numbers, for the staff console: it shows what `/metrics` serves.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -44,7 +46,7 @@ const BATCH: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
 ];
 
-/// Process-wide counters and histograms.
+/// The counters and histograms of one server.
 pub struct Metrics {
     pub schedules: Counter,
     pub dispatches: Counter,
@@ -66,22 +68,25 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
 }
 
-/// The metrics of this process.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    schedules: Counter::default(),
-    dispatches: Counter::default(),
-    claimed_leases: Counter::default(),
-    acks: Counter::default(),
-    nacks: Counter::default(),
-    abandoned_leases: Counter::default(),
-    ignored_answers: Counter::default(),
-    stalled_connectors: Counter::default(),
-    unreadable_items: Counter::default(),
-    lateness_email: Histogram::new(SECONDS),
-    lateness_chat: Histogram::new(SECONDS),
-    commit_batch_size: Histogram::new(BATCH),
-    commit_seconds: Histogram::new(SECONDS),
-});
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            schedules: Counter::default(),
+            dispatches: Counter::default(),
+            claimed_leases: Counter::default(),
+            acks: Counter::default(),
+            nacks: Counter::default(),
+            abandoned_leases: Counter::default(),
+            ignored_answers: Counter::default(),
+            stalled_connectors: Counter::default(),
+            unreadable_items: Counter::default(),
+            lateness_email: Histogram::new(SECONDS),
+            lateness_chat: Histogram::new(SECONDS),
+            commit_batch_size: Histogram::new(BATCH),
+            commit_seconds: Histogram::new(SECONDS),
+        }
+    }
+}
 
 impl Metrics {
     /// The lateness histogram of a channel.
@@ -95,6 +100,8 @@ impl Metrics {
 
 /// Gauges read at scrape time.
 pub trait Gauges: Send + Sync + 'static {
+    /// The server's counters and histograms.
+    fn metrics(&self) -> &Metrics;
     /// Timers on the wheel.
     fn pending_timers(&self) -> u64;
     /// Due items not yet leased, per channel.
@@ -136,7 +143,7 @@ impl<M: EncodeMetric + std::fmt::Debug> EncodeMetric for ByLabel<M> {
 
 /// What one scrape encodes: the process-wide instruments and `g`'s gauges, read now.
 fn registry(g: &dyn Gauges) -> Registry {
-    let m = &*METRICS;
+    let m = g.metrics();
     let mut r = Registry::with_prefix("sendlater");
     // The library adds `_total` to counter names and a full stop to help texts.
     for (name, help, counter) in [
@@ -504,9 +511,14 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    struct Fixed;
+    /// Fixed gauges beside a fresh set of counters and histograms.
+    #[derive(Default)]
+    struct Fixed(Metrics);
 
     impl Gauges for Fixed {
+        fn metrics(&self) -> &Metrics {
+            &self.0
+        }
         fn pending_timers(&self) -> u64 {
             7
         }
@@ -580,7 +592,7 @@ mod tests {
 
     #[test]
     fn the_exposition_keeps_every_name_label_and_type() {
-        let body = render(&Fixed);
+        let body = render(&Fixed::default());
         for (name, kind) in [
             ("sendlater_schedules_total", "counter"),
             ("sendlater_dispatches_total", "counter"),
@@ -635,33 +647,36 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_in_the_exposition() {
-        // Other tests in this process may observe too: compare before and after.
-        let before = snapshot(&Fixed).commit_batch_size;
+        let fixed = Fixed::default();
+        let before = snapshot(&fixed).commit_batch_size;
         for v in [0.5, 3.0, 3.0, 5000.0] {
-            METRICS.commit_batch_size.observe(v);
+            fixed.0.commit_batch_size.observe(v);
         }
-        let after = snapshot(&Fixed).commit_batch_size;
+        let after = snapshot(&fixed).commit_batch_size;
         let delta = |le: f64| {
             let at = |h: &HistogramSnapshot| h.buckets.iter().find(|b| b.0 == le).unwrap().1;
             at(&after) - at(&before)
         };
-        assert!(delta(1.0) >= 1);
-        assert!(delta(4.0) >= 3);
-        assert!(delta(2048.0) >= 3);
-        assert!(delta(f64::INFINITY) >= 4);
-        assert!(after.count >= before.count + 4);
-        assert!(after.sum >= before.sum + 5006.5);
+        // Its own histogram: nothing else observes it, so the figures are exact.
+        assert_eq!(before.count, 0);
+        assert_eq!(delta(1.0), 1);
+        assert_eq!(delta(4.0), 3);
+        assert_eq!(delta(2048.0), 3);
+        assert_eq!(delta(f64::INFINITY), 4);
+        assert_eq!(after.count, 4);
+        assert_eq!(after.sum, 5006.5);
     }
 
     #[test]
     fn the_snapshot_shows_what_the_exposition_says() {
-        METRICS.schedules.inc_by(2);
-        METRICS.acks.inc();
-        METRICS.unreadable_items.inc();
-        METRICS.lateness(Channel::Chat).observe(0.003);
-        METRICS.lateness(Channel::Email).observe(42.0);
-        METRICS.commit_seconds.observe(0.0004);
-        let body = render(&Fixed);
+        let fixed = Fixed::default();
+        fixed.0.schedules.inc_by(2);
+        fixed.0.acks.inc();
+        fixed.0.unreadable_items.inc();
+        fixed.0.lateness(Channel::Chat).observe(0.003);
+        fixed.0.lateness(Channel::Email).observe(42.0);
+        fixed.0.commit_seconds.observe(0.0004);
+        let body = render(&fixed);
         let s = Snapshot::parse(&body);
         for (n, series) in [
             (s.schedules, "sendlater_schedules_total"),
@@ -690,7 +705,10 @@ mod tests {
         ] {
             assert_eq!(n as f64, value(&body, series), "{series}");
         }
-        assert!(s.schedules >= 2 && s.acks >= 1 && s.unreadable_items >= 1);
+        assert_eq!(
+            (s.schedules, s.acks, s.unreadable_items, s.dispatches),
+            (2, 1, 1, 0)
+        );
         assert_eq!(
             (
                 s.pending_timers,
@@ -713,7 +731,7 @@ mod tests {
                 &labels,
                 &SECONDS,
             );
-            assert!(s.lateness.get(ch).count >= 1);
+            assert_eq!(s.lateness.get(ch).count, 1);
         }
         assert_histogram(
             &body,
@@ -729,10 +747,10 @@ mod tests {
             "",
             &SECONDS,
         );
-        assert!(s.commit_seconds.buckets[0].1 >= 1, "0.0004 s is under 1 ms");
+        assert_eq!(s.commit_seconds.buckets[0].1, 1, "0.0004 s is under 1 ms");
         // `snapshot` is this very reading of a fresh exposition.
-        let again = snapshot(&Fixed);
-        assert!(again.schedules >= s.schedules);
+        let again = snapshot(&fixed);
+        assert_eq!(again.schedules, s.schedules);
         assert_eq!(again.due_backlog, s.due_backlog);
     }
 
@@ -751,7 +769,7 @@ mod tests {
         let stop = CancellationToken::new();
         let addr = serve(
             "127.0.0.1:0".parse().unwrap(),
-            Arc::new(Fixed),
+            Arc::new(Fixed::default()),
             stop.clone(),
         )
         .await

@@ -47,6 +47,9 @@ struct ServerGauges {
 }
 
 impl Gauges for ServerGauges {
+    fn metrics(&self) -> &metrics::Metrics {
+        self.engine.metrics()
+    }
     fn pending_timers(&self) -> u64 {
         self.engine.pending_timers() as u64
     }

@@ -44,7 +44,6 @@ use crate::config::Accounts;
 use crate::domain::machine::{self, Command, Step};
 use crate::domain::{self, Channel, EventType, Item, ItemId, Millis, State};
 use crate::engine::{Engine, Fired};
-use crate::metrics::METRICS;
 use crate::store::claims::Claim;
 use conn::{Conn, Held};
 use fair::FairQueue;
@@ -129,6 +128,8 @@ pub struct Dispatcher {
     stopped: CancellationToken,
     /// Gauges of the actor.
     pub stats: Arc<DispatchStats>,
+    /// The server's counters (the stream readers count ignored answers).
+    pub metrics: Arc<crate::metrics::Metrics>,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -148,6 +149,7 @@ impl Dispatcher {
         };
         let stats = Arc::new(DispatchStats::default());
         let drain_grace = Duration::from_millis(cfg.drain_grace_ms);
+        let metrics = engine.metrics().clone();
         let actor = Actor {
             events: tx.clone(),
             writes: HashMap::new(),
@@ -187,6 +189,7 @@ impl Dispatcher {
                 tx,
                 stopped,
                 stats,
+                metrics,
                 next_conn: Default::default(),
             },
             task,
@@ -480,7 +483,7 @@ impl Actor {
             .and_then(|c| c.held.get(&job.item))
             .copied();
         let Some(held) = held.filter(|h| h.attempt == job.attempt && h.token == job.token) else {
-            METRICS.ignored_answers.inc();
+            self.engine.metrics().ignored_answers.inc();
             tracing::debug!(
                 conn,
                 item = job.item,
@@ -496,7 +499,7 @@ impl Actor {
             Answer::Ack {
                 provider_message_id,
             } => {
-                METRICS.acks.inc();
+                self.engine.metrics().acks.inc();
                 if !held.expired {
                     self.inflight.remove(&job.item);
                 }
@@ -507,7 +510,7 @@ impl Actor {
                 });
             }
             Answer::Nack { error, permanent } => {
-                METRICS.nacks.inc();
+                self.engine.metrics().nacks.inc();
                 // A Nack after the lease expired says nothing new: that attempt ended.
                 if !held.expired {
                     self.inflight.remove(&job.item);
@@ -547,7 +550,7 @@ impl Actor {
         };
         if c.stalled && c.in_flight() == 0 {
             tracing::warn!(conn, connector_id = %c.connector_id, "ending the stream of a connector whose lease expired unanswered");
-            METRICS.stalled_connectors.inc();
+            self.engine.metrics().stalled_connectors.inc();
             c.kick.cancel();
             self.connectors.remove(&conn);
         }
@@ -707,7 +710,7 @@ impl Actor {
         let (ok, refused) = self.engine.store().claim(epoch, claims);
         // Refused: leased through a write, as planned.
         rest.extend(refused.iter().filter_map(|c| claimed.remove(&c.item.id)));
-        METRICS.claimed_leases.inc_by(ok.len() as u64);
+        self.engine.metrics().claimed_leases.inc_by(ok.len() as u64);
         let mut rng = rand::rng();
         for c in ok {
             let conn = claimed.remove(&c.item.id).map(|p| p.conn);
@@ -1041,9 +1044,12 @@ impl Actor {
         };
         match c.jobs.try_send(job) {
             Ok(()) => {
-                METRICS.dispatches.inc();
+                self.engine.metrics().dispatches.inc();
                 if attempt == 1 {
-                    METRICS.lateness(channel).observe(late_ms as f64 / 1000.0);
+                    self.engine
+                        .metrics()
+                        .lateness(channel)
+                        .observe(late_ms as f64 / 1000.0);
                 }
                 c.hold(
                     id,

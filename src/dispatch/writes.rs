@@ -205,7 +205,7 @@ fn record_one(
             attempt,
             reason,
         } => {
-            crate::metrics::METRICS.abandoned_leases.inc();
+            tx.metrics().abandoned_leases.inc();
             // Retried at once (on another connector), not after a backoff.
             (
                 *id,

@@ -83,7 +83,7 @@ impl Engine {
             .write(move |tx| me.insert_one(tx, &new))
             .await
             .inspect(|_| {
-                crate::metrics::METRICS.schedules.inc();
+                self.metrics().schedules.inc();
             })
     }
 
@@ -125,7 +125,7 @@ impl Engine {
             })
             .await
             .inspect(|items| {
-                crate::metrics::METRICS.schedules.inc_by(items.len() as u64);
+                self.metrics().schedules.inc_by(items.len() as u64);
             })
     }
 

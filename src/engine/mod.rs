@@ -183,6 +183,11 @@ impl Engine {
         &self.inner.store
     }
 
+    /// This server's counters and histograms (`/metrics`).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.inner.store.metrics()
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock

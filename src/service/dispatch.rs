@@ -20,7 +20,6 @@ use tokio::sync::Semaphore;
 
 use crate::dispatch::{parse_job_id, Answer, ConnectorEvent, Dispatcher, Job};
 use crate::domain::{Channel, Error};
-use crate::metrics::METRICS;
 use crate::pb;
 
 /// max_in_flight bounds (API.md).
@@ -152,13 +151,13 @@ impl pb::dispatch_server::Dispatch for DispatchService {
                         },
                     ),
                     _ => {
-                        METRICS.ignored_answers.inc();
+                        dispatcher.metrics.ignored_answers.inc();
                         tracing::debug!(conn, "ignored a message that is neither Ack nor Nack");
                         continue;
                     }
                 };
                 let Some(job) = parse_job_id(&job_id) else {
-                    METRICS.ignored_answers.inc();
+                    dispatcher.metrics.ignored_answers.inc();
                     tracing::debug!(conn, "ignored an answer with a malformed job id");
                     continue;
                 };

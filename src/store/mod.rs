@@ -179,6 +179,11 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// The server's counters and histograms.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.progress.metrics
+    }
+
     /// For fault-injection tests only: the raw connection (PRAGMAs such as
     /// `max_page_count`). Production code speaks the typed operations below.
     #[doc(hidden)]
@@ -768,6 +773,11 @@ impl Store {
     pub fn hold_durability(&self) -> DurabilityHold {
         self.progress.set_hold(true);
         DurabilityHold(self.progress.clone())
+    }
+
+    /// The server's counters and histograms (each store has its own).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.progress.metrics
     }
 
     /// Which tickets may have live items: start-up recovery counts every live item

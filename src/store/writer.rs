@@ -115,6 +115,8 @@ pub(super) struct Progress {
     /// The two causes of `degraded`, each cleared by its own next success.
     sweep_failing: std::sync::Mutex<Option<String>>,
     commit_failing: std::sync::Mutex<Option<String>>,
+    /// The server's counters and histograms (group commits are observed here).
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Progress {
@@ -134,6 +136,7 @@ impl Progress {
             degraded: watch::channel(None).0,
             sweep_failing: std::sync::Mutex::new(None),
             commit_failing: std::sync::Mutex::new(None),
+            metrics: Default::default(),
         })
     }
 
@@ -385,10 +388,9 @@ fn sync_stage(
                         changed
                     });
                 }
-                crate::metrics::METRICS
-                    .commit_batch_size
-                    .observe(c.writes as f64);
-                crate::metrics::METRICS
+                progress.metrics.commit_batch_size.observe(c.writes as f64);
+                progress
+                    .metrics
                     .commit_seconds
                     .observe(c.started.elapsed().as_secs_f64());
                 tracing::trace!(
