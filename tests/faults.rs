@@ -196,9 +196,20 @@ fn numeric_id(item_id: &str) -> i64 {
     item_id.trim_start_matches("itm_").parse().expect("itm_N")
 }
 
+/// A server with metrics on 127.0.0.1 (each server has its own counters).
+async fn start_with_metrics() -> TestServer {
+    TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await
+}
+
+/// The values of `series` in this server's `/metrics`, in order.
+async fn counters(t: &TestServer, series: &[&str]) -> Vec<f64> {
+    let body = scrape_metrics(t.running().metrics_addr().expect("metrics on")).await;
+    series.iter().map(|s| metric_value(&body, s)).collect()
+}
+
 #[tokio::test]
 async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
-    let mut t = TestServer::start().await;
+    let mut t = start_with_metrics().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let held = t.schedule(email_reply("acme", "T0", T0 + 1_000)).await;
     let bad_content = t.schedule(email_reply("acme", "T1", T0 + 5_000)).await;
@@ -246,6 +257,11 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
         let err = err.unwrap_or_default();
         assert!(err.contains("cannot be read"), "last_error: {err:?}");
     }
+    // Each unreadable item counted once.
+    assert_eq!(
+        counters(&t, &["sendlater_unreadable_items_total"]).await,
+        vec![2.0]
+    );
     // The corrupt rows are there (read above); GetItem cannot decode them.
     assert_invariants(&t, "acme", &[held.item_id.clone(), good.item_id.clone()]).await;
     t.stop().await;
@@ -604,5 +620,88 @@ async fn a_clock_step_back_after_an_item_fell_due_strands_nothing() {
     wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
     drop(c);
     assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
+    t.stop().await;
+}
+
+/// README, "What the server trusts of a connector": a connector whose lease expires
+/// unanswered gets no more jobs, and its stream ends with UNAVAILABLE once it holds no
+/// unexpired job. Counted in `sendlater_stalled_connectors_total` and the lease in
+/// `sendlater_abandoned_leases_total`.
+#[tokio::test]
+async fn a_connector_whose_lease_expires_unanswered_gets_no_more_jobs_and_ends_unavailable() {
+    let mut t = start_with_metrics().await;
+    let mut stalled = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 1_000)).await;
+    t.advance(Duration::from_secs(1));
+    let job = stalled.next_job().await;
+    assert_eq!((job_item(&job), job.attempt), (item.item_id.clone(), 1));
+    // The lease expires unanswered: the item is due again at once, and the stalled
+    // connector (credit 10, nothing else to send to) must not get it.
+    t.clock.set(ms(&job.lease_expires_at) + 1);
+    t.settle().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), stalled.jobs.message())
+        .await
+        .expect("the stream ends within 10 s");
+    match end {
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        Ok(Some(j)) => panic!("a stalled connector got a job: {j:?}"),
+        Ok(None) => panic!("the stream ended without UNAVAILABLE"),
+    }
+    // A healthy connector gets the item's next attempt.
+    let mut healthy = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let again = healthy.next_job().await;
+    assert_eq!((job_item(&again), again.attempt), (item.item_id.clone(), 2));
+    healthy.ack(&again, "<sent@example.com>").await;
+    wait_state(&t.client, "acme", &item.item_id, pb::State::Sent).await;
+    t.settle().await;
+    assert_eq!(
+        counters(
+            &t,
+            &[
+                "sendlater_stalled_connectors_total",
+                "sendlater_abandoned_leases_total",
+                "sendlater_dispatches_total",
+                "sendlater_acks_total",
+                "sendlater_ignored_answers_total",
+            ]
+        )
+        .await,
+        vec![1.0, 1.0, 2.0, 1.0, 0.0]
+    );
+    assert_invariants(&t, "acme", std::slice::from_ref(&item.item_id)).await;
+    t.stop().await;
+}
+
+/// `sendlater_ignored_answers_total` counts each answer that names no job the stream
+/// holds, once: forged ids, a malformed id, a message that is no answer, a duplicate.
+#[tokio::test]
+async fn every_ignored_answer_is_counted_once() {
+    let mut t = start_with_metrics().await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let item = t.schedule(email_reply("acme", "T1", T0 + 1_000)).await;
+    t.advance(Duration::from_secs(1));
+    let job = c.next_job().await;
+    let forged = format!("{}#1.{}", item.item_id, "0".repeat(32));
+    c.tx.send(answer_ack(&forged)).await.unwrap();
+    c.tx.send(answer_nack(&forged, true)).await.unwrap();
+    c.tx.send(answer_ack("not a job id")).await.unwrap();
+    c.tx.send(pb::ConnectorMessage { msg: None }).await.unwrap();
+    c.ack(&job, "<real@example.com>").await;
+    c.ack(&job, "<duplicate@example.com>").await;
+    // Fence: a later job's ack, recorded after everything sent before it was read.
+    let fence_item = t.schedule(email_reply("acme", "T2", T0 + 1_000)).await;
+    let fence_job = c.next_job().await;
+    assert_eq!(job_item(&fence_job), fence_item.item_id);
+    fence(&t, &c, &fence_job).await;
+    let sent = t.get_acme(&item.item_id).await;
+    assert_eq!(sent.provider_message_id, "<real@example.com>");
+    assert_eq!(
+        counters(
+            &t,
+            &["sendlater_ignored_answers_total", "sendlater_acks_total"]
+        )
+        .await,
+        vec![5.0, 2.0]
+    );
     t.stop().await;
 }
