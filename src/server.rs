@@ -124,6 +124,11 @@ impl RunningServer {
         &self.engine
     }
 
+    /// The dispatcher's published figures (tests look inside).
+    pub fn dispatch_stats(&self) -> &DispatchStats {
+        &self.dispatcher.stats
+    }
+
     /// Resolves with the reason once the service can no longer work (the store's
     /// writer died): health already says NOT_SERVING and the listener stopped; the
     /// process should exit non-zero so a supervisor restarts it.

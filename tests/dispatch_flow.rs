@@ -663,11 +663,36 @@ async fn jobs_stop_while_answers_wait_for_the_writer_and_go_on_after() {
     }
     t.settle().await;
     let held = hold_writer(&t).await;
+    let dispatched = || t.running().engine().metrics().dispatches.get();
+    let before = dispatched();
     t.advance(Duration::from_secs(1));
+    // Take and answer jobs until the dispatcher says it holds new jobs back for the
+    // writer and every job it handed out has arrived (the writer is held, so nothing
+    // can lift the hold): then no further job can come.
     let mut seen = std::collections::HashSet::new();
-    while let Some(job) = c.job_within(Duration::from_secs(2)).await {
-        seen.insert(job_item(&job));
-        c.ack(&job, "ok").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.job_within(Duration::from_millis(5)).await {
+            Some(job) => {
+                seen.insert(job_item(&job));
+                c.ack(&job, "ok").await;
+            }
+            None => {
+                let stopped = t
+                    .running()
+                    .dispatch_stats()
+                    .held_by_answers
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                if stopped && dispatched() - before == seen.len() as u64 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs never stopped: {} went out while the writer was held",
+            seen.len()
+        );
     }
     // At the last plan fewer than 4096 answers waited, and at most 1000 jobs (the
     // connector's credit) were out.

@@ -118,6 +118,10 @@ pub struct DispatchStats {
     pub held_paused: AtomicU64,
     /// Due items held back by a rate limit.
     pub held_rate_limited: AtomicU64,
+    /// No new job is planned until a write is done: too many answers wait for the
+    /// writer ([`ANSWERS_AHEAD`]). Published after each round (SeqCst, after the round's
+    /// jobs were counted), so a test can tell "held" from "busy".
+    pub held_by_answers: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the dispatcher; cheap to clone.
@@ -578,6 +582,9 @@ impl Actor {
         self.stats
             .held_rate_limited
             .store(held(Hold::RateLimit), Relaxed);
+        self.stats
+            .held_by_answers
+            .store(self.held_by_answers, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// One round: read what fell due, then record the answers and lease new jobs in
