@@ -32,6 +32,9 @@ pub struct Limits {
     /// request needs, so an oversize body is INVALID_ARGUMENT naming the field rather
     /// than RESOURCE_EXHAUSTED from the transport.
     pub max_message_bytes: usize,
+    /// Live items one write of a business-hours re-resolution walks at most (a change
+    /// of hours on a large account is done in writes of this size, not in one).
+    pub rewindow_chunk: usize,
     /// Attachments of one item at most.
     pub max_attachments: usize,
     /// An attachment's URL at most this many bytes.
@@ -64,6 +67,7 @@ impl Default for Limits {
             default_page_size: 100,
             max_past_ms: 1000,
             max_message_bytes: 4 * 1024 * 1024,
+            rewindow_chunk: 1000,
             max_attachments: 20,
             max_url_bytes: 2048,
             max_item_bytes: Limits::item_bytes_for(256 * 1024),

@@ -331,6 +331,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
+    // Re-resolutions of business hours a stop interrupted go on.
+    engine
+        .resume_rewindows()
+        .await
+        .map_err(|e| ServerError::Other(format!("resuming business-hours changes: {e}")))?;
     let dispatch =
         pb::dispatch_server::DispatchServer::new(DispatchService::new(dispatcher.clone()))
             .max_decoding_message_size(max_message)

@@ -6,8 +6,40 @@
 use super::transitions::apply;
 use super::Engine;
 use crate::domain::machine::Command;
-use crate::domain::{self, BusinessHours, Channel, Error, Item};
+use crate::domain::{self, BusinessHours, Channel, Error, Item, ItemId, Millis};
 use crate::store::rows::get_business_hours;
+
+/// Where a re-resolution walk starts: before every key.
+const START: (Millis, ItemId) = (Millis::MIN, 0);
+
+/// One chunk of a re-resolution: moves the chunk's business-hours items to the next
+/// opening after their requested time (none beyond the horizon: such an item keeps its
+/// time); returns the items moved and where to go on from.
+fn rewindow_chunk(
+    tx: &mut crate::store::Tx<'_>,
+    account: &str,
+    hours: &BusinessHours,
+    after: (Millis, ItemId),
+    chunk: usize,
+    horizon: Millis,
+) -> domain::Result<(Vec<Item>, Option<(Millis, ItemId)>)> {
+    let (items, next) = tx.rewindow_chunk(account, after, chunk)?;
+    let mut moved = Vec::new();
+    for mut item in items {
+        let requested = item.timing.requested_send_at.unwrap_or(item.send_at);
+        let Some(at) = hours.next_opening_until(requested, requested.saturating_add(horizon))
+        else {
+            continue;
+        };
+        if apply(tx, &mut item, Command::Rewindow { at })?
+            .change()
+            .is_some()
+        {
+            moved.push(item);
+        }
+    }
+    Ok((moved, next))
+}
 
 /// The dispatch controls of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +58,13 @@ pub enum ControlChange {
 }
 
 impl Engine {
-    /// Sets the account's business hours and, in the same commit, moves every PENDING
-    /// item of the account whose window is BUSINESS_HOURS (and that is not out at a
-    /// connector or waiting for a retry) to the next opening after its requested time.
-    /// Returns the hours and the items that moved.
+    /// Sets the account's business hours and re-resolves the account's PENDING items
+    /// whose window is BUSINESS_HOURS (and that are not out at a connector or waiting
+    /// for a retry) to the next opening after their requested time: the first chunk
+    /// ([`crate::config::Limits::rewindow_chunk`] live items) in the same commit as the
+    /// hours, the rest in further writes of that size right after (so a large account
+    /// never holds the writer for every other tenant), resumed by a restart if a stop
+    /// interrupts them. Returns the hours and the items the first chunk moved.
     ///
     /// # Errors
     /// Storage errors.
@@ -39,26 +74,78 @@ impl Engine {
         hours: BusinessHours,
     ) -> domain::Result<(BusinessHours, Vec<Item>)> {
         domain::validate_id("account_id", &account)?;
-        self.inner
+        let chunk = self.inner.limits.rewindow_chunk.max(1);
+        let horizon = self.inner.limits.max_horizon_ms();
+        let a = account.clone();
+        let (hours, moved, more) = self
+            .inner
             .store
             .write(move |tx| {
-                tx.put_business_hours(&account, &hours)?;
-                let mut moved = Vec::new();
-                for mut item in tx.business_hours_items(&account)? {
-                    let requested = item.timing.requested_send_at.unwrap_or(item.send_at);
-                    let Some(at) = hours.next_opening(requested) else {
-                        continue;
-                    };
-                    if apply(tx, &mut item, Command::Rewindow { at })?
-                        .change()
-                        .is_some()
-                    {
-                        moved.push(item);
+                tx.put_business_hours(&a, &hours)?;
+                let (moved, next) = rewindow_chunk(tx, &a, &hours, START, chunk, horizon)?;
+                tx.set_rewindow_cursor(&a, next)?;
+                Ok((hours, moved, next.is_some()))
+            })
+            .await?;
+        if more {
+            self.spawn_rewindow(account);
+        }
+        Ok((hours, moved))
+    }
+
+    /// Goes on with the account's re-resolution in the background, a chunk a write,
+    /// until it is done (the cursor in the store says where it stands).
+    pub(crate) fn spawn_rewindow(&self, account: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let chunk = me.inner.limits.rewindow_chunk.max(1);
+            let horizon = me.inner.limits.max_horizon_ms();
+            loop {
+                let a = account.clone();
+                let r = me
+                    .inner
+                    .store
+                    .write(move |tx| {
+                        let Some(after) = tx.rewindow_cursor(&a)? else {
+                            return Ok(false);
+                        };
+                        let Some(hours) = tx.business_hours(&a)? else {
+                            tx.set_rewindow_cursor(&a, None)?;
+                            return Ok(false);
+                        };
+                        let (_, next) = rewindow_chunk(tx, &a, &hours, after, chunk, horizon)?;
+                        tx.set_rewindow_cursor(&a, next)?;
+                        Ok(next.is_some())
+                    })
+                    .await;
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        // The store is stopping or failing: a restart resumes the walk.
+                        tracing::warn!(account = %account, error = %e, "re-resolving business hours paused; a restart resumes it");
+                        return;
                     }
                 }
-                Ok((hours, moved))
-            })
-            .await
+            }
+        });
+    }
+
+    /// Resumes every re-resolution a stop interrupted (at start-up).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn resume_rewindows(&self) -> domain::Result<()> {
+        let accounts = self
+            .inner
+            .store
+            .read_journal(|conn| Ok(crate::store::rows::rewindows_under_way(conn)?))
+            .await?;
+        for account in accounts {
+            tracing::info!(account = %account, "resuming the re-resolution of business-hours items");
+            self.spawn_rewindow(account);
+        }
+        Ok(())
     }
 
     /// The account's business hours.

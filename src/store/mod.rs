@@ -311,24 +311,63 @@ impl Tx<'_> {
         )?)
     }
 
-    /// The account's PENDING items whose send time follows its business hours and
-    /// that are not out at a connector or waiting for a retry.
+    /// A chunk of the account's re-resolution after a change of its business hours:
+    /// up to `limit` of its live items after the key `after` (by their rows, in
+    /// `(next_send_at, id)` order), those PENDING now with a BUSINESS_HOURS window, not
+    /// out at a connector nor waiting for a retry, as they are now; and the key to go on
+    /// from (`None` when the walk is done). An item moved ahead of the walk is met again
+    /// (re-resolving it again changes nothing); an unreadable row is passed over.
     ///
     /// # Errors
     /// Storage errors.
-    pub fn business_hours_items(&mut self, account: &str) -> domain::Result<Vec<Item>> {
-        // A query over rows: they must be current.
-        self.sweep()?;
-        // A lease the dispatcher took meanwhile is applied (and the item left out).
+    pub fn rewindow_chunk(
+        &mut self,
+        account: &str,
+        after: (Millis, ItemId),
+        limit: usize,
+    ) -> domain::Result<(Vec<Item>, Option<(Millis, ItemId)>)> {
+        let rows = rows::live_items_after(self.conn, account, after, limit)?;
+        let next = if rows.len() < limit {
+            None
+        } else {
+            rows.last().map(|(k, _)| *k)
+        };
         let mut kept = Vec::new();
-        for item in rows::business_hours_items(self.conn, account)? {
+        for (_, item) in rows {
+            let Some(mut item) = item else { continue };
             self.touch(item.id)?;
-            match self.overlay.get(item.id) {
-                Some(now) if now.state != State::Pending => {}
-                _ => kept.push(item),
+            if let Some(now) = self.overlay.get(item.id) {
+                item = now.clone();
+            }
+            if item.state == State::Pending
+                && item.next_attempt_at.is_none()
+                && item.timing.window() == domain::DeliveryWindow::BusinessHours
+            {
+                kept.push(item);
             }
         }
-        Ok(kept)
+        Ok((kept, next))
+    }
+
+    /// Where the account's re-resolution stands (see [`Tx::rewindow_chunk`]); `None`
+    /// when none is under way.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn rewindow_cursor(&self, account: &str) -> domain::Result<Option<(Millis, ItemId)>> {
+        Ok(rows::rewindow_cursor(self.conn, account)?)
+    }
+
+    /// Records where the account's re-resolution stands (`None`: done).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn set_rewindow_cursor(
+        &mut self,
+        account: &str,
+        cursor: Option<(Millis, ItemId)>,
+    ) -> domain::Result<()> {
+        Ok(rows::set_rewindow_cursor(self.conn, account, cursor)?)
     }
 
     /// Sets the pause flag and/or rate limit of one account and channel; returns every

@@ -345,23 +345,63 @@ pub fn put_business_hours(
     Ok(())
 }
 
-/// The account's live items whose send time follows the business hours and that are
-/// not out at a connector or waiting for a retry: the ones a change of hours moves.
-pub fn business_hours_items(conn: &Connection, account: &str) -> Result<Vec<Item>, StoreError> {
+/// Where the account's re-resolution of business-hours items stands: `Some(after)`
+/// while one is under way (the key `(next_send_at, id)` of the last item it walked;
+/// `(Millis::MIN, 0)` before the first), `None` when none is.
+pub fn rewindow_cursor(
+    conn: &Connection,
+    account: &str,
+) -> Result<Option<(Millis, ItemId)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT rewindow_at, rewindow_id FROM business_hours \
+             WHERE account_id = ?1 AND rewindow_at IS NOT NULL",
+        )?
+        .query_row(params![account], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Sets (or, with `None`, ends) the account's re-resolution cursor.
+pub fn set_rewindow_cursor(
+    conn: &Connection,
+    account: &str,
+    cursor: Option<(Millis, ItemId)>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE business_hours SET rewindow_at = ?2, rewindow_id = ?3 WHERE account_id = ?1",
+    )?
+    .execute(params![account, cursor.map(|c| c.0), cursor.map(|c| c.1)])?;
+    Ok(())
+}
+
+/// Accounts whose re-resolution of business-hours items is under way.
+pub fn rewindows_under_way(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT account_id FROM business_hours WHERE rewindow_at IS NOT NULL ORDER BY account_id",
+    )?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Up to `limit` of the account's live items by their rows, after the key `after` in
+/// `(next_send_at, id)` order (the `items_live` index), each with its row's key; a row
+/// that cannot be decoded is `Err` (with its key, so a walk goes past it).
+#[allow(clippy::type_complexity)]
+pub fn live_items_after(
+    conn: &Connection,
+    account: &str,
+    after: (Millis, ItemId),
+    limit: usize,
+) -> Result<Vec<((Millis, ItemId), Option<Item>)>, StoreError> {
     let mut st = conn.prepare_cached(&format!(
-        "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_live \
-         WHERE account_id = ?1 AND state IN (1, 2) AND state = 1 AND timing IS NOT NULL \
-         AND next_attempt_at IS NULL AND NOT EXISTS (SELECT 1 FROM leases WHERE item = id)"
+        "SELECT next_send_at, id, {ITEM_COLUMNS} FROM items INDEXED BY items_live \
+         WHERE account_id = ?1 AND state IN (1, 2) AND (next_send_at, id) > (?2, ?3) \
+         ORDER BY next_send_at, id LIMIT ?4"
     ))?;
-    let rows = st.query_map(params![account], item_from_row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        let item = r?;
-        if item.timing.window() == crate::domain::DeliveryWindow::BusinessHours {
-            out.push(item);
-        }
-    }
-    Ok(out)
+    let rows = st.query_map(params![account, after.0, after.1, limit as i64], |r| {
+        Ok(((r.get(0)?, r.get(1)?), item_from_row_at(r, 2).ok()))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Pause and rate limit of one account and channel (account `*`: every account).

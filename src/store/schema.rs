@@ -143,6 +143,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX items_live ON items(account_id, next_send_at, id, ticket_id, state)
         WHERE state IN (1, 2);
     "#,
+    // 8: business hours are re-resolved in bounded chunks after a change (not in one
+    // write holding the writer for every tenant): where the account's walk of its live
+    // items stands, in (next_send_at, id) order; NULL when none is under way. Start-up
+    // resumes a walk a stop interrupted.
+    r#"
+    ALTER TABLE business_hours ADD COLUMN rewindow_at INTEGER;
+    ALTER TABLE business_hours ADD COLUMN rewindow_id INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
