@@ -205,7 +205,7 @@ fn record_one(
             attempt,
             reason,
         } => {
-            tx.metrics().abandoned_leases.inc();
+            tx.count_abandoned();
             // Retried at once (on another connector), not after a backoff.
             (
                 *id,

@@ -123,7 +123,7 @@ pub(crate) fn fail_unreadable(tx: &mut Tx<'_>, id: ItemId, why: &str) -> domain:
     let why = format!("stored item cannot be read: {why}");
     if tx.fail_unreadable(id, &why)? {
         tracing::error!(item = id, reason = %why, "failed an item whose stored row cannot be read");
-        tx.metrics().unreadable_items.inc();
+        tx.count_unreadable();
     }
     Ok(())
 }

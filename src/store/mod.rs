@@ -122,6 +122,11 @@ pub struct Effects {
     /// The ticket slots ([`tickets::LiveTickets`]) of items that left the live set:
     /// discounted once the write is durable.
     pub left_tickets: Vec<u32>,
+    /// Items failed because their rows cannot be decoded, and leases that ended
+    /// unanswered: counted in the metrics once the write is durable (a write that
+    /// rolls back, and runs again, counts once).
+    pub unreadable: u64,
+    pub abandoned: u64,
 }
 
 impl Effects {
@@ -131,6 +136,8 @@ impl Effects {
         self.released.extend(other.released);
         self.left_tickets.extend(other.left_tickets);
         self.max_seq = self.max_seq.max(other.max_seq);
+        self.unreadable += other.unreadable;
+        self.abandoned += other.abandoned;
     }
 
     fn is_empty(&self) -> bool {
@@ -182,6 +189,16 @@ impl Tx<'_> {
     /// The server's counters and histograms.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.progress.metrics
+    }
+
+    /// Counts an item this write failed as unreadable (in the metrics once durable).
+    pub fn count_unreadable(&mut self) {
+        self.fx.unreadable += 1;
+    }
+
+    /// Counts a lease this write ended unanswered (in the metrics once durable).
+    pub fn count_abandoned(&mut self) {
+        self.fx.abandoned += 1;
     }
 
     /// For fault-injection tests only: the raw connection (PRAGMAs such as

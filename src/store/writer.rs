@@ -388,6 +388,12 @@ fn sync_stage(
                         changed
                     });
                 }
+                if fx.unreadable > 0 {
+                    progress.metrics.unreadable_items.inc_by(fx.unreadable);
+                }
+                if fx.abandoned > 0 {
+                    progress.metrics.abandoned_leases.inc_by(fx.abandoned);
+                }
                 progress.metrics.commit_batch_size.observe(c.writes as f64);
                 progress
                     .metrics
