@@ -6,11 +6,11 @@
 use super::transitions::apply;
 use super::Engine;
 use crate::domain::machine::Command;
-use crate::domain::{self, BusinessHours, Channel, Error, Item, ItemId, Millis};
-use crate::store::rows::get_business_hours;
+use crate::domain::{self, BusinessHours, Channel, Error, Item, Millis};
+use crate::store::rows::{get_business_hours, LiveKey};
 
 /// Where a re-resolution walk starts: before every key.
-const START: (Millis, ItemId) = (Millis::MIN, 0);
+const START: LiveKey = (Millis::MIN, 0);
 
 /// One chunk of a re-resolution: moves the chunk's business-hours items to the next
 /// opening after their requested time (none beyond the horizon: such an item keeps its
@@ -19,10 +19,10 @@ fn rewindow_chunk(
     tx: &mut crate::store::Tx<'_>,
     account: &str,
     hours: &BusinessHours,
-    after: (Millis, ItemId),
+    after: LiveKey,
     chunk: usize,
     horizon: Millis,
-) -> domain::Result<(Vec<Item>, Option<(Millis, ItemId)>)> {
+) -> domain::Result<(Vec<Item>, Option<LiveKey>)> {
     let (items, next) = tx.rewindow_chunk(account, after, chunk)?;
     let mut moved = Vec::new();
     for mut item in items {

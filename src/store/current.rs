@@ -42,24 +42,33 @@ fn before<K: Ord>(order: Order, a: &K, b: &K) -> bool {
     }
 }
 
-/// Merges a keyset page read from rows (`rows`, read with a limit of at least `limit`
-/// + the journal's size, so dropping the journal's items from it leaves enough) with
-/// the journal's items (`journal`, the current version of every item changed since its
-/// row was written): the rows of journal items are dropped (stale), the journal items
-/// that match are placed by their key, and the page is cut at `limit`.
+/// Where a page stands: its order, the key it starts after, how many entries it holds.
+pub(super) struct Window<'a, K> {
+    pub(super) order: Order,
+    pub(super) after: Option<&'a K>,
+    pub(super) limit: usize,
+}
+
+/// Merges a keyset page read from rows with the journal's items.
 ///
-/// `key` gives an entry's sort key, `keep` whether a journal entry belongs (filters),
-/// `after` the key the page starts after.
+/// `rows` was read with a limit of at least `limit` + the journal's size, so dropping
+/// the journal's items from it leaves enough; `journal` holds the current version of
+/// every item changed since its row was written. The rows of journal items are
+/// dropped (`stale`), the journal items that `keep` selects are placed by their `key`,
+/// and the page is cut at the window's limit.
 pub(super) fn merge_page<T, K: Ord + Clone>(
     rows: Rows<T>,
     journal: Vec<T>,
     stale: impl Fn(&T) -> bool,
     key: impl Fn(&T) -> K,
     keep: impl Fn(&T) -> bool,
-    order: Order,
-    after: Option<&K>,
-    limit: usize,
+    w: Window<'_, K>,
 ) -> Rows<T> {
+    let Window {
+        order,
+        after,
+        limit,
+    } = w;
     // Past the last row read, the rows are unknown: journal entries beyond it wait for
     // the next page (which reads from that key on).
     let bound = if rows.more {
@@ -184,9 +193,11 @@ impl Store {
             |i| ids.contains(&i.id),
             key,
             |i| matches(&q, i),
-            q.order,
-            after.as_ref(),
-            limit,
+            Window {
+                order: q.order,
+                after: after.as_ref(),
+                limit,
+            },
         );
         self.progress.durable_barrier().await?;
         Ok(page)
@@ -246,9 +257,11 @@ impl Store {
             |t| touched.contains(&t.ticket_id),
             key,
             |_| true,
-            order,
-            after.as_ref(),
-            limit,
+            Window {
+                order,
+                after: after.as_ref(),
+                limit,
+            },
         );
         self.progress.durable_barrier().await?;
         Ok(page)
@@ -306,9 +319,11 @@ mod tests {
             |&r| r == 3 || r == 5,
             |&k| k,
             |_| true,
-            Order::Asc,
-            None,
-            10,
+            Window {
+                order: Order::Asc,
+                after: None,
+                limit: 10,
+            },
         );
         assert_eq!(page.rows, vec![1, 2, 3, 4, 7]);
         assert!(!page.more);
@@ -322,9 +337,11 @@ mod tests {
             |&r| r == 2,
             |&k| k,
             |_| true,
-            Order::Asc,
-            None,
-            10,
+            Window {
+                order: Order::Asc,
+                after: None,
+                limit: 10,
+            },
         );
         assert_eq!(page.rows, vec![1, 2, 3], "9 is past the rows read");
         assert!(page.more);
@@ -338,9 +355,11 @@ mod tests {
             |_| false,
             |&k| k,
             |&k| k != 7,
-            Order::Desc,
-            Some(&9),
-            3,
+            Window {
+                order: Order::Desc,
+                after: Some(&9),
+                limit: 3,
+            },
         );
         // Descending after 9: 8, 6, 5 (7 filtered out, 9 not after itself).
         assert_eq!(page.rows, vec![8, 6, 5]);

@@ -291,7 +291,7 @@ impl Tx<'_> {
         ticket: &str,
         before: Millis,
         own: usize,
-    ) -> domain::Result<Vec<Result<Item, (ItemId, String)>>> {
+    ) -> domain::Result<Vec<rows::Decoded>> {
         if self.tickets.nothing_else_live(account, ticket, own) {
             return Ok(Vec::new());
         }
@@ -340,9 +340,9 @@ impl Tx<'_> {
     pub fn rewindow_chunk(
         &mut self,
         account: &str,
-        after: (Millis, ItemId),
+        after: rows::LiveKey,
         limit: usize,
-    ) -> domain::Result<(Vec<Item>, Option<(Millis, ItemId)>)> {
+    ) -> domain::Result<(Vec<Item>, Option<rows::LiveKey>)> {
         let rows = rows::live_items_after(self.conn, account, after, limit)?;
         let next = if rows.len() < limit {
             None

@@ -12,6 +12,13 @@ use crate::domain::{
 
 use super::StoreError;
 
+/// An item read from its row, or the id of a row that cannot be decoded and why.
+pub type Decoded = Result<Item, (ItemId, String)>;
+
+/// Where a walk of an account's live items stands: `(next_send_at, id)` of the last
+/// item it read.
+pub type LiveKey = (Millis, ItemId);
+
 /// Columns of `items`, in the order [`item_from_row`] reads them; the lease's expiry
 /// comes from `leases` (see [`LEASE_EXPIRES`]).
 pub const ITEM_COLUMNS: &str = "id, account_id, ticket_id, kind, channel, author_id, content, \
@@ -385,14 +392,13 @@ pub fn rewindows_under_way(conn: &Connection) -> Result<Vec<String>, StoreError>
 
 /// Up to `limit` of the account's live items by their rows, after the key `after` in
 /// `(next_send_at, id)` order (the `items_live` index), each with its row's key; a row
-/// that cannot be decoded is `Err` (with its key, so a walk goes past it).
-#[allow(clippy::type_complexity)]
+/// that cannot be decoded is `None` (with its key, so a walk goes past it).
 pub fn live_items_after(
     conn: &Connection,
     account: &str,
-    after: (Millis, ItemId),
+    after: LiveKey,
     limit: usize,
-) -> Result<Vec<((Millis, ItemId), Option<Item>)>, StoreError> {
+) -> Result<Vec<(LiveKey, Option<Item>)>, StoreError> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT next_send_at, id, {ITEM_COLUMNS} FROM items INDEXED BY items_live \
          WHERE account_id = ?1 AND state IN (1, 2) AND (next_send_at, id) > (?2, ?3) \
@@ -651,7 +657,7 @@ pub fn pending_replies(
     account: &str,
     ticket: &str,
     before: Millis,
-) -> Result<Vec<Result<Item, (ItemId, String)>>, StoreError> {
+) -> Result<Vec<Decoded>, StoreError> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {ITEM_COLUMNS} FROM items INDEXED BY items_by_ticket \
          WHERE account_id = ?1 AND ticket_id = ?2 AND created_at < ?3 \
