@@ -185,17 +185,6 @@ async fn a_connector_that_never_reads_does_not_burn_the_attempts_of_an_item() {
     t.stop().await;
 }
 
-/// Opens the test server's database file directly (as a second writer would).
-fn raw(t: &TestServer) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(t.db_path()).expect("open db");
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
-fn numeric_id(item_id: &str) -> i64 {
-    item_id.trim_start_matches("itm_").parse().expect("itm_N")
-}
-
 /// A server with metrics on 127.0.0.1 (each server has its own counters).
 async fn start_with_metrics() -> TestServer {
     TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await

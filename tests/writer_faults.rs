@@ -15,12 +15,6 @@ use tonic_health::pb::HealthCheckRequest;
 
 const HOUR: i64 = 3_600_000;
 
-fn raw(t: &TestServer) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(t.db_path()).expect("open db");
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
 const REFUSE_ROWS: &str = "CREATE TRIGGER refuse_rows BEFORE UPDATE ON items \
      BEGIN SELECT RAISE(ABORT, 'injected: rows cannot be written'); END;";
 

@@ -60,17 +60,6 @@ async fn a_late_ack_after_the_last_attempt_failed_still_converts_the_tickets_old
     t.stop().await;
 }
 
-/// Opens the test server's database file directly (as a second writer would).
-fn raw(t: &TestServer) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(t.db_path()).expect("open db");
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
-fn numeric_id(item_id: &str) -> i64 {
-    item_id.trim_start_matches("itm_").parse().expect("itm_N")
-}
-
 #[tokio::test]
 async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
     // X's lease runs in a dispatch write (X changed since its row was written, so the

@@ -233,20 +233,10 @@ fn record_one(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::clock::SystemClock;
-    use crate::config::Synchronous;
     use crate::domain::machine::{self, Step};
     use crate::domain::{ChatContent, Content, Error, State};
-    use crate::store::{CommitHook, Effects, Store};
-
-    struct NoHook;
-    impl CommitHook for NoHook {
-        fn durable(&self, _: &Effects) {}
-        fn abandoned(&self, _: &Effects) {}
-    }
+    use crate::store::test_support::{store_with_item, stored};
 
     const T: Tuning = Tuning {
         lease_ms: 30_000,
@@ -254,30 +244,6 @@ mod tests {
         retry_cap_ms: 60_000,
         max_attempts: 3,
     };
-
-    async fn store_with_item(dir: &tempfile::TempDir) -> (Store, ItemId) {
-        let store = Store::open(
-            &dir.path().join("w.db"),
-            Synchronous::Full,
-            Arc::new(SystemClock),
-            Arc::new(NoHook),
-        )
-        .unwrap();
-        let new = crate::store::test_support::new_chat();
-        let id = store
-            .write(move |tx| tx.insert(&new, 1, &Default::default()))
-            .await
-            .unwrap();
-        (store, id)
-    }
-
-    async fn stored(store: &Store, id: ItemId) -> Item {
-        store
-            .read(move |conn| Ok(crate::store::rows::get_item_any(conn, id)?))
-            .await
-            .unwrap()
-            .expect("row")
-    }
 
     /// A lease taken in a write that then fails is not rolled back with it: its job
     /// has left (on main the item was PENDING again, so a cancel answered OK while a

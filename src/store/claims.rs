@@ -306,37 +306,11 @@ mod tests {
 /// The protocol against a real store: the dispatcher's read, the writer's writes.
 #[cfg(test)]
 mod store_tests {
-    use std::sync::Arc;
-
     use super::Claim;
-    use crate::clock::SystemClock;
-    use crate::config::Synchronous;
     use crate::domain::machine::{self, Command, Step};
     use crate::domain::{Error, Item, ItemId, State};
-    use crate::store::test_support::new_chat;
-    use crate::store::{CommitHook, Effects, Store};
-
-    struct NoHook;
-    impl CommitHook for NoHook {
-        fn durable(&self, _: &Effects) {}
-        fn abandoned(&self, _: &Effects) {}
-    }
-
-    async fn store_with_item(dir: &tempfile::TempDir) -> (Store, ItemId) {
-        let store = Store::open(
-            &dir.path().join("c.db"),
-            Synchronous::Full,
-            Arc::new(SystemClock),
-            Arc::new(NoHook),
-        )
-        .unwrap();
-        let new = new_chat();
-        let id = store
-            .write(move |tx| tx.insert(&new, 1, &Default::default()))
-            .await
-            .unwrap();
-        (store, id)
-    }
+    use crate::store::test_support::{new_chat, store_with_item, stored};
+    use crate::store::Store;
 
     /// What the dispatcher does: the item read whole at an epoch, and its lease.
     async fn read_and_lease(store: &Store, id: ItemId) -> (u64, Claim) {
@@ -369,14 +343,6 @@ mod store_tests {
                 Ok(item)
             })
             .await
-    }
-
-    async fn stored(store: &Store, id: ItemId) -> Item {
-        store
-            .read(move |conn| Ok(crate::store::rows::get_item_any(conn, id)?))
-            .await
-            .unwrap()
-            .expect("row")
     }
 
     /// A cancel that ran after the dispatcher's read (answered, or still in the open

@@ -1053,4 +1053,37 @@ pub(crate) mod test_support {
     pub(crate) fn pending_chat(id: ItemId) -> Item {
         new_chat().into_pending(id, 1)
     }
+
+    /// A commit hook that ignores everything.
+    pub(crate) struct NoHook;
+    impl super::CommitHook for NoHook {
+        fn durable(&self, _: &super::Effects) {}
+        fn abandoned(&self, _: &super::Effects) {}
+    }
+
+    /// A store on a new file in `dir` holding one [`new_chat`] item; returns its id.
+    pub(crate) async fn store_with_item(dir: &tempfile::TempDir) -> (super::Store, ItemId) {
+        let store = super::Store::open(
+            &dir.path().join("t.db"),
+            crate::config::Synchronous::Full,
+            std::sync::Arc::new(crate::clock::SystemClock),
+            std::sync::Arc::new(NoHook),
+        )
+        .expect("store opens");
+        let new = new_chat();
+        let id = store
+            .write(move |tx| tx.insert(&new, 1, &Default::default()))
+            .await
+            .expect("inserted");
+        (store, id)
+    }
+
+    /// The item's row as stored (after a write-back).
+    pub(crate) async fn stored(store: &super::Store, id: ItemId) -> Item {
+        store
+            .read(move |conn| Ok(super::rows::get_item_any(conn, id)?))
+            .await
+            .expect("read")
+            .expect("row")
+    }
 }

@@ -604,3 +604,16 @@ pub fn metric_value(body: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Opens the test server's database file directly (as a second writer would), for
+/// fault injection (triggers, corrupt rows) and checks of what is on disk.
+pub fn raw(t: &TestServer) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(t.db_path()).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// The row id of an item id (`itm_42` -> 42).
+pub fn numeric_id(item_id: &str) -> i64 {
+    item_id.trim_start_matches("itm_").parse().expect("itm_N")
+}
