@@ -312,15 +312,19 @@ async fn a_webhook_400_fails_the_item_at_once_with_the_status_in_last_error() {
     t.stop().await;
 }
 
-#[tokio::test]
-async fn an_unreachable_webhook_is_a_transient_failure() {
-    let mut t = TestServer::start().await;
-    // A port that was just free: nothing listens there.
-    let addr = TcpListener::bind("127.0.0.1:0")
+/// An address on a port that was just free: nothing listens there.
+async fn unused_addr() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
         .local_addr()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_unreachable_webhook_is_a_transient_failure() {
+    let mut t = TestServer::start().await;
+    let addr = unused_addr().await;
     let connector = Connector::start(&t.url(), &format!("http://{addr}/hook"));
     let item = schedule_chat(&t).await;
 
@@ -544,12 +548,8 @@ async fn the_v2_signature_covers_the_idempotency_key_and_a_changed_key_breaks_it
 #[tokio::test]
 async fn a_failed_webhook_request_never_shows_the_url_path_in_last_error() {
     let mut t = TestServer::start().await;
-    // Nothing listens on a port that was just free: the request fails to connect.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // The request fails to connect.
+    let addr = unused_addr().await;
     let connector = Connector::start(
         &t.url(),
         &format!("http://{addr}/services/T0001/XyZsEcReTpAtH"),
