@@ -96,7 +96,13 @@ pub struct RunningServer {
     /// Why the service stopped working (the store's writer died), once it has.
     failure: watch::Receiver<Option<String>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// How long a stop waits for the store to close (flush, fsync) before it gives up
+    /// on a disk that does not answer: the drain grace plus [`STORE_CLOSE_GRACE`].
+    close_grace: Duration,
 }
+
+/// What a stop allows the store to close in, beyond the drain grace.
+const STORE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 impl RunningServer {
     /// The bound address (the real port when the config asked for port 0).
@@ -215,7 +221,21 @@ impl RunningServer {
                 Ok(())
             }
         };
-        self.engine.close().await;
+        // Whatever the disk does: a writer stuck in a write-back or an fsync that never
+        // returns is left behind (nothing it holds was answered OK; start-up replays
+        // the journal), and the stop says so.
+        if tokio::time::timeout(self.close_grace, self.engine.close())
+            .await
+            .is_err()
+        {
+            let why = format!(
+                "the store did not finish closing within {} s (the disk does not answer); \
+                 stopping without it: the next start replays its journal",
+                self.close_grace.as_secs()
+            );
+            tracing::error!("{why}");
+            return Err(ServerError::Other(why));
+        }
         tracing::info!("stopped");
         result
     }
@@ -388,6 +408,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         streams,
         failure,
         task,
+        close_grace: Duration::from_millis(config.dispatch.drain_grace_ms) + STORE_CLOSE_GRACE,
     })
 }
 

@@ -174,3 +174,39 @@ async fn health_is_not_serving_while_rows_cannot_be_written_back_and_serving_aft
     drop((watch, health));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_stop_finishes_when_the_disk_never_makes_a_group_durable() {
+    // The sync stage never returns (as an fsync that hangs): the store cannot close.
+    // The stop gives up after the drain grace plus a few seconds and says why; on
+    // main it waited forever.
+    let mut t = TestServer::start().await;
+    let store = t.running().engine().store().clone();
+    let hold = store.hold_durability();
+    // A write that runs (its group commits and waits for the held sync stage).
+    let (ran_tx, ran) = tokio::sync::oneshot::channel();
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write(move |_| {
+                    let _ = ran_tx.send(());
+                    Ok(())
+                })
+                .await
+        }
+    });
+    ran.await.unwrap();
+    let server = t.server.take().expect("running");
+    let stopped = tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("the stop finishes within 20 s");
+    let err = stopped.expect_err("the stop reports the store it left behind");
+    assert!(err.to_string().contains("did not finish closing"), "{err}");
+    // The caller of the write that never became durable was not answered.
+    assert!(
+        !pending.is_finished(),
+        "a write was answered without its fsync"
+    );
+    drop(hold);
+}
