@@ -461,3 +461,45 @@ async fn the_whole_content_counts_toward_the_per_item_byte_limit() {
     schedule(&mut t, req).await;
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_whose_response_would_not_fit_in_one_message_is_refused_and_stores_nothing() {
+    // The smallest message limit (two maximal bodies, the whole-item limit, headroom):
+    // a batch of 1000 entries of about 800 bytes each fits in the request, but its
+    // response (each item echoed with its id, times and states) would not. On main the
+    // items were committed and then the response could not be sent: the caller saw an
+    // error while 1000 items were stored.
+    let mut t = TestServer::start_with(|cfg| cfg.limits.max_message_bytes = 1).await;
+    let entries: Vec<pb::BatchEntry> = (0..1000)
+        .map(|i| {
+            let mut r = chat_reply("acme", &format!("T{i}"), T0 + 3_600_000);
+            if let Some(pb::schedule_request::Content::Chat(c)) = r.content.as_mut() {
+                c.text = "x".repeat(790);
+            }
+            batch_entry(r)
+        })
+        .collect();
+    let r = t
+        .client
+        .clone()
+        .schedule_batch(pb::ScheduleBatchRequest { entries })
+        .await
+        .map(|r| r.into_inner().items.len());
+    assert_status(r, tonic::Code::InvalidArgument, "entries:");
+    let listed = t
+        .client
+        .clone()
+        .list_scheduled(pb::ListScheduledRequest {
+            account_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.items.is_empty(),
+        "{} items stored",
+        listed.items.len()
+    );
+    t.stop().await;
+}
