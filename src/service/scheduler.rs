@@ -15,6 +15,10 @@ use crate::domain::{self, parse_item_id, Error, ItemId, Kind};
 use crate::engine::{Changes, ControlChange, Engine, ListQuery, EVERY_ACCOUNT};
 use crate::pb;
 
+/// What a ScheduleBatch answer adds to each entry at most (item id, four times, the
+/// states and enums, the message framing): measured 36 bytes, bounded generously.
+const BATCH_ITEM_OVERHEAD: usize = 160;
+
 /// The Scheduler service.
 #[derive(Clone)]
 pub struct SchedulerService {
@@ -127,6 +131,23 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             return Err(status(Error::invalid(
                 "entries",
                 format!("has {} entries, at most {max} allowed", entries.len()),
+            )));
+        }
+        // The answer echoes every entry with its id, times and states: refuse a batch
+        // whose answer could not be sent in one message before anything is stored
+        // (the items would commit and the caller would see only an error).
+        let answer: usize = entries
+            .iter()
+            .map(|e| prost::Message::encoded_len(e) + BATCH_ITEM_OVERHEAD)
+            .sum();
+        let limit = self.engine.limits().effective_message_bytes();
+        if answer > limit {
+            return Err(status(Error::invalid(
+                "entries",
+                format!(
+                    "the answer would take about {answer} bytes, over the {limit}-byte message \
+                     limit; send fewer entries per batch"
+                ),
             )));
         }
         let mut batch = Vec::with_capacity(entries.len());
