@@ -210,3 +210,58 @@ async fn a_stop_finishes_when_the_disk_never_makes_a_group_durable() {
     );
     drop(hold);
 }
+
+/// as `REFUSE_ROWS`, but the failure ends the whole transaction (as SQLite does
+/// for some SQLITE_FULL / IOERR / NOMEM): the sweep's `conn.is_autocommit()` branch.
+const ROLLBACK_ROWS: &str = "CREATE TRIGGER refuse_rows BEFORE UPDATE ON items \
+     BEGIN SELECT RAISE(ROLLBACK, 'injected: the transaction is rolled back'); END;";
+
+/// CPU time (user + system, in clock ticks) of this process's threads named `prefix*`.
+fn thread_cpu(prefix: &str) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the ')'.
+        total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_write_back_sqlite_rolls_back_whole_backs_off_instead_of_spinning() {
+    let mut t = TestServer::start().await;
+    raw(&t).execute_batch(ROLLBACK_ROWS).unwrap();
+    let _id = dirty_item(&t).await;
+    until_a_write_back_failed(&t).await;
+    // A bound for a negative over a second of real time: the writer spun (87 of ~100
+    // clock ticks) when the failure ended the whole transaction.
+    let before = thread_cpu("sendlater-write");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ticks = thread_cpu("sendlater-write") - before;
+    let failures = t.running().engine().store().sweep_failures();
+    assert!(
+        ticks <= 20,
+        "the writer thread used {ticks} clock ticks (of ~100/s) in one idle second; \
+         sweep_failures counted {failures}"
+    );
+    raw(&t).execute_batch("DROP TRIGGER refuse_rows").unwrap();
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_stop_finishes_when_sqlite_rolls_back_the_final_write_back() {
+    let mut t = TestServer::start().await;
+    raw(&t).execute_batch(ROLLBACK_ROWS).unwrap();
+    let _id = dirty_item(&t).await;
+    let server = t.server.take().expect("running");
+    let r = tokio::time::timeout(Duration::from_secs(15), server.shutdown())
+        .await
+        .expect("the shutdown returns (bounded)");
+    assert!(r.is_ok(), "the store did not close: {r:?}");
+}

@@ -264,6 +264,55 @@ mod tests {
         assert_eq!((now.state, now.attempts), (State::Dispatching, 1));
     }
 
+    /// a lease write whose closure fails *before* its jobs were handed out (the
+    /// dispatcher's `writes::lease(tx, ..)?` returns before `executed_tx.send`) must not
+    /// leave the leases taken: no job left. Here the second item's DISPATCHING event
+    /// cannot be appended, so `lease` returns Err after leasing the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_whose_job_never_left_is_not_given_back_as_a_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = store_with_item(&dir).await;
+        let new = crate::store::test_support::new_chat();
+        let b = store
+            .write(move |tx| tx.insert(&new, 1, &Default::default()))
+            .await
+            .unwrap();
+        store
+            .write(move |tx| {
+                tx.raw_connection().execute_batch(&format!(
+                    "CREATE TEMP TRIGGER no_event BEFORE INSERT ON events \
+                     WHEN NEW.item_id = {b} BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                ))?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // What write_round's closure does: `let leased = writes::lease(tx, &due, t)?;`
+        // and only then `executed_tx.send(leased)` (the jobs leave).
+        let mut handed_out = 0;
+        let r = store
+            .write(move |tx| lease(tx, &[(a, 1), (b, 1)], T).map(|l| l.jobs.len()))
+            .await;
+        if let Ok(n) = &r {
+            handed_out = *n;
+        }
+        assert!(r.is_err(), "the lease write failed: {r:?}");
+        assert_eq!(handed_out, 0, "no job left");
+        store
+            .write(|tx| {
+                tx.raw_connection().execute_batch("DROP TRIGGER no_event")?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let now = stored(&store, a).await;
+        assert_eq!(
+            (now.state, now.attempts),
+            (State::Pending, 0),
+            "item {a} is DISPATCHING with no job out (stranded until its lease expires, then an attempt is counted)"
+        );
+    }
+
     /// A job never carries a change that may not commit: an item an earlier write of
     /// the open group changed (here an edit of its text) is not leased in this group.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,4 +365,131 @@ mod tests {
         assert_eq!(page.rows, vec![8, 6, 5]);
         assert!(page.more);
     }
+
+    /// an UPDATED event carries its own content (ItemSnapshot::apply_to); the
+    /// journal's content must not replace it with a later edit's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_updated_event_shows_its_own_content_not_a_later_edits() {
+        use crate::domain::machine::{self, Command, Step};
+        use crate::domain::{ChatContent, Content, EventType};
+        use crate::store::test_support::store_with_item;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_item(&dir).await;
+        for text in ["one", "two"] {
+            store
+                .write(move |tx| {
+                    let mut item = tx.load("a", id)?.expect("exists");
+                    let edit = Command::Edit {
+                        send_at: None,
+                        content: Some(Content::Chat(ChatContent {
+                            text: text.into(),
+                            ..Default::default()
+                        })),
+                        on_activity: None,
+                    };
+                    let Step::Changed(change) = machine::step(&mut item, edit, tx.now)? else {
+                        panic!("edited")
+                    };
+                    tx.save(&item, change)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let texts_now = |read: EventsAfter| -> Vec<String> {
+            read.events
+                .iter()
+                .filter(|e| e.kind == EventType::Updated)
+                .map(|e| match &e.item.content {
+                    Content::Chat(c) => c.text.clone(),
+                    _ => panic!("chat"),
+                })
+                .collect()
+        };
+        let before_sweep = texts_now(store.events_after(None, 0, 100).await.unwrap());
+        store.write(|tx| tx.sweep()).await.unwrap();
+        let after_sweep = texts_now(store.events_after(None, 0, 100).await.unwrap());
+        assert_eq!(
+            before_sweep, after_sweep,
+            "the same events read before and after a write-back"
+        );
+        let read = store.events_after(None, 0, 100).await.unwrap();
+        let texts: Vec<String> = read
+            .events
+            .iter()
+            .filter(|e| e.kind == EventType::Updated)
+            .map(|e| match &e.item.content {
+                Content::Chat(c) => c.text.clone(),
+                _ => panic!("chat"),
+            })
+            .collect();
+        assert_eq!(texts, vec!["one".to_string(), "two".to_string()]);
+    }
+
+    /// a business-hours re-resolution walks the rows by their (possibly stale)
+    /// key. An item whose journal moved it earlier than its row says (an edit, or an
+    /// earlier re-resolution, not yet written back) is written back mid-walk to a key
+    /// before the cursor, and no chunk ever meets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewindow_walk_meets_an_item_written_back_behind_its_cursor() {
+        use crate::domain::machine::{self, Command, Step};
+        use crate::domain::{DeliveryWindow, Timing};
+        use crate::store::test_support::{new_chat, store_with_item};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _other) = store_with_item(&dir).await;
+        let bh = |at: i64| Timing {
+            requested_send_at: Some(at),
+            window: Some(DeliveryWindow::BusinessHours),
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        for at in [2_000_i64, 10_000] {
+            let mut new = new_chat();
+            new.send_at = at;
+            let timing = bh(at);
+            ids.push(
+                store
+                    .write(move |tx| tx.insert(&new, at, &timing))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (a, x) = (ids[0], ids[1]);
+        // X moved earlier (journal only: its row still says 10_000).
+        store
+            .write(move |tx| {
+                let mut item = tx.load("a", x)?.expect("x");
+                let Step::Changed(change) =
+                    machine::step(&mut item, Command::Rewindow { at: 1_500 }, tx.now)?
+                else {
+                    panic!("moved")
+                };
+                tx.save(&item, change)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // The walk, a chunk of 2 a write (the plain item at 1 and A come first).
+        let mut met = Vec::new();
+        let mut cursor = Some((i64::MIN, 0));
+        let mut chunks = 0;
+        while let Some(after) = cursor {
+            let (items, next) = store
+                .write(move |tx| tx.rewindow_chunk("a", after, 2))
+                .await
+                .unwrap();
+            met.extend(items.iter().map(|i| i.id));
+            cursor = next;
+            chunks += 1;
+            if chunks == 1 {
+                // A write-back between two chunks (the writer's spare-time sweep).
+                store.write(|tx| tx.sweep()).await.unwrap();
+            }
+        }
+        assert!(met.contains(&a), "{met:?}");
+        assert!(
+            met.contains(&x),
+            "item {x} was never met by the walk: {met:?}"
+        );
+    }
 }
