@@ -831,7 +831,7 @@ impl Actor {
     /// A write of ours finished. Durable: done. Not committed: its answers are recorded
     /// again (one by one, in case one of them is what failed); the jobs it handed out
     /// stay out (their leases are applied again by the store, see
-    /// `Tx::record_lease`). Either way, the items it deferred wait in line again.
+    /// `Tx::leases_out`). Either way, the items it deferred wait in line again.
     fn on_write_done(&mut self, write: u64, ok: bool, kept: Vec<Outcome>) {
         let Some(w) = self.writes.remove(&write) else {
             return;

@@ -60,7 +60,7 @@ pub struct Tuning {
 pub struct Leased {
     /// Each leased item with its lease token (the secret part of its job id): its job
     /// may leave once the write has run (the lease outlives a rollback, see
-    /// `Tx::record_lease`).
+    /// `Tx::leases_out`).
     pub jobs: Vec<(Item, u128)>,
     /// Fired items that a write earlier in the open group changed: not leased now (a
     /// job would carry a change that may not commit); due again once this write is done.
@@ -80,6 +80,7 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Leas
     };
     let expires = tx.now + t.lease_ms;
     let mut rng = rand::rng();
+    let mut leases = Vec::new();
     for &(id, due) in fired {
         if tx.changed_in_group(id) {
             out.deferred.push((id, due));
@@ -94,13 +95,14 @@ pub fn lease(tx: &mut Tx<'_>, fired: &[Fired], t: Tuning) -> domain::Result<Leas
             }
         };
         let step = transitions::lease(tx, &mut item, due, expires)?;
-        if step
-            .change()
-            .is_some_and(|c| c.event == EventType::Dispatching)
-        {
+        if let Some(change) = step.change().filter(|c| c.event == EventType::Dispatching) {
+            leases.push((item.clone(), change));
             out.jobs.push((item, rng.random::<u128>()));
         }
     }
+    // Every lease is recorded: their jobs leave once this returns, so from now on a
+    // rollback gives the leases back as claims (a failure above rolled them back).
+    tx.leases_out(leases);
     Ok(out)
 }
 

@@ -6,7 +6,9 @@
 use super::transitions::apply;
 use super::Engine;
 use crate::domain::machine::Command;
-use crate::domain::{self, BusinessHours, Channel, Error, Item, Millis};
+use std::collections::HashSet;
+
+use crate::domain::{self, BusinessHours, Channel, Error, Item, ItemId, Millis};
 use crate::store::rows::{get_business_hours, LiveKey};
 
 /// Where a re-resolution walk starts: before every key.
@@ -22,8 +24,9 @@ fn rewindow_chunk(
     after: LiveKey,
     chunk: usize,
     horizon: Millis,
+    seen: &mut HashSet<ItemId>,
 ) -> domain::Result<(Vec<Item>, Option<LiveKey>)> {
-    let (items, next) = tx.rewindow_chunk(account, after, chunk)?;
+    let (items, next) = tx.rewindow_chunk(account, after, chunk, seen)?;
     let mut moved = Vec::new();
     for mut item in items {
         let requested = item.timing.requested_send_at.unwrap_or(item.send_at);
@@ -77,25 +80,28 @@ impl Engine {
         let chunk = self.inner.limits.rewindow_chunk.max(1);
         let horizon = self.inner.limits.max_horizon_ms();
         let a = account.clone();
-        let (hours, moved, more) = self
+        let (hours, moved, more, seen) = self
             .inner
             .store
             .write(move |tx| {
                 tx.put_business_hours(&a, &hours)?;
-                let (moved, next) = rewindow_chunk(tx, &a, &hours, START, chunk, horizon)?;
+                let mut seen = HashSet::new();
+                let (moved, next) =
+                    rewindow_chunk(tx, &a, &hours, START, chunk, horizon, &mut seen)?;
                 tx.set_rewindow_cursor(&a, next)?;
-                Ok((hours, moved, next.is_some()))
+                Ok((hours, moved, next.is_some(), seen))
             })
             .await?;
         if more {
-            self.spawn_rewindow(account);
+            self.spawn_rewindow(account, seen);
         }
         Ok((hours, moved))
     }
 
     /// Goes on with the account's re-resolution in the background, a chunk a write,
     /// until it is done (the cursor in the store says where it stands).
-    pub(crate) fn spawn_rewindow(&self, account: String) {
+    /// `seen`: the changed items the walk took already (see `Tx::rewindow_chunk`).
+    pub(crate) fn spawn_rewindow(&self, account: String, mut seen: HashSet<ItemId>) {
         let me = self.clone();
         tokio::spawn(async move {
             let chunk = me.inner.limits.rewindow_chunk.max(1);
@@ -107,20 +113,21 @@ impl Engine {
                     .store
                     .write(move |tx| {
                         let Some(after) = tx.rewindow_cursor(&a)? else {
-                            return Ok(false);
+                            return Ok((false, seen));
                         };
                         let Some(hours) = tx.business_hours(&a)? else {
                             tx.set_rewindow_cursor(&a, None)?;
-                            return Ok(false);
+                            return Ok((false, seen));
                         };
-                        let (_, next) = rewindow_chunk(tx, &a, &hours, after, chunk, horizon)?;
+                        let (_, next) =
+                            rewindow_chunk(tx, &a, &hours, after, chunk, horizon, &mut seen)?;
                         tx.set_rewindow_cursor(&a, next)?;
-                        Ok(next.is_some())
+                        Ok((next.is_some(), seen))
                     })
                     .await;
                 match r {
-                    Ok(true) => {}
-                    Ok(false) => return,
+                    Ok((true, s)) => seen = s,
+                    Ok((false, _)) => return,
                     Err(e) => {
                         // The store is stopping or failing: a restart resumes the walk.
                         tracing::warn!(account = %account, error = %e, "re-resolving business hours paused; a restart resumes it");
@@ -143,7 +150,7 @@ impl Engine {
             .await?;
         for account in accounts {
             tracing::info!(account = %account, "resuming the re-resolution of business-hours items");
-            self.spawn_rewindow(account);
+            self.spawn_rewindow(account, HashSet::new());
         }
         Ok(())
     }

@@ -47,9 +47,9 @@ pub(crate) fn apply(tx: &mut Tx<'_>, item: &mut Item, cmd: Command) -> domain::R
 }
 
 /// Leases `item` (as just loaded in this write) for its timer's deadline `due` until
-/// `expires`: a DISPATCHING change is recorded as a lease that survives a rollback of
-/// this write or its group ([`Tx::record_lease`]: the job leaves before the commit);
-/// any other change (its lateness policy) is saved as by [`apply`]. Returns the step.
+/// `expires`, or applies its lateness policy, saving the change as [`apply`] does.
+/// Returns the step; a DISPATCHING one is a lease the caller hands out, after marking
+/// it out with [`Tx::leases_out`] (so it then survives a rollback).
 ///
 /// # Errors
 /// As [`apply`].
@@ -62,7 +62,8 @@ pub(crate) fn lease(
     let step = machine::step(item, Command::Lease { due, expires }, tx.now)?;
     match step {
         Step::Changed(change) if change.event == EventType::Dispatching => {
-            tx.record_lease(item, change)?;
+            // Marked out (Tx::leases_out) by the caller once every lease is recorded.
+            tx.save(item, change)?;
         }
         Step::Changed(change) => {
             debug_assert_ne!(change.event, EventType::Sent, "a lease never sends");

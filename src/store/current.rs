@@ -290,6 +290,11 @@ impl Store {
             .read(move |c| Ok(queries::events_after(c, account.as_deref(), after, limit)?))
             .await?;
         for e in &mut read.events {
+            // An UPDATED event carries its own content (its snapshot); the others show
+            // the item's content as known now, as they did from a written-back row.
+            if e.kind == domain::EventType::Updated {
+                continue;
+            }
             if let Some(now) = journal.get(&e.item.id) {
                 e.item.content = now.content.clone();
             }
@@ -473,11 +478,17 @@ mod tests {
         let mut met = Vec::new();
         let mut cursor = Some((i64::MIN, 0));
         let mut chunks = 0;
+        let mut seen = std::collections::HashSet::new();
         while let Some(after) = cursor {
-            let (items, next) = store
-                .write(move |tx| tx.rewindow_chunk("a", after, 2))
+            let (items, next, s) = store
+                .write(move |tx| {
+                    let mut seen = seen;
+                    let (items, next) = tx.rewindow_chunk("a", after, 2, &mut seen)?;
+                    Ok((items, next, seen))
+                })
                 .await
                 .unwrap();
+            seen = s;
             met.extend(items.iter().map(|i| i.id));
             cursor = next;
             chunks += 1;

@@ -330,10 +330,16 @@ impl Tx<'_> {
 
     /// A chunk of the account's re-resolution after a change of its business hours:
     /// up to `limit` of its live items after the key `after` (by their rows, in
-    /// `(next_send_at, id)` order), those PENDING now with a BUSINESS_HOURS window, not
-    /// out at a connector nor waiting for a retry, as they are now; and the key to go on
-    /// from (`None` when the walk is done). An item moved ahead of the walk is met again
-    /// (re-resolving it again changes nothing); an unreadable row is passed over.
+    /// `(next_send_at, id)` order), and every item of the account changed since its row
+    /// was written that `seen` does not hold yet; of those, the ones PENDING now with a
+    /// BUSINESS_HOURS window, not out at a connector nor waiting for a retry, as they
+    /// are now; and the key to go on from (`None` when the walk is done).
+    ///
+    /// A changed item's row key is stale, and a write-back between two chunks may move
+    /// its row behind the walk: so changed items are taken from memory, once per walk
+    /// (`seen`, kept by the caller across chunks; after a restart it starts empty and
+    /// an item may be taken twice, which changes nothing). An item met again changes
+    /// nothing either; an unreadable row is passed over.
     ///
     /// # Errors
     /// Storage errors.
@@ -342,20 +348,33 @@ impl Tx<'_> {
         account: &str,
         after: rows::LiveKey,
         limit: usize,
+        seen: &mut std::collections::HashSet<ItemId>,
     ) -> domain::Result<(Vec<Item>, Option<rows::LiveKey>)> {
-        let rows = rows::live_items_after(self.conn, account, after, limit)?;
-        let next = if rows.len() < limit {
+        let found = rows::live_items_after(self.conn, account, after, limit)?;
+        let next = if found.len() < limit {
             None
         } else {
-            rows.last().map(|(k, _)| *k)
+            found.last().map(|(k, _)| *k)
         };
+        let mut ids: Vec<ItemId> = found
+            .into_iter()
+            .filter_map(|(_, item)| item.map(|i| i.id))
+            .collect();
+        let changed: Vec<ItemId> = self
+            .overlay
+            .items()
+            .filter(|i| i.account_id == account && i.state.is_live() && !seen.contains(&i.id))
+            .map(|i| i.id)
+            .collect();
+        seen.extend(changed.iter().copied());
+        ids.extend(changed);
+        ids.sort_unstable();
+        ids.dedup();
         let mut kept = Vec::new();
-        for (_, item) in rows {
-            let Some(mut item) = item else { continue };
-            self.touch(item.id)?;
-            if let Some(now) = self.overlay.get(item.id) {
-                item = now.clone();
-            }
+        for id in ids {
+            let Some(Ok(item)) = self.load_checked(id)? else {
+                continue;
+            };
             if item.state == State::Pending
                 && item.next_attempt_at.is_none()
                 && item.timing.window() == domain::DeliveryWindow::BusinessHours
@@ -584,22 +603,17 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Records a lease whose job leaves as soon as this write has run, before the
-    /// group commits: the item's DISPATCHING event, as [`Tx::save`], applied like a
-    /// dispatcher's claim. Should this write or its group not commit, the lease is not
-    /// lost with it (the job is out): it is given back as a claim and applied again,
-    /// before any later write reads the item.
-    ///
-    /// # Errors
-    /// Storage errors (the lease is then given back as a claim by the rollback).
-    pub fn record_lease(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
-        let seq = self.save(item, change);
-        self.overlay.claims.add_uncommitted(1);
-        self.overlay.applying(claims::Claim {
-            item: item.clone(),
-            change,
-        });
-        seq
+    /// Marks leases this write recorded (with [`Tx::save`]) as out: their jobs leave as
+    /// soon as this write has run, before the group commits. Should this write or its
+    /// group not commit after this, a lease is not lost with it (its job is out): it is
+    /// given back as a claim and the next write applies it again, before any later
+    /// write reads the item. Called once every lease of the write is recorded, so a
+    /// write that fails before its jobs leave rolls its leases back like any change.
+    pub fn leases_out(&mut self, leases: impl IntoIterator<Item = (Item, Change)>) {
+        for (item, change) in leases {
+            self.overlay.claims.add_uncommitted(1);
+            self.overlay.applying(claims::Claim { item, change });
+        }
     }
 
     /// Whether a write earlier in the open group (not yet committed) changed the item:

@@ -649,11 +649,12 @@ impl Writer<'_> {
         // behind the watermark and start-up replays them from the journal.
         while healthy && self.overlay.len() > 0 {
             let before = self.progress.sweep_failures.load(Ordering::SeqCst);
+            self.group_failed = false;
             match self.begin() {
                 Ok(g) => healthy = self.hand_off(g, true, &synced, &checkpointer),
                 Err(()) => break,
             }
-            if self.progress.sweep_failures.load(Ordering::SeqCst) != before {
+            if self.progress.sweep_failures.load(Ordering::SeqCst) != before || self.group_failed {
                 tracing::warn!(
                     dirty = self.overlay.len(),
                     "stopping with rows not written back; start-up replays them from the journal"
@@ -735,6 +736,16 @@ impl Writer<'_> {
         self.sweep_retry_at.is_none_or(|t| Instant::now() >= t)
     }
 
+    /// A write-back failed: counted, reported, and the next one waits for the backoff.
+    fn sweep_failed(&mut self, e: &StoreError) {
+        self.progress.sweep_failures.fetch_add(1, Ordering::SeqCst);
+        tracing::error!(error = %e, retry_in_ms = self.sweep_backoff.as_millis() as u64, "writing rows back failed; they stay dirty");
+        self.sweep_retry_at = Some(Instant::now() + self.sweep_backoff);
+        self.sweep_backoff = (self.sweep_backoff * 2).min(SWEEP_RETRY_MAX);
+        self.progress
+            .set_sweep_failing(Some(format!("writing rows back failed: {e}")));
+    }
+
     /// Writes dirty rows back in the open group, after its writes (so a sweep never
     /// delays the writes that arrived before it, e.g. a lease whose job waits to leave).
     /// A sweep that fails is undone alone and the group's writes commit without it
@@ -758,14 +769,14 @@ impl Writer<'_> {
                 }
                 Ok(true)
             }
-            Err(e) if conn.is_autocommit() => Err(format!("writing rows back failed: {e}")),
+            Err(e) if conn.is_autocommit() => {
+                // SQLite ended the whole transaction: the group fails, and the next
+                // write-back waits for the backoff as after any failed one.
+                self.sweep_failed(&e);
+                Err(format!("writing rows back failed: {e}"))
+            }
             Err(e) => {
-                self.progress.sweep_failures.fetch_add(1, Ordering::SeqCst);
-                tracing::error!(error = %e, retry_in_ms = self.sweep_backoff.as_millis() as u64, "writing rows back failed; they stay dirty");
-                self.sweep_retry_at = Some(Instant::now() + self.sweep_backoff);
-                self.sweep_backoff = (self.sweep_backoff * 2).min(SWEEP_RETRY_MAX);
-                self.progress
-                    .set_sweep_failing(Some(format!("writing rows back failed: {e}")));
+                self.sweep_failed(&e);
                 self.overlay.rollback_to(mark);
                 conn.execute_batch("ROLLBACK TO s; RELEASE s")
                     .map_err(|e| format!("savepoint rollback failed: {e}"))?;
