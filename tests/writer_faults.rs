@@ -208,10 +208,13 @@ async fn a_stop_finishes_when_the_disk_never_makes_a_group_durable() {
         !pending.is_finished(),
         "a write was answered without its fsync"
     );
+    // Let the store left behind finish its fsync before the test's folder goes (a
+    // sync stage that cannot open its WAL aborts the process, as it must).
     drop(hold);
+    let _ = pending.await;
 }
 
-/// as `REFUSE_ROWS`, but the failure ends the whole transaction (as SQLite does
+/// As `REFUSE_ROWS`, but the failure ends the whole transaction (as SQLite does
 /// for some SQLITE_FULL / IOERR / NOMEM): the sweep's `conn.is_autocommit()` branch.
 const ROLLBACK_ROWS: &str = "CREATE TRIGGER refuse_rows BEFORE UPDATE ON items \
      BEGIN SELECT RAISE(ROLLBACK, 'injected: the transaction is rolled back'); END;";
