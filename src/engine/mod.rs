@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use crate::clock::Clock;
 use crate::config::{DispatchConfig, Limits, Synchronous};
 use crate::domain::{self, ItemId, Millis};
-use crate::store::{recovery, rows, CommitHook, Effects, Store, StoreError};
+use crate::store::{CommitHook, Effects, Store, StoreError};
 
 pub use commands::Changes;
 pub use controls::{Controls, ControlsSnapshot, EVERY_ACCOUNT};
@@ -158,12 +158,7 @@ impl Engine {
     async fn recover(&self) -> domain::Result<Recovery> {
         let now = self.inner.clock.now_ms();
         let tickets = self.inner.store.live_tickets();
-        let counted = tickets.clone();
-        let scan = self
-            .inner
-            .store
-            .read(move |conn| Ok(recovery::recovery_scan(conn, &counted)?))
-            .await?;
+        let scan = self.inner.store.recovery_scan().await?;
         tickets.set_ready();
         self.inner.controls.replace(&scan.controls);
         let overdue = scan.timers.iter().filter(|(_, at)| *at <= now).count();
@@ -234,10 +229,7 @@ impl Engine {
     /// # Errors
     /// Storage errors.
     pub async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
-        self.inner
-            .store
-            .read(|conn| Ok(rows::live_item_ids(conn)?))
-            .await
+        self.inner.store.live_item_ids().await
     }
 
     /// Pending timers on the wheel.

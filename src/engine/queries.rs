@@ -7,7 +7,7 @@
 
 use super::Engine;
 use crate::domain::{self, Error, Item, ItemId, Millis};
-use crate::store::queries::{self as reads, Rows};
+use crate::store::queries::Rows;
 
 pub use crate::domain::{DeferredTicket, Event, ListQuery, Order};
 
@@ -267,10 +267,7 @@ impl Engine {
         after: u64,
         limit: usize,
     ) -> domain::Result<Vec<(u64, domain::EventType, ItemId, String)>> {
-        self.inner
-            .store
-            .read_journal(move |conn| Ok(reads::event_heads(conn, &account, after, limit)?))
-            .await
+        self.inner.store.event_heads(account, after, limit).await
     }
 
     /// Events after `after` (of one account, or all), at most `limit`, oldest first,

@@ -9,7 +9,7 @@ use crate::domain::machine::Command;
 use std::collections::HashSet;
 
 use crate::domain::{self, BusinessHours, Channel, Error, Item, ItemId, Millis};
-use crate::store::rows::{get_business_hours, LiveKey};
+use crate::store::rows::LiveKey;
 
 /// Where a re-resolution walk starts: before every key.
 const START: LiveKey = (Millis::MIN, 0);
@@ -143,11 +143,7 @@ impl Engine {
     /// # Errors
     /// Storage errors.
     pub async fn resume_rewindows(&self) -> domain::Result<()> {
-        let accounts = self
-            .inner
-            .store
-            .read_journal(|conn| Ok(crate::store::rows::rewindows_under_way(conn)?))
-            .await?;
+        let accounts = self.inner.store.rewindows_under_way().await?;
         for account in accounts {
             tracing::info!(account = %account, "resuming the re-resolution of business-hours items");
             self.spawn_rewindow(account, HashSet::new());
@@ -161,12 +157,9 @@ impl Engine {
     /// `NotFound` if never set.
     pub async fn business_hours(&self, account: String) -> domain::Result<BusinessHours> {
         domain::validate_id("account_id", &account)?;
-        let a = account.clone();
         self.inner
             .store
-            // Business hours are written to their rows by the write itself (not
-            // journalled): no write-back is needed to read them.
-            .read_journal(move |conn| Ok(get_business_hours(conn, &a)?))
+            .business_hours(account.clone())
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!("account {account:?} has no business hours set"))

@@ -304,6 +304,66 @@ impl Store {
     }
 }
 
+/// The engine's other reads, typed: no caller outside the store hands it SQL.
+impl Store {
+    /// What start-up rebuilds its memory from (see `recovery::recovery_scan`): every
+    /// live item's id and time, the live counts, the leased count and the controls;
+    /// each live item is counted into the ticket filter, which the caller marks ready.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn recovery_scan(&self) -> domain::Result<super::recovery::RecoveryScan> {
+        let tickets = self.live_tickets();
+        self.read(move |conn| Ok(super::recovery::recovery_scan(conn, &tickets)?))
+            .await
+    }
+
+    /// Ids of every live (PENDING or DISPATCHING) item.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
+        self.read(|conn| Ok(super::rows::live_item_ids(conn)?))
+            .await
+    }
+
+    /// What changed in `account` after `after` (see `queries::event_heads`).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn event_heads(
+        &self,
+        account: String,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<Vec<(u64, domain::EventType, ItemId, String)>> {
+        self.read_journal(move |conn| Ok(queries::event_heads(conn, &account, after, limit)?))
+            .await
+    }
+
+    /// The account's business hours, if set (written to their rows by the write that
+    /// sets them: no write-back is needed to read them).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn business_hours(
+        &self,
+        account: String,
+    ) -> domain::Result<Option<domain::BusinessHours>> {
+        self.read_journal(move |conn| Ok(super::rows::get_business_hours(conn, &account)?))
+            .await
+    }
+
+    /// Accounts whose re-resolution of business-hours items is under way.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
+        self.read_journal(|conn| Ok(super::rows::rewindows_under_way(conn)?))
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
