@@ -279,16 +279,7 @@ mod tests {
             .write(move |tx| tx.insert(&new, 1, &Default::default()))
             .await
             .unwrap();
-        store
-            .write(move |tx| {
-                tx.raw_connection().execute_batch(&format!(
-                    "CREATE TEMP TRIGGER no_event BEFORE INSERT ON events \
-                     WHEN NEW.item_id = {b} BEGIN SELECT RAISE(ABORT, 'injected'); END"
-                ))?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        crate::store::test_support::refuse_events_of(&store, b).await;
         // What write_round's closure does: `let leased = writes::lease(tx, &due, t)?;`
         // and only then `executed_tx.send(leased)` (the jobs leave).
         let mut handed_out = 0;
@@ -300,13 +291,7 @@ mod tests {
         }
         assert!(r.is_err(), "the lease write failed: {r:?}");
         assert_eq!(handed_out, 0, "no job left");
-        store
-            .write(|tx| {
-                tx.raw_connection().execute_batch("DROP TRIGGER no_event")?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        crate::store::test_support::allow_events(&store).await;
         let now = stored(&store, a).await;
         assert_eq!(
             (now.state, now.attempts),

@@ -417,16 +417,7 @@ mod store_tests {
         }
         let middle = ids[1];
         // The middle one's event cannot be appended (claims are applied in id order).
-        store
-            .write(move |tx| {
-                tx.raw_connection().execute_batch(&format!(
-                    "CREATE TEMP TRIGGER no_event BEFORE INSERT ON events \
-                     WHEN NEW.item_id = {middle} BEGIN SELECT RAISE(ABORT, 'injected'); END"
-                ))?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        crate::store::test_support::refuse_events_of(&store, middle).await;
         let mut claims = Vec::new();
         let mut epoch = 0;
         for &id in &ids {
@@ -438,13 +429,7 @@ mod store_tests {
         assert_eq!(read, epoch, "no group ended between the reads");
         assert_eq!(store.claim(epoch, claims).0.len(), 3);
         // This write applies the claims first; the middle one fails.
-        store
-            .write(|tx| {
-                tx.raw_connection().execute_batch("DROP TRIGGER no_event")?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        crate::store::test_support::allow_events(&store).await;
         for &id in &ids {
             let now = stored(&store, id).await;
             assert_eq!(

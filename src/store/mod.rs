@@ -1092,6 +1092,32 @@ pub(crate) mod test_support {
         (store, id)
     }
 
+    /// Makes every later append of an event of item `id` fail (a temporary trigger on
+    /// the writer's connection), until [`allow_events`].
+    pub(crate) async fn refuse_events_of(store: &super::Store, id: ItemId) {
+        store
+            .write(move |tx| {
+                tx.raw_connection().execute_batch(&format!(
+                    "CREATE TEMP TRIGGER no_event BEFORE INSERT ON events \
+                     WHEN NEW.item_id = {id} BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                ))?;
+                Ok(())
+            })
+            .await
+            .expect("trigger created");
+    }
+
+    /// Undoes [`refuse_events_of`].
+    pub(crate) async fn allow_events(store: &super::Store) {
+        store
+            .write(|tx| {
+                tx.raw_connection().execute_batch("DROP TRIGGER no_event")?;
+                Ok(())
+            })
+            .await
+            .expect("trigger dropped");
+    }
+
     /// The item's row as stored (after a write-back).
     pub(crate) async fn stored(store: &super::Store, id: ItemId) -> Item {
         store
