@@ -307,6 +307,7 @@ pub(super) fn spawn(
     let sync_hook = hook.clone();
     let sync_progress = progress.clone();
     let wake = tx.downgrade();
+    let waker = tx.downgrade();
     let syncer = spawn_thread("sync", progress.clone(), move || {
         sync_stage(
             synced_rx,
@@ -332,6 +333,7 @@ pub(super) fn spawn(
             sweep_retry_at: None,
             sweep_backoff: SWEEP_RETRY_FIRST,
             group_failed: false,
+            waker: Some(waker),
         };
         w.run(rx, synced_tx, syncer, clock, checkpointer)
     })?;
@@ -487,6 +489,8 @@ struct Writer<'a> {
     sweep_backoff: std::time::Duration,
     /// The last group failed (to commit, or SQLite ended its transaction).
     group_failed: bool,
+    /// Wakes the idle writer when a write-back retry is due (`None` in unit tests).
+    waker: Option<mpsc::WeakSender<Msg>>,
 }
 
 /// The first wait after a failed write-back of rows.
@@ -531,17 +535,9 @@ impl Writer<'_> {
                         || self.overlay.wants_sweep(true)
                         || self.overlay.wants_sweep_soon();
                     if wants && !self.may_sweep() {
-                        // Write-backs fail: wait for a write, or for the next attempt
-                        // (in short naps: the queue has no blocking receive with a
-                        // timeout, and this only runs while the disk refuses rows).
-                        match rx.try_recv() {
-                            Ok(m) => Some(m),
-                            Err(mpsc::error::TryRecvError::Disconnected) => None,
-                            Err(mpsc::error::TryRecvError::Empty) => {
-                                std::thread::sleep(std::time::Duration::from_millis(10));
-                                continue;
-                            }
-                        }
+                        // Write-backs fail: wait for a write, or for the wake-up the
+                        // retry timer sends once the backoff has passed.
+                        rx.blocking_recv()
                     } else if wants {
                         if let Ok(m) = rx.try_recv() {
                             Some(m)
@@ -736,11 +732,32 @@ impl Writer<'_> {
         self.sweep_retry_at.is_none_or(|t| Instant::now() >= t)
     }
 
+    /// No write-back before the backoff has passed; then the idle writer is woken to
+    /// try one (a timer thread sends it a wake-up: its queue has no receive with a
+    /// timeout).
+    fn retry_sweep_later(&mut self) {
+        let wait = self.sweep_backoff;
+        self.sweep_retry_at = Some(Instant::now() + wait);
+        if let Some(waker) = self.waker.clone() {
+            let spawned = std::thread::Builder::new()
+                .name("sendlater-sweep-retry".into())
+                .spawn(move || {
+                    std::thread::sleep(wait);
+                    if let Some(tx) = waker.upgrade() {
+                        let _ = tx.try_send(Msg::Wake);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the write-back retry timer; retrying at the next write");
+            }
+        }
+    }
+
     /// A write-back failed: counted, reported, and the next one waits for the backoff.
     fn sweep_failed(&mut self, e: &StoreError) {
         self.progress.sweep_failures.fetch_add(1, Ordering::SeqCst);
         tracing::error!(error = %e, retry_in_ms = self.sweep_backoff.as_millis() as u64, "writing rows back failed; they stay dirty");
-        self.sweep_retry_at = Some(Instant::now() + self.sweep_backoff);
+        self.retry_sweep_later();
         self.sweep_backoff = (self.sweep_backoff * 2).min(SWEEP_RETRY_MAX);
         self.progress
             .set_sweep_failing(Some(format!("writing rows back failed: {e}")));
@@ -823,7 +840,7 @@ impl Writer<'_> {
         if self.sweep_retry_at.is_none() && self.progress.sweep_failing() {
             // A write's own write-back (a read asked for it) failed: the writer retries
             // by itself after a backoff, so the store recovers without traffic.
-            self.sweep_retry_at = Some(Instant::now() + self.sweep_backoff);
+            self.retry_sweep_later();
         }
         if conn.is_autocommit() {
             g.undone.append(job_fx);
@@ -1214,6 +1231,7 @@ mod tests {
             sweep_retry_at: None,
             sweep_backoff: SWEEP_RETRY_FIRST,
             group_failed: false,
+            waker: None,
         };
         let (j1, a1) = job(|c| c.execute("INSERT INTO t VALUES (1)", []).map(drop));
         // What SQLite does on SQLITE_FULL: the transaction is gone.
