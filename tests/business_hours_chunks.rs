@@ -4,8 +4,6 @@
 //! restart.
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use sendlater::pb;
 
@@ -66,19 +64,11 @@ async fn schedule_many(t: &TestServer, n: usize) -> Vec<String> {
 
 /// Waits (bounded) until every item's send time is `at`.
 async fn all_at(t: &TestServer, ids: &[String], at: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for id in ids {
-        loop {
-            let item = t.get_acme(id).await;
-            if ms(&item.send_at) == at {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{id} never moved to {at}: {item:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_item(t, id, "its move to the new opening", |i| {
+            ms(&i.send_at) == at
+        })
+        .await;
     }
 }
 
