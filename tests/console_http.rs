@@ -764,16 +764,7 @@ async fn a_negative_max_lateness_from_the_schedule_form_is_refused_like_over_grp
         assert!(r.body.contains("max_lateness"), "names the field: {r}");
     }
     t.settle().await;
-    let listed = t
-        .client
-        .clone()
-        .list_scheduled(pb::ListScheduledRequest {
-            account_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = t.pending_acme().await;
     assert!(listed.items.is_empty(), "nothing scheduled: {listed:?}");
     let r = call(
         addr,
@@ -784,16 +775,7 @@ async fn a_negative_max_lateness_from_the_schedule_form_is_refused_like_over_grp
     )
     .await;
     assert_eq!(r.status, 303, "{r}");
-    let listed = t
-        .client
-        .clone()
-        .list_scheduled(pb::ListScheduledRequest {
-            account_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = t.pending_acme().await;
     assert_eq!(listed.items.len(), 1, "{listed:?}");
     let lateness = listed.items[0].max_lateness.expect("max lateness kept");
     assert_eq!(lateness.seconds, 1800);

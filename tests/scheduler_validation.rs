@@ -486,16 +486,7 @@ async fn a_batch_whose_response_would_not_fit_in_one_message_is_refused_and_stor
         .await
         .map(|r| r.into_inner().items.len());
     assert_status(r, tonic::Code::InvalidArgument, "entries:");
-    let listed = t
-        .client
-        .clone()
-        .list_scheduled(pb::ListScheduledRequest {
-            account_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = t.pending_acme().await;
     assert!(
         listed.items.is_empty(),
         "{} items stored",

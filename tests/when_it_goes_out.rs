@@ -183,16 +183,7 @@ async fn bad_send_times_are_invalid_argument_naming_the_field_and_store_nothing(
         tonic::Code::InvalidArgument,
         "max_lateness:",
     );
-    let listed = t
-        .client
-        .clone()
-        .list_scheduled(pb::ListScheduledRequest {
-            account_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = t.pending_acme().await;
     assert!(listed.items.is_empty(), "{listed:?}");
     t.stop().await;
 }

@@ -385,6 +385,19 @@ impl TestServer {
         assert_eq!(still.attempts, 1, "{still:?}");
     }
 
+    /// The first page of acme's PENDING items (ListScheduled with its defaults).
+    pub async fn pending_acme(&self) -> pb::ListScheduledResponse {
+        self.client
+            .clone()
+            .list_scheduled(pb::ListScheduledRequest {
+                account_id: "acme".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListScheduled")
+            .into_inner()
+    }
+
     /// Waits until the server is idle: every queued write committed and durable, the
     /// wheel advanced to the clock, dispatch done with everything it can do now (see
     /// `RunningServer::settle`). Messages still on the network are not covered: wait
