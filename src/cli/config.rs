@@ -17,7 +17,8 @@ use super::args::{
     RateLimitArgs, RescheduleArgs, ScheduleArgs, StateArg, TicketsArgs, TimelineArgs, WatchArgs,
 };
 use super::error::{CliError, Result};
-use super::{hours, timestamp, when};
+use super::{hours, timestamp};
+use crate::domain::when;
 use crate::pb;
 
 /// Where and as whom a client subcommand connects, and how it prints.
@@ -564,7 +565,7 @@ fn send_time(
     config: &ClientConfig,
 ) -> Result<Option<SendTime>> {
     match (at_flag, in_flag) {
-        (Some(s), _) if hours::is_next_business_morning(s) => Ok(Some(SendTime::NextOpening(now))),
+        (Some(s), _) if when::is_next_business_morning(s) => Ok(Some(SendTime::NextOpening(now))),
         (Some(s), _) if config.tz_given => wall_clock(s, now, config.tz).map(Some),
         (Some(s), _) => at("--at", s, now, config.tz).map(|t| Some(SendTime::At(t))),
         (None, Some(s)) => when::parse_in(s, now)

@@ -175,12 +175,6 @@ pub fn next_business_morning(
         })
 }
 
-/// Whether a `--at` value asks for the next business morning (any case and spacing).
-pub fn is_next_business_morning(at: &str) -> bool {
-    let words: Vec<String> = at.split_whitespace().map(str::to_ascii_lowercase).collect();
-    words == ["next", "business", "morning"]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,13 +328,5 @@ mod tests {
             next_business_morning(&hours, friday_evening),
             Err(CliError::Protocol(_))
         ));
-    }
-
-    #[test]
-    fn next_business_morning_is_recognised_in_any_case_and_spacing() {
-        assert!(is_next_business_morning("next business morning"));
-        assert!(is_next_business_morning("  Next  Business\tMORNING "));
-        assert!(!is_next_business_morning("next monday"));
-        assert!(!is_next_business_morning("next business morning 10:00"));
     }
 }

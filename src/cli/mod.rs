@@ -6,8 +6,9 @@
 //! [`config::ClientConfig`] plus an [`config::Action`] carrying the finished gRPC
 //! request; [`serve`] and [`client`] run those; [`output`] and [`json`] print. `main`
 //! only parses, starts [`logging`], calls [`run`] and turns the result into an exit code
-//! ([`error`] lists them). Human time input (`--at`, `--in`) is parsed only in [`when`];
-//! business hours (`hours set --day`, "next business morning") in [`hours`]; an item's
+//! ([`error`] lists them). Human time input (`--at`, `--in`) is parsed by
+//! [`domain::when`](crate::domain::when), which the console shares; business hours
+//! (`hours set --day`, "next business morning") in [`hours`]; an item's
 //! timing is shown by [`timing`], account settings by [`settings`].
 
 pub mod args;
@@ -26,7 +27,6 @@ pub mod settings;
 pub mod signal;
 pub mod timestamp;
 pub mod timing;
-pub mod when;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,7 @@
 //!   connector's) for a session cookie (HttpOnly, SameSite=Strict); a session sees
 //!   only its token's accounts, and the operations page needs an admin token for
 //!   every account. With no tokens configured the console is open (as gRPC: loopback
-//!   only, see `cli::serve`), and a session is made on the first visit, for the CSRF
+//!   only), and a session is made on the first visit, for the CSRF
 //!   token.
 //! - Every state change is a POST carrying the session's CSRF token; every response
 //!   has a strict Content-Security-Policy (no inline script or style).
@@ -1238,7 +1238,7 @@ async fn resolve_when(
     tz: Option<&str>,
     now: domain::Millis,
 ) -> Result<(domain::Millis, Option<domain::LocalTime>), String> {
-    if crate::cli::hours::is_next_business_morning(when) {
+    if crate::domain::when::is_next_business_morning(when) {
         let hours = c
             .engine
             .business_hours(account.to_owned())

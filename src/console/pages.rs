@@ -425,7 +425,7 @@ pub fn parse_when(
     tz: Option<&str>,
     now: Millis,
 ) -> Result<(Millis, Option<LocalTime>), String> {
-    use crate::cli::when::{parse_in, parse_when_local, When};
+    use crate::domain::when::{parse_in, parse_when_local, When};
     let zone: chrono_tz::Tz = tz
         .filter(|t| !t.is_empty())
         .unwrap_or("UTC")

@@ -1,5 +1,5 @@
-//! The domain: scheduled items, their states and transitions, validation and the
-//! ticket-activity rule, as plain types and plain functions. No gRPC, no SQLite, no
+//! The domain: scheduled items, their states and transitions, validation, the
+//! ticket-activity rule and human time input ([`when`]), as plain types and plain functions. No gRPC, no SQLite, no
 //! clock: every function that needs "now" takes it as an argument (UTC milliseconds).
 
 mod error;
@@ -10,6 +10,7 @@ mod local_time;
 pub mod machine;
 mod rules;
 mod validate;
+pub mod when;
 
 pub use error::{Error, Result};
 pub use hours::*;

@@ -1,8 +1,14 @@
-//! Human time input for the command line: `--at WHEN` and `--in DURATION`.
+//! Human time input: "tomorrow 09:00", "in 30 minutes" (`30m`), "next business morning".
 //!
-//! This is the only place in sendlater that understands human time. What it returns is
-//! always a UTC instant; the rest of the program and the wire speak UTC only. Both
-//! parsers are pure: `now` and the user's time zone are arguments, so tests fix them.
+//! The one place in sendlater that understands human time, shared by the command line
+//! (`--at WHEN`, `--in DURATION`) and the staff console (its "when" field). What it
+//! returns is always a UTC instant or a wall-clock time in a named zone; the rest of
+//! the program and the wire speak UTC only. Everything here is pure: `now` and the
+//! user's time zone are arguments, so tests fix them, and no clock is read.
+//!
+//! "Next business morning" depends on the account's business hours, which only the
+//! caller has: [`is_next_business_morning`] recognises the words and the caller asks
+//! [`BusinessHours::next_morning`](super::BusinessHours::next_morning) for the instant.
 //!
 //! # `--at` forms ([`parse_when`])
 //! Words are case-insensitive; a time is `H:MM` or `HH:MM[:SS]` (24-hour clock).
@@ -230,6 +236,12 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
             None
         }
     }
+}
+
+/// Whether a "when" value asks for the next business morning (any case and spacing).
+pub fn is_next_business_morning(at: &str) -> bool {
+    let words: Vec<String> = at.split_whitespace().map(str::to_ascii_lowercase).collect();
+    words == ["next", "business", "morning"]
 }
 
 /// No words: the default time; one word: a time of day; more: not understood.
@@ -510,6 +522,14 @@ mod tests {
             );
             assert!(err.to_string().contains("1h30m"), "{err}");
         }
+    }
+
+    #[test]
+    fn next_business_morning_is_recognised_in_any_case_and_spacing() {
+        assert!(is_next_business_morning("next business morning"));
+        assert!(is_next_business_morning("  Next  Business\tMORNING "));
+        assert!(!is_next_business_morning("next monday"));
+        assert!(!is_next_business_morning("next business morning 10:00"));
     }
 
     #[test]
