@@ -477,25 +477,75 @@ fn event_type(k: EventType) -> pb::EventType {
     }
 }
 
-/// Maps domain errors to gRPC statuses (API.md "Errors and limits"); internal details
-/// were logged where they happened and are not sent.
-pub fn status(e: Error) -> tonic::Status {
-    use tonic::Status;
-    match e {
-        e @ Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-        Error::NotFound(m) => Status::not_found(m),
-        Error::FailedPrecondition(m) => Status::failed_precondition(m),
-        Error::AlreadyExists(m) => Status::already_exists(m),
-        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
-        Error::Unavailable(m) => Status::unavailable(m),
-        Error::OutOfRange(m) => Status::out_of_range(m),
-        Error::Internal(m) => Status::internal(m),
+/// Maps domain errors to gRPC statuses (API.md "Errors and limits"), so a handler
+/// answers a domain error with `?`; internal details were logged where they happened
+/// and are not sent.
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        match e {
+            e @ Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
+            Error::Internal(m) => Status::internal(m),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_domain_error_becomes_the_status_code_of_its_kind_with_its_message() {
+        use tonic::Code;
+        let cases = [
+            (
+                Error::invalid("email.to[1]", "bad"),
+                Code::InvalidArgument,
+                "email.to[1]: bad",
+            ),
+            (
+                Error::NotFound("item 7 not found".into()),
+                Code::NotFound,
+                "item 7 not found",
+            ),
+            (
+                Error::FailedPrecondition("sent".into()),
+                Code::FailedPrecondition,
+                "sent",
+            ),
+            (
+                Error::AlreadyExists("dup".into()),
+                Code::AlreadyExists,
+                "dup",
+            ),
+            (
+                Error::ResourceExhausted("full".into()),
+                Code::ResourceExhausted,
+                "full",
+            ),
+            (
+                Error::OutOfRange("pruned".into()),
+                Code::OutOfRange,
+                "pruned",
+            ),
+            (
+                Error::Unavailable("stopping".into()),
+                Code::Unavailable,
+                "stopping",
+            ),
+            (Error::Internal("storage".into()), Code::Internal, "storage"),
+        ];
+        for (error, code, message) in cases {
+            let status = tonic::Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
+    }
 
     #[test]
     fn timestamps_round_trip_including_before_the_epoch() {

@@ -13,7 +13,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
-use super::convert::{self, status};
+use super::convert;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -41,21 +41,19 @@ type JobStream = Pin<Box<dyn Stream<Item = Result<pb::DeliveryJob, Status>> + Se
 
 fn hello_channels(h: &pb::Hello) -> Result<Vec<Channel>, Status> {
     if h.channels.is_empty() {
-        return Err(status(Error::invalid(
+        return Err(Status::from(Error::invalid(
             "hello.channels",
             "name at least one channel",
         )));
     }
     let mut out = Vec::new();
     for (i, &c) in h.channels.iter().enumerate() {
-        let ch = convert::channel(&format!("hello.channels[{i}]"), c)
-            .map_err(status)?
-            .ok_or_else(|| {
-                status(Error::invalid(
-                    format!("hello.channels[{i}]"),
-                    "must be EMAIL or CHAT",
-                ))
-            })?;
+        let ch = convert::channel(&format!("hello.channels[{i}]"), c)?.ok_or_else(|| {
+            Status::from(Error::invalid(
+                format!("hello.channels[{i}]"),
+                "must be EMAIL or CHAT",
+            ))
+        })?;
         if !out.contains(&ch) {
             out.push(ch);
         }
@@ -87,7 +85,7 @@ impl pb::dispatch_server::Dispatch for DispatchService {
                 msg: Some(pb::connector_message::Msg::Hello(h)),
             }) => h,
             _ => {
-                return Err(status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "hello",
                     "the first message on the stream must be Hello",
                 )))
@@ -95,13 +93,16 @@ impl pb::dispatch_server::Dispatch for DispatchService {
         };
         let channels = hello_channels(&hello)?;
         if !(1..=MAX_IN_FLIGHT).contains(&hello.max_in_flight) {
-            return Err(status(Error::invalid(
+            return Err(Status::from(Error::invalid(
                 "hello.max_in_flight",
                 format!("must be 1..{MAX_IN_FLIGHT}, got {}", hello.max_in_flight),
             )));
         }
         if hello.connector_id.is_empty() {
-            return Err(status(Error::invalid("hello.connector_id", "is required")));
+            return Err(Status::from(Error::invalid(
+                "hello.connector_id",
+                "is required",
+            )));
         }
         let conn = self.dispatcher.next_conn();
         let max_in_flight = hello.max_in_flight as usize;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth;
-use super::convert::{self, status, ScheduleFields};
+use super::convert::{self, ScheduleFields};
 use super::streams::LiveStreams;
 use crate::domain::{self, parse_item_id, Error, ItemId, Kind};
 use crate::engine::{Changes, ControlChange, Engine, ListQuery, EVERY_ACCOUNT};
@@ -58,15 +58,15 @@ where
     authorize(&req, &req.get_ref().account_id)?;
     let r = req.into_inner();
     let (account, id) = item_ref(&r.account_id, &r.item_id)?;
-    let item = f(account, id).await.map_err(status)?;
+    let item = f(account, id).await?;
     Ok(Response::new(item.into()))
 }
 
 fn item_ref(account: &str, item_id: &str) -> Result<(String, ItemId), Status> {
-    domain::validate_id("account_id", account).map_err(status)?;
+    domain::validate_id("account_id", account)?;
     let id = parse_item_id(item_id).ok_or_else(|| {
         if item_id.is_empty() {
-            status(Error::invalid("item_id", "is required"))
+            Status::from(Error::invalid("item_id", "is required"))
         } else {
             Status::not_found(format!("item {item_id} not found"))
         }
@@ -96,10 +96,8 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::ScheduleRequest>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
-        let new = ScheduleFields::from(req.into_inner())
-            .into_new_item(Kind::Reply)
-            .map_err(status)?;
-        let item = self.engine.schedule(new).await.map_err(status)?;
+        let new = ScheduleFields::from(req.into_inner()).into_new_item(Kind::Reply)?;
+        let item = self.engine.schedule(new).await?;
         Ok(Response::new(item.into()))
     }
 
@@ -109,10 +107,8 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::ScheduleRequest>,
     ) -> Result<Response<pb::ScheduledItem>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
-        let new = ScheduleFields::from(req.into_inner())
-            .into_new_item(Kind::NewTicket)
-            .map_err(status)?;
-        let item = self.engine.schedule(new).await.map_err(status)?;
+        let new = ScheduleFields::from(req.into_inner()).into_new_item(Kind::NewTicket)?;
+        let item = self.engine.schedule(new).await?;
         Ok(Response::new(item.into()))
     }
 
@@ -128,7 +124,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let entries = req.into_inner().entries;
         let max = self.engine.limits().max_batch_entries;
         if entries.len() > max {
-            return Err(status(Error::invalid(
+            return Err(Status::from(Error::invalid(
                 "entries",
                 format!("has {} entries, at most {max} allowed", entries.len()),
             )));
@@ -142,7 +138,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .sum();
         let limit = self.engine.limits().effective_message_bytes();
         if answer > limit {
-            return Err(status(Error::invalid(
+            return Err(Status::from(Error::invalid(
                 "entries",
                 format!(
                     "the answer would take about {answer} bytes, over the {limit}-byte message \
@@ -153,15 +149,14 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let mut batch = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let prefix = format!("entries[{i}].");
-            let (kind, fields) =
-                convert::batch_entry(e).map_err(|e| status(e.in_field(&prefix)))?;
+            let (kind, fields) = convert::batch_entry(e).map_err(|e| e.in_field(&prefix))?;
             batch.push(
                 fields
                     .into_new_item(kind)
-                    .map_err(|e| status(e.in_field(&prefix)))?,
+                    .map_err(|e| e.in_field(&prefix))?,
             );
         }
-        let items = self.engine.schedule_batch(batch).await.map_err(status)?;
+        let items = self.engine.schedule_batch(batch).await?;
         Ok(Response::new(pb::ScheduleBatchResponse {
             items: items.into_iter().map(Into::into).collect(),
         }))
@@ -202,7 +197,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let (send_at, send_at_local) = match (&r.send_at, &r.send_at_local) {
             (None, None) => (None, None),
             (t, l) => {
-                let (at, local) = convert::send_time(t.as_ref(), l.as_ref()).map_err(status)?;
+                let (at, local) = convert::send_time(t.as_ref(), l.as_ref())?;
                 (Some(at), local)
             }
         };
@@ -213,13 +208,9 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 pb::reschedule_request::Content::Email(e) => convert::email(e),
                 pb::reschedule_request::Content::Chat(c) => convert::chat(c),
             }),
-            on_activity: convert::on_activity("on_activity", r.on_activity).map_err(status)?,
+            on_activity: convert::on_activity("on_activity", r.on_activity)?,
         };
-        let item = self
-            .engine
-            .reschedule(account, id, changes)
-            .await
-            .map_err(status)?;
+        let item = self.engine.reschedule(account, id, changes).await?;
         Ok(Response::new(item.into()))
     }
 
@@ -230,12 +221,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<pb::RecordTicketActivityResponse>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
-        let activity = convert::activity(&r).map_err(status)?;
+        let activity = convert::activity(&r)?;
         let affected = self
             .engine
             .record_activity(r.account_id, r.ticket_id, activity)
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(pb::RecordTicketActivityResponse {
             affected: affected.into_iter().map(Into::into).collect(),
         }))
@@ -249,21 +239,19 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let q = ListQuery {
-            state: convert::state("state", r.state).map_err(status)?,
+            state: convert::state("state", r.state)?,
             ticket_id: (!r.ticket_id.is_empty()).then_some(r.ticket_id),
-            channel: convert::channel("channel", r.channel).map_err(status)?,
+            channel: convert::channel("channel", r.channel)?,
             author_id: (!r.author_id.is_empty()).then_some(r.author_id),
-            kind: convert::kind("kind", r.kind).map_err(status)?,
-            send_at_from: convert::optional_ms("send_at_from", r.send_at_from.as_ref())
-                .map_err(status)?,
-            send_at_to: convert::optional_ms("send_at_to", r.send_at_to.as_ref())
-                .map_err(status)?,
-            order: convert::order(r.order).map_err(status)?,
+            kind: convert::kind("kind", r.kind)?,
+            send_at_from: convert::optional_ms("send_at_from", r.send_at_from.as_ref())?,
+            send_at_to: convert::optional_ms("send_at_to", r.send_at_to.as_ref())?,
+            order: convert::order(r.order)?,
             page_size: r.page_size,
             page_token: r.page_token,
             account_id: r.account_id,
         };
-        let page = self.engine.list(q).await.map_err(status)?;
+        let page = self.engine.list(q).await?;
         Ok(Response::new(pb::ListScheduledResponse {
             items: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
@@ -277,12 +265,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<pb::ListDeferredTicketsResponse>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
-        let order = convert::order(r.order).map_err(status)?;
+        let order = convert::order(r.order)?;
         let page = self
             .engine
             .deferred_tickets(r.account_id, order, r.page_size, r.page_token)
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(pb::ListDeferredTicketsResponse {
             tickets: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
@@ -296,7 +283,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<pb::GetTicketTimelineResponse>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
-        let audience = convert::audience(r.audience).map_err(status)?;
+        let audience = convert::audience(r.audience)?;
         let page = self
             .engine
             .timeline_page(
@@ -306,8 +293,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 r.page_size,
                 r.page_token,
             )
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(pb::GetTicketTimelineResponse {
             items: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
@@ -321,12 +307,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<pb::BusinessHours>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
-        let hours = convert::business_hours(&r).map_err(status)?;
+        let hours = convert::business_hours(&r)?;
         let (hours, moved) = self
             .engine
             .set_business_hours(r.account_id.clone(), hours)
-            .await
-            .map_err(status)?;
+            .await?;
         tracing::info!(moved = moved.len(), "business hours set");
         Ok(Response::new(convert::business_hours_pb(
             r.account_id,
@@ -341,11 +326,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<pb::BusinessHours>, Status> {
         authorize(&req, &req.get_ref().account_id)?;
         let account = req.into_inner().account_id;
-        let hours = self
-            .engine
-            .business_hours(account.clone())
-            .await
-            .map_err(status)?;
+        let hours = self.engine.business_hours(account.clone()).await?;
         Ok(Response::new(convert::business_hours_pb(account, &hours)))
     }
 
@@ -373,7 +354,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         authorize(&req, &req.get_ref().account_id)?;
         let r = req.into_inner();
         let per_minute = u32::try_from(r.per_minute).map_err(|_| {
-            status(Error::invalid(
+            Status::from(Error::invalid(
                 "per_minute",
                 format!("must be 0 (no limit) .. {}, got {}", u32::MAX, r.per_minute),
             ))
@@ -394,7 +375,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         authorize(&req, &req.get_ref().account_id)?;
         let account = req.into_inner().account_id;
         if account != EVERY_ACCOUNT {
-            domain::validate_id("account_id", &account).map_err(status)?;
+            domain::validate_id("account_id", &account)?;
         }
         Ok(Response::new(convert::controls_pb(
             self.engine.controls_of(account),
@@ -419,7 +400,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             ),
         };
         let r = req.into_inner();
-        domain::validate_id("account_id", &r.account_id).map_err(status)?;
+        domain::validate_id("account_id", &r.account_id)?;
         let per_caller = self.engine.limits().max_streams_per_caller;
         let slot = self
             .watchers
@@ -460,12 +441,11 @@ impl SchedulerService {
         channel: i32,
         change: ControlChange,
     ) -> Result<Response<pb::DispatchControls>, Status> {
-        let channels = convert::channels("channel", channel).map_err(status)?;
+        let channels = convert::channels("channel", channel)?;
         let c = self
             .engine
             .change_controls(account, channels, change)
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(convert::controls_pb(c)))
     }
 }
@@ -491,7 +471,7 @@ async fn stream_events(
         {
             Ok(b) => b,
             Err(e) => {
-                let _ = tx.send(Err(status(e))).await;
+                let _ = tx.send(Err(e.into())).await;
                 return;
             }
         };
