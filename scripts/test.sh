@@ -4,8 +4,14 @@
 # - Python's aiosmtpd: the real SMTP server the email connector's tests talk to.
 # - Debian's chromium and chromium-driver: the headless browser the staff console's
 #   browser tests (tests/console_browser.rs) drive over WebDriver.
+# - Debian's PostgreSQL (scripts/pg.sh): a throwaway server, started here and deleted on exit,
+#   for the second pass of the suite and for the tests that need PostgreSQL in both passes.
 # - Everything else comes from crates.io through cargo (protos are compiled by protox,
 #   SQLite is bundled): no system protoc, no system SQLite.
+#
+# The suite runs twice: on SQLite (SENDLATER_TEST_STORE=sqlite), then on PostgreSQL
+# (SENDLATER_TEST_STORE=postgres); SENDLATER_TEST_PG holds the server's URL in both.
+# Arguments go to both `cargo test` runs (./scripts/test.sh --test scheduler_smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,18 +33,40 @@ if [ ! -x /usr/bin/chromedriver ]; then
   apt_install || { $as_root env DEBIAN_FRONTEND=noninteractive apt-get update && apt_install; }
 fi
 
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+. scripts/pg.sh
+pg_install
+
+logs="$(mktemp -d)"
+cleanup() {
+  set +e
+  pg_stop
+  rm -rf "$logs"
+}
+trap cleanup EXIT
+# Interrupted: exit through the EXIT trap, which stops the server and deletes its folder.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+pg_start
+
 status=0
-cargo test "$@" 2>&1 | tee "$log" || status=$?
+for store in sqlite postgres; do
+  echo "=== the test suite on $store (SENDLATER_TEST_STORE=$store)" >&2
+  SENDLATER_TEST_STORE=$store cargo test "$@" 2>&1 | tee "$logs/$store" || status=$?
+done
 # A proptest failure is saved under proptest-regressions/ (replayed first by later runs):
 # show the new cases, so one seen in CI can be committed and replayed anywhere.
 if ! git diff --quiet -- proptest-regressions 2>/dev/null; then
   echo "proptest saved failing cases (commit them with the fix):" >&2
   git diff -- proptest-regressions >&2
 fi
-# One closing line over every test binary (cargo prints one per binary, the last being
-# the doc-tests, which has none).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# Closing lines: one per store, then the total, over every test binary (cargo prints one
+# `test result:` line per binary, the last being the doc-tests, which has none).
+count() {
+  awk -v label="$1" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+       END { printf "tests%s: %d passed, %d failed, %d skipped\n", label, p, f, s }' "${@:2}"
+}
+count " (SQLite)" "$logs/sqlite"
+count " (PostgreSQL)" "$logs/postgres"
+count "" "$logs/sqlite" "$logs/postgres"
 exit "$status"
