@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::domain::{self, Channel, Item, ItemId, Millis, State};
 use crate::engine::Fired;
-use crate::store::meta::ItemMeta;
+use crate::store::ItemMeta;
 use crate::store::Store;
 
 /// What the batch read tells about a due id.

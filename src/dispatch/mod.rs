@@ -44,7 +44,7 @@ use crate::config::Accounts;
 use crate::domain::machine::{self, Command, Step};
 use crate::domain::{self, Channel, EventType, Item, ItemId, Millis, State};
 use crate::engine::{Engine, Fired};
-use crate::store::claims::Claim;
+use crate::store::Claim;
 use conn::{Conn, Held};
 use fair::FairQueue;
 use hold::{Hold, Limiter};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::domain::Channel;
-use crate::store::rows::ControlRow;
+use crate::store::ControlRow;
 
 /// The account that stands for every account.
 pub const EVERY_ACCOUNT: &str = "*";

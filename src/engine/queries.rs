@@ -7,7 +7,7 @@
 
 use super::Engine;
 use crate::domain::{self, Error, Item, ItemId, Millis};
-use crate::store::queries::Rows;
+use crate::store::Rows;
 
 pub use crate::domain::{DeferredTicket, Event, ListQuery, Order};
 

@@ -9,7 +9,7 @@ use crate::domain::machine::Command;
 use std::collections::HashSet;
 
 use crate::domain::{self, BusinessHours, Channel, Error, Item, ItemId, Millis};
-use crate::store::rows::LiveKey;
+use crate::store::LiveKey;
 
 /// Where a re-resolution walk starts: before every key.
 const START: LiveKey = (Millis::MIN, 0);

@@ -1,79 +1,84 @@
-//! Storage: one SQLite file, the source of truth (DESIGN.md principles 1, 5, 6).
+//! Storage: one contract, two engines (DESIGN.md principles 1, 5, 6).
 //!
-//! Writes go through one dedicated writer thread that owns the only read-write
-//! connection and does group commit: it takes every queued write (up to
-//! [`MAX_GROUP`]) into one transaction, each inside its own SAVEPOINT so one failing
-//! write rolls back alone, commits once, and only then answers the callers. So an RPC
-//! that answered OK has committed, and a thousand concurrent RPCs cost one fsync.
-//! Reads use a small pool of read-only connections on blocking threads, never the
-//! writer. WAL mode; `synchronous=FULL` unless configured otherwise.
+//! The engine, dispatch, the service, the console and the CLI see this module only: a
+//! [`Store`] (reads, lifecycle) and, inside a write, a [`Tx`] (typed operations on the
+//! write's transaction). Neither hands out a connection, a driver type or SQL text.
+//! Behind them is a [`Backend`] and its [`WriteTx`]:
+//! - `sqlite`: one SQLite file, the embedded default (a journal with a write-back of
+//!   rows, dispatcher claims without the writer; see its module);
+//! - `postgres`: a PostgreSQL database, selected by a `postgres://` URL.
 //!
-//! The write path is a journal (`overlay`, STORAGE.md): a new item is inserted with its
-//! row; every later change appends its event (whose snapshot carries the item's
-//! mutable fields) and keeps the changed item in the writer's memory until a sweep
-//! writes the rows back in id order, with the watermark up to which the rows reflect
-//! the events. Start-up replays the events past the watermark.
-//!
-//! # Contract
-//! - A write's future resolves `Ok` only after its group committed and the fsync that
-//!   covers it returned (under `synchronous=FULL`): its events are durable, and so is
-//!   everything a restart rebuilds from them.
+//! # Contract (every backend)
+//! - Writes run one at a time, in the order they were queued, in groups: a group is one
+//!   transaction, and each write runs inside a savepoint of its own, so a write whose
+//!   closure returns `Err` (or whose statement fails) rolls back alone.
+//! - A write's future resolves `Ok` only after its group committed durably (under the
+//!   configured `--sync`): its events are durable, and so is everything a restart
+//!   rebuilds from them. A commit whose outcome is unknown is never reported `Ok`.
 //! - Its [`Effects`] (timer changes, quota releases, the event sequence) reach the
-//!   [`CommitHook`] after that fsync, in commit order, before the caller is answered;
-//!   the effects of a write that does not commit are handed back as abandoned.
-//! - A group is all or nothing: if SQLite rolls the transaction back by itself
-//!   (disk full, I/O error) every write of the group fails; none commits on its own.
-//!   Changes a write made to the in-memory journal state are undone with it.
-//! - Inside a write ([`Tx`]), reads see every change made before them, in memory or on
-//!   rows.
-//! - [`Store::read`] sees every write answered before it started (rows are swept
-//!   first when changes wait in memory) and returns only data that is durable;
-//!   [`Store::read_hint`] and [`Store::due_items`] may see a commit whose fsync is
-//!   still running, and rows behind the journal (for the engine's own hints only).
-//! - Events become visible to [`Store::event_sequence`] watchers only once durable.
-//! - If the writer or the sync thread dies, [`Store::fatal`] says why and every later
-//!   write fails: the process should stop and be restarted.
+//!   [`CommitHook`] after the commit is durable, in commit order, before the caller is
+//!   answered; the effects of a write that does not commit are handed back as abandoned.
+//! - A group is all or nothing: if the database ends the transaction by itself (disk
+//!   full, I/O error, lost connection) every write of the group fails.
+//! - Inside a write ([`Tx`]), reads see every change made before them.
+//! - [`Store`]'s reads for clients see every write answered before they started and
+//!   return only what is durable; [`Store::due_items`] is a hint for the engine (it may
+//!   see a commit not yet durable; every decision taken from it is re-checked in a
+//!   write).
+//! - Events become visible to [`Store::event_sequence`] watchers only once durable;
+//!   their sequence numbers grow in commit order, and per account.
+//! - If the backend cannot go on (its writer died), [`Store::fatal`] says why and every
+//!   later write fails; while it cannot write for now, [`Store::degraded`] says why.
+//!
+//! Optional capabilities have safe defaults: a backend may refuse every dispatcher
+//! claim ([`Backend::claim`]: dispatch then leases through a write), and only SQLite can
+//! hold durability back for tests or write its rows back on demand.
 
-pub mod backup;
-mod checkpoint;
-pub mod claims;
-mod current;
-pub mod meta;
-mod overlay;
-pub mod queries;
-mod reader;
-pub mod recovery;
-pub mod rows;
-pub mod schema;
+pub mod postgres;
+pub mod sqlite;
 pub mod tickets;
-pub mod trace;
-mod writer;
+mod types;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OpenFlags};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use crate::clock::Clock;
-use crate::config::Synchronous;
-use crate::domain::machine::{Change, Timer};
-use crate::domain::{self, Item, ItemId, Millis, NewItem, State, Timing};
+use crate::domain::machine::Change;
+use crate::domain::{
+    self, BusinessHours, DeferredTicket, EventType, Item, ItemId, ListQuery, Millis, NewItem,
+    Order, Timing,
+};
 
-pub use writer::MAX_GROUP;
+#[cfg(test)]
+pub(crate) use sqlite::test_support;
+pub use sqlite::{backup, trace, MAX_GROUP};
+pub use types::{
+    Claim, ControlRow, Decoded, DueRead, EventsAfter, ItemMeta, LiveKey, RecoveryScan, Rows,
+};
 
 /// Storage failures; everything else the store reports is a `domain::Error`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(String),
     #[error(
         "the database was written by a newer sendlater (schema version {found}, this build \
-         supports up to {supported}); upgrade sendlater or use another --db file"
+         supports up to {supported}); upgrade sendlater or use another --db"
     )]
     NewerSchema { found: i64, supported: i64 },
     #[error("{path}: not a usable sendlater database: {reason}")]
     Unusable { path: PathBuf, reason: String },
+    /// The database cannot be reached or refused the connection (the URL is shown
+    /// without its password).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The database cannot be written now (connection lost, server restarting): the
+    /// write did not commit, or its outcome is unknown and it is not reported OK.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the store is shut down")]
     Closed,
 }
@@ -82,17 +87,17 @@ impl From<StoreError> for domain::Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Closed => domain::Error::Unavailable("the service is shutting down".into()),
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "storage unavailable");
+                domain::Error::Unavailable(
+                    "the database is unavailable; try again (request_id makes it safe)".into(),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 domain::Error::Internal("internal storage error".into())
             }
         }
-    }
-}
-
-impl From<rusqlite::Error> for domain::Error {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::from(e).into()
     }
 }
 
@@ -105,9 +110,9 @@ pub enum WheelOp {
     Remove(ItemId),
 }
 
-/// What a write changes outside SQLite: timers and the pending-quota counts. They
-/// follow from the write only once it is durable, in commit order (or are undone when
-/// it does not commit): nothing in memory may run ahead of the file.
+/// What a write changes outside the database: timers and the pending-quota counts.
+/// They follow from the write only once it is durable, in commit order (or are undone
+/// when it does not commit): nothing in memory may run ahead of the database.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Effects {
     /// Timer changes, applied after the commit is durable.
@@ -130,7 +135,8 @@ pub struct Effects {
 }
 
 impl Effects {
-    fn append(&mut self, other: Effects) {
+    /// Adds `other`'s effects to these.
+    pub fn append(&mut self, other: Effects) {
         self.timers.extend(other.timers);
         self.reserved.extend(other.reserved);
         self.released.extend(other.released);
@@ -140,16 +146,34 @@ impl Effects {
         self.abandoned += other.abandoned;
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether nothing outside the database follows from the write.
+    pub fn is_empty(&self) -> bool {
         self.timers.is_empty()
             && self.reserved.is_empty()
             && self.released.is_empty()
             && self.left_tickets.is_empty()
     }
+
+    /// Records the effects of `change` to `item` (as [`Tx::save`] does).
+    pub fn record(&mut self, item: &Item, change: &Change, seq: u64) {
+        use crate::domain::machine::Timer;
+        self.max_seq = self.max_seq.max(seq);
+        self.timers.push(match change.timer {
+            Timer::Set(at) => WheelOp::Set(item.id, at),
+            Timer::Remove => WheelOp::Remove(item.id),
+        });
+        if change.left_live {
+            self.released.push(item.account_id.clone());
+            self.left_tickets.push(tickets::LiveTickets::slot(
+                &item.account_id,
+                &item.ticket_id,
+            ));
+        }
+    }
 }
 
-/// Receives the effects of writes. Contract: `durable` is called on the sync thread,
-/// in commit order, after the fsync that covers the write and before its caller is
+/// Receives the effects of writes. Contract: `durable` is called in commit order,
+/// after the commit that covers the write is durable and before its caller is
 /// answered; `abandoned` is called for writes that will never commit (rolled back
 /// alone, or with their whole group), before their callers see the error.
 pub trait CommitHook: Send + Sync + 'static {
@@ -159,729 +183,407 @@ pub trait CommitHook: Send + Sync + 'static {
     fn abandoned(&self, fx: &Effects);
 }
 
-/// What a write closure gets: the write's `now`, and typed operations on the group's
-/// open transaction (inside this write's savepoint).
+/// Sends the outcome to the caller once the group's commit is known.
+pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write: runs in the transaction, says whether it succeeded, returns its completion.
+pub type Job = Box<dyn FnOnce(&mut Tx<'_>) -> (bool, Completion) + Send>;
+
+/// The typed operations of one write, inside its group's transaction and its own
+/// savepoint. Implemented by each backend; callers use them through [`Tx`].
 ///
 /// # Contract
-/// - Reads ([`Tx::load`], [`Tx::load_checked`], ...) see every change made before them in
-///   this group, including this write's own.
-/// - [`Tx::insert`] and [`Tx::save`] are the only ways an item is written. `save` writes
-///   the item and its event (the [`Change`] a `domain::machine::step` returned) and
-///   records the change's timer and quota effects; those take effect only once the
-///   group is durable (in commit order, through the [`CommitHook`]), and are handed
-///   back as abandoned if this write or its group does not commit.
-/// - Nothing here commits: the writer commits the group.
-pub struct Tx<'a> {
-    /// The connection, inside the group's transaction and this write's savepoint.
-    conn: &'a Connection,
-    /// The time of this write (one clock read per write).
-    pub now: Millis,
-    fx: &'a mut Effects,
-    /// Items changed but not yet written back to their rows (see `overlay`).
-    overlay: &'a mut overlay::Overlay,
-    /// Which tickets may have live items (lets the activity rule skip its query).
-    tickets: &'a tickets::LiveTickets,
-    /// The writer's progress (a write's own write-back reports its failure there).
-    progress: &'a writer::Progress,
-}
-
-impl Tx<'_> {
+/// - Reads see every change made before them in this group, this write's own included.
+/// - `insert`, `save`, `save_new` and `fail_unreadable` are the only ways an item is
+///   written; each records its timer and quota effects, which take effect only once
+///   the group is durable (through the [`CommitHook`]) and are handed back as
+///   abandoned if the write or its group does not commit.
+/// - Nothing here commits: the backend's writer commits the group.
+pub trait WriteTx {
     /// The server's counters and histograms.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.progress.metrics
-    }
-
+    fn metrics(&self) -> &crate::metrics::Metrics;
     /// Counts an item this write failed as unreadable (in the metrics once durable).
-    pub fn count_unreadable(&mut self) {
-        self.fx.unreadable += 1;
-    }
-
+    fn count_unreadable(&mut self);
     /// Counts a lease this write ended unanswered (in the metrics once durable).
-    pub fn count_abandoned(&mut self) {
-        self.fx.abandoned += 1;
-    }
-
-    /// For fault-injection tests only: the raw connection (PRAGMAs such as
-    /// `max_page_count`). Production code speaks the typed operations below.
-    #[doc(hidden)]
-    pub fn raw_connection(&self) -> &Connection {
-        self.conn
-    }
-
+    fn count_abandoned(&mut self);
     /// The item with this id, if it belongs to `account`.
-    ///
-    /// # Errors
-    /// Storage errors (a row that cannot be decoded included).
-    pub fn load(&mut self, account: &str, id: ItemId) -> domain::Result<Option<Item>> {
-        self.touch(id)?;
-        if let Some(item) = self.overlay.get(id) {
-            return Ok((item.account_id == account).then(|| item.clone()));
-        }
-        Ok(rows::get_item(self.conn, account, id)?)
-    }
-
+    fn load(&mut self, account: &str, id: ItemId) -> domain::Result<Option<Item>>;
     /// The item with this id, whatever its account; `Some(Err(why))` when its stored
     /// row cannot be decoded (so the caller can fail that item alone).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn load_checked(&mut self, id: ItemId) -> domain::Result<Option<Result<Item, String>>> {
-        self.touch(id)?;
-        if let Some(item) = self.overlay.get(id) {
-            return Ok(Some(Ok(item.clone())));
-        }
-        Ok(rows::get_item_checked(self.conn, id)?)
-    }
-
+    fn load_checked(&mut self, id: ItemId) -> domain::Result<Option<Result<Item, String>>>;
     /// The item holding the idempotency key `request_id` in `account`, with the
     /// fingerprint of the request that created it.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn find_by_request(
+    fn find_by_request(
         &mut self,
         account: &str,
         request_id: &str,
-    ) -> domain::Result<Option<(Item, u64)>> {
-        // The key is written with the row; the item's state may be newer here.
-        let Some((item, fp)) = rows::find_by_request(self.conn, account, request_id)? else {
-            return Ok(None);
-        };
-        self.touch(item.id)?;
-        Ok(Some((
-            self.overlay.get(item.id).cloned().unwrap_or(item),
-            fp,
-        )))
-    }
-
+    ) -> domain::Result<Option<(Item, u64)>>;
     /// Whether `message_id` (an item id of ours or a provider message id) is one of the
     /// ticket's items.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn is_own_message(
-        &self,
-        account: &str,
-        ticket: &str,
-        message_id: &str,
-    ) -> domain::Result<bool> {
-        // A provider id is set by an ack, which may not be written back yet.
-        Ok(
-            rows::is_own_message(self.conn, account, ticket, message_id)?
-                || self.overlay.items().any(|i| {
-                    i.account_id == account
-                        && i.ticket_id == ticket
-                        && i.provider_message_id.as_deref() == Some(message_id)
-                }),
-        )
-    }
-
-    /// The ticket's PENDING replies created before `before`, oldest first: the items a
-    /// message in the ticket at `before` may convert or cancel; a row that cannot be
-    /// decoded is `Err((id, why))` (the caller fails it alone). `own`: how many of the
-    /// ticket's live items the caller holds itself (1 for an item being sent, which is
-    /// still counted live): when the ticket has no other live item (known from memory,
-    /// [`tickets::LiveTickets`]), nothing is read.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn pending_replies(
+    fn is_own_message(&self, account: &str, ticket: &str, message_id: &str)
+        -> domain::Result<bool>;
+    /// The ticket's PENDING replies created before `before`, oldest first; a row that
+    /// cannot be decoded is `Err((id, why))`. `own`: how many of the ticket's live items
+    /// the caller holds itself (a backend may use it to skip the read).
+    fn pending_replies(
         &mut self,
         account: &str,
         ticket: &str,
         before: Millis,
         own: usize,
-    ) -> domain::Result<Vec<rows::Decoded>> {
-        if self.tickets.nothing_else_live(account, ticket, own) {
-            return Ok(Vec::new());
-        }
-        // Every item has its row (inserts are not deferred) and a row never reads as
-        // finished while the item is live, so the rows find every candidate; the
-        // overlay says what each is now (a dirty item is decoded already, whatever its
-        // row holds).
-        let mut out = rows::pending_replies(self.conn, account, ticket, before)?;
-        for r in &mut out {
-            let id = match r {
-                Ok(item) => item.id,
-                Err((id, _)) => *id,
-            };
-            self.touch(id)?;
-            if let Some(now) = self.overlay.get(id) {
-                *r = Ok(now.clone());
-            }
-        }
-        out.retain(|r| r.as_ref().map_or(true, |i| i.state == State::Pending));
-        Ok(out)
-    }
-
+    ) -> domain::Result<Vec<Decoded>>;
     /// Stores the account's business hours.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn put_business_hours(
-        &mut self,
-        account: &str,
-        hours: &domain::BusinessHours,
-    ) -> domain::Result<()> {
-        Ok(rows::put_business_hours(
-            self.conn, account, hours, self.now,
-        )?)
-    }
-
+    fn put_business_hours(&mut self, account: &str, hours: &BusinessHours) -> domain::Result<()>;
+    /// The account's business hours, if set.
+    fn business_hours(&self, account: &str) -> domain::Result<Option<BusinessHours>>;
     /// A chunk of the account's re-resolution after a change of its business hours:
-    /// up to `limit` of its live items after the key `after` (by their rows, in
-    /// `(next_send_at, id)` order), and every item of the account changed since its row
-    /// was written that `seen` does not hold yet; of those, the ones PENDING now with a
-    /// BUSINESS_HOURS window, not out at a connector nor waiting for a retry, as they
-    /// are now; and the key to go on from (`None` when the walk is done).
-    ///
-    /// A changed item's row key is stale, and a write-back between two chunks may move
-    /// its row behind the walk: so changed items are taken from memory, once per walk
-    /// (`seen`, kept by the caller across chunks; after a restart it starts empty and
-    /// an item may be taken twice, which changes nothing). An item met again changes
-    /// nothing either; an unreadable row is passed over.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn rewindow_chunk(
+    /// up to `limit` of its live items after `after` in `(next_send_at, id)` order, of
+    /// those the ones PENDING with a BUSINESS_HOURS window, not out at a connector nor
+    /// waiting for a retry; and the key to go on from (`None`: done). `seen` is kept by
+    /// the caller across chunks (a backend may use it to take items once per walk).
+    fn rewindow_chunk(
         &mut self,
         account: &str,
-        after: rows::LiveKey,
+        after: LiveKey,
         limit: usize,
         seen: &mut std::collections::HashSet<ItemId>,
-    ) -> domain::Result<(Vec<Item>, Option<rows::LiveKey>)> {
-        let found = rows::live_items_after(self.conn, account, after, limit)?;
-        let next = if found.len() < limit {
-            None
-        } else {
-            found.last().map(|(k, _)| *k)
-        };
-        let mut ids: Vec<ItemId> = found
-            .into_iter()
-            .filter_map(|(_, item)| item.map(|i| i.id))
-            .collect();
-        let changed: Vec<ItemId> = self
-            .overlay
-            .items()
-            .filter(|i| i.account_id == account && i.state.is_live() && !seen.contains(&i.id))
-            .map(|i| i.id)
-            .collect();
-        seen.extend(changed.iter().copied());
-        ids.extend(changed);
-        ids.sort_unstable();
-        ids.dedup();
-        let mut kept = Vec::new();
-        for id in ids {
-            let Some(Ok(item)) = self.load_checked(id)? else {
-                continue;
-            };
-            if item.state == State::Pending
-                && item.next_attempt_at.is_none()
-                && item.timing.window() == domain::DeliveryWindow::BusinessHours
-            {
-                kept.push(item);
-            }
-        }
-        Ok((kept, next))
-    }
-
-    /// Where the account's re-resolution stands (see [`Tx::rewindow_chunk`]); `None`
-    /// when none is under way.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn rewindow_cursor(&self, account: &str) -> domain::Result<Option<(Millis, ItemId)>> {
-        Ok(rows::rewindow_cursor(self.conn, account)?)
-    }
-
+    ) -> domain::Result<(Vec<Item>, Option<LiveKey>)>;
+    /// Where the account's re-resolution stands; `None` when none is under way.
+    fn rewindow_cursor(&self, account: &str) -> domain::Result<Option<(Millis, ItemId)>>;
     /// Records where the account's re-resolution stands (`None`: done).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn set_rewindow_cursor(
+    fn set_rewindow_cursor(
         &mut self,
         account: &str,
         cursor: Option<(Millis, ItemId)>,
-    ) -> domain::Result<()> {
-        Ok(rows::set_rewindow_cursor(self.conn, account, cursor)?)
-    }
-
-    /// Sets the pause flag and/or rate limit of one account and channel; returns every
-    /// stored control.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn put_control(
+    ) -> domain::Result<()>;
+    /// Sets the pause flag and/or rate limit of one account and channel.
+    fn put_control(
         &mut self,
         account: &str,
         channel: domain::Channel,
         paused: Option<bool>,
         per_minute: Option<u32>,
-    ) -> domain::Result<()> {
-        Ok(rows::put_control(
-            self.conn, account, channel, paused, per_minute,
-        )?)
-    }
-
+    ) -> domain::Result<()>;
     /// Every stored dispatch control.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn all_controls(&self) -> domain::Result<Vec<rows::ControlRow>> {
-        Ok(rows::all_controls(self.conn)?)
-    }
-
+    fn all_controls(&self) -> domain::Result<Vec<ControlRow>>;
     /// Deletes up to `batch` of the oldest events before `cutoff` (retention); returns
-    /// how many. Events the rows do not reflect yet are kept, so the changed items are
-    /// written back first.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn prune_events(&mut self, cutoff: Millis, batch: u32) -> domain::Result<usize> {
-        self.sweep()?;
-        Ok(rows::prune_events(self.conn, cutoff, batch)?)
-    }
-
-    /// Writes every changed item back to its row now, in this write (for a query over
-    /// rows that needs them current).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn sweep(&mut self) -> domain::Result<()> {
-        // With nothing changed, this only moves the watermark up to the last event.
-        let (ids, mark) = self.overlay.take_for_sweep(usize::MAX);
-        let overlay = &*self.overlay;
-        let swept = rows::sweep(
-            self.conn,
-            ids.iter().filter_map(|&id| overlay.get(id)),
-            mark,
-        );
-        match swept {
-            Ok(()) => {
-                if self.progress.sweep_failing() {
-                    self.progress.set_sweep_failing(None);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.progress
-                    .sweep_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                self.progress
-                    .set_sweep_failing(Some(format!("writing rows back failed: {e}")));
-                Err(domain::Error::Unavailable(
-                    "the store cannot write its rows now (the disk refuses them); \
-                     try again later"
-                        .into(),
-                ))
-            }
-        }
-    }
-
-    /// The account's business hours, if set.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn business_hours(&self, account: &str) -> domain::Result<Option<domain::BusinessHours>> {
-        Ok(rows::get_business_hours(self.conn, account)?)
-    }
-
-    /// Stores a new PENDING item (from `domain::machine::schedule`, whose `change` it
-    /// records like [`Tx::save`]); returns its id, which the item gets.
-    ///
+    /// how many.
+    fn prune_events(&mut self, cutoff: Millis, batch: u32) -> domain::Result<usize>;
+    /// Stores a new PENDING item (from `domain::machine::schedule`); returns its id.
     /// The caller counted the item's quota slot already: it is given back if this
     /// write does not commit.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn insert(
-        &mut self,
-        new: &NewItem,
-        send_at: Millis,
-        timing: &Timing,
-    ) -> domain::Result<ItemId> {
-        self.fx.reserved.push(new.account_id.clone());
-        let id = rows::insert_item(self.conn, new, send_at, timing, self.now)?;
-        // Counted at once; a rollback leaves the count high, which is safe.
-        self.tickets
-            .add(tickets::LiveTickets::slot(&new.account_id, &new.ticket_id));
-        Ok(id)
-    }
-
-    /// Records `item` after `change` (from `domain::machine`): appends the event (the
-    /// journal) and keeps the item dirty in memory until a sweep writes its row back;
-    /// the timer and the quota slot follow once the write is durable. Returns the
-    /// event's sequence number.
-    ///
-    /// # Errors
-    /// Storage errors; the write's savepoint then rolls back with everything it did.
-    pub fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
-        let seq = rows::insert_event(self.conn, change.event, item, self.now)?;
-        self.overlay.put(item.clone(), seq);
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        self.fx.timers.push(match change.timer {
-            Timer::Set(at) => WheelOp::Set(item.id, at),
-            Timer::Remove => WheelOp::Remove(item.id),
-        });
-        if change.left_live {
-            self.fx.released.push(item.account_id.clone());
-            self.fx.left_tickets.push(tickets::LiveTickets::slot(
-                &item.account_id,
-                &item.ticket_id,
-            ));
-        }
-        Ok(seq)
-    }
-
-    /// Records the event of a new item (after [`Tx::insert`]) and its timer.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn save_new(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
-        let seq = rows::insert_event(self.conn, change.event, item, self.now)?;
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        if let Timer::Set(at) = change.timer {
-            self.fx.timers.push(WheelOp::Set(item.id, at));
-        }
-        Ok(seq)
-    }
-
-    /// After commit, the item's timer fires at `at` again (nothing about the item
-    /// changed: a timer that fired for a send time moved since).
-    pub fn rearm(&mut self, id: ItemId, at: Millis) {
-        self.fx.timers.push(WheelOp::Set(id, at));
-    }
-
+    fn insert(&mut self, new: &NewItem, send_at: Millis, timing: &Timing)
+        -> domain::Result<ItemId>;
+    /// Records `item` after `change` (from `domain::machine`): the item and its event;
+    /// the timer and the quota slot follow once durable. Returns the event's sequence.
+    fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64>;
+    /// Records the event of a new item (after `insert`) and its timer.
+    fn save_new(&mut self, item: &Item, change: Change) -> domain::Result<u64>;
+    /// After commit, the item's timer fires at `at` again.
+    fn rearm(&mut self, id: ItemId, at: Millis);
     /// Fails a live item whose row cannot be decoded, through the state machine
-    /// (`Command::Unreadable`): FAILED with `why` as its last error and a FAILED event,
-    /// lease and timer gone, quota slot freed. The item is read as far as its row can
-    /// be; only its state columns are written (the overlay's write-back would rewrite
-    /// the columns that cannot be decoded with defaults: they are kept as found).
-    /// Returns whether it failed (`false`: not live, or nothing of it can be read).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<bool> {
-        self.touch(id)?;
-        if self.overlay.get(id).is_some() {
-            // Decoded in memory: not unreadable (its change is written back later).
-            return Ok(false);
-        }
-        let Some(mut item) = rows::get_item_lenient(self.conn, id)? else {
-            return Ok(false);
-        };
-        let cmd = domain::machine::Command::Unreadable {
-            why: why.to_owned(),
-        };
-        let domain::machine::Step::Changed(change) =
-            domain::machine::step(&mut item, cmd, self.now)?
-        else {
-            return Ok(false);
-        };
-        if rows::fail_unreadable(self.conn, id, why, self.now)?.is_none() {
-            return Ok(false);
-        }
-        let seq = rows::insert_event(self.conn, change.event, &item, self.now)?;
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        self.fx.timers.push(WheelOp::Remove(id));
-        if change.left_live {
-            self.fx.released.push(item.account_id.clone());
-            self.fx.left_tickets.push(tickets::LiveTickets::slot(
-                &item.account_id,
-                &item.ticket_id,
-            ));
-        }
-        Ok(true)
-    }
-
-    /// Marks the item read by this write (no dispatcher claim made from an older read
-    /// is accepted) and applies its waiting claim first, if any (see `claims`).
-    fn touch(&mut self, id: ItemId) -> domain::Result<()> {
-        if let Some(c) = self.overlay.claims.touch(id) {
-            self.apply_claim(c)?;
-        }
-        Ok(())
-    }
-
-    /// Marks leases this write recorded (with [`Tx::save`]) as out: their jobs leave as
-    /// soon as this write has run, before the group commits. Should this write or its
-    /// group not commit after this, a lease is not lost with it (its job is out): it is
-    /// given back as a claim and the next write applies it again, before any later
-    /// write reads the item. Called once every lease of the write is recorded, so a
-    /// write that fails before its jobs leave rolls its leases back like any change.
-    pub fn leases_out(&mut self, leases: impl IntoIterator<Item = (Item, Change)>) {
-        for (item, change) in leases {
-            self.overlay.claims.add_uncommitted(1);
-            self.overlay.applying(claims::Claim { item, change });
-        }
-    }
-
-    /// Whether a write earlier in the open group (not yet committed) changed the item:
-    /// a job taken from it now could carry a change that never commits.
-    pub fn changed_in_group(&self, id: ItemId) -> bool {
-        self.overlay.changed_in_group(id)
-    }
-
-    /// Records a lease the dispatcher took (its job is out already): the item's
-    /// DISPATCHING event, as [`Tx::save`].
-    fn apply_claim(&mut self, c: claims::Claim) -> domain::Result<()> {
-        let saved = self.save(&c.item, c.change);
-        // Logged also when the save failed: its rollback gives the claim back.
-        self.overlay.applying(c);
-        saved.map(drop)
-    }
-
+    /// (`Command::Unreadable`); returns whether it failed.
+    fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<bool>;
+    /// Marks leases this write recorded (with `save`) as out: their jobs leave as soon
+    /// as this write has run, before the group commits.
+    fn leases_out(&mut self, leases: Vec<(Item, Change)>);
+    /// Whether a write earlier in the open group (not yet committed) changed the item.
+    fn changed_in_group(&self, id: ItemId) -> bool;
     /// Runs `f` in a savepoint of its own inside this write: its `Err` rolls back what
     /// `f` wrote (and the effects it recorded) and is returned as the inner result; the
-    /// outer error is a storage failure that ended the whole transaction. `f` may not
-    /// take quota slots (dispatch outcomes never do).
+    /// outer error is a storage failure that ended the whole transaction.
+    fn isolated_dyn(
+        &mut self,
+        f: &mut dyn FnMut(&mut Tx<'_>) -> domain::Result<()>,
+    ) -> domain::Result<domain::Result<()>>;
+    /// Writes every changed item back to its row now (SQLite's journal); a no-op for
+    /// a backend that writes rows in place.
+    fn sweep(&mut self) -> domain::Result<()> {
+        Ok(())
+    }
+    /// For fault-injection tests only: the SQLite connection, if this is SQLite.
+    #[doc(hidden)]
+    fn sqlite_connection(&self) -> Option<&rusqlite::Connection> {
+        None
+    }
+}
+
+/// What a write closure gets: the write's `now`, and the typed operations of
+/// [`WriteTx`] on the group's open transaction (inside this write's savepoint).
+pub struct Tx<'a> {
+    /// The time of this write (one clock read per write).
+    pub now: Millis,
+    ops: &'a mut dyn WriteTx,
+}
+
+impl<'a> Tx<'a> {
+    /// A write's view of a backend's transaction.
+    pub fn new(now: Millis, ops: &'a mut dyn WriteTx) -> Self {
+        Tx { now, ops }
+    }
+
+    /// As [`WriteTx::isolated_dyn`], returning `f`'s value.
     ///
     /// # Errors
-    /// The transaction cannot go on (SQLite rolled it back).
+    /// The transaction cannot go on.
     pub fn isolated<T>(
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> domain::Result<T>,
     ) -> domain::Result<domain::Result<T>> {
-        self.conn.prepare_cached("SAVEPOINT o")?.execute([])?;
-        let mark = self.fx.clone();
-        let overlay_mark = self.overlay.mark();
-        match f(self) {
-            Ok(v) => {
-                self.conn.prepare_cached("RELEASE o")?.execute([])?;
-                Ok(Ok(v))
-            }
-            Err(e) => {
-                if self.conn.is_autocommit() {
-                    return Err(e);
-                }
-                self.conn.execute_batch("ROLLBACK TO o; RELEASE o")?;
-                debug_assert_eq!(
-                    self.fx.reserved.len(),
-                    mark.reserved.len(),
-                    "an isolated step may not reserve quota"
-                );
-                *self.fx = mark;
-                self.overlay.rollback_to(overlay_mark);
-                Ok(Err(e))
-            }
+        let mut f = Some(f);
+        let mut out = None;
+        let r = self.ops.isolated_dyn(&mut |tx| {
+            let f = f
+                .take()
+                .ok_or_else(|| domain::Error::Internal("an isolated step ran twice".into()))?;
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        Ok(r.and_then(|()| {
+            out.ok_or_else(|| domain::Error::Internal("an isolated step did not run".into()))
+        }))
+    }
+
+    /// For fault-injection tests only: the raw SQLite connection (PRAGMAs such as
+    /// `max_page_count`). Panics on another backend.
+    #[doc(hidden)]
+    pub fn raw_connection(&self) -> &rusqlite::Connection {
+        self.ops
+            .sqlite_connection()
+            .expect("raw_connection is for tests on the SQLite store")
+    }
+
+    /// Marks leases this write recorded as out (see [`WriteTx::leases_out`]).
+    pub fn leases_out(&mut self, leases: impl IntoIterator<Item = (Item, Change)>) {
+        self.ops.leases_out(leases.into_iter().collect());
+    }
+}
+
+impl<'a> std::ops::Deref for Tx<'a> {
+    type Target = dyn WriteTx + 'a;
+    fn deref(&self) -> &Self::Target {
+        &*self.ops
+    }
+}
+
+impl<'a> std::ops::DerefMut for Tx<'a> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.ops
+    }
+}
+
+/// Releases what [`Store::hold_durability`] held when dropped.
+#[doc(hidden)]
+pub struct DurabilityHold(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl DurabilityHold {
+    /// Wraps a backend's guard.
+    pub fn new(guard: Box<dyn Send + Sync>) -> Self {
+        DurabilityHold(guard)
+    }
+}
+
+/// A storage engine: reads, lifecycle and the queue of writes. See the module's
+/// Contract.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The server's counters and histograms (each store has its own).
+    fn metrics(&self) -> &Arc<crate::metrics::Metrics>;
+    /// Which tickets may have live items (start-up recovery fills it).
+    fn live_tickets(&self) -> Arc<tickets::LiveTickets>;
+    /// Why the store cannot do all its work now; `None` while it can.
+    fn degraded(&self) -> watch::Receiver<Option<String>>;
+    /// Why the store cannot go on at all, once that happened.
+    fn fatal(&self) -> watch::Receiver<Option<String>>;
+    /// The sequence of the last durable event.
+    fn event_sequence(&self) -> watch::Receiver<u64>;
+    /// Queues a write; resolves once it is queued (writes run in queue order).
+    async fn submit(&self, job: Job) -> Result<(), StoreError>;
+    /// Stops the writer after the writes already queued.
+    async fn close(&self);
+
+    /// The item, if it belongs to `account`.
+    async fn get_item(&self, account: String, id: ItemId) -> domain::Result<Option<Item>>;
+    /// Every item of the ticket, in creation order.
+    async fn ticket_items(&self, account: String, ticket: String) -> domain::Result<Vec<Item>>;
+    /// A page of the account's items (ListScheduled).
+    async fn list_items(
+        &self,
+        q: ListQuery,
+        after: Option<(Millis, ItemId)>,
+        limit: usize,
+    ) -> domain::Result<Rows<Item>>;
+    /// A page of the account's tickets with live items (ListDeferredTickets).
+    async fn deferred_tickets(
+        &self,
+        account: String,
+        order: Order,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> domain::Result<Rows<DeferredTicket>>;
+    /// Outbox events after `after` (every account's when `account` is `None`).
+    async fn events_after(
+        &self,
+        account: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<EventsAfter>;
+    /// What start-up rebuilds its memory from; counts live items into
+    /// [`Backend::live_tickets`].
+    async fn recovery_scan(&self) -> domain::Result<RecoveryScan>;
+    /// Ids of every live item.
+    async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>>;
+    /// What changed in `account` after `after`: `(seq, type, item, ticket)`.
+    async fn event_heads(
+        &self,
+        account: String,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<Vec<(u64, EventType, ItemId, String)>>;
+    /// The account's business hours, if set.
+    async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>>;
+    /// Accounts whose re-resolution of business-hours items is under way.
+    async fn rewindows_under_way(&self) -> domain::Result<Vec<String>>;
+    /// What dispatch needs of the items whose timers fired (a hint).
+    async fn due_items(&self, ids: Vec<ItemId>) -> domain::Result<DueRead>;
+
+    /// Leases the dispatcher took itself from rows read by `due_items`: the accepted
+    /// ones and the refused ones (lease those through a write). Default: refuse all.
+    fn claim(&self, _read_at: u64, claims: Vec<Claim>) -> (Vec<Claim>, Vec<Claim>) {
+        (Vec::new(), claims)
+    }
+    /// For tests: holds committed groups back from durability. `None`: not supported.
+    fn hold_durability(&self) -> Option<DurabilityHold> {
+        None
+    }
+    /// How many write-backs of rows failed so far (SQLite's journal; 0 elsewhere).
+    fn sweep_failures(&self) -> u64 {
+        0
+    }
+}
+
+/// Where the data lives: `--db` parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbTarget {
+    /// An SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
+    Postgres(String),
+}
+
+impl DbTarget {
+    /// `postgres://...` / `postgresql://...` is PostgreSQL; anything else a file path.
+    pub fn parse(db: &str) -> DbTarget {
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            DbTarget::Postgres(db.to_owned())
+        } else {
+            DbTarget::Sqlite(PathBuf::from(db))
+        }
+    }
+
+    /// For messages and logs: the path, or the URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            DbTarget::Sqlite(p) => p.display().to_string(),
+            DbTarget::Postgres(url) => redact_url(url),
         }
     }
 }
 
-/// Due items [`Store::due_items`] reads on the calling thread (more go to the
-/// blocking pool).
-const READ_HERE: usize = 64;
-
-/// What [`Store::due_items`] read.
-#[derive(Debug)]
-pub struct DueRead {
-    /// The claims epoch the read started at.
-    pub epoch: u64,
-    /// Items known from memory (changed, not yet on their rows), and those whose rows
-    /// cannot be read as items.
-    pub metas: Vec<meta::ItemMeta>,
-    /// Items read whole from their rows.
-    pub items: Vec<Item>,
+/// `url` with its password (if any) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable database URL>".into(),
+    }
 }
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    writer: writer::WriterHandle,
-    readers: Arc<reader::ReadPool>,
-    events: watch::Receiver<u64>,
-    progress: Arc<writer::Progress>,
-}
-
-/// Releases the sync stage when dropped (see [`Store::hold_durability`]).
-#[doc(hidden)]
-pub struct DurabilityHold(Arc<writer::Progress>);
-
-impl Drop for DurabilityHold {
-    fn drop(&mut self) {
-        self.0.set_hold(false);
-    }
-}
-
-/// Opens the database file read-write, applying pragmas; shared by writer and tools.
-fn open_rw(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
-    let unusable = |e: rusqlite::Error| StoreError::Unusable {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(unusable)?;
-    trace::install(&conn);
-    // The first statement that reads the file tells a non-database apart.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(unusable)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Unusable {
-            path: path.to_path_buf(),
-            reason: format!("could not switch to WAL (journal_mode is {mode})"),
-        });
-    }
-    let sync = match sync {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_handler(Some(wait_briefly))?;
-    // 64 MiB: RSS after loading 1M items over gRPC was 355 B/item with 256 MiB (the
-    // cache fills up), over the 150 B budget; with schema v4's smaller index set the
-    // larger cache no longer measured faster (BENCHMARKS.md, second round).
-    conn.pragma_update(None, "cache_size", -65_536)?;
-    // Savepoint sub-journals (one per write in a group) in memory, not in a temp file:
-    // they were ~27% of the writer's CPU in a dispatch profile.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    Ok(conn)
-}
-
-/// The busy handler of every connection: waits for a lock in short steps (100 us, then
-/// 1 ms), up to about 10 s. SQLite's own `busy_timeout` sleeps up to 100 ms per step:
-/// the writer found the lock free a few ms after a checkpoint took it, but slept on
-/// for another 25-100 ms (measured: stalls of 18-180 ms, the on-time lateness p99).
-pub(crate) fn wait_briefly(attempt: i32) -> bool {
-    match attempt {
-        0..1_000 => std::thread::sleep(std::time::Duration::from_micros(100)),
-        1_000..10_900 => std::thread::sleep(std::time::Duration::from_millis(1)),
-        _ => return false,
-    }
-    true
-}
-
-/// The WAL file of the connection's main database, as SQLite itself names it: the
-/// real file's name with `-wal` (SQLite resolves a symlinked path, so `<link>-wal` would
-/// be the wrong file, or none).
-fn wal_path(conn: &Connection, given: &Path) -> PathBuf {
-    let db = conn
-        .path()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| given.to_path_buf());
-    let mut wal = db.into_os_string();
-    wal.push("-wal");
-    PathBuf::from(wal)
+    backend: Arc<dyn Backend>,
 }
 
 impl Store {
-    /// Opens (creating and migrating when needed) the database at `path` and starts the
-    /// writer thread. `hook` receives committed timer changes.
+    /// Opens the store at `db` (creating and migrating the schema when needed) and
+    /// starts its writer. `hook` receives committed timer changes.
     ///
     /// # Errors
-    /// The file is not a database, has a newer schema, or cannot be opened.
-    pub fn open(
-        path: &Path,
-        sync: Synchronous,
-        clock: Arc<dyn Clock>,
+    /// The database cannot be reached or opened, is not a sendlater database, or has a
+    /// newer schema.
+    pub fn open_target(
+        db: &DbTarget,
+        sync: crate::config::Synchronous,
+        clock: Arc<dyn crate::clock::Clock>,
         hook: Arc<dyn CommitHook>,
     ) -> Result<Store, StoreError> {
-        let mut conn = open_rw(path, sync)?;
-        schema::migrate(&mut conn).map_err(|e| match e {
-            StoreError::Sqlite(e) => StoreError::Unusable {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            },
-            other => other,
-        })?;
-        // Changes the previous process journalled but had not written back yet.
-        let started = std::time::Instant::now();
-        let tx = conn.transaction()?;
-        let replayed = rows::replay(&tx)?;
-        tx.commit()?;
-        if replayed > 0 {
-            tracing::info!(
-                events = replayed,
-                ms = started.elapsed().as_millis() as u64,
-                "replayed the journal past the sweep watermark"
-            );
-        }
-        let last_seq: i64 =
-            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
-        let (events_tx, events) = watch::channel(last_seq as u64);
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = checkpoint::Checkpointer::start(path, sync)?;
-        // FULL: the writer's COMMIT only writes the WAL; the sync stage fsyncs it before
-        // anyone is answered (see writer.rs), so the next group runs during the flush.
-        let durability = match sync {
-            Synchronous::Full => {
-                conn.pragma_update(None, "synchronous", "NORMAL")?;
-                writer::Durability::SyncWal(wal_path(&conn, path))
-            }
-            Synchronous::Normal => writer::Durability::Sqlite,
+        let backend: Arc<dyn Backend> = match db {
+            DbTarget::Sqlite(path) => Arc::new(sqlite::Store::open(path, sync, clock, hook)?),
+            DbTarget::Postgres(url) => postgres::PgStore::open(url, sync, clock, hook)?,
         };
-        let progress = writer::Progress::new();
-        let writer = writer::spawn(
-            conn,
-            hook,
-            events_tx,
-            clock,
-            checkpointer,
-            durability,
-            progress.clone(),
-        )?;
-        let readers = Arc::new(reader::ReadPool::new(path.to_path_buf(), 4));
-        Ok(Store {
-            writer,
-            readers,
-            events,
-            progress,
-        })
+        Ok(Store { backend })
+    }
+
+    /// Opens the SQLite store at `path` (see [`Store::open_target`]).
+    ///
+    /// # Errors
+    /// As [`Store::open_target`].
+    pub fn open(
+        path: &std::path::Path,
+        sync: crate::config::Synchronous,
+        clock: Arc<dyn crate::clock::Clock>,
+        hook: Arc<dyn CommitHook>,
+    ) -> Result<Store, StoreError> {
+        Self::open_target(&DbTarget::Sqlite(path.to_path_buf()), sync, clock, hook)
+    }
+
+    /// A store over `backend`.
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
     }
 
     /// For tests: until the returned guard is dropped, committed groups are not made
-    /// durable (no fsync, no answers, no effects): what a client or a connector can see
-    /// between a commit and its fsync can then be checked deterministically.
+    /// durable. Panics on a backend that cannot (only SQLite can).
     #[doc(hidden)]
     pub fn hold_durability(&self) -> DurabilityHold {
-        self.progress.set_hold(true);
-        DurabilityHold(self.progress.clone())
+        self.backend
+            .hold_durability()
+            .expect("hold_durability is for tests on the SQLite store")
     }
 
     /// The server's counters and histograms (each store has its own).
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
-        &self.progress.metrics
+        self.backend.metrics()
     }
 
-    /// Which tickets may have live items: start-up recovery counts every live item
-    /// into it (`recovery::recovery_scan`), then marks it ready.
+    /// Which tickets may have live items.
     pub fn live_tickets(&self) -> Arc<tickets::LiveTickets> {
-        self.progress.tickets.clone()
+        self.backend.live_tickets()
     }
 
-    /// How many write-backs of rows (sweeps) failed and were rolled back so far (for
-    /// tests and diagnostics).
+    /// How many write-backs of rows failed so far (for tests and diagnostics).
     #[doc(hidden)]
     pub fn sweep_failures(&self) -> u64 {
-        self.progress
-            .sweep_failures
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.backend.sweep_failures()
     }
 
-    /// Why the store cannot do all its work now (rows cannot be written back, so
-    /// reads fail; or groups fail to commit), `None` while it can: the service is out
-    /// of rotation (health NOT_SERVING) meanwhile, and back once the next write-back
-    /// or commit succeeds.
+    /// Why the store cannot do all its work now, `None` while it can: the service is
+    /// out of rotation (health NOT_SERVING) meanwhile.
     pub fn degraded(&self) -> watch::Receiver<Option<String>> {
-        self.progress.degraded()
+        self.backend.degraded()
     }
 
-    /// The reason the writer died (a panic or a lost thread), once it has; writes fail
-    /// from then on and the process should stop so a supervisor restarts it.
+    /// The reason the writer died, once it has; the process should stop.
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {
-        self.progress.fatal()
+        self.backend.fatal()
     }
 
-    /// Runs `f` in the writer's next group transaction and waits for the commit.
-    /// `f` runs inside its own savepoint: an `Err` rolls back its writes (and its
-    /// timer changes and events) alone.
+    /// Runs `f` in the writer's next group transaction and waits for the commit. `f`
+    /// runs inside its own savepoint: an `Err` rolls back its writes alone.
     ///
     /// # Errors
     /// `f`'s error, or `Unavailable`/`Internal` when the commit failed or the store
@@ -891,7 +593,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
     {
-        self.writer.write(f).await
+        self.enqueue(f).await?.await
     }
 
     /// As [`Store::write`], in two steps: resolves once the write is queued (writes
@@ -907,223 +609,148 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
     {
-        self.writer.enqueue(f).await
+        let (reply, rx) = oneshot::channel::<domain::Result<T>>();
+        let job: Job = Box::new(move |tx: &mut Tx<'_>| {
+            let r = f(tx);
+            let ok = r.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let _ = reply.send(match commit {
+                    Ok(()) => r,
+                    Err(e) => Err(e.into()),
+                });
+            });
+            (ok, done)
+        });
+        self.backend.submit(job).await?;
+        Ok(async move {
+            rx.await
+                .map_err(|_| domain::Error::from(StoreError::Closed))?
+        })
     }
 
-    /// Runs `f` on a read-only connection on a blocking thread, and returns once what
-    /// it read is durable: a group that committed but is still waiting for its fsync
-    /// is visible to SQLite readers, and a client must not see (or act on) what a power
-    /// loss could take back. So the answer waits for the fsync in progress, if any.
+    /// See [`Backend::get_item`].
     ///
     /// # Errors
-    /// `f`'s error, or a storage error (`Unavailable` once the writer died).
-    pub async fn read<T, F>(&self, f: F) -> domain::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
-    {
-        // Rows must reflect every change answered so far: changed items still in the
-        // writer's memory are written back first (one write; none when nothing waits).
-        if self
-            .progress
-            .dirty
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-            || self.progress.claims.waiting() > 0
-        {
-            self.writer.write(|tx| tx.sweep()).await?;
-        }
-        self.read_journal(f).await
+    /// Storage errors.
+    pub async fn get_item(&self, account: String, id: ItemId) -> domain::Result<Option<Item>> {
+        self.backend.get_item(account, id).await
     }
 
-    /// As [`Store::read`], without writing changed items back first: for reads of what
-    /// a change appends (events) and of what never changes; still only what is durable.
+    /// See [`Backend::ticket_items`].
     ///
     /// # Errors
-    /// `f`'s error, or a storage error.
-    pub async fn read_journal<T, F>(&self, f: F) -> domain::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
-    {
-        let r = self.readers.read(f).await?;
-        self.progress.durable_barrier().await?;
-        Ok(r)
+    /// Storage errors.
+    pub async fn ticket_items(&self, account: String, ticket: String) -> domain::Result<Vec<Item>> {
+        self.backend.ticket_items(account, ticket).await
     }
 
-    /// As [`Store::read`], without waiting for durability: for the engine's own hints
-    /// (which due items to look at), never for what a client sees. Every decision taken
-    /// from it is re-checked inside a write.
+    /// See [`Backend::list_items`].
     ///
     /// # Errors
-    /// `f`'s error, or a storage error.
-    pub async fn read_hint<T, F>(&self, f: F) -> domain::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> domain::Result<T> + Send + 'static,
-    {
-        self.readers.read(f).await
+    /// Storage errors.
+    pub async fn list_items(
+        &self,
+        q: ListQuery,
+        after: Option<(Millis, ItemId)>,
+        limit: usize,
+    ) -> domain::Result<Rows<Item>> {
+        self.backend.list_items(q, after, limit).await
     }
 
-    /// What dispatch needs to know of the items whose timers fired (those of `ids` that
-    /// exist, in no particular order): from memory for an item whose committed change
-    /// is not on its row yet (meta only), else the whole row; with the claims epoch
-    /// read before (see [`Store::claim`]). A hint, as [`Store::read_hint`].
+    /// See [`Backend::deferred_tickets`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn deferred_tickets(
+        &self,
+        account: String,
+        order: Order,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> domain::Result<Rows<DeferredTicket>> {
+        self.backend
+            .deferred_tickets(account, order, after, limit)
+            .await
+    }
+
+    /// See [`Backend::events_after`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn events_after(
+        &self,
+        account: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<EventsAfter> {
+        self.backend.events_after(account, after, limit).await
+    }
+
+    /// See [`Backend::recovery_scan`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn recovery_scan(&self) -> domain::Result<RecoveryScan> {
+        self.backend.recovery_scan().await
+    }
+
+    /// See [`Backend::live_item_ids`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
+        self.backend.live_item_ids().await
+    }
+
+    /// See [`Backend::event_heads`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn event_heads(
+        &self,
+        account: String,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<Vec<(u64, EventType, ItemId, String)>> {
+        self.backend.event_heads(account, after, limit).await
+    }
+
+    /// See [`Backend::business_hours`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>> {
+        self.backend.business_hours(account).await
+    }
+
+    /// See [`Backend::rewindows_under_way`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
+        self.backend.rewindows_under_way().await
+    }
+
+    /// See [`Backend::due_items`].
     ///
     /// # Errors
     /// Storage errors.
     pub async fn due_items(&self, ids: Vec<ItemId>) -> domain::Result<DueRead> {
-        // Before anything is read: a claim made from these rows is checked against
-        // every write that touched them since.
-        let epoch = self.progress.claims.epoch();
-        let mut metas = Vec::new();
-        let mut rest = Vec::with_capacity(ids.len());
-        {
-            let hints = self
-                .progress
-                .hints
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for id in ids {
-                match hints.get(&id) {
-                    Some(h) => metas.push(h.meta.clone()),
-                    None => rest.push(id),
-                }
-            }
-        }
-        let mut items = Vec::new();
-        if !rest.is_empty() {
-            let here = rest.len() <= READ_HERE;
-            let read = move |conn: &Connection| Ok(meta::due_items(conn, &rest)?);
-            // A small read (the on-time case: a few due items a round) runs right here,
-            // a few hundred us on the caller's worker: the hop to the blocking pool and
-            // back cost more than that (BENCHMARKS.md, sixth round: lateness p50 2.1 vs
-            // 2.6-2.8 ms, p99 12.5-14.7 vs 17.2-20.8 ms). A larger one goes to the pool.
-            let (whole, unreadable) = if here {
-                self.readers.read_here(read)?
-            } else {
-                self.readers.read(read).await?
-            };
-            items = whole;
-            metas.extend(unreadable);
-        }
-        Ok(DueRead {
-            epoch,
-            metas,
-            items,
-        })
+        self.backend.due_items(ids).await
     }
 
-    /// Leases the dispatcher took itself from rows read by [`Store::due_items`] at
-    /// `read_at` (see `claims`): returns the accepted ones (their jobs may leave now;
-    /// the writer records them before any later write reads the item) and the refused
-    /// ones (lease them through a write).
-    pub fn claim(
-        &self,
-        read_at: u64,
-        claims: Vec<claims::Claim>,
-    ) -> (Vec<claims::Claim>, Vec<claims::Claim>) {
-        let (ok, refused) = self.progress.claims.claim(read_at, claims);
-        if !ok.is_empty() {
-            self.writer.poke();
-        }
-        (ok, refused)
+    /// See [`Backend::claim`].
+    pub fn claim(&self, read_at: u64, claims: Vec<Claim>) -> (Vec<Claim>, Vec<Claim>) {
+        self.backend.claim(read_at, claims)
     }
 
-    /// The sequence number of the last committed event; changes after each commit
-    /// that wrote events.
+    /// The sequence number of the last committed event.
     pub fn event_sequence(&self) -> watch::Receiver<u64> {
-        self.events.clone()
+        self.backend.event_sequence()
     }
 
     /// Stops the writer after the writes already queued; waits for its thread.
     pub async fn close(&self) {
-        self.writer.close().await;
-    }
-}
-
-/// Items for the store's unit tests.
-#[cfg(test)]
-pub(crate) mod test_support {
-    use crate::domain::{ChatContent, Content, Item, ItemId, Kind, NewItem, OnActivity};
-
-    /// A chat reply of account "a", ticket "t", due at 1.
-    pub(crate) fn new_chat() -> NewItem {
-        NewItem {
-            account_id: "a".into(),
-            ticket_id: "t".into(),
-            kind: Kind::Reply,
-            channel: crate::domain::Channel::Chat,
-            author_id: "u".into(),
-            content: Content::Chat(ChatContent::default()),
-            send_at: 1,
-            on_activity: OnActivity::Keep,
-            request_id: None,
-            timing: Default::default(),
-        }
-    }
-
-    /// [`new_chat`], PENDING with this id.
-    pub(crate) fn pending_chat(id: ItemId) -> Item {
-        new_chat().into_pending(id, 1)
-    }
-
-    /// A commit hook that ignores everything.
-    pub(crate) struct NoHook;
-    impl super::CommitHook for NoHook {
-        fn durable(&self, _: &super::Effects) {}
-        fn abandoned(&self, _: &super::Effects) {}
-    }
-
-    /// A store on a new file in `dir` holding one [`new_chat`] item; returns its id.
-    pub(crate) async fn store_with_item(dir: &tempfile::TempDir) -> (super::Store, ItemId) {
-        let store = super::Store::open(
-            &dir.path().join("t.db"),
-            crate::config::Synchronous::Full,
-            std::sync::Arc::new(crate::clock::SystemClock),
-            std::sync::Arc::new(NoHook),
-        )
-        .expect("store opens");
-        let new = new_chat();
-        let id = store
-            .write(move |tx| tx.insert(&new, 1, &Default::default()))
-            .await
-            .expect("inserted");
-        (store, id)
-    }
-
-    /// Makes every later append of an event of item `id` fail (a temporary trigger on
-    /// the writer's connection), until [`allow_events`].
-    pub(crate) async fn refuse_events_of(store: &super::Store, id: ItemId) {
-        store
-            .write(move |tx| {
-                tx.raw_connection().execute_batch(&format!(
-                    "CREATE TEMP TRIGGER no_event BEFORE INSERT ON events \
-                     WHEN NEW.item_id = {id} BEGIN SELECT RAISE(ABORT, 'injected'); END"
-                ))?;
-                Ok(())
-            })
-            .await
-            .expect("trigger created");
-    }
-
-    /// Undoes [`refuse_events_of`].
-    pub(crate) async fn allow_events(store: &super::Store) {
-        store
-            .write(|tx| {
-                tx.raw_connection().execute_batch("DROP TRIGGER no_event")?;
-                Ok(())
-            })
-            .await
-            .expect("trigger dropped");
-    }
-
-    /// The item's row as stored (after a write-back).
-    pub(crate) async fn stored(store: &super::Store, id: ItemId) -> Item {
-        store
-            .read(move |conn| Ok(super::rows::get_item_any(conn, id)?))
-            .await
-            .expect("read")
-            .expect("row")
+        self.backend.close().await;
     }
 }

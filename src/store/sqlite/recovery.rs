@@ -12,24 +12,11 @@
 
 use rusqlite::Connection;
 
-use super::rows::{all_controls, ControlRow};
+use super::rows::all_controls;
 use super::tickets::LiveTickets;
 use super::StoreError;
 use crate::domain::{ItemId, Millis};
-
-/// What start-up recovery reads from the file.
-#[derive(Debug, Clone, Default)]
-pub struct RecoveryScan {
-    /// Every live (PENDING or DISPATCHING) item: its id and next send time, in
-    /// `items_live` order (by account).
-    pub timers: Vec<(ItemId, Millis)>,
-    /// The number of live items of each account that has any, each account once.
-    pub live_counts: Vec<(String, u64)>,
-    /// Items that were leased (DISPATCHING) when the previous process stopped.
-    pub leased: usize,
-    /// Every stored dispatch control (pause, rate limit) in force.
-    pub controls: Vec<ControlRow>,
-}
+use crate::store::RecoveryScan;
 
 /// Reads what the engine rebuilds at start-up: one pass over the partial index
 /// `items_live` (ids, times and per-account counts; each live item is counted into

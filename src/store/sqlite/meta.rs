@@ -17,41 +17,11 @@ use rusqlite::{params_from_iter, Connection};
 
 use super::rows::{item_from_row, with_lease, ITEM_COLUMNS, LEASE_EXPIRES};
 use super::StoreError;
-use crate::domain::{Channel, Item, ItemId, Millis, State, Timing};
+use crate::domain::{Channel, Item, ItemId, State, Timing};
+use crate::store::ItemMeta;
 
 /// Ids per statement (well under SQLite's bound-parameter limit).
 const CHUNK: usize = 500;
-
-/// What dispatch needs to know about an item whose timer fired.
-#[derive(Debug, Clone)]
-pub struct ItemMeta {
-    pub id: ItemId,
-    pub account: String,
-    /// The channel, the state (DISPATCHING when the item holds a lease) and the
-    /// timing; `Err` says why the stored row cannot be decoded.
-    pub decoded: Result<(Channel, State, Timing), String>,
-    /// When its lease ends, if it holds one.
-    pub lease_expires_at: Option<Millis>,
-    /// Attempts, counting the one under way when it holds a lease (as stored when the
-    /// row cannot be decoded).
-    pub attempts: u32,
-    /// Its send time (a lateness window counts from it).
-    pub send_at: Millis,
-}
-
-impl ItemMeta {
-    /// The meta of an item as it is in memory.
-    pub fn of(item: &crate::domain::Item) -> Self {
-        ItemMeta {
-            id: item.id,
-            account: item.account_id.clone(),
-            decoded: Ok((item.channel, item.state, item.timing.clone())),
-            lease_expires_at: item.lease_expires_at,
-            attempts: item.attempts,
-            send_at: item.send_at,
-        }
-    }
-}
 
 /// The items of `ids` that have a row, whole (dispatch may lease them itself: see
 /// `claims`), and the [`ItemMeta`] of those whose row cannot be read as an item (it

@@ -17,9 +17,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::queries::{self, EventsAfter, Rows};
+use super::queries;
 use super::Store;
 use crate::domain::{self, DeferredTicket, Item, ItemId, ListQuery, Millis, Order, State};
+use crate::store::{EventsAfter, Rows};
 
 /// Whether `item` is one `q` lists (the SQL filters of `queries::list_items`).
 pub(super) fn matches(q: &ListQuery, item: &Item) -> bool {
@@ -312,7 +313,7 @@ impl Store {
     ///
     /// # Errors
     /// Storage errors.
-    pub async fn recovery_scan(&self) -> domain::Result<super::recovery::RecoveryScan> {
+    pub async fn recovery_scan(&self) -> domain::Result<crate::store::RecoveryScan> {
         let tickets = self.live_tickets();
         self.read(move |conn| Ok(super::recovery::recovery_scan(conn, &tickets)?))
             .await

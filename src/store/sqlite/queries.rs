@@ -22,17 +22,9 @@ use super::StoreError;
 use crate::domain::{
     DeferredTicket, Event, EventType, Item, ItemId, ListQuery, Millis, Order, State,
 };
+use crate::store::{EventsAfter, Rows};
 
 pub use super::rows::get_item;
-
-/// Rows of a keyset-paged listing, in its order.
-#[derive(Debug, Clone)]
-pub struct Rows<T> {
-    /// At most the `limit` asked for.
-    pub rows: Vec<T>,
-    /// Whether rows follow the last one (the caller makes a page token from it).
-    pub more: bool,
-}
 
 impl<T> Rows<T> {
     /// Keeps the first `limit` of `rows` (read with `LIMIT limit + 1`).
@@ -41,17 +33,6 @@ impl<T> Rows<T> {
         rows.truncate(limit);
         Rows { rows, more }
     }
-}
-
-/// Outbox events after a sequence number, and the oldest sequence still retained, both
-/// read from one snapshot (pruning between the two reads cannot hide a gap).
-#[derive(Debug, Clone)]
-pub struct EventsAfter {
-    /// Oldest first.
-    pub events: Vec<Event>,
-    /// The oldest retained sequence: events before it were pruned (the last sequence
-    /// ever written + 1 when none is retained).
-    pub oldest: u64,
 }
 
 /// `(comparison, direction)` of a keyset in `order`.

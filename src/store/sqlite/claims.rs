@@ -37,8 +37,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::domain::machine::Change;
-use crate::domain::{Item, ItemId};
+use crate::domain::ItemId;
+use crate::store::Claim;
 
 /// Groups whose touched items are remembered: a claim read at an older epoch is
 /// refused (its reader was slower than this many commits).
@@ -47,14 +47,6 @@ const RECENT: usize = 64;
 /// Touched items remembered at most, over those groups (bounds the memory a run of
 /// very large groups could hold; fewer groups are remembered then).
 const RECENT_IDS: usize = 1 << 20;
-
-/// A lease taken by the dispatcher: the item as `machine::step(Lease)` left it, and the
-/// change to record.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    pub item: Item,
-    pub change: Change,
-}
 
 #[derive(Default)]
 struct Inner {
@@ -209,6 +201,7 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::machine::Change;
     use crate::domain::machine::Timer;
     use crate::domain::{EventType, State};
     use crate::store::test_support::pending_chat;
@@ -309,8 +302,8 @@ mod store_tests {
     use super::Claim;
     use crate::domain::machine::{self, Command, Step};
     use crate::domain::{Error, Item, ItemId, State};
+    use crate::store::sqlite::Store;
     use crate::store::test_support::{new_chat, store_with_item, stored};
-    use crate::store::Store;
 
     /// What the dispatcher does: the item read whole at an epoch, and its lease.
     async fn read_and_lease(store: &Store, id: ItemId) -> (u64, Claim) {

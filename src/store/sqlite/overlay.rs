@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use crate::domain::{Item, ItemId};
 
-use super::claims::{Claim, Claims};
-use super::meta::ItemMeta;
+use super::claims::Claims;
+use crate::store::Claim;
+use crate::store::ItemMeta;
 
 /// What dispatch's hint reads must take from memory: the meta of every item whose
 /// committed change is not written back to its row yet.

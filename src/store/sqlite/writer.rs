@@ -32,7 +32,7 @@ use crate::domain;
 use super::checkpoint::Checkpointer;
 use super::overlay::{Overlay, SWEEP_CHUNK, SWEEP_STEP};
 use super::rows;
-use super::{CommitHook, Effects, StoreError, Tx};
+use super::{CommitHook, Completion, Effects, Job, SqliteTx, StoreError, Tx};
 
 /// Most writes in one transaction: bounds a group's latency and memory.
 pub const MAX_GROUP: usize = 2048;
@@ -42,11 +42,6 @@ const LINGER_STEPS: u32 = 4;
 
 /// Queue length in front of the writer; senders wait (backpressure) when it is full.
 const QUEUE: usize = 8192;
-
-/// Sends the outcome to the caller once the group's commit is known.
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write: runs in the transaction, says whether it succeeded, returns its completion.
-type Job = Box<dyn FnOnce(&mut Tx<'_>) -> (bool, Completion) + Send>;
 
 enum Msg {
     Job(Job),
@@ -452,14 +447,19 @@ impl WriterHandle {
             });
             (ok, done)
         });
-        self.tx
-            .send(Msg::Job(job))
-            .await
-            .map_err(|_| domain::Error::from(StoreError::Closed))?;
+        self.submit(job).await?;
         Ok(async move {
             rx.await
                 .map_err(|_| domain::Error::from(StoreError::Closed))?
         })
+    }
+
+    /// Queues a job (writes run in the order they were queued).
+    pub(super) async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.tx
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Tells the writer that claims wait (if its queue is full it is busy, and applies
@@ -825,7 +825,7 @@ impl Writer<'_> {
         let mut job_fx = Effects::default();
         let mark = self.overlay.mark();
         let (ok, done) = {
-            let mut tx = Tx {
+            let mut stx = SqliteTx {
                 conn,
                 now,
                 fx: &mut job_fx,
@@ -833,7 +833,7 @@ impl Writer<'_> {
                 tickets: &self.progress.tickets,
                 progress: self.progress,
             };
-            job(&mut tx)
+            job(&mut Tx::new(now, &mut stx))
         };
         g.completions.push(done);
         g.n += 1;
@@ -883,7 +883,7 @@ impl Writer<'_> {
         let mark = self.overlay.mark();
         let mut fx = Effects::default();
         let r = {
-            let mut tx = Tx {
+            let mut tx = SqliteTx {
                 conn,
                 now,
                 fx: &mut fx,
@@ -1013,7 +1013,8 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::config::Synchronous;
-    use crate::store::{Store, WheelOp};
+    use crate::store::sqlite::Store;
+    use crate::store::WheelOp;
 
     /// Records what reaches the hook; optionally blocks `durable` until released.
     #[derive(Default)]
@@ -1053,9 +1054,10 @@ mod tests {
                 let seen = seen.clone();
                 writes.push(tokio::spawn(async move {
                     s.write(move |tx| {
-                        tx.conn
+                        tx.raw_connection()
                             .execute_batch("CREATE TABLE IF NOT EXISTS t (x INTEGER)")?;
-                        tx.conn.execute("INSERT INTO t VALUES (?1)", [i])?;
+                        tx.raw_connection()
+                            .execute("INSERT INTO t VALUES (?1)", [i])?;
                         tx.rearm(i, 1000 + i);
                         Ok(i)
                     })
@@ -1107,8 +1109,10 @@ mod tests {
         let write = tokio::spawn(async move {
             writer
                 .write(|tx| {
-                    tx.conn.execute_batch("CREATE TABLE t (x INTEGER)")?;
-                    tx.conn.execute("INSERT INTO t VALUES (1)", [])?;
+                    tx.raw_connection()
+                        .execute_batch("CREATE TABLE t (x INTEGER)")?;
+                    tx.raw_connection()
+                        .execute("INSERT INTO t VALUES (1)", [])?;
                     tx.rearm(1, 1);
                     Ok(())
                 })
@@ -1157,7 +1161,11 @@ mod tests {
         )
         .unwrap();
         store
-            .write(|tx| Ok(tx.conn.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .write(|tx| {
+                Ok(tx
+                    .raw_connection()
+                    .execute_batch("CREATE TABLE t (x INTEGER)")?)
+            })
             .await
             .unwrap();
         let hold = store.hold_durability();
@@ -1168,7 +1176,8 @@ mod tests {
             let w = store.clone();
             writes.push(tokio::spawn(async move {
                 w.write(move |tx| {
-                    tx.conn.execute("INSERT INTO t VALUES (?1)", [i])?;
+                    tx.raw_connection()
+                        .execute("INSERT INTO t VALUES (?1)", [i])?;
                     ran_tx.send(i).unwrap();
                     Ok(())
                 })
@@ -1204,7 +1213,7 @@ mod tests {
         let answer: Answer = Arc::default();
         let slot = answer.clone();
         let job: Job = Box::new(move |tx: &mut Tx<'_>| {
-            let ok = f(tx.conn).is_ok();
+            let ok = f(tx.raw_connection()).is_ok();
             let done: Completion = Box::new(move |r| *slot.lock().unwrap() = Some(r));
             (ok, done)
         });

@@ -11,13 +11,7 @@ use crate::domain::{
 };
 
 use super::StoreError;
-
-/// An item read from its row, or the id of a row that cannot be decoded and why.
-pub type Decoded = Result<Item, (ItemId, String)>;
-
-/// Where a walk of an account's live items stands: `(next_send_at, id)` of the last
-/// item it read.
-pub type LiveKey = (Millis, ItemId);
+use crate::store::{ControlRow, Decoded, LiveKey};
 
 /// Columns of `items`, in the order [`item_from_row`] reads them; the lease's expiry
 /// comes from `leases` (see [`LEASE_EXPIRES`]).
@@ -40,13 +34,6 @@ pub fn with_lease(state: State, attempts: u32, lease: Option<Millis>) -> (State,
         (State::Pending, Some(_)) => (State::Dispatching, attempts + 1),
         _ => (state, attempts),
     }
-}
-
-/// Inserts the lease of a PENDING item; after it the item reads as DISPATCHING.
-pub fn insert_lease(conn: &Connection, id: ItemId, expires_at: Millis) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO leases (item, expires_at) VALUES (?1, ?2)")?
-        .execute(params![id, expires_at])?;
-    Ok(())
 }
 
 /// Ends the item's lease; `true` when it had one.
@@ -238,6 +225,7 @@ pub fn get_item(conn: &Connection, account: &str, id: ItemId) -> Result<Option<I
 }
 
 /// The item with this id, whatever its account (dispatch path).
+#[cfg(test)]
 pub fn get_item_any(conn: &Connection, id: ItemId) -> Result<Option<Item>, StoreError> {
     let mut st = conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))?;
     Ok(st.query_row(params![id], item_from_row).optional()?)
@@ -410,16 +398,6 @@ pub fn live_items_after(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Pause and rate limit of one account and channel (account `*`: every account).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlRow {
-    pub account_id: String,
-    pub channel: Channel,
-    pub paused: bool,
-    /// 0: no limit.
-    pub per_minute: u32,
-}
-
 /// Every stored control (read at start-up; a handful of rows).
 pub fn all_controls(conn: &Connection) -> Result<Vec<ControlRow>, StoreError> {
     let mut st = conn.prepare_cached(
@@ -488,7 +466,7 @@ pub fn find_by_request(
 
 /// Writes every mutable field of `item` back (content, times, state, delivery fields).
 /// A DISPATCHING item is stored as what it is at rest, PENDING with the attempts that
-/// ended: its lease is a row of `leases` ([`insert_lease`]).
+/// ended: its lease is a row of `leases`.
 pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
     let (state, attempts) = match item.state {
         State::Dispatching => (State::Pending, item.attempts.saturating_sub(1)),
