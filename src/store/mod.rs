@@ -63,7 +63,11 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("postgres: {0}")]
-    Postgres(String),
+    Postgres(#[from] tokio_postgres::Error),
+    /// A stored row that cannot be decoded (PostgreSQL; SQLite reports it as
+    /// [`StoreError::Sqlite`]).
+    #[error("a stored row cannot be read: {0}")]
+    Corrupt(String),
     #[error(
         "the database was written by a newer sendlater (schema version {found}, this build \
          supports up to {supported}); upgrade sendlater or use another --db"
@@ -89,6 +93,14 @@ impl From<StoreError> for domain::Error {
             StoreError::Closed => domain::Error::Unavailable("the service is shutting down".into()),
             StoreError::Unavailable(why) => {
                 tracing::warn!(error = %why, "storage unavailable");
+                domain::Error::Unavailable(
+                    "the database is unavailable; try again (request_id makes it safe)".into(),
+                )
+            }
+            StoreError::Postgres(e) if e.code().is_none() => {
+                // No SQLSTATE: the connection is lost or cannot be made (the server is
+                // restarting, the network is cut): callers retry.
+                tracing::warn!(error = %e, "database connection lost");
                 domain::Error::Unavailable(
                     "the database is unavailable; try again (request_id makes it safe)".into(),
                 )
