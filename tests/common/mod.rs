@@ -2,6 +2,8 @@
 //! temporary SQLite file and a manual clock, and real tonic clients.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
