@@ -34,6 +34,7 @@
 //! claim ([`Backend::claim`]: dispatch then leases through a write), and only SQLite can
 //! hold durability back for tests or write its rows back on demand.
 
+pub mod codec;
 pub mod postgres;
 pub mod sqlite;
 pub mod tickets;

@@ -11,6 +11,8 @@ use crate::domain::{
 };
 
 use super::StoreError;
+use crate::store::codec::{at_rest, event_snapshot};
+pub use crate::store::codec::{with_lease, ItemSnapshot};
 use crate::store::{ControlRow, Decoded, LiveKey};
 
 /// Columns of `items`, in the order [`item_from_row`] reads them; the lease's expiry
@@ -26,15 +28,6 @@ pub const ITEM_COLUMN_COUNT: usize = 24;
 
 /// The column of [`ITEM_COLUMNS`] that reads the item's lease, if any.
 pub const LEASE_EXPIRES: &str = "(SELECT expires_at FROM leases WHERE item = items.id)";
-
-/// A stored state with the item's lease: a PENDING row with a lease is DISPATCHING, on
-/// attempt `attempts + 1` (the row counts the attempts that ended).
-pub fn with_lease(state: State, attempts: u32, lease: Option<Millis>) -> (State, u32) {
-    match (state, lease) {
-        (State::Pending, Some(_)) => (State::Dispatching, attempts + 1),
-        _ => (state, attempts),
-    }
-}
 
 /// Ends the item's lease; `true` when it had one.
 pub fn delete_lease(conn: &Connection, id: ItemId) -> Result<bool, StoreError> {
@@ -468,10 +461,7 @@ pub fn find_by_request(
 /// A DISPATCHING item is stored as what it is at rest, PENDING with the attempts that
 /// ended: its lease is a row of `leases`.
 pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
-    let (state, attempts) = match item.state {
-        State::Dispatching => (State::Pending, item.attempts.saturating_sub(1)),
-        s => (s, item.attempts),
-    };
+    let (state, attempts) = at_rest(item);
     let mut st = conn.prepare_cached(
         "UPDATE items SET content = ?2, send_at = ?3, next_send_at = ?4, updated_at = ?5, \
          state = ?6, on_activity = ?7, note_at = ?8, conv_author_kind = ?9, \
@@ -500,107 +490,6 @@ pub fn update_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
         item.timing.to_bytes(),
     ])?;
     Ok(())
-}
-
-/// The part of an item an event carries: everything but the content (which is read
-/// from `items` when the event is streamed, so an event costs one small row).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ItemSnapshot {
-    #[prost(int64, tag = "1")]
-    pub send_at: i64,
-    #[prost(int64, tag = "2")]
-    pub updated_at: i64,
-    #[prost(int64, tag = "3")]
-    pub state: i64,
-    #[prost(int64, tag = "4")]
-    pub on_activity: i64,
-    #[prost(int64, optional, tag = "5")]
-    pub note_at: Option<i64>,
-    #[prost(uint32, tag = "6")]
-    pub attempts: u32,
-    #[prost(string, optional, tag = "7")]
-    pub last_error: Option<String>,
-    #[prost(int64, optional, tag = "8")]
-    pub next_attempt_at: Option<i64>,
-    #[prost(int64, optional, tag = "9")]
-    pub lease_expires_at: Option<i64>,
-    #[prost(int64, optional, tag = "10")]
-    pub sent_at: Option<i64>,
-    #[prost(string, optional, tag = "11")]
-    pub provider_message_id: Option<String>,
-    #[prost(int64, optional, tag = "12")]
-    pub conv_author_kind: Option<i64>,
-    #[prost(string, optional, tag = "13")]
-    pub conv_message_id: Option<String>,
-    #[prost(int64, optional, tag = "14")]
-    pub conv_occurred_at: Option<i64>,
-    /// The encoded timing (empty: the default); absent in events older than schema v6.
-    #[prost(bytes = "vec", optional, tag = "15")]
-    pub timing: Option<Vec<u8>>,
-    /// The encoded content, in events that may have changed it (UPDATED).
-    #[prost(bytes = "vec", optional, tag = "16")]
-    pub content: Option<Vec<u8>>,
-}
-
-impl ItemSnapshot {
-    /// The snapshot of `item`.
-    pub fn of(item: &Item) -> Self {
-        let conv = item.converted_by.as_ref();
-        Self {
-            send_at: item.send_at,
-            updated_at: item.updated_at,
-            state: item.state.as_i64(),
-            on_activity: item.on_activity.as_i64(),
-            note_at: item.note_at,
-            attempts: item.attempts,
-            last_error: item.last_error.clone(),
-            next_attempt_at: item.next_attempt_at,
-            lease_expires_at: item.lease_expires_at,
-            sent_at: item.sent_at,
-            provider_message_id: item.provider_message_id.clone(),
-            conv_author_kind: conv.map(|a| a.author_kind.as_i64()),
-            conv_message_id: conv.map(|a| a.message_id.clone()),
-            conv_occurred_at: conv.map(|a| a.occurred_at),
-            timing: Some(item.timing.to_bytes().unwrap_or_default()),
-            content: None,
-        }
-    }
-
-    /// Overlays this snapshot on `item` (whose immutable fields and content are current).
-    pub fn apply_to(&self, item: &mut Item) {
-        item.send_at = self.send_at;
-        item.updated_at = self.updated_at;
-        if let Some(s) = State::from_i64(self.state) {
-            item.state = s;
-        }
-        if let Some(p) = OnActivity::from_i64(self.on_activity) {
-            item.on_activity = p;
-        }
-        item.note_at = self.note_at;
-        item.attempts = self.attempts;
-        item.last_error = self.last_error.clone();
-        item.next_attempt_at = self.next_attempt_at;
-        item.lease_expires_at = self.lease_expires_at;
-        item.sent_at = self.sent_at;
-        item.provider_message_id = self.provider_message_id.clone();
-        item.converted_by = match (
-            self.conv_author_kind.and_then(AuthorKind::from_i64),
-            self.conv_occurred_at,
-        ) {
-            (Some(k), Some(at)) => Some(Activity {
-                author_kind: k,
-                message_id: self.conv_message_id.clone().unwrap_or_default(),
-                occurred_at: at,
-            }),
-            _ => None,
-        };
-        if let Some(t) = self.timing.as_deref().and_then(Timing::from_bytes) {
-            item.timing = t;
-        }
-        if let Some(c) = self.content.as_deref().and_then(Content::from_bytes) {
-            item.content = c;
-        }
-    }
 }
 
 /// Whether `message_id` (one of our item ids, or a provider message id) is an item of
@@ -676,16 +565,12 @@ pub fn insert_event(
     let mut st = conn.prepare_cached(
         "INSERT INTO events (account_id, item_id, type, at, snapshot) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    let mut snapshot = ItemSnapshot::of(item);
-    if kind == EventType::Updated {
-        snapshot.content = Some(item.content.to_bytes());
-    }
     st.execute(params![
         item.account_id,
         item.id,
         kind.as_i64(),
         now,
-        snapshot.encode_to_vec()
+        event_snapshot(kind, item)
     ])?;
     Ok(conn.last_insert_rowid() as u64)
 }

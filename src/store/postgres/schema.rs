@@ -1,0 +1,310 @@
+//! The PostgreSQL schema and its migrations, versioned in the one-row table
+//! `schema_version`.
+//!
+//! [`migrate`] runs every migration the database lacks, and the version bump, in one
+//! transaction: an empty database gets the whole schema or nothing. A database whose
+//! version is newer than this build knows is refused ([`StoreError::NewerSchema`]),
+//! never "downgraded", and nothing is written to it.
+//!
+//! # The layout (version 1), and how it differs from SQLite's
+//! The tables mirror SQLite's final schema (`store::schema`), with the same encodings
+//! (`store::codec`), except where PostgreSQL is better served otherwise:
+//! - Ids are `BIGINT` allocated by sendlater (`items.id`, `events.seq`): no sequence
+//!   on the hot path, and several writers can share the table later.
+//! - The lease is the nullable column `items.lease_expires_at`, not a table of its own:
+//!   a leased (DISPATCHING) item is stored PENDING with the attempts that ended plus its
+//!   lease expiry (`codec::at_rest` / `codec::with_lease`), as SQLite stores it with a
+//!   `leases` row. No index reads the column, and the state does not change, so taking
+//!   a lease is a HOT update (a new row version in the same page, no index entry);
+//!   `items` keeps 10% of each page free for it (`fillfactor = 90`). The price: listing
+//!   the DISPATCHING items of an account walks its live items (they come first in
+//!   next-send order, being due).
+//! - `state = 2` (DISPATCHING) is never stored, so the live predicate is `state = 1`.
+//! - No sweep watermark: rows are written with their events. The last event sequence
+//!   ever written survives pruning in `store_meta` (`events_pruned_through`).
+//! - Enums are `SMALLINT`, account and ticket ids `COLLATE "C"` (bytewise, the order
+//!   SQLite's listings and keyset paging use); columns ordered fixed-width first, so a
+//!   row carries no alignment padding.
+//! - Indexes (bytes per pending item count): `items_live (account_id, next_send_at, id,
+//!   ticket_id) WHERE state = 1` serves ListScheduled of live items, the deferred
+//!   tickets, the business-hours walk and start-up; `items_done` the listings of
+//!   finished items; `items_by_ticket (account_id, ticket_id)` the timeline and the
+//!   activity rule (a ticket's few items are sorted in memory); `items_by_request` the
+//!   idempotency keys; `events_by_account (account_id, seq)` the per-account outbox.
+//!
+//! The SQL sticks to what CockroachDB and YugabyteDB also run where that is cheap (no
+//! advisory locks, no LISTEN/NOTIFY; `fillfactor` is ignored where not supported).
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::store::StoreError;
+
+/// Migrations; index `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the whole schema.
+    r#"
+    CREATE TABLE store_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    CREATE TABLE items (
+        id                  BIGINT   PRIMARY KEY,
+        send_at             BIGINT   NOT NULL,
+        -- next_attempt_at between attempts, else send_at: listings sort on it, and it
+        -- is the wheel deadline of a live item.
+        next_send_at        BIGINT   NOT NULL,
+        created_at          BIGINT   NOT NULL,
+        updated_at          BIGINT   NOT NULL,
+        -- The attempts that ended (one more is under way while leased).
+        attempts            INTEGER  NOT NULL DEFAULT 0,
+        state               SMALLINT NOT NULL,
+        kind                SMALLINT NOT NULL,
+        channel             SMALLINT NOT NULL,
+        on_activity         SMALLINT NOT NULL,
+        -- Set while the item is out at a connector (it then reads as DISPATCHING).
+        lease_expires_at    BIGINT,
+        next_attempt_at     BIGINT,
+        sent_at             BIGINT,
+        note_at             BIGINT,
+        conv_occurred_at    BIGINT,
+        request_fp          BIGINT,
+        conv_author_kind    SMALLINT,
+        account_id          TEXT COLLATE "C" NOT NULL,
+        ticket_id           TEXT COLLATE "C" NOT NULL,
+        author_id           TEXT     NOT NULL,
+        content             BYTEA    NOT NULL,
+        -- NULL: the default timing.
+        timing              BYTEA,
+        request_id          TEXT,
+        provider_message_id TEXT,
+        conv_message_id     TEXT,
+        last_error          TEXT
+    ) WITH (fillfactor = 90);
+    CREATE INDEX items_live ON items (account_id, next_send_at, id, ticket_id)
+        WHERE state = 1;
+    CREATE INDEX items_done ON items (account_id, state, next_send_at, id)
+        WHERE state <> 1;
+    CREATE INDEX items_by_ticket ON items (account_id, ticket_id);
+    CREATE UNIQUE INDEX items_by_request ON items (account_id, request_id)
+        WHERE request_id IS NOT NULL;
+
+    CREATE TABLE events (
+        seq        BIGINT   PRIMARY KEY,
+        item_id    BIGINT   NOT NULL,
+        at         BIGINT   NOT NULL,
+        type       SMALLINT NOT NULL,
+        account_id TEXT COLLATE "C" NOT NULL,
+        -- The item as it was right after the change (encoded ItemSnapshot).
+        snapshot   BYTEA    NOT NULL
+    );
+    CREATE INDEX events_by_account ON events (account_id, seq);
+
+    CREATE TABLE business_hours (
+        account_id  TEXT COLLATE "C" PRIMARY KEY,
+        spec        TEXT   NOT NULL,
+        updated_at  BIGINT NOT NULL,
+        -- Where a re-resolution of the account's live items stands, in
+        -- (next_send_at, id) order; NULL when none is under way.
+        rewindow_at BIGINT,
+        rewindow_id BIGINT
+    ) WITH (fillfactor = 70);
+
+    CREATE TABLE dispatch_controls (
+        account_id TEXT COLLATE "C" NOT NULL,
+        channel    SMALLINT NOT NULL,
+        paused     BOOLEAN  NOT NULL DEFAULT false,
+        per_minute BIGINT   NOT NULL DEFAULT 0,
+        PRIMARY KEY (account_id, channel)
+    ) WITH (fillfactor = 70);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The version table, created (empty, at version 0) by the first [`migrate`].
+const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version ( \
+        id      SMALLINT PRIMARY KEY CHECK (id = 1), \
+        version BIGINT   NOT NULL \
+    ); \
+    INSERT INTO schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING";
+
+/// How many times a migration that lost a race with another process's is retried.
+const RACE_RETRIES: usize = 3;
+
+/// Brings the database to [`SCHEMA_VERSION`], in one transaction.
+///
+/// Two processes migrating the same database at once: the one that loses the race
+/// (its `CREATE TABLE` collides with the other's) starts over and finds the schema
+/// made.
+///
+/// # Errors
+/// [`StoreError::NewerSchema`] for a database written by a newer sendlater (nothing
+/// is written to it), or a PostgreSQL error.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tries = 0;
+    loop {
+        match migrate_once(client, SCHEMA_VERSION).await {
+            Err(StoreError::Postgres(e)) if tries < RACE_RETRIES && lost_race(&e) => {
+                tries += 1;
+                tracing::info!(error = %e, "schema migration raced another process; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` is a collision with another process creating the same objects.
+fn lost_race(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::UNIQUE_VIOLATION
+            || *c == SqlState::DUPLICATE_TABLE
+            || *c == SqlState::DUPLICATE_OBJECT
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// Takes the database to version `to` (at most [`SCHEMA_VERSION`]) in one transaction.
+async fn migrate_once(client: &mut Client, to: i64) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(VERSION_TABLE).await?;
+    // The row lock makes a concurrent migration wait for this one's outcome.
+    let version: i64 = tx
+        .query_one(
+            "SELECT version FROM schema_version WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await?
+        .get(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version >= to {
+        return Ok(());
+    }
+    for sql in MIGRATIONS.iter().take(to as usize).skip(version as usize) {
+        tx.batch_execute(sql).await?;
+    }
+    tx.execute(
+        "UPDATE schema_version SET version = $1 WHERE id = 1",
+        &[&to],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(from = version, to, "applied PostgreSQL schema migrations");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::test_db::TestDb;
+
+    async fn tables(c: &Client) -> Vec<String> {
+        c.query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    async fn version(c: &Client) -> i64 {
+        c.query_one("SELECT version FROM schema_version", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test]
+    async fn migrating_an_empty_database_creates_the_schema_and_twice_is_a_no_op() {
+        let mut db = TestDb::new().await;
+        migrate(&mut db.client).await.unwrap();
+        let first = tables(&db.client).await;
+        assert_eq!(
+            first,
+            [
+                "business_hours",
+                "dispatch_controls",
+                "events",
+                "items",
+                "schema_version",
+                "store_meta"
+            ]
+        );
+        assert_eq!(version(&db.client).await, SCHEMA_VERSION);
+        db.client
+            .execute("INSERT INTO store_meta VALUES ('partitions', '64')", &[])
+            .await
+            .unwrap();
+        migrate(&mut db.client).await.unwrap();
+        assert_eq!(tables(&db.client).await, first);
+        assert_eq!(version(&db.client).await, SCHEMA_VERSION);
+        let kept: String = db
+            .client
+            .query_one("SELECT value FROM store_meta WHERE key = 'partitions'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(kept, "64", "a second migrate leaves the data alone");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_with_a_clear_error_and_nothing_is_created() {
+        let mut db = TestDb::new().await;
+        db.client
+            .batch_execute(&format!(
+                "{VERSION_TABLE}; UPDATE schema_version SET version = {}",
+                SCHEMA_VERSION + 1
+            ))
+            .await
+            .unwrap();
+        let err = migrate(&mut db.client).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, supported }
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(tables(&db.client).await, ["schema_version"]);
+        assert_eq!(version(&db.client).await, SCHEMA_VERSION + 1);
+    }
+
+    /// A migration that fails half-way leaves nothing behind: not the tables it had
+    /// created, not the version table's bump.
+    #[tokio::test]
+    async fn a_migration_that_fails_half_way_creates_nothing() {
+        let mut db = TestDb::new().await;
+        // `events` exists already (a foreign table of that name): the script fails
+        // after it created store_meta and items.
+        db.client
+            .batch_execute("CREATE TABLE events (x INT)")
+            .await
+            .unwrap();
+        let err = migrate(&mut db.client).await.unwrap_err();
+        assert!(matches!(err, StoreError::Postgres(_)), "{err:?}");
+        assert_eq!(tables(&db.client).await, ["events"]);
+    }
+
+    /// Two processes starting on one empty database at once both come up, on one
+    /// schema.
+    #[tokio::test]
+    async fn two_processes_migrating_at_once_both_succeed() {
+        let db = TestDb::new().await;
+        let mut a = db.connect().await;
+        let mut b = db.connect().await;
+        let (ra, rb) = tokio::join!(migrate(&mut a), migrate(&mut b));
+        ra.unwrap();
+        rb.unwrap();
+        assert_eq!(version(&db.client).await, SCHEMA_VERSION);
+        assert_eq!(tables(&db.client).await.len(), 6);
+    }
+}
