@@ -265,7 +265,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     )
     .await?;
     tracing::info!(
-        db = %config.db_path.display(),
+        db = %crate::store::DbTarget::parse(&config.db_path.to_string_lossy()).display(),
         timers = recovery.timers,
         overdue = recovery.overdue,
         leased = recovery.leased,

@@ -56,6 +56,10 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) => EXIT_CONFIG,
+            // The database named by --db cannot be reached: a configuration to fix.
+            CliError::Server(ServerError::Store(crate::store::StoreError::Connect { .. })) => {
+                EXIT_CONFIG
+            }
             CliError::Unreachable { .. } => EXIT_UNAVAILABLE,
             CliError::Status(status) if status.code() == tonic::Code::Unavailable => {
                 EXIT_UNAVAILABLE

@@ -133,7 +133,8 @@ impl Engine {
             timers: timers.clone(),
             live: live.clone(),
         });
-        let store = Store::open(path, sync, clock.clone(), hook)?;
+        let target = crate::store::DbTarget::parse(&path.to_string_lossy());
+        let store = Store::open_target(&target, sync, clock.clone(), hook)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -146,7 +147,7 @@ impl Engine {
             }),
         };
         let recovery = engine.recover().await.map_err(|e| StoreError::Unusable {
-            path: path.to_path_buf(),
+            path: target.display().into(),
             reason: e.to_string(),
         })?;
         engine.inner.timers.spawn_driver(engine.inner.clock.clone());
