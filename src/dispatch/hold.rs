@@ -4,7 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{Actor, Outcome};
+use super::actor::Actor;
+use super::writes::Outcome;
 use crate::domain::{Channel, Millis};
 use crate::engine::Fired;
 

@@ -59,6 +59,18 @@ impl ControlsSnapshot {
         (paused, limits)
     }
 
+    /// A snapshot with these pauses and rate limits, for unit tests of its readers.
+    #[cfg(test)]
+    pub(crate) fn for_tests(paused: &[(&str, Channel)], limits: &[(&str, Channel, u32)]) -> Self {
+        ControlsSnapshot {
+            paused: paused.iter().map(|&(a, c)| (a.to_owned(), c)).collect(),
+            limits: limits
+                .iter()
+                .map(|&(a, c, n)| ((a.to_owned(), c), n))
+                .collect(),
+        }
+    }
+
     /// Whether nothing is paused or limited (the common case: dispatch skips the checks).
     pub fn is_empty(&self) -> bool {
         self.paused.is_empty() && self.limits.is_empty()
