@@ -15,10 +15,14 @@ use crate::config::Synchronous;
 
 // Until the PostgreSQL backend calls them, parts of these are unused outside tests.
 #[allow(dead_code)]
+pub(crate) mod rows;
+#[allow(dead_code)]
 pub(crate) mod schema;
 
 #[cfg(test)]
 pub(crate) mod test_db;
+#[cfg(test)]
+mod tests;
 
 /// The PostgreSQL store.
 pub struct PgStore {}

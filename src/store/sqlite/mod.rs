@@ -49,6 +49,17 @@ pub mod trace;
 mod writer;
 
 pub(crate) use super::tickets;
+
+/// The SQLite statements, for the PostgreSQL engine's tests that compare both engines'
+/// answers to the same operations.
+#[cfg(test)]
+pub(crate) mod parity {
+    pub(crate) use super::meta::*;
+    pub(crate) use super::queries::*;
+    pub(crate) use super::recovery::*;
+    pub(crate) use super::rows::*;
+    pub(crate) use super::schema::migrate;
+}
 pub(crate) use super::{
     Claim, CommitHook, Completion, DueRead, DurabilityHold, Effects, Job, StoreError, Tx, WheelOp,
     WriteTx,
