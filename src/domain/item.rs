@@ -51,7 +51,7 @@ int_enum!(
     Channel { Email = 1 => "EMAIL", Chat = 2 => "CHAT" }
 );
 int_enum!(
-    /// Lifecycle of an item; see `rules` for the allowed transitions.
+    /// Lifecycle of an item; see `machine` for the allowed transitions.
     State {
         Pending = 1 => "PENDING",
         /// Leased to a connector.

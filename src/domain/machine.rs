@@ -1,14 +1,57 @@
-//! One home for item transitions.
+//! The state machine: the one place where item transitions are decided.
 //!
 //! Every change to a stored item — staff actions (send now, cancel, reschedule), ticket
 //! activity, a business-hours change, and the dispatch path (lease, ack, nack, lease
 //! expiry, a job never sent, a lateness window that ended) — is a [`Command`] applied by
-//! [`step`] to the item as it is now. `step` is pure: it checks the rules of
-//! `rules.rs`, changes the item in place and says what follows from the change
-//! ([`Change`]: the event, the timer, whether the item left the live set and so frees
-//! its quota slot). The store writes the item and the event and, once the write is
-//! durable, applies the timer and quota effects (`store::Tx::save`); nothing else
-//! changes an item.
+//! [`step`] to the item as it is now. `step` is pure: it checks the rules, changes the
+//! item in place and says what follows from the change ([`Change`]: the event, the
+//! timer, whether the item left the live set and so frees its quota slot). The store
+//! writes the item and the event and, once the write is durable, applies the timer and
+//! quota effects (`store::Tx::save`); nothing else changes an item.
+//!
+//! ```text
+//!                      schedule
+//!                         |
+//!                         v
+//!    send now,      +-> PENDING ---+--------------+------------------+
+//!    reschedule,    |    | | ^     |              |                  |
+//!    hours change   +----+ | |     | cancel;      | activity;        | late (on_late FAIL);
+//!                          | |     | activity     | late (on_late    | unreadable
+//!                    lease | |     | (CANCEL)     | CONVERT_TO_NOTE) |
+//!                          v |     v              v                  v
+//!                DISPATCHING |   CANCELLED   CONVERTED_TO_NOTE     FAILED
+//!                   |  |  |  |                                      ^  |
+//!                   |  |  +--+ retry: a transient nack or an        |  |
+//!                   |  |       unanswered lease with attempts       |  |
+//!                   |  |       left; a job never sent               |  |
+//!                   |  +--------------------------------------------+  |
+//!                   |    permanent nack; attempts ran out; unreadable  |
+//!               ack |                                                  |
+//!                   v                                                  |
+//!                  SENT <------------ late ack (attempts ran out) -----+
+//!                   ^
+//!                   +---------------- late ack from PENDING (its lease had ended)
+//! ```
+//!
+//! The same edges, as [`TRANSITIONS`] holds them (a test drives [`step`] with every
+//! command from every state and checks it makes exactly these):
+//!
+//! | from | to | by |
+//! |---|---|---|
+//! | PENDING | PENDING | send now, reschedule or edit, a business-hours change |
+//! | PENDING | DISPATCHING | lease (due, not too late or on_late SEND) |
+//! | PENDING | CANCELLED | cancel; activity with on_activity CANCEL |
+//! | PENDING | CONVERTED_TO_NOTE | activity with on_activity CONVERT_TO_NOTE; too late with on_late CONVERT_TO_NOTE |
+//! | PENDING | FAILED | too late with on_late FAIL; its row cannot be decoded |
+//! | PENDING | SENT | a late ack (the lease had ended; the connector did send) |
+//! | DISPATCHING | SENT | ack |
+//! | DISPATCHING | PENDING | a transient nack or an unanswered lease with attempts left (retry); a job never sent (not an attempt) |
+//! | DISPATCHING | FAILED | a permanent nack; the attempts ran out; its row cannot be decoded |
+//! | FAILED | SENT | a late ack after the attempts ran out |
+//!
+//! SENT, CANCELLED and CONVERTED_TO_NOTE are terminal; FAILED is, but for a late ack.
+//! DISPATCHING items are never touched by staff actions or ticket activity: a connector
+//! may be sending them.
 //!
 //! A command that does not apply to the item's state (a stale timer, a duplicate
 //! answer, an answer for an attempt that already ended, a cancel of a cancelled item)
@@ -16,10 +59,28 @@
 //! or cancel an item that is not PENDING) is `FailedPrecondition`.
 
 use super::{
-    activity_effect, apply_activity, can_transition, cancel, require_pending, retry_backoff_ms,
-    Activity, CancelOutcome, Channel, Content, DeliveryWindow, Error, EventType, Item, LocalTime,
-    Millis, NewItem, OnActivity, OnLate, Result, State,
+    Activity, Channel, Content, DeliveryWindow, Error, EventType, Item, Kind, LocalTime, Millis,
+    NewItem, OnActivity, OnLate, Result, State,
 };
+
+/// Every allowed transition (from, to); see the module documentation for what makes each.
+pub const TRANSITIONS: &[(State, State)] = &[
+    (State::Pending, State::Pending),
+    (State::Pending, State::Dispatching),
+    (State::Pending, State::Cancelled),
+    (State::Pending, State::ConvertedToNote),
+    (State::Pending, State::Failed),
+    (State::Pending, State::Sent),
+    (State::Dispatching, State::Sent),
+    (State::Dispatching, State::Pending),
+    (State::Dispatching, State::Failed),
+    (State::Failed, State::Sent),
+];
+
+/// Whether `from -> to` is an allowed transition ([`TRANSITIONS`]).
+pub fn can_transition(from: State, to: State) -> bool {
+    TRANSITIONS.contains(&(from, to))
+}
 
 /// A new send time, as resolved by the caller (the delivery window applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,8 +228,11 @@ pub fn step(item: &mut Item, cmd: Command, now: Millis) -> Result<Step> {
             Ok(changed(item, EventType::Updated, Timer::Set(now)))
         }
         Command::Cancel => {
-            if cancel(item)? == CancelOutcome::AlreadyCancelled {
-                return Ok(Step::Unchanged { rearm: None });
+            match item.state {
+                State::Pending => {}
+                // Cancel is idempotent.
+                State::Cancelled => return Ok(Step::Unchanged { rearm: None }),
+                other => return Err(not_pending("cancel", item, other)),
             }
             item.state = State::Cancelled;
             item.next_attempt_at = None;
@@ -369,10 +433,73 @@ fn on_late(item: &mut Item, now: Millis) -> EventType {
     }
 }
 
+/// Checks that staff may change the item (send now, reschedule).
+///
+/// # Errors
+/// `FailedPrecondition` unless PENDING.
+fn require_pending(item: &Item, action: &str) -> Result<()> {
+    match item.state {
+        State::Pending => Ok(()),
+        other => Err(not_pending(action, item, other)),
+    }
+}
+
+fn not_pending(action: &str, item: &Item, state: State) -> Error {
+    Error::FailedPrecondition(format!(
+        "cannot {action} item {}: it is {state}, not PENDING",
+        item.public_id()
+    ))
+}
+
+/// The state `activity` moves `item` to, or `None` when the item is left alone.
+///
+/// The rule: a PENDING REPLY created before the activity gets its on_activity policy.
+/// NEW_TICKET items, items already leased (DISPATCHING) or finished, and replies written
+/// after the activity (their author knew of it) are untouched; so is the item whose own
+/// send *is* the activity.
+fn activity_effect(item: &Item, activity: &Activity) -> Option<State> {
+    if item.kind != Kind::Reply || item.state != State::Pending {
+        return None;
+    }
+    if item.created_at >= activity.occurred_at {
+        return None;
+    }
+    if activity.message_id == item.public_id() {
+        return None;
+    }
+    match item.on_activity {
+        OnActivity::ConvertToNote => Some(State::ConvertedToNote),
+        OnActivity::Cancel => Some(State::Cancelled),
+        OnActivity::Keep => None,
+    }
+}
+
+/// Applies an effect computed by [`activity_effect`] to the item.
+fn apply_activity(item: &mut Item, to: State, activity: &Activity, now: Millis) {
+    item.state = to;
+    item.updated_at = now;
+    item.next_attempt_at = None;
+    if to == State::ConvertedToNote {
+        item.note_at = Some(item.created_at);
+        item.converted_by = Some(activity.clone());
+    }
+}
+
+/// The backoff before retry number `attempt + 1` after `attempt` failed attempts
+/// (`attempt >= 1`): `base * 2^(attempt-1)`, capped, with "equal jitter" (half fixed,
+/// half random from `jitter_unit` in [0, 1)), so retries of many items spread out but
+/// never come sooner than half the nominal backoff.
+pub fn retry_backoff_ms(attempt: u32, base_ms: i64, cap_ms: i64, jitter_unit: f64) -> i64 {
+    let exp = attempt.saturating_sub(1).min(40);
+    let nominal = base_ms.saturating_mul(1_i64 << exp).min(cap_ms).max(0);
+    let half = nominal / 2;
+    half + ((nominal - half) as f64 * jitter_unit.clamp(0.0, 1.0)) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AuthorKind, ChatContent, EmailContent, Kind, Timing};
+    use crate::domain::{AuthorKind, ChatContent, EmailContent, Timing};
 
     const RETRY: Retry = Retry {
         max_attempts: 3,
@@ -418,6 +545,206 @@ mod tests {
 
     fn changed(s: Step) -> Change {
         s.change().expect("the item changed")
+    }
+
+    /// An item in `state`, as stored: created at `created_at`, with `policy`.
+    fn item_in(state: State, kind: Kind, created_at: Millis, policy: OnActivity) -> Item {
+        let new = NewItem {
+            account_id: "acme".into(),
+            ticket_id: "T1".into(),
+            kind,
+            channel: Channel::Chat,
+            author_id: "u".into(),
+            content: Content::Chat(ChatContent::default()),
+            send_at: 10_000,
+            on_activity: policy,
+            request_id: None,
+            timing: Default::default(),
+        };
+        Item {
+            state,
+            ..new.into_pending(7, created_at)
+        }
+    }
+
+    fn activity(at: Millis) -> Activity {
+        Activity {
+            author_kind: AuthorKind::Client,
+            message_id: "m1".into(),
+            occurred_at: at,
+        }
+    }
+
+    /// Every command `step` knows, in the variants that lead to different states.
+    fn every_command() -> Vec<Command> {
+        let failed = |permanent, max_attempts| Command::AttemptFailed {
+            attempt: 1,
+            error: "e".into(),
+            permanent,
+            retry: Retry {
+                max_attempts,
+                ..RETRY
+            },
+        };
+        vec![
+            Command::SendNow,
+            Command::Cancel,
+            Command::Edit {
+                send_at: Some(SendTime {
+                    requested: 20_000,
+                    at: 20_000,
+                    local: None,
+                }),
+                content: None,
+                on_activity: None,
+            },
+            Command::Rewindow { at: 30_000 },
+            Command::Activity(activity(50_000)),
+            Command::Lease {
+                due: 10_000,
+                expires: 90_000,
+            },
+            Command::Ack {
+                provider_message_id: None,
+            },
+            failed(false, 3),
+            failed(true, 3),
+            failed(false, 1),
+            Command::Unsent { attempt: 1 },
+            Command::Late,
+            Command::Unreadable { why: "bad".into() },
+        ]
+    }
+
+    #[test]
+    fn step_makes_exactly_the_transitions_of_the_table_and_the_diagram() {
+        let mut made = std::collections::BTreeSet::new();
+        for &state in State::ALL {
+            for policy in [
+                OnActivity::ConvertToNote,
+                OnActivity::Cancel,
+                OnActivity::Keep,
+            ] {
+                for on_late in [OnLate::Send, OnLate::ConvertToNote, OnLate::Fail] {
+                    for cmd in every_command() {
+                        let mut i = item_in(state, Kind::Reply, 1_000, policy);
+                        i.attempts = u32::from(state == State::Dispatching);
+                        i.timing.max_lateness = Some(5_000);
+                        i.timing.on_late = Some(on_late);
+                        // 20 s after its send time: due, and past its lateness window.
+                        if let Ok(Step::Changed(c)) = step(&mut i, cmd.clone(), 30_000) {
+                            assert_eq!(c.from, state);
+                            assert!(
+                                can_transition(state, i.state),
+                                "{cmd:?} moved {state} to {}, not in TRANSITIONS",
+                                i.state
+                            );
+                            made.insert((state, i.state));
+                        }
+                    }
+                }
+            }
+        }
+        let table: std::collections::BTreeSet<_> = TRANSITIONS.iter().copied().collect();
+        assert_eq!(
+            made, table,
+            "every transition in the table is made by some command"
+        );
+    }
+
+    #[test]
+    fn terminal_states_allow_no_transition_except_a_late_ack() {
+        for &from in &[State::Sent, State::Cancelled, State::ConvertedToNote] {
+            for &to in State::ALL {
+                assert!(!can_transition(from, to), "{from} -> {to} must be refused");
+            }
+        }
+        assert!(can_transition(State::Failed, State::Sent));
+        assert!(!can_transition(State::Failed, State::Pending));
+        assert!(!can_transition(State::Dispatching, State::Dispatching));
+    }
+
+    #[test]
+    fn cancel_is_idempotent_and_refuses_what_is_not_pending() {
+        use State::*;
+        let mut i = item_in(Cancelled, Kind::Reply, 0, OnActivity::Keep);
+        assert_eq!(
+            step(&mut i, Command::Cancel, 1).unwrap(),
+            Step::Unchanged { rearm: None }
+        );
+        for s in [Dispatching, Sent, Failed, ConvertedToNote] {
+            let mut i = item_in(s, Kind::Reply, 0, OnActivity::Keep);
+            let err = step(&mut i, Command::Cancel, 1).unwrap_err();
+            assert!(matches!(err, Error::FailedPrecondition(ref m) if m.contains(s.name())));
+        }
+    }
+
+    #[test]
+    fn activity_applies_policy_only_to_pending_replies_created_before_it() {
+        use OnActivity::*;
+        use State::*;
+        // (state, kind, created_at, policy, activity at, expected)
+        let table = [
+            (
+                Pending,
+                Kind::Reply,
+                100,
+                ConvertToNote,
+                200,
+                Some(ConvertedToNote),
+            ),
+            (Pending, Kind::Reply, 100, Cancel, 200, Some(Cancelled)),
+            (Pending, Kind::Reply, 100, Keep, 200, None),
+            (Pending, Kind::Reply, 200, ConvertToNote, 200, None), // same instant: knew of it
+            (Pending, Kind::Reply, 300, ConvertToNote, 200, None), // written after
+            (Pending, Kind::NewTicket, 100, ConvertToNote, 200, None),
+            (Dispatching, Kind::Reply, 100, ConvertToNote, 200, None),
+            (Sent, Kind::Reply, 100, ConvertToNote, 200, None),
+            (Cancelled, Kind::Reply, 100, ConvertToNote, 200, None),
+        ];
+        for (i, (state, kind, created, policy, at, want)) in table.into_iter().enumerate() {
+            let it = item_in(state, kind, created, policy);
+            assert_eq!(activity_effect(&it, &activity(at)), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn an_items_own_id_as_activity_does_not_touch_it() {
+        let mut it = item_in(State::Pending, Kind::Reply, 100, OnActivity::ConvertToNote);
+        let mut a = activity(200);
+        a.message_id = it.public_id();
+        assert_eq!(activity_effect(&it, &a), None);
+        assert_eq!(
+            step(&mut it, Command::Activity(a), 300).unwrap(),
+            Step::Unchanged { rearm: None }
+        );
+    }
+
+    #[test]
+    fn conversion_puts_the_note_at_created_at_and_records_the_cause() {
+        let mut it = item_in(State::Pending, Kind::Reply, 100, OnActivity::ConvertToNote);
+        let a = activity(200);
+        let c = changed(step(&mut it, Command::Activity(a.clone()), 250).unwrap());
+        assert_eq!(
+            (it.state, c.event),
+            (State::ConvertedToNote, EventType::ConvertedToNote)
+        );
+        assert_eq!(it.note_at, Some(100));
+        assert_eq!(it.converted_by, Some(a));
+        assert_eq!(it.timeline_at(), 100);
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jitter_stays_within_half_to_full() {
+        assert_eq!(retry_backoff_ms(1, 1000, 600_000, 1.0), 1000);
+        assert_eq!(retry_backoff_ms(1, 1000, 600_000, 0.0), 500);
+        assert_eq!(retry_backoff_ms(4, 1000, 600_000, 1.0), 8000);
+        assert_eq!(retry_backoff_ms(30, 1000, 600_000, 1.0), 600_000);
+        assert_eq!(retry_backoff_ms(u32::MAX, 1000, 600_000, 0.0), 300_000);
+        for j in [0.0, 0.3, 0.99] {
+            let b = retry_backoff_ms(3, 1000, 600_000, j);
+            assert!((2000..=4000).contains(&b), "{b}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The domain: scheduled items, their states and transitions, validation, the
-//! ticket-activity rule and human time input ([`when`]), as plain types and plain functions. No gRPC, no SQLite, no
-//! clock: every function that needs "now" takes it as an argument (UTC milliseconds).
+//! The domain: scheduled items, their states and transitions ([`machine`]), validation,
+//! the ticket-activity rule, timelines and human time input ([`when`]), as plain types
+//! and plain functions. No gRPC, no SQLite, no clock: every function that needs "now"
+//! takes it as an argument (UTC milliseconds).
 
 mod error;
 mod hours;
@@ -8,7 +9,7 @@ mod item;
 mod listing;
 mod local_time;
 pub mod machine;
-mod rules;
+mod timeline;
 mod validate;
 pub mod when;
 
@@ -17,5 +18,5 @@ pub use hours::*;
 pub use item::*;
 pub use listing::{DeferredTicket, Event, ListQuery, Order};
 pub use local_time::*;
-pub use rules::*;
+pub use timeline::{clear_internal, timeline};
 pub use validate::*;
