@@ -389,7 +389,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .add_service(scheduler)
         .add_service(dispatch);
     // TCP_NODELAY: without it, a response that follows a small one waits for the
-    // client's delayed ACK (~40 ms on Linux), which capped 64 unary clients at ~1.3k/s.
+    // client's delayed ACK (figures: BENCHMARKS.md, "Figures that explain the code").
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));

@@ -16,7 +16,8 @@ use crate::engine::{Changes, ControlChange, Engine, ListQuery, EVERY_ACCOUNT};
 use crate::pb;
 
 /// What a ScheduleBatch answer adds to each entry at most (item id, four times, the
-/// states and enums, the message framing): measured 36 bytes, bounded generously.
+/// states and enums, the message framing), bounded generously over what was measured
+/// (BENCHMARKS.md, "Figures that explain the code").
 const BATCH_ITEM_OVERHEAD: usize = 160;
 
 /// The Scheduler service.
