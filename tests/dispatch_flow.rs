@@ -529,6 +529,7 @@ async fn deferred_tickets_count_items_being_dispatched() {
     t.stop().await;
 }
 
+// The SQLite engine's dispatcher claims (jobs leave without the writer): SQLite only.
 #[tokio::test]
 async fn listings_and_cancel_tell_a_leased_item_from_a_pending_one() {
     let mut t = TestServer::start().await;
@@ -583,7 +584,7 @@ async fn listings_and_cancel_tell_a_leased_item_from_a_pending_one() {
 /// already finds the item DISPATCHING.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_leaves_before_its_lease_is_durable_and_a_cancel_after_it_sees_it_dispatching() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 4).await;
     let item = t.schedule(email_reply("acme", "T1", T0 + 1_000)).await;
     t.settle().await;
@@ -607,9 +608,10 @@ async fn a_job_leaves_before_its_lease_is_durable_and_a_cancel_after_it_sees_it_
 /// A due item's job leaves while the store's writer is busy: the lease is decided from
 /// the item's row and recorded by the writer afterwards, before any later write reads
 /// the item (so a cancel then finds it DISPATCHING).
+// The SQLite engine's dispatcher claims (jobs leave without the writer): SQLite only.
 #[tokio::test]
 async fn a_due_item_goes_out_while_the_writer_is_busy_and_its_lease_is_recorded_after() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     // A first job: the dispatcher knows the connector.
     t.schedule(email_reply("acme", "T0", T0)).await;
@@ -643,10 +645,11 @@ async fn a_due_item_goes_out_while_the_writer_is_busy_and_its_lease_is_recorded_
 /// A fast connector cannot run ahead of the store: while the writer cannot record
 /// answers, no new job goes out once 4096 answers wait (jobs leave without the writer,
 /// and credit comes back with each answer). Once the writer records them, the rest go.
+// The SQLite engine's dispatcher claims (jobs leave without the writer): SQLite only.
 #[tokio::test]
 async fn jobs_stop_while_answers_wait_for_the_writer_and_go_on_after() {
     const ITEMS: usize = 6000;
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1000).await;
     // A first job: the dispatcher knows the connector.
     t.schedule(chat_reply("acme", "first", T0)).await;

@@ -196,6 +196,7 @@ async fn counters(t: &TestServer, series: &[&str]) -> Vec<f64> {
     series.iter().map(|s| metric_value(&body, s)).collect()
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
     let mut t = start_with_metrics().await;
@@ -258,7 +259,7 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
 
 #[tokio::test]
 async fn answers_in_flight_at_shutdown_are_recorded() {
-    let mut t = TestServer::start_with(|c| c.dispatch.drain_grace_ms = 5_000).await;
+    let mut t = TestServer::start_sqlite_with(|c| c.dispatch.drain_grace_ms = 5_000).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1).await;
     let item = t.schedule(chat_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
@@ -475,10 +476,11 @@ async fn reporting_a_message_that_is_ours_and_still_dispatching_converts_nothing
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_in_the_middle_of_a_group_fails_it_cleanly_and_loses_nothing() {
     let quota = 400u64;
-    let mut t = TestServer::start_with(|c| c.limits.max_pending_per_account = quota).await;
+    let mut t = TestServer::start_sqlite_with(|c| c.limits.max_pending_per_account = quota).await;
     let engine = t.running().engine().clone();
     // The disk fills up: a few pages left for the writer's connection.
     engine

@@ -66,9 +66,10 @@ async fn metrics_are_scraped_over_http_and_follow_the_service() {
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn backup_copies_a_live_database_consistently() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     for i in 0..20 {
         t.client
             .schedule_message(chat_reply("acme", &format!("T{i}"), T0 + 60_000))

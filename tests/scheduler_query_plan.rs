@@ -109,10 +109,11 @@ async fn exercise(t: &mut TestServer) {
     drop(c);
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn every_statement_the_service_runs_reads_items_through_an_index() {
     sendlater::store::trace::start_recording();
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     exercise(&mut t).await;
     let conn = Connection::open_with_flags(
         t.db_path(),

@@ -39,11 +39,12 @@ async fn until_a_write_back_failed(t: &TestServer) {
     assert!(store.sweep_failures() > 0);
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn reads_do_not_depend_on_writing_rows_back() {
     // The changed rows cannot be written back; every read answers from the journal
     // (on main each read asked for a write-back first, and failed).
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     raw(&t).execute_batch(REFUSE_ROWS).unwrap();
     let id = dirty_item(&t).await;
     until_a_write_back_failed(&t).await;
@@ -99,9 +100,10 @@ async fn reads_do_not_depend_on_writing_rows_back() {
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn a_stop_finishes_when_rows_cannot_be_written_back_and_loses_nothing() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     raw(&t).execute_batch(REFUSE_ROWS).unwrap();
     let id = dirty_item(&t).await;
     // On main the writer's final write-back loop ran forever.
@@ -116,9 +118,10 @@ async fn a_stop_finishes_when_rows_cannot_be_written_back_and_loses_nothing() {
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn a_failed_write_back_backs_off_instead_of_spinning() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     raw(&t).execute_batch(REFUSE_ROWS).unwrap();
     let _id = dirty_item(&t).await;
     let store = t.running().engine().store().clone();
@@ -134,9 +137,10 @@ async fn a_failed_write_back_backs_off_instead_of_spinning() {
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn health_is_not_serving_while_rows_cannot_be_written_back_and_serving_after() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut health = HealthClient::new(channel(&t.url()).await);
     let mut watch = health
         .watch(HealthCheckRequest {
@@ -169,12 +173,13 @@ async fn health_is_not_serving_while_rows_cannot_be_written_back_and_serving_aft
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn a_stop_finishes_when_the_disk_never_makes_a_group_durable() {
     // The sync stage never returns (as an fsync that hangs): the store cannot close.
     // The stop gives up after the drain grace plus a few seconds and says why; on
     // main it waited forever.
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let store = t.running().engine().store().clone();
     let hold = store.hold_durability();
     // A write that runs (its group commits and waits for the held sync stage).
@@ -230,9 +235,10 @@ fn thread_cpu(prefix: &str) -> u64 {
     total
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn a_write_back_sqlite_rolls_back_whole_backs_off_instead_of_spinning() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     raw(&t).execute_batch(ROLLBACK_ROWS).unwrap();
     let _id = dirty_item(&t).await;
     until_a_write_back_failed(&t).await;
@@ -251,9 +257,10 @@ async fn a_write_back_sqlite_rolls_back_whole_backs_off_instead_of_spinning() {
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn a_stop_finishes_when_sqlite_rolls_back_the_final_write_back() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     raw(&t).execute_batch(ROLLBACK_ROWS).unwrap();
     let _id = dirty_item(&t).await;
     let server = t.server.take().expect("running");

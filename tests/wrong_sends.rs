@@ -60,6 +60,7 @@ async fn a_late_ack_after_the_last_attempt_failed_still_converts_the_tickets_old
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
     // X's lease runs in a dispatch write (X changed since its row was written, so the
@@ -67,7 +68,7 @@ async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
     // COMMIT fails (an injected deferred foreign-key violation, armed until the test
     // disarms it). The job is out at the connector: X must stay DISPATCHING (a Cancel
     // is FAILED_PRECONDITION) and must not be handed out a second time.
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let x = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
     let mut client = t.client.clone();
@@ -116,13 +117,14 @@ async fn a_lease_whose_group_fails_after_its_job_left_stays_taken() {
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn an_unreadable_reply_in_the_ticket_fails_alone_and_the_ack_is_recorded() {
     // U, an older pending reply of the ticket, cannot be decoded. A's Ack runs the
     // activity rule over the ticket's pending replies: U must fail alone (FAILED, with
     // the reason and an event), and A's answer must count (on main the Ack's write
     // failed on U, the answer was dropped and A was delivered again).
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let u = t.schedule(email_reply("acme", "T1", T0 + HOUR)).await;
     t.advance(Duration::from_secs(1));
@@ -173,13 +175,14 @@ async fn an_unreadable_reply_in_the_ticket_fails_alone_and_the_ack_is_recorded()
     t.stop().await;
 }
 
+// Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn an_answer_that_cannot_be_recorded_is_kept_and_recorded_later() {
     // Recording A's SENT event fails while an injected trigger is armed: the write
     // that carries the Ack fails, and so does the Ack alone. The answer must be kept
     // and recorded by a later write once that can succeed (on main it was dropped: A
     // stayed DISPATCHING until its lease expired and went out again).
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let a = t.schedule(email_reply("acme", "T1", T0 + SEC)).await;
     let db = raw(&t);

@@ -38,12 +38,29 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// A fresh server whose config `tweak` may change (limits, dispatch tuning).
+    /// A fresh server whose config `tweak` may change (limits, dispatch tuning), on the
+    /// store the suite runs on: a temporary SQLite file, or a fresh PostgreSQL database
+    /// when `SENDLATER_TEST_STORE=postgres` (see `pg`).
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let on_pg = pg::store_is_postgres();
+        Self::start_on(on_pg, tweak).await
+    }
+
+    /// As [`TestServer::start_with`], always on SQLite: for tests of the SQLite engine
+    /// itself (they read or damage its file).
+    pub async fn start_sqlite_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        Self::start_on(false, tweak).await
+    }
+
+    async fn start_on(on_pg: bool, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
-        let mut config =
-            ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("test.db"));
+        let db = if on_pg {
+            PathBuf::from(pg::fresh_database().await)
+        } else {
+            dir.path().join("test.db")
+        };
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), db);
         config.clock = Arc::new(clock.clone());
         // Stopping does not wait for answers of jobs still out at test connectors
         // (tests of the graceful drain set it back).
@@ -465,16 +482,21 @@ pub async fn assert_invariants(t: &TestServer, account: &str, acknowledged: &[St
         stranded.is_empty(),
         "live items nothing will send: {stranded:?}"
     );
+    const SENT_BUT_NOT: &str = "SELECT COUNT(*) FROM items WHERE state IN (5, 6) \
+         AND (sent_at IS NOT NULL OR provider_message_id IS NOT NULL)";
+    let db_path = t.db_path().to_string_lossy().into_owned();
+    if db_path.starts_with("postgres") {
+        let (client, conn) = tokio_postgres::connect(&db_path, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(conn);
+        let sent_but_not: i64 = client.query_one(SENT_BUT_NOT, &[]).await.unwrap().get(0);
+        assert_eq!(sent_but_not, 0, "a cancelled or converted item was sent");
+        return;
+    }
     let db = rusqlite::Connection::open(t.db_path()).expect("open db");
     db.busy_timeout(Duration::from_secs(10)).unwrap();
-    let sent_but_not: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM items WHERE state IN (5, 6) \
-             AND (sent_at IS NOT NULL OR provider_message_id IS NOT NULL)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let sent_but_not: i64 = db.query_row(SENT_BUT_NOT, [], |r| r.get(0)).unwrap();
     assert_eq!(sent_but_not, 0, "a cancelled or converted item was sent");
     let check: String = db
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -623,6 +645,10 @@ pub fn metric_value(body: &str, series: &str) -> f64 {
 /// Opens the test server's database file directly (as a second writer would), for
 /// fault injection (triggers, corrupt rows) and checks of what is on disk.
 pub fn raw(t: &TestServer) -> rusqlite::Connection {
+    assert!(
+        !t.db_path().to_string_lossy().starts_with("postgres"),
+        "raw() opens the SQLite file: start this test with TestServer::start_sqlite_with"
+    );
     let c = rusqlite::Connection::open(t.db_path()).expect("open db");
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c

@@ -7,40 +7,16 @@
 //! allocated by sendlater (no sequence on the hot path); start-up reads where they
 //! stand with `rows::max_ids`.
 
-use std::sync::Arc;
-
-use super::{CommitHook, StoreError};
-use crate::clock::Clock;
-use crate::config::Synchronous;
-
-// Until the PostgreSQL backend calls them, parts of these are unused outside tests.
+// A few statements are used by tests and the migration only.
 #[allow(dead_code)]
 pub(crate) mod rows;
-#[allow(dead_code)]
 pub(crate) mod schema;
+mod store;
+mod tx;
 
 #[cfg(test)]
 pub(crate) mod test_db;
 #[cfg(test)]
 mod tests;
 
-/// The PostgreSQL store.
-pub struct PgStore {}
-
-impl PgStore {
-    /// Opens the store at `url`.
-    ///
-    /// # Errors
-    /// The database cannot be reached or is not usable.
-    pub fn open(
-        url: &str,
-        _sync: Synchronous,
-        _clock: Arc<dyn Clock>,
-        _hook: Arc<dyn CommitHook>,
-    ) -> Result<Arc<dyn super::Backend>, StoreError> {
-        Err(StoreError::Connect {
-            url: super::redact_url(url),
-            reason: "not built yet".into(),
-        })
-    }
-}
+pub use store::PgStore;

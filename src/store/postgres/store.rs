@@ -1,0 +1,728 @@
+//! The PostgreSQL store: one writer thread doing group commit on its own connection,
+//! and a few shared connections for reads.
+//!
+//! The writer takes every queued write (up to [`MAX_GROUP`]) into one transaction
+//! (`BEGIN`), each inside the savepoint `w` (released, or rolled back alone, at the
+//! boundary to the next write), then commits. With `synchronous_commit` on (required
+//! unless `--sync normal`), COMMIT returns once the commit is durable on the server, and
+//! only then are the group's effects applied and its callers answered. Readers see a
+//! commit only once it is durable (PostgreSQL makes a transaction visible after its
+//! commit record is flushed).
+//!
+//! Every group also writes its number to `store_meta` (`writer_group`). When the
+//! connection is lost during COMMIT, the outcome is unknown: the writer reconnects
+//! (retrying until it can, while new writes wait) and reads that number back, so the
+//! group is answered as committed or as failed, never guessed.
+//!
+//! Leases whose jobs left before the group committed ([`WriteTx::leases_out`]) are not
+//! lost with a group that fails: the writer records them again first thing in its next
+//! group (as SQLite's claims are applied again).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::NoTls;
+
+use super::rows::{self, Pg};
+use super::schema;
+use super::tx::{Group, PgTx};
+use crate::clock::Clock;
+use crate::config::Synchronous;
+use crate::domain::machine::Change;
+use crate::domain::{self, BusinessHours, DeferredTicket, EventType, Item, ItemId, ListQuery};
+use crate::domain::{Millis, Order};
+use crate::store::tickets::LiveTickets;
+use crate::store::{
+    redact_url, Backend, CommitHook, Completion, DueRead, Effects, EventsAfter, Job, RecoveryScan,
+    Rows, StoreError, Tx, WriteTx, MAX_GROUP,
+};
+
+/// Queue length in front of the writer; senders wait (backpressure) when it is full.
+const QUEUE: usize = 8192;
+/// Connections shared by reads.
+const READERS: usize = 4;
+/// The first and the longest wait between reconnection attempts.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+enum Msg {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// What the writer and the handles share.
+struct Shared {
+    metrics: Arc<crate::metrics::Metrics>,
+    tickets: Arc<LiveTickets>,
+    degraded: watch::Sender<Option<String>>,
+    fatal: watch::Sender<Option<String>>,
+}
+
+/// The PostgreSQL engine behind the contract (see `store`).
+pub struct PgStore {
+    url: String,
+    writer: mpsc::Sender<Msg>,
+    readers: ReadPool,
+    events: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Connects to `url` on the current runtime (its connection task is spawned there).
+async fn connect(url: &str) -> Result<Pg, StoreError> {
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| StoreError::Connect {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
+    Ok(Pg::new(client))
+}
+
+/// A few connections every read shares (tokio-postgres pipelines concurrent queries on
+/// one connection); a lost one is replaced on the next read.
+struct ReadPool {
+    url: String,
+    conns: Vec<tokio::sync::Mutex<Option<Arc<Pg>>>>,
+    next: AtomicUsize,
+}
+
+impl ReadPool {
+    async fn get(&self) -> Result<Arc<Pg>, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let mut slot = self.conns[i].lock().await;
+        if let Some(pg) = slot.as_ref().filter(|pg| !pg.client.is_closed()) {
+            return Ok(pg.clone());
+        }
+        let pg = Arc::new(connect(&self.url).await.map_err(|e| match e {
+            StoreError::Connect { reason, .. } => StoreError::Unavailable(reason),
+            other => other,
+        })?);
+        *slot = Some(pg.clone());
+        Ok(pg)
+    }
+}
+
+/// What the writer thread reports once it has connected and migrated.
+struct Ready {
+    last_seq: u64,
+}
+
+impl PgStore {
+    /// Connects to `url`, creates or migrates the schema, checks that commits are
+    /// durable (`synchronous_commit` not `off`, unless `sync` is `Normal`), and starts
+    /// the writer thread.
+    ///
+    /// # Errors
+    /// The database cannot be reached (the message names the URL without its password),
+    /// has a newer schema, or does not make commits durable.
+    pub fn open(
+        url: &str,
+        sync: Synchronous,
+        clock: Arc<dyn Clock>,
+        hook: Arc<dyn CommitHook>,
+    ) -> Result<Arc<dyn Backend>, StoreError> {
+        let shared = Arc::new(Shared {
+            metrics: Default::default(),
+            tickets: Default::default(),
+            degraded: watch::channel(None).0,
+            fatal: watch::channel(None).0,
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (events_tx, events) = watch::channel(0u64);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready, StoreError>>();
+        let (u, sh) = (url.to_owned(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("sendlater-pg-writer".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Unavailable(e.to_string())));
+                        return;
+                    }
+                };
+                let started = rt.block_on(start(&u, sync));
+                let (pg, next_id, next_seq) = match started {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = events_tx.send(next_seq - 1);
+                let _ = ready_tx.send(Ok(Ready {
+                    last_seq: next_seq - 1,
+                }));
+                let mut w = Writer {
+                    url: u,
+                    sync,
+                    rt,
+                    clock,
+                    hook,
+                    events: events_tx,
+                    shared: sh.clone(),
+                    g: Group {
+                        pg: Arc::new(pg),
+                        next_id,
+                        next_seq,
+                        pending: Default::default(),
+                        changed: Default::default(),
+                        broken: Default::default(),
+                        metrics: sh.metrics.clone(),
+                        tickets: sh.tickets.clone(),
+                    },
+                    carry: Vec::new(),
+                    group_no: 0,
+                };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run(rx)));
+                if r.is_err() {
+                    sh.fatal
+                        .send_replace(Some("the PostgreSQL writer thread panicked".into()));
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let ready = ready_rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the writer thread ended".into()))?;
+        if let Err(e) = ready {
+            let _ = thread.join();
+            return Err(e);
+        }
+        let _ = ready.map(|r| r.last_seq);
+        Ok(Arc::new(PgStore {
+            url: url.to_owned(),
+            writer: tx,
+            readers: ReadPool {
+                url: url.to_owned(),
+                conns: (0..READERS)
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                next: AtomicUsize::new(0),
+            },
+            events,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    async fn reader(&self) -> domain::Result<Arc<Pg>> {
+        Ok(self.readers.get().await?)
+    }
+}
+
+/// Connects, migrates, checks durability; returns the connection and the next item id
+/// and event sequence.
+async fn start(url: &str, sync: Synchronous) -> Result<(Pg, ItemId, u64), StoreError> {
+    let mut pg = connect(url).await?;
+    schema::migrate(&mut pg.client).await?;
+    check_durability(&pg, url, sync).await?;
+    let (max_id, max_seq) = rows::max_ids(&pg).await?;
+    Ok((pg, max_id + 1, max_seq + 1))
+}
+
+/// Refuses `synchronous_commit = off` unless `--sync normal`; under `normal` the
+/// writer's session runs with it off (a crash of the server may take back the last
+/// commits, as SQLite's `NORMAL` may).
+async fn check_durability(pg: &Pg, url: &str, sync: Synchronous) -> Result<(), StoreError> {
+    match sync {
+        Synchronous::Full => {
+            let row = pg.client.query_one("SHOW synchronous_commit", &[]).await?;
+            let v: String = row.get(0);
+            if v == "off" {
+                return Err(StoreError::Connect {
+                    url: redact_url(url),
+                    reason: "synchronous_commit is off on this server, so an OK would not \
+                             mean durable; turn it on, or start with --sync normal"
+                        .into(),
+                });
+            }
+        }
+        Synchronous::Normal => {
+            pg.client
+                .batch_execute("SET synchronous_commit = off")
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+struct Writer {
+    url: String,
+    sync: Synchronous,
+    rt: Runtime,
+    clock: Arc<dyn Clock>,
+    hook: Arc<dyn CommitHook>,
+    events: watch::Sender<u64>,
+    shared: Arc<Shared>,
+    g: Group,
+    /// Leases whose jobs left but whose group did not commit: recorded again first.
+    carry: Vec<(Item, Change)>,
+    group_no: u64,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut closing = None;
+        while closing.is_none() {
+            let first = if self.g.broken().is_some() {
+                // Reconnect while idle too: health comes back without traffic.
+                match self
+                    .rt
+                    .block_on(tokio::time::timeout(RECONNECT_FIRST * 4, rx.recv()))
+                {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.reconnect_once();
+                        continue;
+                    }
+                }
+            } else {
+                rx.blocking_recv()
+            };
+            let Some(first) = first else { break };
+            let mut jobs = Vec::new();
+            match first {
+                Msg::Close(ack) => {
+                    closing = Some(ack);
+                }
+                Msg::Job(j) => jobs.push(j),
+            }
+            while closing.is_none() && jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(Msg::Job(j)) => jobs.push(j),
+                    Ok(Msg::Close(ack)) => closing = Some(ack),
+                    Err(_) => break,
+                }
+            }
+            if !jobs.is_empty() {
+                self.group(jobs);
+            }
+        }
+        if let Some(ack) = closing {
+            let _ = ack.send(());
+        }
+    }
+
+    /// One reconnection attempt; clears `broken` on success.
+    fn reconnect_once(&mut self) -> bool {
+        match self.rt.block_on(async {
+            let pg = connect(&self.url).await?;
+            check_durability(&pg, &self.url, self.sync).await?;
+            Ok::<_, StoreError>(pg)
+        }) {
+            Ok(pg) => {
+                self.g.pg = Arc::new(pg);
+                *self.g.broken.borrow_mut() = None;
+                tracing::info!(url = %redact_url(&self.url), "reconnected to the database");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reconnect to the database yet");
+                false
+            }
+        }
+    }
+
+    fn set_degraded(&self, why: Option<String>) {
+        self.shared.degraded.send_if_modified(|d| {
+            if *d != why {
+                *d = why;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Runs `jobs` as one group and answers them.
+    fn group(&mut self, jobs: Vec<Job>) {
+        if self.g.broken().is_some() {
+            self.reconnect_once();
+        }
+        self.group_no += 1;
+        let group_no = self.group_no;
+        self.g.changed.clear();
+        let mut committed_fx = Effects::default();
+        let mut answers: Vec<Completion> = Vec::with_capacity(jobs.len());
+        let mut group_leases: Vec<(Item, Change)> = Vec::new();
+        let begun = self.exec("BEGIN; SAVEPOINT w");
+        // Leases carried from a group that failed: recorded before anything reads them.
+        if begun.is_ok() && !self.carry.is_empty() {
+            let carry = std::mem::take(&mut self.carry);
+            let now = self.clock.now_ms();
+            let mut fx = Effects::default();
+            let mut leases = Vec::new();
+            let r = {
+                let mut ptx = PgTx {
+                    now,
+                    g: &mut self.g,
+                    rt: &self.rt,
+                    fx: &mut fx,
+                    leases: &mut leases,
+                };
+                let mut r = Ok(());
+                for (item, change) in &carry {
+                    if let Err(e) = ptx.save(item, change.clone()) {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            };
+            let r = r.and_then(|()| self.boundary(true).map_err(domain::Error::from));
+            match r {
+                Ok(()) => {
+                    committed_fx.append(fx);
+                    group_leases.extend(carry);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording carried leases failed; kept for the next group");
+                    self.carry = carry;
+                }
+            }
+        }
+        for job in jobs {
+            let now = self.clock.now_ms();
+            let mut fx = Effects::default();
+            let mut leases = Vec::new();
+            let (ok, done) = {
+                let mut ptx = PgTx {
+                    now,
+                    g: &mut self.g,
+                    rt: &self.rt,
+                    fx: &mut fx,
+                    leases: &mut leases,
+                };
+                if begun.is_err() {
+                    // The connection is gone: every operation fails at once.
+                    ptx.g
+                        .broken
+                        .borrow_mut()
+                        .get_or_insert_with(|| "the transaction could not begin".into());
+                }
+                job(&mut Tx::new(now, &mut ptx))
+            };
+            let ended = if ok {
+                self.boundary(true)
+            } else {
+                self.g.pending.borrow_mut().clear();
+                self.boundary(false)
+            };
+            match (ok, ended) {
+                (true, Ok(())) => {
+                    committed_fx.append(fx);
+                    group_leases.extend(leases);
+                    answers.push(done);
+                }
+                (false, Ok(())) => {
+                    // The closure's own error, rolled back alone: its caller gets it.
+                    self.hook.abandoned(&fx);
+                    self.carry.extend(leases);
+                    done(Ok(()));
+                }
+                (_, Err(e)) => {
+                    // A statement failed, or the connection is lost.
+                    self.hook.abandoned(&fx);
+                    self.carry.extend(leases);
+                    done(Err(e));
+                }
+            }
+        }
+        let outcome = if self.g.broken().is_some() || begun.is_err() {
+            Err(StoreError::Unavailable(self.g.broken().unwrap_or_else(
+                || "the transaction could not begin".into(),
+            )))
+        } else {
+            self.commit(group_no)
+        };
+        match outcome {
+            Ok(()) => {
+                self.set_degraded(None);
+                self.shared
+                    .metrics
+                    .commit_batch_size
+                    .observe(answers.len() as f64);
+                if committed_fx.unreadable > 0 {
+                    self.shared
+                        .metrics
+                        .unreadable_items
+                        .inc_by(committed_fx.unreadable);
+                }
+                if committed_fx.abandoned > 0 {
+                    self.shared
+                        .metrics
+                        .abandoned_leases
+                        .inc_by(committed_fx.abandoned);
+                }
+                self.hook.durable(&committed_fx);
+                if committed_fx.max_seq > 0 {
+                    self.events.send_if_modified(|s| {
+                        if committed_fx.max_seq > *s {
+                            *s = committed_fx.max_seq;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                for done in answers {
+                    done(Ok(()));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                tracing::warn!(error = %why, writes = answers.len(), "a group did not commit");
+                self.set_degraded(Some(format!("the database cannot be written: {why}")));
+                self.hook.abandoned(&committed_fx);
+                self.carry.extend(group_leases);
+                for done in answers {
+                    done(Err(StoreError::Unavailable(why.clone())));
+                }
+                if self.g.broken().is_none() {
+                    let _ = self.exec("ROLLBACK");
+                }
+            }
+        }
+    }
+
+    /// Runs a simple statement now (after what is queued).
+    fn exec(&self, sql: &'static str) -> Result<(), StoreError> {
+        if let Some(why) = self.g.broken() {
+            return Err(StoreError::Unavailable(why));
+        }
+        let pg = self.g.pg.clone();
+        self.g
+            .queue(async move { Ok(pg.client.batch_execute(sql).await?) });
+        self.g.flush(&self.rt)
+    }
+
+    /// Ends a write: releases its savepoint and opens the next one (`ok`), or rolls it
+    /// back. Sends what the write queued first, in the same round trip; if that fails,
+    /// the write is rolled back and the error returned.
+    fn boundary(&self, ok: bool) -> Result<(), StoreError> {
+        if let Some(why) = self.g.broken() {
+            return Err(StoreError::Unavailable(why));
+        }
+        if ok {
+            let pg = self.g.pg.clone();
+            self.g
+                .queue(async move { Ok(pg.client.batch_execute("RELEASE w; SAVEPOINT w").await?) });
+            match self.g.flush(&self.rt) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if self.g.broken().is_none() {
+                        self.exec("ROLLBACK TO w")?;
+                    }
+                    Err(e)
+                }
+            }
+        } else {
+            self.exec("ROLLBACK TO w")
+        }
+    }
+
+    /// Commits the open group, with its number; resolves an unknown outcome.
+    fn commit(&mut self, group_no: u64) -> Result<(), StoreError> {
+        let pg = self.g.pg.clone();
+        let marker = group_no.to_string();
+        let sent = self.rt.block_on(async move {
+            let st = pg
+                .statements
+                .get(
+                    &pg.client,
+                    "INSERT INTO store_meta (key, value) VALUES ('writer_group', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&marker];
+            let mark = pg.client.execute(&st, &params);
+            let commit = pg.client.batch_execute("COMMIT");
+            let (m, c) = futures_util::future::join(mark, commit).await;
+            m?;
+            c?;
+            Ok::<(), StoreError>(())
+        });
+        let e = match sent {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Postgres(e)) => e,
+            Err(other) => return Err(other),
+        };
+        if e.code().is_some() && !e.is_closed() {
+            // The server answered: it did not commit.
+            return Err(StoreError::Postgres(e));
+        }
+        // The connection was lost around COMMIT: find out whether it committed.
+        tracing::warn!(error = %e, group = group_no, "commit outcome unknown; reconnecting to learn it");
+        self.g
+            .broken
+            .borrow_mut()
+            .get_or_insert_with(|| e.to_string());
+        self.set_degraded(Some(format!("the database connection is lost: {e}")));
+        let mut wait = RECONNECT_FIRST;
+        let started = Instant::now();
+        loop {
+            if self.reconnect_once() {
+                let pg = self.g.pg.clone();
+                let found = self.rt.block_on(async move {
+                    pg.client
+                        .query_opt(
+                            "SELECT value FROM store_meta WHERE key = 'writer_group'",
+                            &[],
+                        )
+                        .await
+                });
+                match found {
+                    Ok(row) => {
+                        let v: Option<String> = row.map(|r| r.get(0));
+                        return if v.as_deref() == Some(group_no.to_string().as_str()) {
+                            tracing::info!(group = group_no, "the group had committed");
+                            Ok(())
+                        } else {
+                            Err(StoreError::Unavailable(format!(
+                                "the connection was lost before the commit: {e}"
+                            )))
+                        };
+                    }
+                    Err(e2) => {
+                        self.g
+                            .broken
+                            .borrow_mut()
+                            .get_or_insert_with(|| e2.to_string());
+                    }
+                }
+            }
+            if started.elapsed() > Duration::from_secs(3600) {
+                self.shared.fatal.send_replace(Some(format!(
+                    "the outcome of a commit stayed unknown for an hour: {e}"
+                )));
+                return Err(StoreError::Unavailable(e.to_string()));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(RECONNECT_MAX);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PgStore {
+    fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
+    }
+    fn live_tickets(&self) -> Arc<LiveTickets> {
+        self.shared.tickets.clone()
+    }
+    fn degraded(&self) -> watch::Receiver<Option<String>> {
+        self.shared.degraded.subscribe()
+    }
+    fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.shared.fatal.subscribe()
+    }
+    fn event_sequence(&self) -> watch::Receiver<u64> {
+        self.events.clone()
+    }
+    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        if let Some(why) = self.shared.fatal.borrow().clone() {
+            return Err(StoreError::Unavailable(why));
+        }
+        self.writer
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        tracing::debug!(url = %redact_url(&self.url), "PostgreSQL store closed");
+    }
+
+    async fn get_item(&self, account: String, id: ItemId) -> domain::Result<Option<Item>> {
+        let pg = self.reader().await?;
+        Ok(rows::get_item(&*pg, &account, id).await?)
+    }
+    async fn ticket_items(&self, account: String, ticket: String) -> domain::Result<Vec<Item>> {
+        let pg = self.reader().await?;
+        Ok(rows::ticket_items(&*pg, &account, &ticket).await?)
+    }
+    async fn list_items(
+        &self,
+        q: ListQuery,
+        after: Option<(Millis, ItemId)>,
+        limit: usize,
+    ) -> domain::Result<Rows<Item>> {
+        let pg = self.reader().await?;
+        Ok(rows::list_items(&*pg, &q, after, limit).await?)
+    }
+    async fn deferred_tickets(
+        &self,
+        account: String,
+        order: Order,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> domain::Result<Rows<DeferredTicket>> {
+        let pg = self.reader().await?;
+        let after = after.as_ref().map(|(at, t)| (*at, t.as_str()));
+        Ok(rows::deferred_tickets(&*pg, &account, order, after, limit).await?)
+    }
+    async fn events_after(
+        &self,
+        account: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<EventsAfter> {
+        let pg = self.reader().await?;
+        Ok(rows::events_after(&*pg, account.as_deref(), after, limit).await?)
+    }
+    async fn recovery_scan(&self) -> domain::Result<RecoveryScan> {
+        let pg = self.reader().await?;
+        Ok(rows::recovery_scan(&*pg, &self.shared.tickets).await?)
+    }
+    async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
+        let pg = self.reader().await?;
+        Ok(rows::live_item_ids(&*pg).await?)
+    }
+    async fn event_heads(
+        &self,
+        account: String,
+        after: u64,
+        limit: usize,
+    ) -> domain::Result<Vec<(u64, EventType, ItemId, String)>> {
+        let pg = self.reader().await?;
+        Ok(rows::event_heads(&*pg, &account, after, limit).await?)
+    }
+    async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>> {
+        let pg = self.reader().await?;
+        Ok(rows::get_business_hours(&*pg, &account).await?)
+    }
+    async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
+        let pg = self.reader().await?;
+        Ok(rows::rewindows_under_way(&*pg).await?)
+    }
+    async fn due_items(&self, ids: Vec<ItemId>) -> domain::Result<DueRead> {
+        let pg = self.reader().await?;
+        let (items, metas) = rows::due_items(&*pg, &ids).await?;
+        Ok(DueRead {
+            epoch: 0,
+            metas,
+            items,
+        })
+    }
+}

@@ -1,0 +1,405 @@
+//! One write's typed operations on PostgreSQL ([`WriteTx`]), inside the group's
+//! transaction and the write's savepoint.
+//!
+//! Writes are pipelined: a statement whose result the write does not need (an insert,
+//! an update, an event) is queued unsent and sent with the next read, the next
+//! savepoint boundary or the commit, all in one round trip (tokio-postgres sends the
+//! requests of futures in the order they are first polled; `join_all` polls in order).
+//! A read first sends what is queued, so it sees every change made before it.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::runtime::Runtime;
+
+use super::rows::{self, Pg};
+use crate::domain::machine::{Change, Timer};
+use crate::domain::{self, BusinessHours, Item, ItemId, Millis, NewItem, State, Timing};
+use crate::store::tickets::LiveTickets;
+use crate::store::{ControlRow, Decoded, Effects, LiveKey, StoreError, Tx, WheelOp, WriteTx};
+
+/// A queued statement: sent when first polled.
+pub(super) type Pending = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// The writer's state that outlives one write: the connection, the id counters, the
+/// statements not sent yet, what the open group changed.
+pub(super) struct Group {
+    pub pg: Arc<Pg>,
+    /// The next item id and event sequence to hand out (sendlater allocates them: no
+    /// sequence on the hot path).
+    pub next_id: ItemId,
+    pub next_seq: u64,
+    pub pending: RefCell<Vec<Pending>>,
+    /// Items changed by writes of the open group.
+    pub changed: HashSet<ItemId>,
+    /// Why the connection cannot be used (lost mid-group); every later operation of
+    /// the group fails.
+    pub broken: RefCell<Option<String>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub tickets: Arc<LiveTickets>,
+}
+
+impl Group {
+    /// Sends every queued statement and waits for them; the first error, if any.
+    pub fn flush(&self, rt: &Runtime) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let results = rt.block_on(futures_util::future::join_all(pending));
+        let mut first = Ok(());
+        for r in results {
+            if let Err(e) = r {
+                self.note(&e);
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Marks the connection broken when `e` says it is lost.
+    pub fn note(&self, e: &StoreError) {
+        if let StoreError::Postgres(pe) = e {
+            if pe.is_closed() || pe.code().is_none() {
+                self.broken
+                    .borrow_mut()
+                    .get_or_insert_with(|| pe.to_string());
+            }
+        }
+    }
+
+    /// Queues a statement (see the module's doc).
+    pub fn queue(&self, f: impl Future<Output = Result<(), StoreError>> + Send + 'static) {
+        self.pending.borrow_mut().push(Box::pin(f));
+    }
+
+    /// Why the connection cannot be used, if it cannot.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.borrow().clone()
+    }
+}
+
+/// One write.
+pub(super) struct PgTx<'a> {
+    pub now: Millis,
+    pub g: &'a mut Group,
+    pub rt: &'a Runtime,
+    pub fx: &'a mut Effects,
+    /// Leases this write marked out (their jobs leave before the group commits).
+    pub leases: &'a mut Vec<(Item, Change)>,
+}
+
+impl PgTx<'_> {
+    /// Sends what is queued, then runs the read `f` and waits for it.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(Arc<Pg>) -> Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>,
+    ) -> domain::Result<T> {
+        if let Some(why) = self.g.broken() {
+            return Err(StoreError::Unavailable(why).into());
+        }
+        self.g.flush(self.rt)?;
+        let r = self.rt.block_on(f(self.g.pg.clone()));
+        if let Err(e) = &r {
+            self.g.note(e);
+        }
+        Ok(r?)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.g.next_seq;
+        self.g.next_seq += 1;
+        s
+    }
+
+    fn queue_event(&mut self, kind: domain::EventType, item: &Item) -> u64 {
+        let seq = self.next_seq();
+        let (pg, item, now) = (self.g.pg.clone(), item.clone(), self.now);
+        self.g
+            .queue(async move { rows::insert_event(&*pg, seq, kind, &item, now).await });
+        seq
+    }
+}
+
+impl WriteTx for PgTx<'_> {
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.g.metrics
+    }
+
+    fn count_unreadable(&mut self) {
+        self.fx.unreadable += 1;
+    }
+
+    fn count_abandoned(&mut self) {
+        self.fx.abandoned += 1;
+    }
+
+    fn load(&mut self, account: &str, id: ItemId) -> domain::Result<Option<Item>> {
+        let account = account.to_owned();
+        self.read(move |pg| Box::pin(async move { rows::get_item(&*pg, &account, id).await }))
+    }
+
+    fn load_checked(&mut self, id: ItemId) -> domain::Result<Option<Result<Item, String>>> {
+        self.read(move |pg| Box::pin(async move { rows::get_item_checked(&*pg, id).await }))
+    }
+
+    fn find_by_request(
+        &mut self,
+        account: &str,
+        request_id: &str,
+    ) -> domain::Result<Option<(Item, u64)>> {
+        let (account, request_id) = (account.to_owned(), request_id.to_owned());
+        self.read(move |pg| {
+            Box::pin(async move { rows::find_by_request(&*pg, &account, &request_id).await })
+        })
+    }
+
+    fn is_own_message(
+        &self,
+        account: &str,
+        ticket: &str,
+        message_id: &str,
+    ) -> domain::Result<bool> {
+        let (account, ticket, message_id) =
+            (account.to_owned(), ticket.to_owned(), message_id.to_owned());
+        self.read(move |pg| {
+            Box::pin(
+                async move { rows::is_own_message(&*pg, &account, &ticket, &message_id).await },
+            )
+        })
+    }
+
+    fn pending_replies(
+        &mut self,
+        account: &str,
+        ticket: &str,
+        before: Millis,
+        own: usize,
+    ) -> domain::Result<Vec<Decoded>> {
+        if self.g.tickets.nothing_else_live(account, ticket, own) {
+            return Ok(Vec::new());
+        }
+        let (account, ticket) = (account.to_owned(), ticket.to_owned());
+        self.read(move |pg| {
+            Box::pin(async move { rows::pending_replies(&*pg, &account, &ticket, before).await })
+        })
+    }
+
+    fn put_business_hours(&mut self, account: &str, hours: &BusinessHours) -> domain::Result<()> {
+        let (pg, account, hours, now) = (
+            self.g.pg.clone(),
+            account.to_owned(),
+            hours.clone(),
+            self.now,
+        );
+        self.g
+            .queue(async move { rows::put_business_hours(&*pg, &account, &hours, now).await });
+        Ok(())
+    }
+
+    fn business_hours(&self, account: &str) -> domain::Result<Option<BusinessHours>> {
+        let account = account.to_owned();
+        self.read(move |pg| Box::pin(async move { rows::get_business_hours(&*pg, &account).await }))
+    }
+
+    fn rewindow_chunk(
+        &mut self,
+        account: &str,
+        after: LiveKey,
+        limit: usize,
+        _seen: &mut HashSet<ItemId>,
+    ) -> domain::Result<(Vec<Item>, Option<LiveKey>)> {
+        // Rows are current here (no journal): the walk alone finds every live item.
+        let acc = account.to_owned();
+        let found = self.read(move |pg| {
+            Box::pin(async move { rows::live_items_after(&*pg, &acc, after, limit).await })
+        })?;
+        let next = if found.len() < limit {
+            None
+        } else {
+            found.last().map(|(k, _)| *k)
+        };
+        let kept = found
+            .into_iter()
+            .filter_map(|(_, item)| item)
+            .filter(|item| {
+                item.state == State::Pending
+                    && item.next_attempt_at.is_none()
+                    && item.timing.window() == domain::DeliveryWindow::BusinessHours
+            })
+            .collect();
+        Ok((kept, next))
+    }
+
+    fn rewindow_cursor(&self, account: &str) -> domain::Result<Option<(Millis, ItemId)>> {
+        let account = account.to_owned();
+        self.read(move |pg| Box::pin(async move { rows::rewindow_cursor(&*pg, &account).await }))
+    }
+
+    fn set_rewindow_cursor(
+        &mut self,
+        account: &str,
+        cursor: Option<(Millis, ItemId)>,
+    ) -> domain::Result<()> {
+        let (pg, account) = (self.g.pg.clone(), account.to_owned());
+        self.g
+            .queue(async move { rows::set_rewindow_cursor(&*pg, &account, cursor).await });
+        Ok(())
+    }
+
+    fn put_control(
+        &mut self,
+        account: &str,
+        channel: domain::Channel,
+        paused: Option<bool>,
+        per_minute: Option<u32>,
+    ) -> domain::Result<()> {
+        let (pg, account) = (self.g.pg.clone(), account.to_owned());
+        self.g.queue(async move {
+            rows::put_control(&*pg, &account, channel, paused, per_minute).await
+        });
+        Ok(())
+    }
+
+    fn all_controls(&self) -> domain::Result<Vec<ControlRow>> {
+        self.read(|pg| Box::pin(async move { rows::all_controls(&*pg).await }))
+    }
+
+    fn prune_events(&mut self, cutoff: Millis, batch: u32) -> domain::Result<usize> {
+        self.read(move |pg| Box::pin(async move { rows::prune_events(&*pg, cutoff, batch).await }))
+    }
+
+    fn insert(
+        &mut self,
+        new: &NewItem,
+        send_at: Millis,
+        timing: &Timing,
+    ) -> domain::Result<ItemId> {
+        self.fx.reserved.push(new.account_id.clone());
+        let id = self.g.next_id;
+        self.g.next_id += 1;
+        let (pg, new2, timing, now) = (self.g.pg.clone(), new.clone(), timing.clone(), self.now);
+        self.g
+            .queue(async move { rows::insert_item(&*pg, id, &new2, send_at, &timing, now).await });
+        // Counted at once; a rollback leaves the count high, which is safe.
+        self.g
+            .tickets
+            .add(LiveTickets::slot(&new.account_id, &new.ticket_id));
+        Ok(id)
+    }
+
+    fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        let (pg, row) = (self.g.pg.clone(), item.clone());
+        self.g
+            .queue(async move { rows::update_item(&*pg, &row).await });
+        let seq = self.queue_event(change.event, item);
+        self.g.changed.insert(item.id);
+        self.fx.record(item, &change, seq);
+        Ok(seq)
+    }
+
+    fn save_new(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        let seq = self.queue_event(change.event, item);
+        self.fx.max_seq = self.fx.max_seq.max(seq);
+        if let Timer::Set(at) = change.timer {
+            self.fx.timers.push(WheelOp::Set(item.id, at));
+        }
+        Ok(seq)
+    }
+
+    fn rearm(&mut self, id: ItemId, at: Millis) {
+        self.fx.timers.push(WheelOp::Set(id, at));
+    }
+
+    fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<bool> {
+        let Some(mut item) =
+            self.read(move |pg| Box::pin(async move { rows::get_item_lenient(&*pg, id).await }))?
+        else {
+            return Ok(false);
+        };
+        let cmd = domain::machine::Command::Unreadable {
+            why: why.to_owned(),
+        };
+        let domain::machine::Step::Changed(change) =
+            domain::machine::step(&mut item, cmd, self.now)?
+        else {
+            return Ok(false);
+        };
+        let (why2, now) = (why.to_owned(), self.now);
+        let done = self.read(move |pg| {
+            Box::pin(async move { rows::fail_unreadable(&*pg, id, &why2, now).await })
+        })?;
+        if done.is_none() {
+            return Ok(false);
+        }
+        let seq = self.queue_event(change.event, &item);
+        self.g.changed.insert(id);
+        self.fx.max_seq = self.fx.max_seq.max(seq);
+        self.fx.timers.push(WheelOp::Remove(id));
+        if change.left_live {
+            self.fx.released.push(item.account_id.clone());
+            self.fx
+                .left_tickets
+                .push(LiveTickets::slot(&item.account_id, &item.ticket_id));
+        }
+        Ok(true)
+    }
+
+    fn leases_out(&mut self, leases: Vec<(Item, Change)>) {
+        self.leases.extend(leases);
+    }
+
+    fn changed_in_group(&self, id: ItemId) -> bool {
+        self.g.changed.contains(&id)
+    }
+
+    fn isolated_dyn(
+        &mut self,
+        f: &mut dyn FnMut(&mut Tx<'_>) -> domain::Result<()>,
+    ) -> domain::Result<domain::Result<()>> {
+        self.read(|pg| Box::pin(async move { Ok(pg.client.batch_execute("SAVEPOINT o").await?) }))?;
+        let fx_mark = self.fx.clone();
+        let leases_mark = self.leases.len();
+        let changed_mark = self.g.changed.clone();
+        let now = self.now;
+        let r = f(&mut Tx::new(now, self));
+        let r = match r {
+            Ok(()) => self.g.flush(self.rt).map_err(domain::Error::from),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                self.read(|pg| {
+                    Box::pin(async move { Ok(pg.client.batch_execute("RELEASE o").await?) })
+                })?;
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                // Unsent statements of `f` are dropped unsent; the rest roll back.
+                self.g.pending.borrow_mut().clear();
+                if self.g.broken().is_some() {
+                    return Err(e);
+                }
+                self.read(|pg| {
+                    Box::pin(async move {
+                        Ok(pg.client.batch_execute("ROLLBACK TO o; RELEASE o").await?)
+                    })
+                })?;
+                debug_assert_eq!(
+                    self.fx.reserved.len(),
+                    fx_mark.reserved.len(),
+                    "an isolated step may not reserve quota"
+                );
+                *self.fx = fx_mark;
+                self.leases.truncate(leases_mark);
+                self.g.changed = changed_mark;
+                Ok(Err(e))
+            }
+        }
+    }
+}
