@@ -190,6 +190,11 @@ async fn start_with_metrics() -> TestServer {
     TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await
 }
 
+/// As [`start_with_metrics`], on SQLite (for tests that damage its file).
+async fn start_sqlite_with_metrics() -> TestServer {
+    TestServer::start_sqlite_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await
+}
+
 /// The values of `series` in this server's `/metrics`, in order.
 async fn counters(t: &TestServer, series: &[&str]) -> Vec<f64> {
     let body = scrape_metrics(t.running().metrics_addr().expect("metrics on")).await;
@@ -199,7 +204,7 @@ async fn counters(t: &TestServer, series: &[&str]) -> Vec<f64> {
 // Reads or damages the SQLite engine's file, or holds its writer's durability: SQLite only.
 #[tokio::test]
 async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
-    let mut t = start_with_metrics().await;
+    let mut t = start_sqlite_with_metrics().await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
     let held = t.schedule(email_reply("acme", "T0", T0 + 1_000)).await;
     let bad_content = t.schedule(email_reply("acme", "T1", T0 + 5_000)).await;
@@ -259,7 +264,7 @@ async fn an_item_that_cannot_be_read_fails_alone_and_the_rest_flow_on() {
 
 #[tokio::test]
 async fn answers_in_flight_at_shutdown_are_recorded() {
-    let mut t = TestServer::start_sqlite_with(|c| c.dispatch.drain_grace_ms = 5_000).await;
+    let mut t = TestServer::start_with(|c| c.dispatch.drain_grace_ms = 5_000).await;
     let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Chat], 1).await;
     let item = t.schedule(chat_reply("acme", "T1", T0 + 1_000)).await;
     t.advance(Duration::from_secs(1));
