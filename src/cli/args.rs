@@ -52,6 +52,9 @@ pub enum Command {
     Connector(ConnectorCommand),
     /// Copy the database to a file with SQLite's online backup API (safe while serving).
     Backup(BackupArgs),
+    /// Copy a whole store (SQLite file or PostgreSQL URL) into an empty one, and check
+    /// the counts.
+    Migrate(MigrateArgs),
     /// Show or set the account's business hours (used by --business-hours).
     #[command(subcommand)]
     Hours(HoursCommand),
@@ -197,6 +200,22 @@ pub struct BackupArgs {
     /// Where to write the copy (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `sendlater migrate`.
+#[derive(Debug, ClapArgs)]
+pub struct MigrateArgs {
+    /// The store to copy: an SQLite file or a postgres:// URL. Read in one snapshot
+    /// and left as it is; stop the service on it first.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub from: String,
+    /// The empty store to copy into: an SQLite file (created when missing) or a
+    /// postgres:// URL (an existing, empty database). A non-empty one is refused.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub to: String,
+    /// A progress line on stderr every this many rows (and at least every second).
+    #[arg(long, value_name = "ROWS", default_value_t = 100_000)]
+    pub progress_every: u64,
 }
 
 /// `sendlater serve`.
@@ -623,7 +642,10 @@ impl Command {
     /// The connection flags of a client subcommand; `None` for `serve`.
     pub fn client_args(&self) -> Option<&ClientArgs> {
         match self {
-            Command::Serve(_) | Command::Connector(_) | Command::Backup(_) => None,
+            Command::Serve(_)
+            | Command::Connector(_)
+            | Command::Backup(_)
+            | Command::Migrate(_) => None,
             Command::Schedule(a) => Some(&a.client),
             Command::List(a) => Some(&a.client),
             Command::Tickets(a) => Some(&a.client),

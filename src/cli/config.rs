@@ -189,7 +189,7 @@ enum SendTime {
 /// subcommand and is refused.
 pub fn action(command: &Command, config: &ClientConfig, now: DateTime<Utc>) -> Result<Action> {
     match command {
-        Command::Serve(_) | Command::Connector(_) | Command::Backup(_) => {
+        Command::Serve(_) | Command::Connector(_) | Command::Backup(_) | Command::Migrate(_) => {
             Err(CliError::Config("not a client subcommand".to_owned()))
         }
         Command::Schedule(args) => schedule(args, config, now),

@@ -21,6 +21,7 @@ pub mod error;
 pub mod hours;
 pub mod json;
 pub mod logging;
+pub mod migrate;
 pub mod output;
 pub mod serve;
 pub mod settings;
@@ -47,6 +48,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Serve(serve_args) => serve::run(serve::serve_config(serve_args)?).await,
         Command::Connector(c) => connector::run(c).await,
         Command::Backup(b) => backup::run(b),
+        Command::Migrate(m) => migrate::run(m).await,
         command => {
             let client_args = command
                 .client_args()

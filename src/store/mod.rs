@@ -35,6 +35,7 @@
 //! hold durability back for tests or write its rows back on demand.
 
 pub mod codec;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 pub mod tickets;

@@ -7,6 +7,7 @@
 //! allocated by sendlater (no sequence on the hot path); start-up reads where they
 //! stand with `rows::max_ids`.
 
+pub(crate) mod dump;
 // A few statements are used by tests and the migration only.
 #[allow(dead_code)]
 pub(crate) mod rows;

@@ -38,6 +38,7 @@ pub mod backup;
 mod checkpoint;
 mod claims;
 mod current;
+pub(crate) mod dump;
 mod meta;
 mod overlay;
 mod queries;
