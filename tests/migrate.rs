@@ -548,3 +548,337 @@ async fn a_store_copied_to_postgresql_and_back_holds_the_same_rows_and_answers_t
     assert_eq!(seqs, expected, "{next:?}");
     copy.stop().await;
 }
+
+/// A small store built through a server, stopped: acme's pending, cancelled and
+/// rescheduled items, business hours and a pause; returns the server (its folder
+/// holds the file) and acme's item ids.
+async fn small_store() -> (TestServer, Vec<String>) {
+    let mut t = TestServer::start().await;
+    let mut client = t.client.clone();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let item = t
+            .schedule(email_reply(
+                "acme",
+                &format!("T{}", i % 3),
+                T0 + 3_600_000 * (i + 1),
+            ))
+            .await;
+        ids.push(item.item_id);
+    }
+    client
+        .cancel(item_ref("acme", &ids[1]))
+        .await
+        .expect("cancel");
+    client
+        .reschedule(pb::RescheduleRequest {
+            account_id: "acme".into(),
+            item_id: ids[2].clone(),
+            send_at: Some(ts(T0 + 50_000_000)),
+            ..Default::default()
+        })
+        .await
+        .expect("reschedule");
+    client
+        .pause_dispatch(pb::DispatchControlRequest {
+            account_id: "acme".into(),
+            channel: pb::Channel::Email as i32,
+        })
+        .await
+        .expect("pause");
+    t.settle().await;
+    t.stop().await;
+    (t, ids)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// `sendlater migrate ...` that must fail with `code`; its stderr.
+async fn migrate_fails(from: &str, to: &str, code: i32) -> String {
+    let out = sendlater(&["migrate", "--from", from, "--to", to]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "migrate {from} -> {to}: stdout {} stderr {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        !stderr.contains(PASSWORD),
+        "a password was printed: {stderr}"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn a_non_empty_target_is_refused_with_exit_64_and_left_unchanged() {
+    let (t, _) = small_store().await;
+    let src = path_str(&t.db_path());
+
+    // SQLite: a file holding a store already.
+    let copy = t.dir.path().join("copy.db");
+    migrate_ok(&src, &path_str(&copy), &[]).await;
+    let bytes = std::fs::read(&copy).unwrap();
+    let rows = sqlite_rows(&copy);
+    let err = migrate_fails(&src, &path_str(&copy), 64).await;
+    assert!(err.contains(&format!("--to {}", copy.display())), "{err}");
+    assert!(err.contains("not empty (6 items, "), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        bytes,
+        "the file is untouched"
+    );
+    assert_eq!(sqlite_rows(&copy), rows);
+
+    // PostgreSQL: a database holding a store already.
+    let url = pg::fresh_database().await;
+    let pg = with_password(&url);
+    migrate_ok(&src, &pg, &[]).await;
+    let counts = pg_counts(&url).await;
+    let err = migrate_fails(&path_str(&copy), &pg, 64).await;
+    assert!(err.contains("--to postgres://postgres:***@"), "{err}");
+    assert!(err.contains("not empty (6 items, "), "{err}");
+    assert_eq!(pg_counts(&url).await, counts, "the database is untouched");
+
+    // The source itself is never a target.
+    let err = migrate_fails(&src, &src, 64).await;
+    assert!(err.contains("the same store"), "{err}");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_used_exits_64_naming_it_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("never.db");
+
+    let missing = dir.path().join("missing.db");
+    let err = migrate_fails(&path_str(&missing), &path_str(&target), 64).await;
+    assert!(
+        err.contains(&format!("--from {}", missing.display())),
+        "{err}"
+    );
+    assert!(err.contains("no such file"), "{err}");
+
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, "not a database, just some words to fill a page").unwrap();
+    let err = migrate_fails(&path_str(&foreign), &path_str(&target), 64).await;
+    assert!(
+        err.contains(&format!("--from {}", foreign.display())),
+        "{err}"
+    );
+
+    let empty_pg = pg::fresh_database().await;
+    let err = migrate_fails(&with_password(&empty_pg), &path_str(&target), 64).await;
+    assert!(err.contains("--from postgres://postgres:***@"), "{err}");
+    assert!(err.contains("no sendlater schema"), "{err}");
+    assert!(
+        !target.exists(),
+        "no target is created when the source cannot be read"
+    );
+
+    let (t, _) = small_store().await;
+    let closed = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/sendlater");
+    let err = migrate_fails(&path_str(&t.db_path()), &closed, 64).await;
+    assert!(
+        err.contains("--to postgres://postgres:***@127.0.0.1:1/sendlater: cannot connect"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn progress_lines_count_the_rows_up_to_the_total() {
+    let (t, _) = small_store().await;
+    let copy = t.dir.path().join("copy.db");
+    let (_, stderr) = migrate_ok(
+        &path_str(&t.db_path()),
+        &path_str(&copy),
+        &["--progress-every", "4"],
+    )
+    .await;
+    // "migrate: copied 4/19 rows (21%), 1000 rows/s, items"
+    let lines: Vec<(u64, u64)> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("migrate: copied "))
+        .map(|l| {
+            let (done, rest) = l.split_once('/').unwrap();
+            let total = rest.split_once(' ').unwrap().0;
+            (done.parse().unwrap(), total.parse().unwrap())
+        })
+        .collect();
+    assert!(lines.len() >= 4, "a line every 4 rows: {stderr}");
+    let total = lines[0].1;
+    assert!(lines.iter().all(|l| l.1 == total), "{stderr}");
+    assert!(
+        lines.windows(2).all(|w| w[0].0 < w[1].0),
+        "growing: {stderr}"
+    );
+    assert_eq!(
+        lines.last().unwrap().0,
+        total,
+        "ends at the total: {stderr}"
+    );
+    assert_eq!(lines[0].0, 4, "{stderr}");
+    // 6 items, their events, 0 business hours, 1 control.
+    let events: u64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(total, 6 + events + 1);
+}
+
+#[tokio::test]
+async fn the_last_event_sequence_carries_over_when_every_event_was_pruned() {
+    let (t, _) = small_store().await;
+    let src = t.db_path();
+    let raw = rusqlite::Connection::open(&src).unwrap();
+    let last: i64 = raw
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // Retention pruned every event (the rows reflect them all).
+    raw.execute("DELETE FROM events", []).unwrap();
+    drop(raw);
+
+    let url = pg::fresh_database().await;
+    let (stdout, _) = migrate_ok(&path_str(&src), &url, &[]).await;
+    assert!(
+        stdout.contains(&format!("last event seq    {last}")),
+        "{stdout}"
+    );
+    let pruned: String = pg_client(&url)
+        .await
+        .query_one(
+            "SELECT value FROM store_meta WHERE key = 'events_pruned_through'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pruned, last.to_string());
+
+    // Back to SQLite, and SQLite to SQLite: the file's sequence stands at the source's.
+    let back = t.dir.path().join("back.db");
+    migrate_ok(&url, &path_str(&back), &[]).await;
+    let direct = t.dir.path().join("direct.db");
+    migrate_ok(&path_str(&src), &path_str(&direct), &[]).await;
+    for copy in [&back, &direct] {
+        let seq: i64 = rusqlite::Connection::open(copy)
+            .unwrap()
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, last, "{}", copy.display());
+    }
+
+    // A server on the copy numbers its next event after the source's last.
+    let mut copy = serve_on(&path_str(&back), &t.clock).await;
+    let fresh = copy
+        .schedule(email_reply("acme", "T8", T0 + 60_000_000))
+        .await;
+    let next = events_until(&copy, "acme", 0, &fresh.item_id).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].sequence, last as u64 + 1);
+    copy.stop().await;
+}
+
+#[tokio::test]
+async fn a_copy_that_fails_half_way_leaves_the_target_empty_and_can_be_run_again() {
+    let (t, _) = small_store().await;
+    let src = t.db_path();
+    // The newest event has a type PostgreSQL's smallint cannot hold: the items are
+    // copied, then the events' COPY fails.
+    let raw = rusqlite::Connection::open(&src).unwrap();
+    let newest: i64 = raw
+        .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let kind: i64 = raw
+        .query_row("SELECT type FROM events WHERE seq = ?1", [newest], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    raw.execute("UPDATE events SET type = 70000 WHERE seq = ?1", [newest])
+        .unwrap();
+
+    let url = pg::fresh_database().await;
+    let err = migrate_fails(&path_str(&src), &url, 1).await;
+    assert!(err.contains("does not fit"), "{err}");
+    assert!(err.contains("rolled back"), "{err}");
+    assert!(
+        pg_counts(&url).await.iter().all(|(_, n)| *n == 0),
+        "nothing copied stays: {:?}",
+        pg_counts(&url).await
+    );
+
+    // Fixed, the same (empty) target takes the copy.
+    raw.execute("UPDATE events SET type = ?1 WHERE seq = ?2", [kind, newest])
+        .unwrap();
+    drop(raw);
+    let (stdout, _) = migrate_ok(&path_str(&src), &url, &[]).await;
+    assert!(stdout.contains("items             6 "), "{stdout}");
+
+    // PostgreSQL to PostgreSQL too.
+    let other = pg::fresh_database().await;
+    migrate_ok(&url, &other, &[]).await;
+    assert_eq!(pg_counts(&other).await, pg_counts(&url).await);
+}
+
+#[tokio::test]
+async fn an_sqlite_source_whose_rows_lag_its_journal_is_copied_as_replayed_and_left_unchanged() {
+    let (t, ids) = small_store().await;
+    let src = t.db_path();
+    let cancelled = numeric_id(&ids[1]);
+    // As a stop that could not write rows back leaves it: the cancel is in the journal
+    // (its event is past the watermark), the row still says PENDING.
+    let raw = rusqlite::Connection::open(&src).unwrap();
+    let cancel_seq: i64 = raw
+        .query_row(
+            "SELECT seq FROM events WHERE item_id = ?1 AND type = 7",
+            [cancelled],
+            |r| r.get(0),
+        )
+        .unwrap();
+    raw.execute("UPDATE items SET state = 1 WHERE id = ?1", [cancelled])
+        .unwrap();
+    raw.execute("UPDATE sweep_mark SET swept_seq = ?1", [cancel_seq - 1])
+        .unwrap();
+    drop(raw);
+    let before = sqlite_rows(&src);
+    let mark = |p: &Path| -> i64 {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row("SELECT swept_seq FROM sweep_mark", [], |r| r.get(0))
+            .unwrap()
+    };
+
+    let copy = t.dir.path().join("copy.db");
+    let (stdout, _) = migrate_ok(&path_str(&src), &path_str(&copy), &[]).await;
+    assert!(stdout.contains("CANCELLED 1"), "{stdout}");
+    let state: i64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT state FROM items WHERE id = ?1", [cancelled], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        state,
+        pb::State::Cancelled as i64,
+        "the copy holds the replayed row"
+    );
+
+    assert_eq!(sqlite_rows(&src), before, "the source is left as it was");
+    assert_eq!(mark(&src), cancel_seq - 1);
+    let last: i64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mark(&copy), last, "the copy has nothing to replay");
+}

@@ -38,7 +38,7 @@ use super::codec::StoredItem;
 use super::{postgres, sqlite, DbTarget, StoreError};
 use crate::domain::{ItemId, Millis, State};
 
-/// Rows read from the source per page.
+/// Rows read from the source per page (at most).
 pub const PAGE: usize = 2_000;
 
 /// An item's row as stored: every column, the lease beside the at-rest state.
@@ -168,8 +168,8 @@ pub enum MigrateError {
     /// `--from` and `--to` name the same store.
     #[error("--from and --to are the same store ({0})")]
     Same(String),
-    /// A value the target cannot hold (out of its column's range).
-    #[error("{0}")]
+    /// A value the target cannot hold (out of its column's range): rolled back.
+    #[error("{0}; the copy was rolled back (the target is left empty)")]
     Value(String),
     /// The copy failed: the target was left empty.
     #[error("the copy failed and was rolled back (the target is left empty): {0}")]
@@ -458,6 +458,11 @@ async fn copy(
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<(), MigrateError> {
     let total = counts.rows();
+    // Pages no larger than the progress step, so a line comes every `progress_every`
+    // rows when that is small.
+    let page_size = usize::try_from(options.progress_every)
+        .unwrap_or(PAGE)
+        .clamp(1, PAGE);
     let mut throttle = Throttle::new(options.progress_every, Duration::from_secs(1));
     let mut copied = 0u64;
     let mut report = |table: &'static str, copied: u64, last: bool| {
@@ -474,7 +479,7 @@ async fn copy(
 
     let mut after: ItemId = 0;
     loop {
-        let page = source.items(after, PAGE).await?;
+        let page = source.items(after, page_size).await?;
         let Some(last) = page.last() else { break };
         after = last.stored.id;
         target.write_items(&page).await?;
@@ -486,7 +491,7 @@ async fn copy(
     let mut oldest = None;
     let mut newest = None;
     loop {
-        let page = source.events(after, PAGE).await?;
+        let page = source.events(after, page_size).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         oldest = oldest.or(page.first().map(|e| e.seq));

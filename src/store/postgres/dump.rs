@@ -86,7 +86,8 @@ async fn holdings(client: &Client) -> Result<Option<String>, StoreError> {
             }
         }
     }
-    if tables.iter().any(|t| t == "store_meta") {
+    // Events pruned, every one: the sequence says something was written.
+    if held.is_empty() && tables.iter().any(|t| t == "store_meta") {
         let pruned = client
             .query_opt(
                 "SELECT value FROM store_meta WHERE key = 'events_pruned_through'",

@@ -60,7 +60,8 @@ fn holdings(conn: &Connection) -> Result<Option<String>, StoreError> {
                 |r| r.get(0),
             )
             .optional()?;
-        if let Some(seq) = seq.filter(|&s| s > 0) {
+        // Events pruned, every one: the sequence says something was written.
+        if let Some(seq) = seq.filter(|&s| s > 0 && held.is_empty()) {
             held.push(format!("events were written up to sequence {seq}"));
         }
     }
