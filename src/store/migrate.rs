@@ -186,7 +186,10 @@ pub enum MigrateError {
         "the counts differ, the copy was rolled back (the target is left empty): source has \
          {ours}; the copy had {theirs}"
     )]
-    Counts { ours: Counts, theirs: Counts },
+    Counts {
+        ours: Box<Counts>,
+        theirs: Box<Counts>,
+    },
 }
 
 impl MigrateError {
@@ -382,8 +385,8 @@ pub async fn migrate(
         Ok(()) => match target.counts().await {
             Ok(c) if c == source_counts => Ok(()),
             Ok(c) => Err(MigrateError::Counts {
-                ours: source_counts.clone(),
-                theirs: c,
+                ours: Box::new(source_counts.clone()),
+                theirs: Box::new(c),
             }),
             Err(e) => Err(e.into()),
         },
@@ -575,7 +578,7 @@ mod tests {
         assert_eq!(c.rows(), 16);
         assert!(c
             .to_string()
-            .starts_with("items 7 (DISPATCHING 1, PENDING 3, SENT 2, state 42)"));
+            .starts_with("items 7 (DISPATCHING 1, PENDING 3, SENT 2, state 42 1), events 9"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
+use super::rows::LAST_SEQ;
 use super::schema::{self, SCHEMA_VERSION};
 use crate::store::codec::StoredItem;
 use crate::store::migrate::{
@@ -36,10 +37,6 @@ const DATA_TABLES: &[(&str, &str)] = &[
     ("business_hours", "accounts with business hours"),
     ("dispatch_controls", "dispatch controls"),
 ];
-
-/// The last event sequence ever written, pruned or not (as the engine reads it).
-const LAST_SEQ: &str = "GREATEST(COALESCE((SELECT MAX(seq) FROM events), 0), \
-    COALESCE((SELECT value::bigint FROM store_meta WHERE key = 'events_pruned_through'), 0))";
 
 /// Connects to `url` on the current runtime (its connection task is spawned there).
 async fn connect(url: &str) -> Result<Client, StoreError> {

@@ -615,7 +615,7 @@ pub async fn insert_events(c: &impl Conn, rows: &[EventRow<'_>]) -> Result<(), S
 }
 
 /// The last event sequence ever written, pruned or not (0 when none).
-const LAST_SEQ: &str = "GREATEST(COALESCE((SELECT MAX(seq) FROM events), 0), \
+pub(crate) const LAST_SEQ: &str = "GREATEST(COALESCE((SELECT MAX(seq) FROM events), 0), \
     COALESCE((SELECT value::bigint FROM store_meta WHERE key = 'events_pruned_through'), 0))";
 
 /// Deletes the oldest events up to the first one at or after `cutoff`, at most `batch`
