@@ -2,7 +2,7 @@
 //! a real server (sent, failed, retrying, leased, cancelled, rescheduled, converted and
 //! paused items, business hours, a pause and a rate limit) copied from SQLite to a
 //! real PostgreSQL and back holds the same rows, and a server started on the copy
-//! gives the same answers (GetItem, ListScheduled, ListDeferredTickets, timelines,
+//! (SQLite or PostgreSQL) gives the same answers (GetItem, ListScheduled, ListDeferredTickets, timelines,
 //! WatchEvents, hours, controls), with event sequences going on from the source's.
 //! A non-empty target is refused and left unchanged (exit 64), a failed copy leaves
 //! the target empty, progress and counts are printed, and no password ever is.
@@ -521,6 +521,11 @@ async fn a_store_copied_to_postgresql_and_back_holds_the_same_rows_and_answers_t
     assert_eq!(before.timelines, after.timelines);
     assert_eq!(before.events, after.events);
     assert_eq!(before, after);
+    // And so does one on the PostgreSQL copy (it too recovers the lease at start-up).
+    let mut on_pg = serve_on(&pg, &t.clock).await;
+    let after_pg = answers(&on_pg, &built).await;
+    on_pg.stop().await;
+    assert_eq!(before, after_pg, "a server on the PostgreSQL copy answers the same");
     let leased = after
         .items
         .iter()
