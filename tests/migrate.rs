@@ -59,7 +59,8 @@ fn with_password(url: &str) -> String {
 async fn serve_on(db: &str, clock: &ManualClock) -> TestServer {
     let db = db.to_owned();
     let clock = clock.clone();
-    TestServer::start_with(move |c| {
+    // start_sqlite_with: no fresh database is made for it; `db` says where it runs.
+    TestServer::start_sqlite_with(move |c| {
         c.db_path = db.into();
         c.clock = Arc::new(clock);
     })
@@ -239,8 +240,10 @@ async fn build_store(t: &TestServer) -> Built {
     }
 }
 
-/// Every answer a client can get about the built store.
+/// Every answer a client can get about the built store, once start-up's work (the
+/// recovery of leases lost in a restart) is done.
 async fn answers(t: &TestServer, built: &Built) -> Answers {
+    t.settle().await;
     let mut client = t.client.clone();
     let mut items = Vec::new();
     for (account, id) in &built.ids {
@@ -443,7 +446,7 @@ async fn pg_counts(url: &str) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn a_store_copied_to_postgresql_and_back_holds_the_same_rows_and_answers_the_same() {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let built = build_store(&t).await;
     t.stop().await;
     // An item out at a connector (the stop may have kept its lease or given it back:
@@ -525,7 +528,10 @@ async fn a_store_copied_to_postgresql_and_back_holds_the_same_rows_and_answers_t
     let mut on_pg = serve_on(&pg, &t.clock).await;
     let after_pg = answers(&on_pg, &built).await;
     on_pg.stop().await;
-    assert_eq!(before, after_pg, "a server on the PostgreSQL copy answers the same");
+    assert_eq!(
+        before, after_pg,
+        "a server on the PostgreSQL copy answers the same"
+    );
     let leased = after
         .items
         .iter()
@@ -558,7 +564,7 @@ async fn a_store_copied_to_postgresql_and_back_holds_the_same_rows_and_answers_t
 /// rescheduled items, business hours and a pause; returns the server (its folder
 /// holds the file) and acme's item ids.
 async fn small_store() -> (TestServer, Vec<String>) {
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_sqlite_with(|_| {}).await;
     let mut client = t.client.clone();
     let mut ids = Vec::new();
     for i in 0..6 {
