@@ -3,12 +3,14 @@
 //! ([`SqliteTarget`]). Rows move with their stored bytes (`store::codec`).
 //!
 //! # Contract
-//! - [`SqliteSource`] holds one write transaction from open to close: the journal
-//!   (events past the sweep watermark) is replayed into the rows inside it, every read
-//!   sees the rows current, and the transaction is rolled back at the end, so the
-//!   file is left as it was (but for bringing an older schema to this build's, as
-//!   `serve` does). A server writing the file meanwhile waits (or is refused after the
-//!   busy timeout): stop it before migrating.
+//! - [`SqliteSource`] holds one transaction from open to close, and every read sees
+//!   the rows current: a read snapshot when the rows reflect every event (as a clean
+//!   stop leaves them), which writers do not wait for; else a write transaction in
+//!   which the journal (events past the sweep watermark) is replayed into the rows.
+//!   Either is rolled back at the end, so the file is left as it was (but for bringing
+//!   an older schema to this build's, as `serve` does). A server writing the file
+//!   meanwhile waits for a replaying copy (or is refused after its busy timeout):
+//!   stop it before migrating.
 //! - [`SqliteTarget::open`] refuses a file holding anything before it writes to it;
 //!   then creates the schema, and writes everything in one transaction that commits
 //!   (durably: `synchronous=FULL`) or rolls back whole. A lease goes to `leases`; the
@@ -97,6 +99,15 @@ fn counts(conn: &Connection) -> Result<Counts, StoreError> {
     Ok(c)
 }
 
+/// Whether events past the sweep watermark wait to be replayed into the rows.
+fn lags(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE seq > (SELECT swept_seq FROM sweep_mark))",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 /// A file read in one snapshot, with its journal replayed (and rolled back at close).
 pub struct SqliteSource {
     conn: Connection,
@@ -132,8 +143,15 @@ impl SqliteSource {
             ));
         }
         schema::migrate(&mut conn)?;
-        // IMMEDIATE: the replay writes; a deferred transaction could fail to upgrade.
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Rows that reflect every event (a clean stop leaves them so): a read
+        // snapshot, which no writer waits for.
+        conn.execute_batch("BEGIN DEFERRED")?;
+        if !lags(&conn)? {
+            return Ok(SqliteSource { conn });
+        }
+        // The journal must be replayed: a write transaction, rolled back at close
+        // (IMMEDIATE: a deferred one could fail to upgrade).
+        conn.execute_batch("ROLLBACK; BEGIN IMMEDIATE")?;
         let replayed = super::rows::replay(&conn)?;
         tracing::info!(
             events = replayed,
@@ -461,5 +479,97 @@ impl Target for SqliteTarget {
         if let Err(e) = self.conn.execute_batch("ROLLBACK") {
             tracing::warn!(error = %e, "rolling the copy back failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::migrate::Source;
+
+    /// A file with one item and its event, the rows current; `lagging`: the row
+    /// still PENDING while its journalled CANCELLED event waits past the watermark.
+    fn file(lagging: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut c = Connection::open(&path).unwrap();
+        c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
+        schema::migrate(&mut c).unwrap();
+        let content = crate::domain::Content::Email(Default::default()).to_bytes();
+        c.execute(
+            "INSERT INTO items (id, account_id, ticket_id, kind, channel, author_id, content, \
+             send_at, next_send_at, created_at, updated_at, state, on_activity, attempts) \
+             VALUES (1, 'a', 't', 1, 1, 'u', ?1, 10, 10, 1, 1, 1, 1, 0)",
+            params![content],
+        )
+        .unwrap();
+        let mut item = super::super::rows::get_item_checked(&c, 1)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        item.state = crate::domain::State::Cancelled;
+        super::super::rows::insert_event(&c, crate::domain::EventType::Cancelled, &item, 2)
+            .unwrap();
+        if !lagging {
+            c.execute("UPDATE items SET state = 5", []).unwrap();
+            c.execute("UPDATE sweep_mark SET swept_seq = 1", [])
+                .unwrap();
+        }
+        drop(c);
+        (dir, path)
+    }
+
+    /// Another process writing the file, without waiting for a lock.
+    fn write_elsewhere(path: &Path) -> rusqlite::Result<usize> {
+        let c = Connection::open(path)?;
+        c.busy_timeout(std::time::Duration::ZERO)?;
+        c.execute(
+            "INSERT INTO dispatch_controls (account_id, channel, paused) VALUES ('b', 1, 1)",
+            [],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_clean_file_is_read_in_a_snapshot_that_writers_do_not_wait_for() {
+        let (_dir, path) = file(false);
+        let mut src = SqliteSource::open(&path).unwrap();
+        assert_eq!(
+            write_elsewhere(&path).unwrap(),
+            1,
+            "the writer went on at once"
+        );
+        assert_eq!(
+            src.controls().await.unwrap(),
+            vec![],
+            "the snapshot predates it"
+        );
+        assert_eq!(src.items(0, 10).await.unwrap()[0].stored.state, 5);
+        Box::new(src).close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lagging_file_is_replayed_in_a_transaction_rolled_back_at_close() {
+        let (_dir, path) = file(true);
+        let mut src = SqliteSource::open(&path).unwrap();
+        assert!(
+            write_elsewhere(&path).is_err(),
+            "the replay holds the write lock"
+        );
+        assert_eq!(
+            src.items(0, 10).await.unwrap()[0].stored.state,
+            5,
+            "replayed"
+        );
+        Box::new(src).close().await.unwrap();
+        let c = Connection::open(&path).unwrap();
+        let (state, mark): (i64, i64) = c
+            .query_row(
+                "SELECT state, (SELECT swept_seq FROM sweep_mark) FROM items",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((state, mark), (1, 0), "the file is left as it was");
     }
 }
