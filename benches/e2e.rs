@@ -11,6 +11,12 @@
 //! `RESULT <scenario> key=value ...` line, and a human summary closes the run.
 //! The server binary is the one cargo builds for this bench (`CARGO_BIN_EXE_sendlater`,
 //! i.e. `target/release/sendlater`).
+//!
+//! `E2E_DB=postgres://USER@HOST:PORT/DB` runs every scenario on PostgreSQL instead: each
+//! server gets a fresh database created on that server (with `psql`), and the cancel
+//! scenario also reports the database's bytes per pending item (`pg_bytes_per_item`,
+//! the growth over the empty schema, and `pg_total_bytes_per_item`, the whole database
+//! over the items, as pg-boss's harness reports it).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream as StdTcpStream;
@@ -177,6 +183,8 @@ struct ServerProc {
     /// When the "recovered" line arrived, and the line.
     recovered: Arc<Mutex<Option<(Instant, String)>>>,
     what: &'static str,
+    /// What `--db` got (a file or a PostgreSQL URL; empty for the no-op server).
+    db: String,
 }
 
 fn free_port() -> u16 {
@@ -187,8 +195,67 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The PostgreSQL server of `E2E_DB`, if set.
+fn pg_base() -> Option<String> {
+    std::env::var("E2E_DB").ok().filter(|u| u.starts_with("postgres"))
+}
+
+/// `psql` from `PGBIN` or Debian's PostgreSQL 15.
+fn psql() -> String {
+    std::env::var("PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()) + "/psql"
+}
+
+/// Runs one SQL statement on `url` with psql; its output, trimmed.
+fn psql_one(url: &str, sql: &str) -> String {
+    let out = Command::new(psql())
+        .args([url, "-XAtc", sql])
+        .output()
+        .unwrap_or_else(|e| panic!("run psql: {e}"));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What `--db` gets for the database `db` names: the file, or (with `E2E_DB`) a fresh
+/// PostgreSQL database named after the file's stem.
+fn db_arg(db: &Path) -> String {
+    let Some(base) = pg_base() else {
+        return db.display().to_string();
+    };
+    // The same file names the same database (a restart on it, as `recover` does).
+    static MADE: Mutex<Vec<(std::path::PathBuf, String)>> = Mutex::new(Vec::new());
+    if let Some((_, url)) = MADE.lock().unwrap().iter().find(|(p, _)| p == db) {
+        return url.clone();
+    }
+    let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("db");
+    let name = format!(
+        "e2e_{}_{}_{}",
+        stem.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id(),
+        now_ms()
+    );
+    psql_one(&base, &format!("CREATE DATABASE {name}"));
+    let cut = base.rfind('/').expect("a database URL ends with /DBNAME");
+    let url = format!("{}/{name}", &base[..cut]);
+    MADE.lock().unwrap().push((db.to_path_buf(), url.clone()));
+    url
+}
+
+/// The size of the server's PostgreSQL database (`None` on SQLite).
+fn pg_db_size(db_url: &str) -> Option<f64> {
+    db_url.starts_with("postgres").then(|| {
+        psql_one(db_url, "SELECT pg_database_size(current_database())")
+            .parse()
+            .expect("a size")
+    })
+}
+
 impl ServerProc {
     fn spawn_sendlater(db: &Path) -> ServerProc {
+        let db = db_arg(db);
         let port = free_port();
         let mut cmd = Command::new(server_bin());
         cmd.args([
@@ -199,12 +266,14 @@ impl ServerProc {
             "off",
             "--db",
         ])
-        .arg(db)
+        .arg(&db)
         .env(
             "RUST_LOG",
             std::env::var("E2E_SERVER_LOG").unwrap_or_else(|_| "info".into()),
         );
-        Self::spawn(cmd, port, "sendlater")
+        let mut p = Self::spawn(cmd, port, "sendlater");
+        p.db = db;
+        p
     }
 
     fn spawn_noop() -> ServerProc {
@@ -243,6 +312,7 @@ impl ServerProc {
             spawned,
             recovered,
             what,
+            db: String::new(),
         }
     }
 
@@ -1231,6 +1301,7 @@ async fn scenario_cancel(o: &Opts) {
     let dir = tempdir();
     let mut s = ServerProc::spawn_sendlater(&dir.path().join("cancel.db"));
     s.wait_serving(Duration::from_secs(60)).await;
+    let empty_size = pg_db_size(&s.db);
     let t0 = now_ms() + 3_600_000;
     let (_, mut ids) = batch_load(
         &s.url,
@@ -1242,6 +1313,13 @@ async fn scenario_cancel(o: &Opts) {
         true,
     )
     .await;
+    // The database's bytes per pending item (PostgreSQL), as pg-boss's harness counts.
+    let pg_sizes = pg_db_size(&s.db).map(|full| {
+        (
+            (full - empty_size.unwrap_or(0.0)) / n as f64,
+            full / n as f64,
+        )
+    });
     // Random order; each item cancelled once.
     ids.shuffle(&mut seeded(12345));
     let chans = channels(&s.url, 4).await;
@@ -1293,6 +1371,16 @@ async fn scenario_cancel(o: &Opts) {
     let written = s.written_bytes() - written0;
     s.stop();
     lat.sort_unstable();
+    if let Some((delta, total)) = pg_sizes {
+        result(
+            "pg-size",
+            &[
+                ("pending", n.to_string()),
+                ("pg_bytes_per_item", f1(delta)),
+                ("pg_total_bytes_per_item", f1(total)),
+            ],
+        );
+    }
     result(
         "cancel",
         &[
