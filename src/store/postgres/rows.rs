@@ -1020,10 +1020,12 @@ pub async fn deferred_tickets(
 
 sql!(
     TICKET_ITEMS,
-    "SELECT {cols} FROM items WHERE account_id = $1 AND ticket_id = $2"
+    "SELECT {cols} FROM items WHERE account_id = $1 AND ticket_id = $2 \
+     ORDER BY created_at, id"
 );
 
-/// GetTicketTimeline: every item of the ticket, in no particular order.
+/// GetTicketTimeline: every item of the ticket, in creation order (as the contract's
+/// `Backend::ticket_items` says; a ticket has few items, sorted after the index).
 ///
 /// # Errors
 /// PostgreSQL errors, a row that cannot be decoded included.
