@@ -126,6 +126,44 @@ async fn query_one(c: &impl Conn, sql: &str, params: &Params<'_>) -> Result<Row,
     Ok(c.client().query_one(&st, params).await?)
 }
 
+const PUT_BUSINESS_HOURS: &str = "INSERT INTO business_hours (account_id, spec, updated_at) \
+    VALUES ($1, $2, $3) ON CONFLICT (account_id) DO UPDATE SET spec = excluded.spec, \
+    updated_at = excluded.updated_at";
+const SET_REWINDOW_CURSOR: &str =
+    "UPDATE business_hours SET rewindow_at = $2, rewindow_id = $3 WHERE account_id = $1";
+const PUT_CONTROL: &str =
+    "INSERT INTO dispatch_controls (account_id, channel, paused, per_minute) \
+    VALUES ($1, $2, COALESCE($3::boolean, false), COALESCE($4::bigint, 0)) \
+    ON CONFLICT (account_id, channel) DO UPDATE SET \
+    paused = COALESCE($3::boolean, dispatch_controls.paused), \
+    per_minute = COALESCE($4::bigint, dispatch_controls.per_minute)";
+
+/// Prepares every statement the writer queues unsent (inserts, updates, events,
+/// settings) on a new connection, before its first group.
+///
+/// A queued statement that still has to be prepared sends its Parse when first polled
+/// but its Bind/Execute only once the answer is back: a savepoint boundary queued after
+/// it (sent at once) would overtake it, and the statement would run in the next write's
+/// savepoint (and roll back with it). Prepared here, each is sent in queue order. The
+/// writer must call this on every connection it makes (at start and after a reconnect);
+/// a statement added to the writer's queued path (`tx.rs`) must be listed here.
+///
+/// # Errors
+/// PostgreSQL errors.
+pub async fn prepare_writes(c: &impl Conn) -> Result<(), StoreError> {
+    for sql in [
+        INSERT_ITEM,
+        UPDATE_ITEM,
+        INSERT_EVENT,
+        PUT_BUSINESS_HOURS,
+        SET_REWINDOW_CURSOR,
+        PUT_CONTROL,
+    ] {
+        c.statements().get(c.client(), sql).await?;
+    }
+    Ok(())
+}
+
 async fn execute(c: &impl Conn, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
     let st = c.statements().get(c.client(), sql).await?;
     Ok(c.client().execute(&st, params).await?)
@@ -725,14 +763,7 @@ pub async fn put_business_hours(
     hours: &BusinessHours,
     now: Millis,
 ) -> Result<(), StoreError> {
-    execute(
-        c,
-        "INSERT INTO business_hours (account_id, spec, updated_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (account_id) DO UPDATE SET spec = excluded.spec, \
-         updated_at = excluded.updated_at",
-        &[&account, &hours.encode(), &now],
-    )
-    .await?;
+    execute(c, PUT_BUSINESS_HOURS, &[&account, &hours.encode(), &now]).await?;
     Ok(())
 }
 
@@ -769,7 +800,7 @@ pub async fn set_rewindow_cursor(
 ) -> Result<(), StoreError> {
     execute(
         c,
-        "UPDATE business_hours SET rewindow_at = $2, rewindow_id = $3 WHERE account_id = $1",
+        SET_REWINDOW_CURSOR,
         &[&account, &cursor.map(|c| c.0), &cursor.map(|c| c.1)],
     )
     .await?;
@@ -865,11 +896,7 @@ pub async fn put_control(
 ) -> Result<(), StoreError> {
     execute(
         c,
-        "INSERT INTO dispatch_controls (account_id, channel, paused, per_minute) \
-         VALUES ($1, $2, COALESCE($3::boolean, false), COALESCE($4::bigint, 0)) \
-         ON CONFLICT (account_id, channel) DO UPDATE SET \
-         paused = COALESCE($3::boolean, dispatch_controls.paused), \
-         per_minute = COALESCE($4::bigint, dispatch_controls.per_minute)",
+        PUT_CONTROL,
         &[
             &account,
             &small(channel.as_i64()),
