@@ -197,7 +197,9 @@ fn free_port() -> u16 {
 
 /// The PostgreSQL server of `E2E_DB`, if set.
 fn pg_base() -> Option<String> {
-    std::env::var("E2E_DB").ok().filter(|u| u.starts_with("postgres"))
+    std::env::var("E2E_DB")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
 }
 
 /// `psql` from `PGBIN` or Debian's PostgreSQL 15.

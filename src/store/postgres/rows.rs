@@ -153,8 +153,10 @@ const PUT_CONTROL: &str =
 pub async fn prepare_writes(c: &impl Conn) -> Result<(), StoreError> {
     for sql in [
         INSERT_ITEM,
+        INSERT_ITEMS,
         UPDATE_ITEM,
         INSERT_EVENT,
+        INSERT_EVENTS,
         PUT_BUSINESS_HOURS,
         SET_REWINDOW_CURSOR,
         PUT_CONTROL,

@@ -174,16 +174,13 @@ impl PgStore {
                     hook,
                     events: events_tx,
                     shared: sh.clone(),
-                    g: Group {
-                        pg: Arc::new(pg),
+                    g: Group::new(
+                        pg,
                         next_id,
                         next_seq,
-                        pending: Default::default(),
-                        changed: Default::default(),
-                        broken: Default::default(),
-                        metrics: sh.metrics.clone(),
-                        tickets: sh.tickets.clone(),
-                    },
+                        sh.metrics.clone(),
+                        sh.tickets.clone(),
+                    ),
                     carry: Vec::new(),
                     group_no: 0,
                 };
@@ -229,6 +226,9 @@ async fn start(url: &str, sync: Synchronous) -> Result<(Pg, ItemId, u64), StoreE
     let mut pg = connect(url).await?;
     schema::migrate(&mut pg.client).await?;
     check_durability(&pg, url, sync).await?;
+    // Queued statements must be prepared already: one not prepared yet sends its
+    // Execute only after its Parse is answered, and what was queued after it overtakes it.
+    rows::prepare_writes(&pg).await?;
     let (max_id, max_seq) = rows::max_ids(&pg).await?;
     Ok((pg, max_id + 1, max_seq + 1))
 }
@@ -321,6 +321,7 @@ impl Writer {
         match self.rt.block_on(async {
             let pg = connect(&self.url).await?;
             check_durability(&pg, &self.url, self.sync).await?;
+            rows::prepare_writes(&pg).await?;
             Ok::<_, StoreError>(pg)
         }) {
             Ok(pg) => {
@@ -358,7 +359,15 @@ impl Writer {
         let mut committed_fx = Effects::default();
         let mut answers: Vec<Completion> = Vec::with_capacity(jobs.len());
         let mut group_leases: Vec<(Item, Change)> = Vec::new();
-        let begun = self.exec("BEGIN; SAVEPOINT w");
+        *self.g.doomed.borrow_mut() = None;
+        self.g.job.set(0);
+        let begun: Result<(), StoreError> = match self.g.broken() {
+            Some(why) => Err(StoreError::Unavailable(why)),
+            None => {
+                self.g.queue_simple("BEGIN; SAVEPOINT w");
+                Ok(())
+            }
+        };
         // Leases carried from a group that failed: recorded before anything reads them.
         if begun.is_ok() && !self.carry.is_empty() {
             let carry = std::mem::take(&mut self.carry);
@@ -375,7 +384,7 @@ impl Writer {
                 };
                 let mut r = Ok(());
                 for (item, change) in &carry {
-                    if let Err(e) = ptx.save(item, change.clone()) {
+                    if let Err(e) = ptx.save(item, *change) {
                         r = Err(e);
                         break;
                     }
@@ -394,7 +403,8 @@ impl Writer {
                 }
             }
         }
-        for job in jobs {
+        for (n, job) in jobs.into_iter().enumerate() {
+            self.g.job.set(n as u64 + 1);
             let now = self.clock.now_ms();
             let mut fx = Effects::default();
             let mut leases = Vec::new();
@@ -415,12 +425,7 @@ impl Writer {
                 }
                 job(&mut Tx::new(now, &mut ptx))
             };
-            let ended = if ok {
-                self.boundary(true)
-            } else {
-                self.g.pending.borrow_mut().clear();
-                self.boundary(false)
-            };
+            let ended = self.boundary(ok);
             match (ok, ended) {
                 (true, Ok(())) => {
                     committed_fx.append(fx);
@@ -442,6 +447,7 @@ impl Writer {
             }
         }
         let outcome = if self.g.broken().is_some() || begun.is_err() {
+            self.g.drop_all_unsent();
             Err(StoreError::Unavailable(self.g.broken().unwrap_or_else(
                 || "the transaction could not begin".into(),
             )))
@@ -491,85 +497,88 @@ impl Writer {
                 for done in answers {
                     done(Err(StoreError::Unavailable(why.clone())));
                 }
-                if self.g.broken().is_none() {
-                    let _ = self.exec("ROLLBACK");
+                if self.g.broken.borrow().is_none() {
+                    // Whatever is left queued belongs to the failed group.
+                    self.g.drop_all_unsent();
+                    let pg = self.g.pg.clone();
+                    if let Err(e) = self
+                        .rt
+                        .block_on(async move { pg.client.batch_execute("ROLLBACK").await })
+                    {
+                        self.g.note(&StoreError::from(e));
+                    }
                 }
             }
         }
     }
 
-    /// Runs a simple statement now (after what is queued).
-    fn exec(&self, sql: &'static str) -> Result<(), StoreError> {
-        if let Some(why) = self.g.broken() {
-            return Err(StoreError::Unavailable(why));
-        }
-        let pg = self.g.pg.clone();
-        self.g
-            .queue(async move { Ok(pg.client.batch_execute(sql).await?) });
-        self.g.flush(&self.rt)
-    }
-
-    /// Ends a write: releases its savepoint and opens the next one (`ok`), or rolls it
-    /// back. Sends what the write queued first, in the same round trip; if that fails,
-    /// the write is rolled back and the error returned.
+    /// Ends a write: queues the release of its savepoint and the next one (`ok`), or
+    /// drops what it queued and rolls it back. Nothing is sent here: the next read, or
+    /// the commit, takes it along (a later failure of its statements dooms the group).
     fn boundary(&self, ok: bool) -> Result<(), StoreError> {
         if let Some(why) = self.g.broken() {
             return Err(StoreError::Unavailable(why));
         }
         if ok {
-            let pg = self.g.pg.clone();
-            self.g
-                .queue(async move { Ok(pg.client.batch_execute("RELEASE w; SAVEPOINT w").await?) });
-            match self.g.flush(&self.rt) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    if self.g.broken().is_none() {
-                        self.exec("ROLLBACK TO w")?;
-                    }
-                    Err(e)
-                }
-            }
+            self.g.queue_simple("RELEASE w; SAVEPOINT w");
         } else {
-            self.exec("ROLLBACK TO w")
+            self.g.drop_unsent_of_current();
+            self.g.queue_simple("ROLLBACK TO w");
         }
+        Ok(())
     }
 
     /// Commits the open group, with its number; resolves an unknown outcome.
     fn commit(&mut self, group_no: u64) -> Result<(), StoreError> {
         let pg = self.g.pg.clone();
         let marker = group_no.to_string();
+        // Everything queued, the group's number and COMMIT go in one round trip.
+        self.g.seal();
+        let pending: Vec<_> = std::mem::take(&mut *self.g.pending.borrow_mut())
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
         let sent = self.rt.block_on(async move {
-            let st = pg
+            let st = match pg
                 .statements
                 .get(
                     &pg.client,
                     "INSERT INTO store_meta (key, value) VALUES ('writer_group', $1) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 )
-                .await?;
+                .await
+            {
+                Ok(st) => st,
+                Err(e) => return vec![e],
+            };
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&marker];
             let mark = pg.client.execute(&st, &params);
             let commit = pg.client.batch_execute("COMMIT");
-            let (m, c) = futures_util::future::join(mark, commit).await;
-            m?;
-            c?;
-            Ok::<(), StoreError>(())
+            let (p, m, c) =
+                futures_util::future::join3(futures_util::future::join_all(pending), mark, commit)
+                    .await;
+            // A statement that failed aborted the transaction: its COMMIT rolled back.
+            let mut errors: Vec<StoreError> = p.into_iter().filter_map(Result::err).collect();
+            errors.extend(m.err().map(StoreError::from));
+            errors.extend(c.err().map(StoreError::from));
+            errors
         });
-        let e = match sent {
-            Ok(()) => return Ok(()),
-            Err(StoreError::Postgres(e)) => e,
-            Err(other) => return Err(other),
-        };
-        if e.code().is_some() && !e.is_closed() {
-            // The server answered: it did not commit.
-            return Err(StoreError::Postgres(e));
+        if sent.is_empty() {
+            return Ok(());
         }
+        let lost = sent.iter().find_map(|e| match e {
+            StoreError::Postgres(pe) if pe.is_closed() || pe.code().is_none() => {
+                Some(pe.to_string())
+            }
+            _ => None,
+        });
+        let Some(e) = lost else {
+            // The server answered every statement: the group did not commit.
+            return Err(sent.into_iter().next().unwrap_or(StoreError::Closed));
+        };
         // The connection was lost around COMMIT: find out whether it committed.
         tracing::warn!(error = %e, group = group_no, "commit outcome unknown; reconnecting to learn it");
-        self.g
-            .broken
-            .borrow_mut()
-            .get_or_insert_with(|| e.to_string());
+        self.g.broken.borrow_mut().get_or_insert_with(|| e.clone());
         self.set_degraded(Some(format!("the database connection is lost: {e}")));
         let mut wait = RECONNECT_FIRST;
         let started = Instant::now();
@@ -608,7 +617,7 @@ impl Writer {
                 self.shared.fatal.send_replace(Some(format!(
                     "the outcome of a commit stayed unknown for an hour: {e}"
                 )));
-                return Err(StoreError::Unavailable(e.to_string()));
+                return Err(StoreError::Unavailable(e));
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(RECONNECT_MAX);

@@ -7,7 +7,7 @@
 //! requests of futures in the order they are first polled; `join_all` polls in order).
 //! A read first sends what is queued, so it sees every change made before it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,15 +24,44 @@ use crate::store::{ControlRow, Decoded, Effects, LiveKey, StoreError, Tx, WheelO
 /// A queued statement: sent when first polled.
 pub(super) type Pending = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
+/// A new item's row waiting to be inserted with others in one statement.
+struct NewOwned {
+    id: ItemId,
+    new: NewItem,
+    send_at: Millis,
+    timing: Timing,
+    now: Millis,
+}
+
+/// An event's row waiting to be inserted with others in one statement.
+struct EventOwned {
+    seq: u64,
+    kind: domain::EventType,
+    item: Item,
+    at: Millis,
+}
+
 /// The writer's state that outlives one write: the connection, the id counters, the
 /// statements not sent yet, what the open group changed.
+///
+/// Statements are tagged with the write (`job`) that queued them. New items' rows and
+/// events are gathered and inserted together, one statement each, when what is queued
+/// is sealed (at a read, at a savepoint boundary, at the commit): never across a
+/// boundary, so a write's rows stay inside its own savepoint.
 pub(super) struct Group {
     pub pg: Arc<Pg>,
     /// The next item id and event sequence to hand out (sendlater allocates them: no
     /// sequence on the hot path).
     pub next_id: ItemId,
     pub next_seq: u64,
-    pub pending: RefCell<Vec<Pending>>,
+    pub pending: RefCell<Vec<(u64, Pending)>>,
+    new_items: RefCell<Vec<NewOwned>>,
+    new_events: RefCell<Vec<EventOwned>>,
+    /// The write running now (tags what it queues).
+    pub job: Cell<u64>,
+    /// A statement of an earlier write of the group failed after that write ended: the
+    /// transaction is aborted and the whole group fails (none of it commits).
+    pub doomed: RefCell<Option<String>>,
     /// Items changed by writes of the open group.
     pub changed: HashSet<ItemId>,
     /// Why the connection cannot be used (lost mid-group); every later operation of
@@ -43,23 +72,125 @@ pub(super) struct Group {
 }
 
 impl Group {
-    /// Sends every queued statement and waits for them; the first error, if any.
+    /// A group's state on `pg`, handing out ids and sequences from these.
+    pub fn new(
+        pg: Pg,
+        next_id: ItemId,
+        next_seq: u64,
+        metrics: Arc<crate::metrics::Metrics>,
+        tickets: Arc<LiveTickets>,
+    ) -> Group {
+        Group {
+            pg: Arc::new(pg),
+            next_id,
+            next_seq,
+            pending: Default::default(),
+            new_items: Default::default(),
+            new_events: Default::default(),
+            job: Cell::new(0),
+            doomed: Default::default(),
+            changed: Default::default(),
+            broken: Default::default(),
+            metrics,
+            tickets,
+        }
+    }
+
+    /// Turns the gathered rows into queued statements (in order, before anything
+    /// queued after this).
+    pub fn seal(&self) {
+        let job = self.job.get();
+        let items = std::mem::take(&mut *self.new_items.borrow_mut());
+        if !items.is_empty() {
+            let pg = self.pg.clone();
+            self.pending.borrow_mut().push((
+                job,
+                Box::pin(async move {
+                    let rows: Vec<rows::NewRow<'_>> = items
+                        .iter()
+                        .map(|r| rows::NewRow {
+                            id: r.id,
+                            new: &r.new,
+                            send_at: r.send_at,
+                            timing: &r.timing,
+                            now: r.now,
+                        })
+                        .collect();
+                    if rows.len() == 1 {
+                        let r = rows[0];
+                        rows::insert_item(&*pg, r.id, r.new, r.send_at, r.timing, r.now).await
+                    } else {
+                        rows::insert_items(&*pg, &rows).await
+                    }
+                }),
+            ));
+        }
+        let events = std::mem::take(&mut *self.new_events.borrow_mut());
+        if !events.is_empty() {
+            let pg = self.pg.clone();
+            self.pending.borrow_mut().push((
+                job,
+                Box::pin(async move {
+                    let rows: Vec<rows::EventRow<'_>> = events
+                        .iter()
+                        .map(|e| rows::EventRow {
+                            seq: e.seq,
+                            kind: e.kind,
+                            item: &e.item,
+                            at: e.at,
+                        })
+                        .collect();
+                    if rows.len() == 1 {
+                        let e = rows[0];
+                        rows::insert_event(&*pg, e.seq, e.kind, e.item, e.at).await
+                    } else {
+                        rows::insert_events(&*pg, &rows).await
+                    }
+                }),
+            ));
+        }
+    }
+
+    /// Sends every queued statement and waits for them; the first error, if any. A
+    /// failure of an earlier write's statement dooms the group.
     pub fn flush(&self, rt: &Runtime) -> Result<(), StoreError> {
+        self.seal();
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         if pending.is_empty() {
             return Ok(());
         }
-        let results = rt.block_on(futures_util::future::join_all(pending));
+        let (jobs, futs): (Vec<u64>, Vec<Pending>) = pending.into_iter().unzip();
+        let results = rt.block_on(futures_util::future::join_all(futs));
         let mut first = Ok(());
-        for r in results {
+        for (job, r) in jobs.into_iter().zip(results) {
             if let Err(e) = r {
                 self.note(&e);
+                if job != self.job.get() {
+                    self.doomed.borrow_mut().get_or_insert_with(|| {
+                        format!("a statement of an earlier write failed: {e}")
+                    });
+                }
                 if first.is_ok() {
                     first = Err(e);
                 }
             }
         }
         first
+    }
+
+    /// Drops what the running write queued and has not sent (it is rolling back).
+    pub fn drop_unsent_of_current(&self) {
+        let job = self.job.get();
+        self.new_items.borrow_mut().clear();
+        self.new_events.borrow_mut().clear();
+        self.pending.borrow_mut().retain(|(j, _)| *j != job);
+    }
+
+    /// Drops everything queued and not sent (the group is failing).
+    pub fn drop_all_unsent(&self) {
+        self.new_items.borrow_mut().clear();
+        self.new_events.borrow_mut().clear();
+        self.pending.borrow_mut().clear();
     }
 
     /// Marks the connection broken when `e` says it is lost.
@@ -75,12 +206,24 @@ impl Group {
 
     /// Queues a statement (see the module's doc).
     pub fn queue(&self, f: impl Future<Output = Result<(), StoreError>> + Send + 'static) {
-        self.pending.borrow_mut().push(Box::pin(f));
+        self.pending
+            .borrow_mut()
+            .push((self.job.get(), Box::pin(f)));
     }
 
-    /// Why the connection cannot be used, if it cannot.
+    /// Queues a simple statement (no parameters), after sealing what was gathered.
+    pub fn queue_simple(&self, sql: &'static str) {
+        self.seal();
+        let pg = self.pg.clone();
+        self.queue(async move { Ok(pg.client.batch_execute(sql).await?) });
+    }
+
+    /// Why the group cannot go on, if it cannot (connection lost, or doomed).
     pub fn broken(&self) -> Option<String> {
-        self.broken.borrow().clone()
+        self.broken
+            .borrow()
+            .clone()
+            .or_else(|| self.doomed.borrow().clone())
     }
 }
 
@@ -119,9 +262,12 @@ impl PgTx<'_> {
 
     fn queue_event(&mut self, kind: domain::EventType, item: &Item) -> u64 {
         let seq = self.next_seq();
-        let (pg, item, now) = (self.g.pg.clone(), item.clone(), self.now);
-        self.g
-            .queue(async move { rows::insert_event(&*pg, seq, kind, &item, now).await });
+        self.g.new_events.borrow_mut().push(EventOwned {
+            seq,
+            kind,
+            item: item.clone(),
+            at: self.now,
+        });
         seq
     }
 }
@@ -294,6 +440,10 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        // An item inserted by this write is gathered: its row goes first.
+        if !self.g.new_items.borrow().is_empty() {
+            self.g.seal();
+        }
         let (pg, row) = (self.g.pg.clone(), item.clone());
         self.g
             .queue(async move { rows::update_item(&*pg, &row).await });
@@ -381,7 +531,7 @@ impl WriteTx for PgTx<'_> {
             }
             Err(e) => {
                 // Unsent statements of `f` are dropped unsent; the rest roll back.
-                self.g.pending.borrow_mut().clear();
+                self.g.drop_unsent_of_current();
                 if self.g.broken().is_some() {
                     return Err(e);
                 }

@@ -711,7 +711,12 @@ impl Store {
             );
         }
         let last_seq: i64 =
-            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+            // The last sequence ever written, also when retention pruned every event.
+            conn.query_row(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+                [],
+                |r| r.get(0),
+            )?;
         let (events_tx, events) = watch::channel(last_seq as u64);
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = checkpoint::Checkpointer::start(path, sync)?;
