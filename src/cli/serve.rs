@@ -162,7 +162,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let running = server::start(config).await?;
     tracing::info!(
         addr = %running.local_addr(),
-        db = %db.display(),
+        db = %crate::store::DbTarget::parse(&db.to_string_lossy()).display(),
         "sendlater is serving"
     );
 

@@ -59,3 +59,223 @@ pub async fn fresh_database() -> String {
     url.set_path(&format!("/{name}"));
     url.to_string()
 }
+
+/// A PostgreSQL cluster of one test's own (initdb into a temporary folder), which the
+/// test may stop and start again without disturbing the shared server of the others.
+/// 127.0.0.1 only, trust authentication, a free port, durable commits (fsync and
+/// synchronous_commit on). As root the server runs as the `postgres` system user (as
+/// `scripts/pg.sh` does); binaries from `/usr/lib/postgresql/15/bin`, or `PGBIN`.
+/// Dropping it stops the server (immediate) and deletes the folder.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PgCluster {
+    /// Creates the cluster and starts it; panics with the server's log when it cannot.
+    pub async fn start() -> PgCluster {
+        tokio::task::spawn_blocking(Self::start_blocking)
+            .await
+            .expect("the cluster helper ran")
+    }
+
+    fn start_blocking() -> PgCluster {
+        let bin = std::path::PathBuf::from(
+            std::env::var("PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+        );
+        assert!(
+            bin.join("initdb").exists(),
+            "no PostgreSQL binaries in {} (install postgresql-15, run ./scripts/test.sh, or set PGBIN)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("sendlater-pgcluster.")
+            .tempdir()
+            .expect("a temporary folder for the cluster");
+        if is_root() {
+            run(std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path()));
+        }
+        let mut cluster = PgCluster { dir, port: 0, bin };
+        let data = cluster.data();
+        cluster.pg_run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        let conf = format!("{data}/postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str(
+            "\n# --- a test's own cluster (tests/common/pg.rs) ---\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = ''\n\
+             max_connections = 40\n\
+             shared_buffers = 16MB\n\
+             fsync = on\n\
+             synchronous_commit = on\n\
+             full_page_writes = on\n",
+        );
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        // The free port can be taken between finding it and binding it: try another.
+        for attempt in 1..=3 {
+            cluster.port = free_port();
+            if cluster.try_start() {
+                return cluster;
+            }
+            assert!(
+                attempt < 3 && cluster.log().contains("could not bind"),
+                "the test's PostgreSQL cluster did not start; its log:\n{}",
+                cluster.log()
+            );
+        }
+        unreachable!()
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`): no shutdown
+    /// checkpoint, connections cut; returns once it is down.
+    pub async fn crash(&self) {
+        let (data, bin) = (self.data(), self.bin.clone());
+        tokio::task::spawn_blocking(move || {
+            pg_run_in(
+                &bin,
+                "pg_ctl",
+                &["-D", &data, "-m", "immediate", "-w", "-t", "60", "stop"],
+            )
+        })
+        .await
+        .expect("pg_ctl stop ran");
+    }
+
+    /// Starts the server again on the same port (after [`PgCluster::crash`]); returns
+    /// once it accepts connections.
+    pub async fn restart(&self) {
+        let (data, bin, port) = (self.data(), self.bin.clone(), self.port);
+        let log = format!("{}/server.log", self.dir.path().display());
+        let started = tokio::task::spawn_blocking(move || pg_start_in(&bin, &data, &log, port))
+            .await
+            .expect("pg_ctl start ran");
+        assert!(
+            started,
+            "the cluster did not start again; its log:\n{}",
+            self.log()
+        );
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn try_start(&self) -> bool {
+        let log = format!("{}/server.log", self.dir.path().display());
+        pg_start_in(&self.bin, &self.data(), &log, self.port)
+    }
+
+    fn pg_run(&self, tool: &str, args: &[&str]) {
+        pg_run_in(&self.bin, tool, args)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        // Immediate: the folder is deleted next.
+        let _ = pg_command(&self.bin, "pg_ctl")
+            .args([
+                "-D",
+                &self.data(),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A PostgreSQL tool, run as the `postgres` system user when we are root.
+fn pg_command(bin: &std::path::Path, tool: &str) -> std::process::Command {
+    let mut c = if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        std::process::Command::new(bin.join(tool))
+    };
+    c.current_dir("/");
+    c
+}
+
+fn pg_run_in(bin: &std::path::Path, tool: &str, args: &[&str]) {
+    run(pg_command(bin, tool).args(args));
+}
+
+/// `pg_ctl start`, waiting until it accepts connections; whether it started.
+fn pg_start_in(bin: &std::path::Path, data: &str, log: &str, port: u16) -> bool {
+    pg_command(bin, "pg_ctl")
+        .args([
+            "-D",
+            data,
+            "-l",
+            log,
+            "-o",
+            &format!("-p {port}"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(c: &mut std::process::Command) {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

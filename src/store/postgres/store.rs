@@ -78,7 +78,7 @@ async fn connect(url: &str) -> Result<Pg, StoreError> {
             .await
             .map_err(|e| StoreError::Connect {
                 url: redact_url(url),
-                reason: e.to_string(),
+                reason: with_causes(&e),
             })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -86,6 +86,22 @@ async fn connect(url: &str) -> Result<Pg, StoreError> {
         }
     });
     Ok(Pg::new(client))
+}
+
+/// The driver's error with its causes: tokio-postgres shows only "db error" for what
+/// the server said (`FATAL: database "x" does not exist`), which is in its source.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A few connections every read shares (tokio-postgres pipelines concurrent queries on

@@ -1,0 +1,209 @@
+//! Faults of the PostgreSQL store (issue 20, "Faults"): PostgreSQL down at start. Always
+//! on PostgreSQL (in both passes of `scripts/test.sh`): the shared test server
+//! (`SENDLATER_TEST_PG`).
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::pg::{free_port, fresh_database, server_url};
+
+const PASSWORD: &str = "s3cr3t-Pw-42";
+
+/// A `sendlater serve` process's exit code and output, bounded to 60 s.
+struct Exited {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn serve_command(db: &str, cwd: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sendlater"));
+    c.args([
+        "serve",
+        "--db",
+        db,
+        "--listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        "off",
+    ])
+    .current_dir(cwd)
+    .env_remove("SENDLATER_DB")
+    .env_remove("SENDLATER_CONFIG")
+    .env_remove("SENDLATER_LISTEN")
+    .env_remove("SENDLATER_METRICS_LISTEN")
+    .env_remove("SENDLATER_CONSOLE_LISTEN")
+    .env_remove("RUST_LOG")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Runs `serve` expecting it to exit by itself (within 60 s).
+fn serve_until_exit(db: &str, cwd: &std::path::Path) -> Exited {
+    let child = serve_command(db, cwd).spawn().expect("the binary runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("wait for serve"),
+        Err(_) => {
+            // SAFETY: killing the child we started, by its pid.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("serve --db {db} did not exit within 60 s");
+        }
+    };
+    Exited {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_no_password(out: &Exited) {
+    assert!(
+        !out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD),
+        "the database password was printed:\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+fn assert_left_nothing(cwd: &std::path::Path) {
+    let left: Vec<_> = std::fs::read_dir(cwd)
+        .expect("read the working folder")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "serve left files behind: {left:?}");
+}
+
+/// `url` with a user and password set (the test servers trust every connection from
+/// 127.0.0.1, so the password is only there to be hidden).
+fn with_password(url: &str, user: &str) -> String {
+    let mut u = url::Url::parse(url).expect("a URL");
+    u.set_username(user).expect("user");
+    u.set_password(Some(PASSWORD)).expect("password");
+    u.to_string()
+}
+
+#[test]
+fn serve_with_postgresql_down_exits_64_naming_the_url_without_its_password() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let url = format!("postgres://alice:{PASSWORD}@127.0.0.1:{port}/helpdesk");
+    let out = serve_until_exit(&url, cwd.path());
+    assert_eq!(
+        out.code,
+        Some(64),
+        "a database that cannot be reached is a configuration error (src/cli/error.rs):\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("postgres://alice:***@127.0.0.1:{port}/helpdesk")),
+        "the error names the URL without its password: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cannot connect"),
+        "the error says what failed: {}",
+        out.stderr
+    );
+    assert_no_password(&out);
+    assert_left_nothing(cwd.path());
+}
+
+#[tokio::test]
+async fn serve_against_a_database_that_does_not_exist_exits_64_and_creates_nothing() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let name = format!("missing_{}_{}", std::process::id(), free_port());
+    let mut u = url::Url::parse(&server_url()).expect("a URL");
+    u.set_path(&format!("/{name}"));
+    let url = with_password(u.as_str(), "postgres");
+    let db = url.clone();
+    let path = cwd.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || serve_until_exit(&db, &path))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&name) && out.stderr.contains("does not exist"),
+        "the error names the database and says it does not exist: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(":***@"),
+        "the URL is shown without its password: {}",
+        out.stderr
+    );
+    assert_no_password(&out);
+    assert_left_nothing(cwd.path());
+    let (client, conn) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(conn);
+    let found: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(found, 0, "serve created the database {name}");
+}
+
+#[tokio::test]
+async fn a_serving_process_never_prints_the_password_of_its_database() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let url = with_password(&fresh_database().await, "postgres");
+    let mut child = serve_command(&url, cwd.path())
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .expect("the binary runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    // Wait (bounded) for the line saying it serves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("sendlater is serving") => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("serve did not say it serves within 60 s");
+            }
+        }
+    }
+    // SAFETY: a signal to the child we started, by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("serve exits");
+    let out = Exited {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: reader.join().expect("stderr read"),
+    };
+    // A SIGTERM before its handler is installed ends it at once: either way, what it
+    // printed is what counts.
+    assert!(matches!(out.code, Some(0) | None), "{}", out.stderr);
+    assert_no_password(&out);
+}
