@@ -1,13 +1,21 @@
-//! Faults of the PostgreSQL store (issue 20, "Faults"): PostgreSQL down at start. Always
-//! on PostgreSQL (in both passes of `scripts/test.sh`): the shared test server
-//! (`SENDLATER_TEST_PG`).
+//! Faults of the PostgreSQL store (issue 20, "Faults"): PostgreSQL down at start,
+//! restarted while serving. Always on PostgreSQL (in both passes of `scripts/test.sh`):
+//! the shared test server (`SENDLATER_TEST_PG`), and a cluster of the test's own when it
+//! must be stopped (`common::pg::PgCluster`).
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::pg::{free_port, fresh_database, server_url};
+use common::pg::{free_port, fresh_database, server_url, PgCluster};
+use common::*;
+use sendlater::pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
+const HOUR: i64 = 3_600_000;
 const PASSWORD: &str = "s3cr3t-Pw-42";
 
 /// A `sendlater serve` process's exit code and output, bounded to 60 s.
@@ -206,4 +214,130 @@ async fn a_serving_process_never_prints_the_password_of_its_database() {
     // printed is what counts.
     assert!(matches!(out.code, Some(0) | None), "{}", out.stderr);
     assert_no_password(&out);
+}
+
+/// A health watch of the whole server (service "").
+struct Health(tonic::Streaming<tonic_health::pb::HealthCheckResponse>);
+
+impl Health {
+    async fn watch(url: &str) -> Health {
+        let mut client = HealthClient::new(channel(url).await);
+        let stream = client
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        Health(stream)
+    }
+
+    /// Waits (bounded, 30 s) until health says `want`.
+    async fn until(&mut self, want: ServingStatus, what: &str) {
+        let wait = async {
+            loop {
+                let r = self
+                    .0
+                    .message()
+                    .await
+                    .expect("health stream")
+                    .expect("health stream open");
+                if r.status == want as i32 {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("health never said {want:?}: {what}"));
+    }
+}
+
+fn with_request_id(mut r: pb::ScheduleRequest, id: &str) -> pb::ScheduleRequest {
+    r.request_id = id.into();
+    r
+}
+
+/// GetItem, retried (bounded) while it answers UNAVAILABLE (a read connection cut a
+/// moment ago is replaced on the next read).
+async fn get_item(t: &TestServer, id: &str) -> Result<pb::ScheduledItem, tonic::Status> {
+    let mut client = t.client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get_item(item_ref("acme", id)).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(std::time::Instant::now() < deadline, "GetItem {id}: {s}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r.map(|r| r.into_inner()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_while_serving_answers_unavailable_then_recovers_by_itself() {
+    let cluster = PgCluster::start().await;
+    let url = cluster.url();
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(url)).await;
+    let mut health = Health::watch(&t.url()).await;
+    health.until(ServingStatus::Serving, "at start").await;
+    let mut connector = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let mut client = t.client.clone();
+    let a = t
+        .schedule(with_request_id(email_reply("acme", "T1", T0 + HOUR), "a"))
+        .await;
+    let b = t
+        .schedule(with_request_id(email_reply("acme", "T2", T0 + HOUR), "b"))
+        .await;
+
+    cluster.crash().await;
+    let c_req = with_request_id(email_reply("acme", "T3", T0 + HOUR), "c");
+    for attempt in 1..=2 {
+        let r = client.schedule_message(c_req.clone()).await;
+        assert_status(r, tonic::Code::Unavailable, "");
+        let _ = attempt;
+    }
+    health
+        .until(ServingStatus::NotServing, "while PostgreSQL is down")
+        .await;
+    let read = client.get_item(item_ref("acme", &a.item_id)).await;
+    assert_status(read, tonic::Code::Unavailable, "");
+
+    cluster.restart().await;
+    // No request meanwhile: the writer reconnects by itself.
+    health
+        .until(
+            ServingStatus::Serving,
+            "after PostgreSQL is back, without traffic",
+        )
+        .await;
+    let d = t
+        .schedule(with_request_id(email_reply("acme", "T4", T0 + HOUR), "d"))
+        .await;
+    let c = t.schedule(c_req.clone()).await;
+    let c_again = t.schedule(c_req).await;
+    assert_eq!(c.item_id, c_again.item_id, "one item per request_id");
+    for it in [&a, &b, &c, &d] {
+        let got = get_item(&t, &it.item_id)
+            .await
+            .expect("an item answered OK");
+        assert_eq!(got.state, pb::State::Pending as i32);
+    }
+    t.advance(Duration::from_millis(HOUR as u64));
+    let mut out = Vec::new();
+    for _ in 0..4 {
+        let job = connector.next_job().await;
+        connector
+            .ack(&job, &format!("<{}@example.com>", job_item(&job)))
+            .await;
+        out.push(job_item(&job));
+    }
+    out.sort();
+    let mut want = vec![a.item_id, b.item_id, c.item_id, d.item_id];
+    want.sort();
+    assert_eq!(out, want, "every item answered OK goes out once");
+    for id in &want {
+        wait_state(&t.client, "acme", id, pb::State::Sent).await;
+    }
+    t.stop().await;
 }

@@ -14,6 +14,10 @@
 //! (retrying until it can, while new writes wait) and reads that number back, so the
 //! group is answered as committed or as failed, never guessed.
 //!
+//! While it cannot write (the connection is lost, a group failed), [`Backend::degraded`]
+//! says why, and the writer retries while idle too: it reconnects and commits a group of
+//! no write (the marker, and the carried leases below), whose success clears it.
+//!
 //! Leases whose jobs left before the group committed ([`WriteTx::leases_out`]) are not
 //! lost with a group that fails: the writer records them again first thing in its next
 //! group (as SQLite's claims are applied again).
@@ -293,15 +297,24 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut closing = None;
         while closing.is_none() {
-            let first = if self.g.broken().is_some() {
-                // Reconnect while idle too: health comes back without traffic.
+            let retry = self.g.broken().is_some()
+                || !self.carry.is_empty()
+                || self.shared.degraded.borrow().is_some();
+            let first = if retry {
+                // Retry while idle too: reconnect, then commit a group of no write (the
+                // marker, and the leases carried from a failed group), whose success
+                // clears `degraded`, so health comes back without traffic. The timer
+                // is made inside the runtime (it needs its time driver).
+                let wait = RECONNECT_FIRST * 4;
                 match self
                     .rt
-                    .block_on(tokio::time::timeout(RECONNECT_FIRST * 4, rx.recv()))
+                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
                 {
                     Ok(m) => m,
                     Err(_) => {
-                        self.reconnect_once();
+                        if self.g.broken().is_none() || self.reconnect_once() {
+                            self.group(Vec::new());
+                        }
                         continue;
                     }
                 }
@@ -369,6 +382,7 @@ impl Writer {
         if self.g.broken().is_some() {
             self.reconnect_once();
         }
+        let had_jobs = !jobs.is_empty();
         self.group_no += 1;
         let group_no = self.group_no;
         self.g.changed.clear();
@@ -473,10 +487,12 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 self.set_degraded(None);
-                self.shared
-                    .metrics
-                    .commit_batch_size
-                    .observe(answers.len() as f64);
+                if had_jobs {
+                    self.shared
+                        .metrics
+                        .commit_batch_size
+                        .observe(answers.len() as f64);
+                }
                 if committed_fx.unreadable > 0 {
                     self.shared
                         .metrics
