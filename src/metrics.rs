@@ -61,6 +61,9 @@ pub struct Metrics {
     pub stalled_connectors: Counter,
     /// Items failed because their stored row could not be read.
     pub unreadable_items: Counter,
+    /// Group commits whose connection was lost around COMMIT (PostgreSQL): the writer
+    /// learned their outcome again from the group marker.
+    pub commit_outcome_unknown: Counter,
     /// Lateness of first deliveries (handed to a connector minus send_at), per channel.
     pub lateness_email: Histogram,
     pub lateness_chat: Histogram,
@@ -80,6 +83,7 @@ impl Default for Metrics {
             ignored_answers: Counter::default(),
             stalled_connectors: Counter::default(),
             unreadable_items: Counter::default(),
+            commit_outcome_unknown: Counter::default(),
             lateness_email: Histogram::new(SECONDS),
             lateness_chat: Histogram::new(SECONDS),
             commit_batch_size: Histogram::new(BATCH),
@@ -175,6 +179,11 @@ fn registry(g: &dyn Gauges) -> Registry {
             "unreadable_items",
             "Items failed because their stored row could not be read",
             &m.unreadable_items,
+        ),
+        (
+            "commit_outcome_unknown",
+            "Group commits whose connection was lost around COMMIT; their outcome was read back from the database",
+            &m.commit_outcome_unknown,
         ),
     ] {
         r.register(name, help, counter.clone());
@@ -602,6 +611,7 @@ mod tests {
             ("sendlater_ignored_answers_total", "counter"),
             ("sendlater_stalled_connectors_total", "counter"),
             ("sendlater_unreadable_items_total", "counter"),
+            ("sendlater_commit_outcome_unknown_total", "counter"),
             ("sendlater_pending_timers", "gauge"),
             ("sendlater_due_backlog", "gauge"),
             ("sendlater_held_back", "gauge"),

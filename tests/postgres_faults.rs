@@ -1,14 +1,19 @@
 //! Faults of the PostgreSQL store (issue 20, "Faults"): PostgreSQL down at start,
-//! restarted while serving. Always on PostgreSQL (in both passes of `scripts/test.sh`):
-//! the shared test server (`SENDLATER_TEST_PG`), and a cluster of the test's own when it
-//! must be stopped (`common::pg::PgCluster`).
+//! restarted while serving, connections lost around a COMMIT. Always on PostgreSQL (in
+//! both passes of `scripts/test.sh`): the shared test server (`SENDLATER_TEST_PG`), a
+//! cluster of the test's own when it must be stopped (`common::pg::PgCluster`), and a
+//! proxy that cuts connections at chosen moments (`common::proxy`).
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::pg::{free_port, fresh_database, server_url, PgCluster};
+use common::proxy::{CommitCut, Proxy};
 use common::*;
 use sendlater::pb;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -339,5 +344,216 @@ async fn postgresql_restarted_while_serving_answers_unavailable_then_recovers_by
     for id in &want {
         wait_state(&t.client, "acme", id, pb::State::Sent).await;
     }
+    t.stop().await;
+}
+
+/// The shared test server's address (host and port of `SENDLATER_TEST_PG`).
+fn server_addr() -> std::net::SocketAddr {
+    let u = url::Url::parse(&server_url()).expect("a URL");
+    let host = u.host_str().expect("a host");
+    let port = u.port().unwrap_or(5432);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .expect("resolve the test server")
+        .next()
+        .expect("an address")
+}
+
+async fn raw_pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_connection_is_lost_is_never_reported_ok_and_retries_make_one_item_each() {
+    let direct = fresh_database().await;
+    let proxy = Proxy::start(server_addr()).await;
+    let url = proxy.url_through(&direct);
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(url)).await;
+    const TASKS: usize = 6;
+    let stop = Arc::new(AtomicBool::new(false));
+    // How many schedules were answered so far (OK or not).
+    let (done, answered) = tokio::sync::watch::channel(0usize);
+    let done = Arc::new(done);
+    let mut load = Vec::new();
+    for task in 0..TASKS {
+        let (client, stop, done) = (t.client.clone(), stop.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut answers: Vec<(String, Result<String, tonic::Status>)> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let rid = format!("r-{task}-{n}");
+                let req = with_request_id(
+                    email_reply("acme", &format!("T{task}-{n}"), T0 + HOUR),
+                    &rid,
+                );
+                let r = client
+                    .schedule_message(req)
+                    .await
+                    .map(|r| r.into_inner().item_id);
+                answers.push((rid, r));
+                done.send_modify(|n| *n += 1);
+                n += 1;
+            }
+            answers
+        }));
+    }
+    // Waits (bounded) until `more` further schedules were answered.
+    let progress = |more: usize| {
+        let mut answered = answered.clone();
+        async move {
+            let target = *answered.borrow_and_update() + more;
+            tokio::time::timeout(Duration::from_secs(60), answered.wait_for(|n| *n >= target))
+                .await
+                .expect("the load goes on")
+                .expect("the load is running");
+        }
+    };
+    let unknown_before = t.running().engine().metrics().commit_outcome_unknown.get();
+    progress(30).await;
+    // The server commits, the answer is lost: the writer must learn it committed.
+    proxy.arm(CommitCut::AfterCommit, false);
+    proxy.wait_fired(1).await;
+    progress(30).await;
+    // The COMMIT never reaches the server: nothing committed.
+    proxy.arm(CommitCut::BeforeCommit, false);
+    proxy.wait_fired(2).await;
+    progress(30).await;
+    // Every connection, wherever the writer stands.
+    proxy.cut_all();
+    progress(30).await;
+    proxy.arm(CommitCut::AfterCommit, false);
+    proxy.wait_fired(3).await;
+    progress(30).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for l in load {
+        answers.extend(l.await.expect("a load task"));
+    }
+    let unknown = t.running().engine().metrics().commit_outcome_unknown.get() - unknown_before;
+    assert!(
+        unknown >= 3,
+        "the three cuts around a COMMIT were resolved through the marker ({unknown})"
+    );
+
+    let mut ok: HashMap<String, String> = HashMap::new();
+    let mut unavailable = 0;
+    for (rid, r) in &answers {
+        match r {
+            Ok(id) => {
+                ok.insert(rid.clone(), id.clone());
+            }
+            Err(s) => {
+                assert_eq!(
+                    s.code(),
+                    tonic::Code::Unavailable,
+                    "{rid}: a lost connection answers UNAVAILABLE: {s:?}"
+                );
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable > 0, "the cuts failed some writes");
+    eprintln!(
+        "{} schedules, {} OK, {unavailable} UNAVAILABLE, {unknown} commit outcomes learned again",
+        answers.len(),
+        ok.len()
+    );
+    // Every OK is there.
+    for (rid, id) in &ok {
+        let got = get_item(&t, id)
+            .await
+            .unwrap_or_else(|s| panic!("{rid} answered OK ({id}) is gone: {s}"));
+        assert_eq!(got.request_id, *rid);
+    }
+    // Retrying every request gives the item answered before, or makes it now.
+    let mut client = t.client.clone();
+    for (rid, _) in &answers {
+        let (task, n) = rid[2..].split_once('-').unwrap();
+        let req = with_request_id(email_reply("acme", &format!("T{task}-{n}"), T0 + HOUR), rid);
+        let again = client
+            .schedule_message(req)
+            .await
+            .unwrap_or_else(|s| panic!("retry of {rid}: {s}"))
+            .into_inner();
+        if let Some(id) = ok.get(rid) {
+            assert_eq!(&again.item_id, id, "{rid} made a second item");
+        }
+    }
+    let db = raw_pg(&direct).await;
+    let rows = db
+        .query(
+            "SELECT request_id, count(*) FROM items GROUP BY request_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: HashMap<String, i64> = rows
+        .iter()
+        .map(|r| (r.get::<_, Option<String>>(0).unwrap_or_default(), r.get(1)))
+        .collect();
+    assert_eq!(counts.len(), answers.len(), "one item per request_id");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert_invariants(&t, "acme", &ok.values().cloned().collect::<Vec<_>>()).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_after_a_restart_is_not_taken_for_the_previous_processes_group() {
+    // The writer learns the outcome of a lost COMMIT from the group marker it wrote in
+    // the transaction. A marker left by the previous process must not answer for a
+    // group of this one: every write whose COMMIT never reached the server fails.
+    let direct = fresh_database().await;
+    let proxy = Proxy::start(server_addr()).await;
+    let url = proxy.url_through(&direct);
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(url)).await;
+    t.schedule(with_request_id(
+        email_reply("acme", "T0", T0 + HOUR),
+        "first",
+    ))
+    .await;
+    t.stop().await;
+    let db = raw_pg(&direct).await;
+    let marker: String = db
+        .query_one(
+            "SELECT value FROM store_meta WHERE key = 'writer_group'",
+            &[],
+        )
+        .await
+        .expect("the previous process left its marker")
+        .get(0);
+    // As many groups as the previous process numbered, and more: whatever a group's
+    // number, its COMMIT is cut before it reaches the server.
+    let groups: usize = marker
+        .rsplit(['-', ':'])
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    t.restart().await;
+    proxy.arm(CommitCut::BeforeCommit, true);
+    let mut client = t.client.clone();
+    for n in 0..groups + 3 {
+        let rid = format!("lost-{n}");
+        let r = client
+            .schedule_message(with_request_id(
+                email_reply("acme", &format!("L{n}"), T0 + HOUR),
+                &rid,
+            ))
+            .await;
+        assert_status(r, tonic::Code::Unavailable, "");
+    }
+    proxy.disarm();
+    let lost: i64 = db
+        .query_one(
+            "SELECT count(*) FROM items WHERE request_id LIKE 'lost-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, 0);
     t.stop().await;
 }

@@ -9,10 +9,12 @@
 //! commit only once it is durable (PostgreSQL makes a transaction visible after its
 //! commit record is flushed).
 //!
-//! Every group also writes its number to `store_meta` (`writer_group`). When the
-//! connection is lost during COMMIT, the outcome is unknown: the writer reconnects
-//! (retrying until it can, while new writes wait) and reads that number back, so the
-//! group is answered as committed or as failed, never guessed.
+//! Every group also writes its number, with the writer's random id, to `store_meta`
+//! (`writer_group`; the id keeps a marker left by a previous process from answering
+//! for a group of this one). When the connection is lost during COMMIT, the outcome is
+//! unknown: the writer reconnects (retrying until it can, while new writes wait) and
+//! reads the marker back, so the group is answered as committed or as failed, never
+//! guessed.
 //!
 //! While it cannot write (the connection is lost, a group failed), [`Backend::degraded`]
 //! says why, and the writer retries while idle too: it reconnects and commits a group of
@@ -202,6 +204,7 @@ impl PgStore {
                         sh.tickets.clone(),
                     ),
                     carry: Vec::new(),
+                    run_id: rand::random(),
                     group_no: 0,
                 };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run(rx)));
@@ -290,6 +293,9 @@ struct Writer {
     g: Group,
     /// Leases whose jobs left but whose group did not commit: recorded again first.
     carry: Vec<(Item, Change)>,
+    /// This writer's groups are numbered from 1; `run_id` (random, per writer) makes the
+    /// marker of one tell apart from a marker another writer (a previous process) left.
+    run_id: u64,
     group_no: u64,
 }
 
@@ -560,10 +566,16 @@ impl Writer {
         Ok(())
     }
 
+    /// What group `group_no` of this writer writes to `store_meta` (`writer_group`):
+    /// unique to this writer, so a marker another process left never matches.
+    fn marker(&self, group_no: u64) -> String {
+        format!("{:016x}-{group_no}", self.run_id)
+    }
+
     /// Commits the open group, with its number; resolves an unknown outcome.
     fn commit(&mut self, group_no: u64) -> Result<(), StoreError> {
         let pg = self.g.pg.clone();
-        let marker = group_no.to_string();
+        let marker = self.marker(group_no);
         // Everything queued, the group's number and COMMIT go in one round trip.
         self.g.seal();
         let pending: Vec<_> = std::mem::take(&mut *self.g.pending.borrow_mut())
@@ -610,6 +622,7 @@ impl Writer {
         };
         // The connection was lost around COMMIT: find out whether it committed.
         tracing::warn!(error = %e, group = group_no, "commit outcome unknown; reconnecting to learn it");
+        self.shared.metrics.commit_outcome_unknown.inc();
         self.g.broken.borrow_mut().get_or_insert_with(|| e.clone());
         self.set_degraded(Some(format!("the database connection is lost: {e}")));
         let mut wait = RECONNECT_FIRST;
@@ -628,7 +641,7 @@ impl Writer {
                 match found {
                     Ok(row) => {
                         let v: Option<String> = row.map(|r| r.get(0));
-                        return if v.as_deref() == Some(group_no.to_string().as_str()) {
+                        return if v.as_deref() == Some(self.marker(group_no).as_str()) {
                             tracing::info!(group = group_no, "the group had committed");
                             Ok(())
                         } else {
