@@ -1,8 +1,8 @@
-//! Faults of the PostgreSQL store (issue 20, "Faults"): PostgreSQL down at start,
-//! restarted while serving, connections lost around a COMMIT. Always on PostgreSQL (in
-//! both passes of `scripts/test.sh`): the shared test server (`SENDLATER_TEST_PG`), a
-//! cluster of the test's own when it must be stopped (`common::pg::PgCluster`), and a
-//! proxy that cuts connections at chosen moments (`common::proxy`).
+//! Faults of the PostgreSQL store (issue 20, "Faults"): PostgreSQL down at start, restarted
+//! while serving, connections lost around a COMMIT, a group that fails after its leases'
+//! jobs left. Always on PostgreSQL (in both passes of `scripts/test.sh`): the shared test
+//! server (`SENDLATER_TEST_PG`), a cluster of the test's own when it must be stopped, and a
+//! proxy that cuts connections at chosen moments.
 mod common;
 
 use std::collections::HashMap;
@@ -15,12 +15,14 @@ use std::time::Duration;
 use common::pg::{free_port, fresh_database, server_url, PgCluster};
 use common::proxy::{CommitCut, Proxy};
 use common::*;
+use sendlater::clock::Clock;
 use sendlater::pb;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const HOUR: i64 = 3_600_000;
+const SEC: i64 = 1_000;
 const PASSWORD: &str = "s3cr3t-Pw-42";
 
 /// A `sendlater serve` process's exit code and output, bounded to 60 s.
@@ -555,5 +557,73 @@ async fn a_lost_commit_after_a_restart_is_not_taken_for_the_previous_processes_g
         .unwrap()
         .get(0);
     assert_eq!(lost, 0);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_group_fails_at_commit_after_its_job_left_stays_taken() {
+    // PostgreSQL's counterpart of wrong_sends.rs's test on SQLite. X's lease runs in a
+    // dispatch write, its job leaves, then the group's COMMIT fails (a deferred foreign
+    // key that a trigger breaks, once). The job is out at the connector: X must stay
+    // DISPATCHING (a Cancel is FAILED_PRECONDITION), must not be handed out again, and
+    // its Ack is recorded.
+    let direct = fresh_database().await;
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(direct.clone())).await;
+    let mut c = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let x = t.schedule(email_reply("acme", "T1", T0 + SEC)).await;
+    let db = raw_pg(&direct).await;
+    db.batch_execute(&format!(
+        "CREATE SEQUENCE fail_once;
+         CREATE TABLE poison (x BIGINT REFERENCES items (id) DEFERRABLE INITIALLY DEFERRED);
+         CREATE FUNCTION poison_x() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF nextval('fail_once') = 1 THEN INSERT INTO poison VALUES (-1); END IF;
+             RETURN NULL;
+           END $$;
+         CREATE TRIGGER fail_x AFTER INSERT ON events FOR EACH ROW
+           WHEN (NEW.item_id = {} AND NEW.type = {})
+           EXECUTE FUNCTION poison_x();",
+        numeric_id(&x.item_id),
+        sendlater::domain::EventType::Dispatching.as_i64()
+    ))
+    .await
+    .unwrap();
+    t.advance(Duration::from_secs(1));
+    let job = c.next_job().await;
+    assert_eq!(job_item(&job), x.item_id);
+    assert_eq!(job.attempt, 1);
+    t.settle().await;
+    // The group that leased X failed once; the lease was recorded again after it.
+    let dispatching: i64 = db
+        .query_one("SELECT last_value FROM fail_once", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        dispatching, 2,
+        "X's lease: one failed group, recorded again"
+    );
+    let held = get_item(&t, &x.item_id).await.expect("X is there");
+    assert_eq!(
+        held.state,
+        pb::State::Dispatching as i32,
+        "X's job is out: {held:?}"
+    );
+    // Fenced by a later item: the next job is it, not X again.
+    let fence = t
+        .schedule(email_reply("acme", "T2", t.clock.now_ms()))
+        .await;
+    let next = c.next_job().await;
+    assert_eq!(
+        job_item(&next),
+        fence.item_id,
+        "X was handed out a second time while its first job was out: {next:?}"
+    );
+    let mut client = t.client.clone();
+    let cancel = client.cancel(item_ref("acme", &x.item_id)).await;
+    assert_status(cancel, tonic::Code::FailedPrecondition, "");
+    c.ack(&job, "<x@example.com>").await;
+    let sent = wait_state(&t.client, "acme", &x.item_id, pb::State::Sent).await;
+    assert_eq!(sent.attempts, 1);
     t.stop().await;
 }
