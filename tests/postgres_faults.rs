@@ -627,3 +627,69 @@ async fn a_lease_whose_group_fails_at_commit_after_its_job_left_stays_taken() {
     assert_eq!(sent.attempts, 1);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_unavailable_while_a_lost_commit_cannot_be_resolved() {
+    // The COMMIT's connection is lost and PostgreSQL cannot be reached to learn the
+    // outcome: the writer waits for it before committing anything else, but the writes
+    // that come meanwhile are answered UNAVAILABLE, not left hanging until it is back.
+    let direct = fresh_database().await;
+    let proxy = Proxy::start(server_addr()).await;
+    let url = proxy.url_through(&direct);
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(url)).await;
+    t.schedule(with_request_id(
+        email_reply("acme", "T0", T0 + HOUR),
+        "before",
+    ))
+    .await;
+    proxy.refuse(true);
+    proxy.arm(CommitCut::BeforeCommit, false);
+    let lost_req = with_request_id(email_reply("acme", "T1", T0 + HOUR), "lost");
+    let mut client = t.client.clone();
+    let lost = tokio::spawn({
+        let req = lost_req.clone();
+        async move { client.schedule_message(req).await }
+    });
+    proxy.wait_fired(1).await;
+    let mut client = t.client.clone();
+    for n in 0..3 {
+        let req = with_request_id(
+            email_reply("acme", &format!("M{n}"), T0 + HOUR),
+            &format!("meanwhile-{n}"),
+        );
+        let r = tokio::time::timeout(Duration::from_secs(10), client.schedule_message(req))
+            .await
+            .unwrap_or_else(|_| panic!("meanwhile-{n} got no answer within 10 s"));
+        assert_status(r, tonic::Code::Unavailable, "");
+    }
+    proxy.refuse(false);
+    let r = tokio::time::timeout(Duration::from_secs(30), lost)
+        .await
+        .expect("the lost write is answered once PostgreSQL is reachable")
+        .unwrap();
+    assert_status(r, tonic::Code::Unavailable, "");
+    // Retried, each makes its item once.
+    for (rid, ticket) in [("lost", "T1"), ("meanwhile-0", "M0")] {
+        let mut retry = t.client.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let req = with_request_id(email_reply("acme", ticket, T0 + HOUR), rid);
+            match retry.schedule_message(req).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    assert!(std::time::Instant::now() < deadline, "{rid}: {s}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("{rid}: {s}"),
+            }
+        }
+    }
+    let db = raw_pg(&direct).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "before, lost and meanwhile-0, once each");
+    t.stop().await;
+}

@@ -2,7 +2,8 @@
 //! once ([`Proxy::cut_all`]), or around the next `COMMIT` a client sends
 //! ([`Proxy::arm`]): before it reaches the server (the transaction cannot have
 //! committed), or after the server answered it (it committed, but the client never
-//! learns it). New connections are relayed as usual after a cut.
+//! learns it). New connections are relayed as usual after a cut, unless the proxy
+//! refuses them ([`Proxy::refuse`]).
 //!
 //! It reads the PostgreSQL protocol only as far as to find `COMMIT\0` (the simple query
 //! `COMMIT` going to the server, the command tag `COMMIT` or `ROLLBACK` coming back).
@@ -33,6 +34,8 @@ struct Ctl {
     /// Armed cuts that fired.
     fired: watch::Sender<u64>,
     connections: AtomicU64,
+    /// While set, new connections are closed at once (the server looks down).
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 impl Ctl {
@@ -74,10 +77,15 @@ impl Proxy {
             armed: Mutex::new(None),
             fired: watch::channel(0).0,
             connections: AtomicU64::new(0),
+            refusing: std::sync::atomic::AtomicBool::new(false),
         });
         let c = ctl.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if c.refusing.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -117,6 +125,12 @@ impl Proxy {
     /// No cut at the next `COMMIT`.
     pub fn disarm(&self) {
         *self.ctl.armed.lock().unwrap() = None;
+    }
+
+    /// While `refuse` holds, every new connection is closed at once, as if the server
+    /// were down (connections already open go on).
+    pub fn refuse(&self, refuse: bool) {
+        self.ctl.refusing.store(refuse, Ordering::SeqCst);
     }
 
     /// How many armed cuts fired so far.

@@ -204,10 +204,12 @@ impl PgStore {
                         sh.tickets.clone(),
                     ),
                     carry: Vec::new(),
+                    rx,
+                    closing: None,
                     run_id: rand::random(),
                     group_no: 0,
                 };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run(rx)));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run()));
                 if r.is_err() {
                     sh.fatal
                         .send_replace(Some("the PostgreSQL writer thread panicked".into()));
@@ -293,6 +295,10 @@ struct Writer {
     g: Group,
     /// Leases whose jobs left but whose group did not commit: recorded again first.
     carry: Vec<(Item, Change)>,
+    /// The queue of writes.
+    rx: mpsc::Receiver<Msg>,
+    /// Set once the store is asked to close: the writer stops after this group.
+    closing: Option<oneshot::Sender<()>>,
     /// This writer's groups are numbered from 1; `run_id` (random, per writer) makes the
     /// marker of one tell apart from a marker another writer (a previous process) left.
     run_id: u64,
@@ -300,9 +306,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut closing = None;
-        while closing.is_none() {
+    fn run(&mut self) {
+        while self.closing.is_none() {
             let retry = self.g.broken().is_some()
                 || !self.carry.is_empty()
                 || self.shared.degraded.borrow().is_some();
@@ -312,10 +317,8 @@ impl Writer {
                 // clears `degraded`, so health comes back without traffic. The timer
                 // is made inside the runtime (it needs its time driver).
                 let wait = RECONNECT_FIRST * 4;
-                match self
-                    .rt
-                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-                {
+                let (rt, rx) = (&self.rt, &mut self.rx);
+                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                     Ok(m) => m,
                     Err(_) => {
                         if self.g.broken().is_none() || self.reconnect_once() {
@@ -325,20 +328,20 @@ impl Writer {
                     }
                 }
             } else {
-                rx.blocking_recv()
+                self.rx.blocking_recv()
             };
             let Some(first) = first else { break };
             let mut jobs = Vec::new();
             match first {
                 Msg::Close(ack) => {
-                    closing = Some(ack);
+                    self.closing = Some(ack);
                 }
                 Msg::Job(j) => jobs.push(j),
             }
-            while closing.is_none() && jobs.len() < MAX_GROUP {
-                match rx.try_recv() {
+            while self.closing.is_none() && jobs.len() < MAX_GROUP {
+                match self.rx.try_recv() {
                     Ok(Msg::Job(j)) => jobs.push(j),
-                    Ok(Msg::Close(ack)) => closing = Some(ack),
+                    Ok(Msg::Close(ack)) => self.closing = Some(ack),
                     Err(_) => break,
                 }
             }
@@ -346,7 +349,7 @@ impl Writer {
                 self.group(jobs);
             }
         }
-        if let Some(ack) = closing {
+        if let Some(ack) = self.closing.take() {
             let _ = ack.send(());
         }
     }
@@ -664,9 +667,69 @@ impl Writer {
                 )));
                 return Err(StoreError::Unavailable(e));
             }
-            std::thread::sleep(wait);
+            if !self.refuse_for(wait, &e.to_string()) {
+                // Closing: the outcome stays unknown, and is not reported OK.
+                return Err(StoreError::Unavailable(format!(
+                    "the store closed before the outcome of a commit was known: {e}"
+                )));
+            }
             wait = (wait * 2).min(RECONNECT_MAX);
         }
+    }
+
+    /// Waits `wait` before the next reconnection attempt while a group's outcome is
+    /// unknown (nothing may commit before it is known): the writes that come meanwhile
+    /// are answered UNAVAILABLE at once rather than left waiting. Returns `false` when
+    /// the store is asked to close.
+    fn refuse_for(&mut self, wait: Duration, why: &str) -> bool {
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            let (rt, rx) = (&self.rt, &mut self.rx);
+            match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                Ok(Some(Msg::Job(job))) => self.refuse(job, why),
+                Ok(Some(Msg::Close(ack))) => {
+                    self.closing = Some(ack);
+                    return false;
+                }
+                // Every handle is gone: nothing more will come.
+                Ok(None) => {
+                    std::thread::sleep(left);
+                    return true;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Answers `job` UNAVAILABLE: it runs on the broken connection (every read fails
+    /// at once, nothing it queues is sent), its effects are handed back as abandoned and
+    /// the leases it marked out are carried, as for a write of a failed group.
+    fn refuse(&mut self, job: Job, why: &str) {
+        self.g
+            .broken
+            .borrow_mut()
+            .get_or_insert_with(|| why.to_owned());
+        let now = self.clock.now_ms();
+        let mut fx = Effects::default();
+        let mut leases = Vec::new();
+        let (_, done) = {
+            let mut ptx = PgTx {
+                now,
+                g: &mut self.g,
+                rt: &self.rt,
+                fx: &mut fx,
+                leases: &mut leases,
+            };
+            job(&mut Tx::new(now, &mut ptx))
+        };
+        self.g.pending.borrow_mut().clear();
+        self.hook.abandoned(&fx);
+        self.carry.extend(leases);
+        done(Err(StoreError::Unavailable(why.to_owned())));
     }
 }
 
