@@ -69,7 +69,7 @@ fn serve_until_exit(db: &str, cwd: &std::path::Path) -> Exited {
         Err(_) => {
             // SAFETY: killing the child we started, by its pid.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("serve --db {db} did not exit within 60 s");
+            panic!("serve did not exit within 60 s");
         }
     };
     Exited {
@@ -130,6 +130,57 @@ fn serve_with_postgresql_down_exits_64_naming_the_url_without_its_password() {
     );
     assert_no_password(&out);
     assert_left_nothing(cwd.path());
+}
+
+#[test]
+fn serve_with_a_postgresql_that_never_answers_exits_64_after_a_bounded_wait() {
+    // A server that accepts the connection and then says nothing (frozen, or a network
+    // that drops what follows): start-up gives up after its connect timeout rather
+    // than waiting for ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let held = std::thread::spawn(move || {
+        // Accept and hold (never answer) until serve closes its end.
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept() {
+            let done = {
+                use std::io::Read;
+                let mut probe = s.try_clone().expect("clone");
+                let mut buf = [0u8; 1024];
+                // Read the startup message and answer nothing; a closed end reads 0.
+                loop {
+                    match probe.read(&mut buf) {
+                        Ok(0) | Err(_) => break true,
+                        Ok(_) => continue,
+                    }
+                }
+            };
+            open.push(s);
+            if done {
+                return;
+            }
+        }
+    });
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let url = format!("postgres://alice:{PASSWORD}@127.0.0.1:{port}/helpdesk");
+    let started = std::time::Instant::now();
+    let out = serve_until_exit(&url, cwd.path());
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("postgres://alice:***@127.0.0.1:{port}/helpdesk")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+    assert_no_password(&out);
+    assert_left_nothing(cwd.path());
+    let _ = held.join();
 }
 
 #[tokio::test]

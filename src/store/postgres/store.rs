@@ -77,15 +77,33 @@ pub struct PgStore {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Connects to `url` on the current runtime (its connection task is spawned there).
+/// How long a connection may take (TCP, start-up, authentication) when the URL sets no
+/// `connect_timeout`: a server that accepts and then says nothing must not hold the
+/// start, or the writer, for ever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `url` on the current runtime (its connection task is spawned there),
+/// within the URL's `connect_timeout` or [`CONNECT_TIMEOUT`].
 async fn connect(url: &str) -> Result<Pg, StoreError> {
-    let (client, conn) =
-        tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| StoreError::Connect {
-                url: redact_url(url),
-                reason: with_causes(&e),
-            })?;
+    let failed = |reason: String| StoreError::Connect {
+        url: redact_url(url),
+        reason,
+    };
+    let limit = url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| failed(with_causes(&e)))?
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT);
+    let (client, conn) = tokio::time::timeout(limit, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| {
+            failed(format!(
+                "timed out after {} s (the server accepted no session)",
+                limit.as_secs_f64()
+            ))
+        })?
+        .map_err(|e| failed(with_causes(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "database connection ended");
