@@ -339,7 +339,7 @@ impl Writer {
                 match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                     Ok(m) => m,
                     Err(_) => {
-                        if self.g.broken().is_none() || self.reconnect_once() {
+                        if self.g.broken.borrow().is_none() || self.reconnect_once() {
                             self.group(Vec::new());
                         }
                         continue;
@@ -744,7 +744,7 @@ impl Writer {
             };
             job(&mut Tx::new(now, &mut ptx))
         };
-        self.g.pending.borrow_mut().clear();
+        self.g.drop_all_unsent();
         self.hook.abandoned(&fx);
         self.carry.extend(leases);
         done(Err(StoreError::Unavailable(why.to_owned())));
