@@ -744,3 +744,116 @@ async fn writes_answer_unavailable_while_a_lost_commit_cannot_be_resolved() {
     assert_eq!(n, 3, "before, lost and meanwhile-0, once each");
     t.stop().await;
 }
+
+/// Waits (bounded, 30 s) until a session of `db`'s server waits for a synchronous
+/// standby in its COMMIT.
+async fn wait_for_sync_rep(db: &tokio_postgres::Client, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: no COMMIT waits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_still_under_way_on_the_server_is_not_taken_for_lost() {
+    // The connection is lost while PostgreSQL still holds the group's COMMIT (it waits
+    // for a synchronous standby that never answers; a slow disk does the same). Read at
+    // once, the marker says "not committed", yet the session can still commit after
+    // that: the writer must end that session first, then read the outcome. Before, it
+    // answered UNAVAILABLE and handed the effects back, and the group committed later:
+    // an item in the database with no timer, that never went out.
+    let cluster = PgCluster::start().await;
+    let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], cluster.port()))).await;
+    let url = proxy.url_through(&cluster.url());
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(url)).await;
+    let mut connector = TestConnector::connect(&t.url(), &[pb::Channel::Email], 10).await;
+    let warm = t
+        .schedule(with_request_id(
+            email_reply("acme", "T0", T0 + HOUR),
+            "warm",
+        ))
+        .await;
+    let admin = raw_pg(&cluster.url()).await;
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    // A probe's commit shows when commits wait for the standby; cancelled, it commits.
+    let probe = {
+        let url = cluster.url();
+        tokio::spawn(async move {
+            raw_pg(&url)
+                .await
+                .batch_execute("CREATE TABLE probe ()")
+                .await
+        })
+    };
+    wait_for_sync_rep(&admin, "the probe").await;
+    admin
+        .batch_execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        )
+        .await
+        .unwrap();
+    probe
+        .await
+        .unwrap()
+        .expect("the probe commits once its wait is cancelled");
+
+    let x_req = with_request_id(email_reply("acme", "T1", T0 + HOUR), "x");
+    let x = {
+        let mut client = t.client.clone();
+        let req = x_req.clone();
+        tokio::spawn(async move { client.schedule_message(req).await })
+    };
+    wait_for_sync_rep(&admin, "X's group").await;
+    proxy.cut_all();
+    let x = tokio::time::timeout(Duration::from_secs(60), x)
+        .await
+        .expect("X is answered")
+        .unwrap()
+        .expect("X's group committed: it is answered OK")
+        .into_inner();
+    for sql in [
+        "ALTER SYSTEM RESET synchronous_standby_names",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let again = t.schedule(x_req).await;
+    assert_eq!(again.item_id, x.item_id);
+    let y = t
+        .schedule(with_request_id(email_reply("acme", "T2", T0 + HOUR), "y"))
+        .await;
+    t.advance(Duration::from_millis(HOUR as u64));
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let job = connector.next_job().await;
+        connector
+            .ack(&job, &format!("<{}@example.com>", job_item(&job)))
+            .await;
+        out.push(job_item(&job));
+    }
+    out.sort();
+    let mut want = vec![warm.item_id, x.item_id, y.item_id];
+    want.sort();
+    assert_eq!(out, want, "every item goes out once");
+    t.stop().await;
+}

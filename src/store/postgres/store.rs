@@ -12,9 +12,10 @@
 //! Every group also writes its number, with the writer's random id, to `store_meta`
 //! (`writer_group`; the id keeps a marker left by a previous process from answering
 //! for a group of this one). When the connection is lost during COMMIT, the outcome is
-//! unknown: the writer reconnects (retrying until it can, while new writes wait) and
-//! reads the marker back, so the group is answered as committed or as failed, never
-//! guessed.
+//! unknown: the writer reconnects (retrying until it can; writes that come meanwhile
+//! are answered UNAVAILABLE), ends the lost connection's session on the server (a
+//! COMMIT still under way there could otherwise commit after the look) and reads the
+//! marker back, so the group is answered as committed or as failed, never guessed.
 //!
 //! While it cannot write (the connection is lost, a group failed), [`Backend::degraded`]
 //! says why, and the writer retries while idle too: it reconnects and commits a group of
@@ -202,6 +203,7 @@ impl PgStore {
                         return;
                     }
                 };
+                let session = rt.block_on(session_pid(&pg));
                 let _ = events_tx.send(next_seq - 1);
                 let _ = ready_tx.send(Ok(Ready {
                     last_seq: next_seq - 1,
@@ -222,6 +224,7 @@ impl PgStore {
                         sh.tickets.clone(),
                     ),
                     carry: Vec::new(),
+                    session,
                     rx,
                     closing: None,
                     run_id: rand::random(),
@@ -276,6 +279,17 @@ async fn start(url: &str, sync: Synchronous) -> Result<(Pg, ItemId, u64), StoreE
     Ok((pg, max_id + 1, max_seq + 1))
 }
 
+/// The server process serving `pg`'s session, if the server tells.
+async fn session_pid(pg: &Pg) -> Option<i32> {
+    match pg.client.query_one("SELECT pg_backend_pid()", &[]).await {
+        Ok(row) => row.try_get(0).ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot learn the session's server process");
+            None
+        }
+    }
+}
+
 /// Refuses `synchronous_commit = off` unless `--sync normal`; under `normal` the
 /// writer's session runs with it off (a crash of the server may take back the last
 /// commits, as SQLite's `NORMAL` may).
@@ -313,6 +327,8 @@ struct Writer {
     g: Group,
     /// Leases whose jobs left but whose group did not commit: recorded again first.
     carry: Vec<(Item, Change)>,
+    /// The server process of the writer's connection (`pg_backend_pid`), if known.
+    session: Option<i32>,
     /// The queue of writes.
     rx: mpsc::Receiver<Msg>,
     /// Set once the store is asked to close: the writer stops after this group.
@@ -378,10 +394,12 @@ impl Writer {
             let pg = connect(&self.url).await?;
             check_durability(&pg, &self.url, self.sync).await?;
             rows::prepare_writes(&pg).await?;
-            Ok::<_, StoreError>(pg)
+            let session = session_pid(&pg).await;
+            Ok::<_, StoreError>((pg, session))
         }) {
-            Ok(pg) => {
+            Ok((pg, session)) => {
                 self.g.pg = Arc::new(pg);
+                self.session = session;
                 *self.g.broken.borrow_mut() = None;
                 tracing::info!(url = %redact_url(&self.url), "reconnected to the database");
                 true
@@ -648,8 +666,9 @@ impl Writer {
         self.set_degraded(Some(format!("the database connection is lost: {e}")));
         let mut wait = RECONNECT_FIRST;
         let started = Instant::now();
+        let lost_session = self.session;
         loop {
-            if self.reconnect_once() {
+            if self.reconnect_once() && lost_session.is_none_or(|pid| self.end_session(pid)) {
                 let pg = self.g.pg.clone();
                 let found = self.rt.block_on(async move {
                     pg.client
@@ -692,6 +711,46 @@ impl Writer {
                 )));
             }
             wait = (wait * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// Ends the lost connection's session on the server and waits (up to 10 s) until it
+    /// is gone: until then its transaction may still commit (a COMMIT waiting for the
+    /// disk or for a synchronous standby goes on without its client), so the marker read
+    /// now would prove nothing. `true` once it is gone, or when the server cannot end it
+    /// (no `pg_terminate_backend` with a timeout, as on PostgreSQL before 14): the
+    /// marker is then read as it is.
+    fn end_session(&mut self, pid: i32) -> bool {
+        let pg = self.g.pg.clone();
+        let r = self.rt.block_on(async move {
+            pg.client
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) \
+                     OR pg_terminate_backend($1, 10000)",
+                    &[&pid],
+                )
+                .await
+        });
+        match r {
+            Ok(row) => {
+                let gone: bool = row.get(0);
+                if !gone {
+                    tracing::warn!(
+                        pid,
+                        "the lost connection's session goes on; waiting for it to end"
+                    );
+                }
+                gone
+            }
+            Err(e) => {
+                let e = StoreError::from(e);
+                self.g.note(&e);
+                if self.g.broken.borrow().is_some() {
+                    return false;
+                }
+                tracing::warn!(error = %e, pid, "cannot end the lost connection's session; reading the outcome as it stands");
+                true
+            }
         }
     }
 
