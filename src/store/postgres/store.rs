@@ -341,16 +341,21 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self) {
+        let mut idle_wait = RECONNECT_FIRST;
         while self.closing.is_none() {
             let retry = self.g.broken().is_some()
                 || !self.carry.is_empty()
                 || self.shared.degraded.borrow().is_some();
+            if !retry {
+                idle_wait = RECONNECT_FIRST;
+            }
             let first = if retry {
                 // Retry while idle too: reconnect, then commit a group of no write (the
                 // marker, and the leases carried from a failed group), whose success
                 // clears `degraded`, so health comes back without traffic. The timer
                 // is made inside the runtime (it needs its time driver).
-                let wait = RECONNECT_FIRST * 4;
+                // The wait doubles while it fails, as far as RECONNECT_MAX.
+                let wait = idle_wait;
                 let (rt, rx) = (&self.rt, &mut self.rx);
                 match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                     Ok(m) => m,
@@ -358,6 +363,7 @@ impl Writer {
                         if self.g.broken.borrow().is_none() || self.reconnect_once() {
                             self.group(Vec::new());
                         }
+                        idle_wait = (idle_wait * 2).min(RECONNECT_MAX);
                         continue;
                     }
                 }
