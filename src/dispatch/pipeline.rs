@@ -87,6 +87,13 @@ impl Actor {
                     // the answers are recorded. (Should recording fail, or the group's
                     // commit, the write rolls back but its leases are given back as
                     // claims and applied again: the jobs are out.)
+                    // One read for every item this write leases or answers for.
+                    let ids: Vec<_> = due
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .chain(records.iter().map(|o| o.item()))
+                        .collect();
+                    tx.prefetch(&ids)?;
                     let leased = writes::lease(tx, &due, t)?;
                     let _ = executed_tx.send(leased);
                     let mut rng = rand::rng();

@@ -309,6 +309,12 @@ pub trait WriteTx {
         &mut self,
         f: &mut dyn FnMut(&mut Tx<'_>) -> domain::Result<()>,
     ) -> domain::Result<domain::Result<()>>;
+    /// Reads the items of `ids` ahead, in one go, for this write's later
+    /// [`WriteTx::load`] / [`WriteTx::load_checked`] of them (a backend whose reads cost
+    /// a round trip each answers those from what it read). A hint: a no-op by default.
+    fn prefetch(&mut self, _ids: &[ItemId]) -> domain::Result<()> {
+        Ok(())
+    }
     /// Writes every changed item back to its row now (SQLite's journal); a no-op for
     /// a backend that writes rows in place.
     fn sweep(&mut self) -> domain::Result<()> {

@@ -294,6 +294,12 @@ async fn session_pid(pg: &Pg) -> Option<i32> {
 /// writer's session runs with it off (a crash of the server may take back the last
 /// commits, as SQLite's `NORMAL` may).
 async fn check_durability(pg: &Pg, url: &str, sync: Synchronous) -> Result<(), StoreError> {
+    // The writer's statements take arrays of any length (ids = ANY($1), unnest): a
+    // generic plan, which PostgreSQL switches to after five runs, cannot know their
+    // size and picked scans of the whole table (on-time lateness of seconds).
+    pg.client
+        .batch_execute("SET plan_cache_mode = force_custom_plan")
+        .await?;
     match sync {
         Synchronous::Full => {
             let row = pg.client.query_one("SHOW synchronous_commit", &[]).await?;
@@ -462,6 +468,8 @@ impl Writer {
                     rt: &self.rt,
                     fx: &mut fx,
                     leases: &mut leases,
+                    cache: Default::default(),
+                    tickets_read: Default::default(),
                 };
                 let mut r = Ok(());
                 for (item, change) in &carry {
@@ -496,6 +504,8 @@ impl Writer {
                     rt: &self.rt,
                     fx: &mut fx,
                     leases: &mut leases,
+                    cache: Default::default(),
+                    tickets_read: Default::default(),
                 };
                 if begun.is_err() {
                     // The connection is gone: every operation fails at once.
@@ -806,6 +816,8 @@ impl Writer {
                 rt: &self.rt,
                 fx: &mut fx,
                 leases: &mut leases,
+                cache: Default::default(),
+                tickets_read: Default::default(),
             };
             job(&mut Tx::new(now, &mut ptx))
         };

@@ -57,6 +57,9 @@ pub(super) struct Group {
     pub pending: RefCell<Vec<(u64, Pending)>>,
     new_items: RefCell<Vec<NewOwned>>,
     new_events: RefCell<Vec<EventOwned>>,
+    /// Items changed since the last seal: written back together, the last version of
+    /// each (its position in `changed_rows` by id).
+    changed_rows: RefCell<(Vec<Item>, std::collections::HashMap<ItemId, usize>)>,
     /// The write running now (tags what it queues).
     pub job: Cell<u64>,
     /// A statement of an earlier write of the group failed after that write ended: the
@@ -87,6 +90,7 @@ impl Group {
             pending: Default::default(),
             new_items: Default::default(),
             new_events: Default::default(),
+            changed_rows: Default::default(),
             job: Cell::new(0),
             doomed: Default::default(),
             changed: Default::default(),
@@ -121,6 +125,20 @@ impl Group {
                         rows::insert_item(&*pg, r.id, r.new, r.send_at, r.timing, r.now).await
                     } else {
                         rows::insert_items(&*pg, &rows).await
+                    }
+                }),
+            ));
+        }
+        let (changed, _) = std::mem::take(&mut *self.changed_rows.borrow_mut());
+        if !changed.is_empty() {
+            let pg = self.pg.clone();
+            self.pending.borrow_mut().push((
+                job,
+                Box::pin(async move {
+                    if changed.len() == 1 {
+                        rows::update_item(&*pg, &changed[0]).await
+                    } else {
+                        rows::update_items(&*pg, &changed).await
                     }
                 }),
             ));
@@ -183,6 +201,7 @@ impl Group {
         let job = self.job.get();
         self.new_items.borrow_mut().clear();
         self.new_events.borrow_mut().clear();
+        *self.changed_rows.borrow_mut() = Default::default();
         self.pending.borrow_mut().retain(|(j, _)| *j != job);
     }
 
@@ -190,6 +209,7 @@ impl Group {
     pub fn drop_all_unsent(&self) {
         self.new_items.borrow_mut().clear();
         self.new_events.borrow_mut().clear();
+        *self.changed_rows.borrow_mut() = Default::default();
         self.pending.borrow_mut().clear();
     }
 
@@ -235,6 +255,11 @@ pub(super) struct PgTx<'a> {
     pub fx: &'a mut Effects,
     /// Leases this write marked out (their jobs leave before the group commits).
     pub leases: &'a mut Vec<(Item, Change)>,
+    /// Items read ahead by `prefetch`, kept as this write changes them.
+    pub cache: std::collections::HashMap<ItemId, Item>,
+    /// The PENDING replies of the prefetched items' tickets, by (account, ticket): ids
+    /// (their current version is in `cache`), or a row that cannot be decoded.
+    pub tickets_read: std::collections::HashMap<(String, String), Vec<Decoded>>,
 }
 
 impl PgTx<'_> {
@@ -286,11 +311,57 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn load(&mut self, account: &str, id: ItemId) -> domain::Result<Option<Item>> {
+        if let Some(item) = self.cache.get(&id) {
+            return Ok((item.account_id == account).then(|| item.clone()));
+        }
         let account = account.to_owned();
         self.read(move |pg| Box::pin(async move { rows::get_item(&*pg, &account, id).await }))
     }
 
+    fn prefetch(&mut self, ids: &[ItemId]) -> domain::Result<()> {
+        let ids: Vec<ItemId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.cache.contains_key(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Items whose rows cannot be decoded are left out: their loads read them again.
+        // The pending replies of their tickets come in the same round trip (an answer
+        // for an item may convert them: the activity rule).
+        let ((items, _), replies) = self.read(move |pg| {
+            Box::pin(async move {
+                let (a, b) = futures_util::future::join(
+                    rows::due_items(&*pg, &ids),
+                    rows::pending_replies_of_tickets(&*pg, &ids),
+                )
+                .await;
+                Ok((a?, b?))
+            })
+        })?;
+        for item in &items {
+            self.tickets_read
+                .entry((item.account_id.clone(), item.ticket_id.clone()))
+                .or_default();
+        }
+        self.cache.extend(items.into_iter().map(|i| (i.id, i)));
+        for (account, ticket, r) in replies {
+            if let Ok(item) = &r {
+                self.cache.entry(item.id).or_insert_with(|| item.clone());
+            }
+            self.tickets_read
+                .entry((account, ticket))
+                .or_default()
+                .push(r);
+        }
+        Ok(())
+    }
+
     fn load_checked(&mut self, id: ItemId) -> domain::Result<Option<Result<Item, String>>> {
+        if let Some(item) = self.cache.get(&id) {
+            return Ok(Some(Ok(item.clone())));
+        }
         self.read(move |pg| Box::pin(async move { rows::get_item_checked(&*pg, id).await }))
     }
 
@@ -330,10 +401,32 @@ impl WriteTx for PgTx<'_> {
         if self.g.tickets.nothing_else_live(account, ticket, own) {
             return Ok(Vec::new());
         }
+        if let Some(read) = self
+            .tickets_read
+            .get(&(account.to_owned(), ticket.to_owned()))
+        {
+            // Read ahead (every PENDING reply of the ticket then); as they are now.
+            let mut out: Vec<Decoded> = Vec::new();
+            for r in read {
+                match r {
+                    Ok(at_read) => {
+                        let now = self.cache.get(&at_read.id).unwrap_or(at_read);
+                        if now.state == State::Pending && now.created_at < before {
+                            out.push(Ok(now.clone()));
+                        }
+                    }
+                    Err(e) => out.push(Err(e.clone())),
+                }
+            }
+            return Ok(out);
+        }
         let (account, ticket) = (account.to_owned(), ticket.to_owned());
-        self.read(move |pg| {
+        let mut out = self.read(move |pg| {
             Box::pin(async move { rows::pending_replies(&*pg, &account, &ticket, before).await })
-        })
+        })?;
+        // A row with a lease reads DISPATCHING: out at a connector, not a candidate.
+        out.retain(|r| r.as_ref().map_or(true, |i| i.state == State::Pending));
+        Ok(out)
     }
 
     fn put_business_hours(&mut self, account: &str, hours: &BusinessHours) -> domain::Result<()> {
@@ -440,15 +533,24 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
-        // An item inserted by this write is gathered: its row goes first.
-        if !self.g.new_items.borrow().is_empty() {
-            self.g.seal();
+        // An item inserted by this write is gathered: its row goes first (seal writes
+        // new rows before changed ones).
+        {
+            let mut rows = self.g.changed_rows.borrow_mut();
+            let (list, at) = &mut *rows;
+            match at.get(&item.id) {
+                Some(&i) => list[i] = item.clone(),
+                None => {
+                    at.insert(item.id, list.len());
+                    list.push(item.clone());
+                }
+            }
         }
-        let (pg, row) = (self.g.pg.clone(), item.clone());
-        self.g
-            .queue(async move { rows::update_item(&*pg, &row).await });
         let seq = self.queue_event(change.event, item);
         self.g.changed.insert(item.id);
+        if let Some(cached) = self.cache.get_mut(&item.id) {
+            *cached = item.clone();
+        }
         self.fx.record(item, &change, seq);
         Ok(seq)
     }
@@ -467,6 +569,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn fail_unreadable(&mut self, id: ItemId, why: &str) -> domain::Result<bool> {
+        self.cache.remove(&id);
         let Some(mut item) =
             self.read(move |pg| Box::pin(async move { rows::get_item_lenient(&*pg, id).await }))?
         else {
@@ -547,6 +650,8 @@ impl WriteTx for PgTx<'_> {
                 );
                 *self.fx = fx_mark;
                 self.leases.truncate(leases_mark);
+                // What `f` changed is rolled back: read those items again.
+                self.cache.clear();
                 self.g.changed = changed_mark;
                 Ok(Err(e))
             }
