@@ -857,3 +857,70 @@ async fn a_commit_still_under_way_on_the_server_is_not_taken_for_lost() {
     assert_eq!(out, want, "every item goes out once");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_is_taken_for_lost_and_writes_go_on() {
+    // The connections stay open but nothing comes back (a frozen server, a network
+    // that drops everything without a reset). A write and a read must not wait for
+    // ever: after the answer timeout they are UNAVAILABLE, new connections are taken,
+    // and reads and writes go on; health is SERVING again by itself.
+    let direct = fresh_database().await;
+    let proxy = Proxy::start(server_addr()).await;
+    let url = proxy.url_through(&direct);
+    let mut t = TestServer::start_with(|c| c.db_path = PathBuf::from(url)).await;
+    let mut health = Health::watch(&t.url()).await;
+    let before = t
+        .schedule(with_request_id(
+            email_reply("acme", "T0", T0 + HOUR),
+            "before",
+        ))
+        .await;
+    // The shared read connections are open too (reads take them in turn).
+    for _ in 0..8 {
+        get_item(&t, &before.item_id)
+            .await
+            .expect("before is there");
+    }
+    proxy.freeze_open();
+    let x_req = with_request_id(email_reply("acme", "T1", T0 + HOUR), "x");
+    let (mut writer, mut reader) = (t.client.clone(), t.client.clone());
+    let (w, r) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(40),
+            writer.schedule_message(x_req.clone()),
+        ),
+        tokio::time::timeout(
+            Duration::from_secs(40),
+            reader.get_item(item_ref("acme", &before.item_id)),
+        ),
+    );
+    let w = w.expect("a write to a database that stopped answering is answered within 40 s");
+    assert_status(w, tonic::Code::Unavailable, "");
+    let r = r.expect("a read from a database that stopped answering is answered within 40 s");
+    assert_status(r, tonic::Code::Unavailable, "");
+    // Still frozen: reads take new connections.
+    let again = get_item(&t, &before.item_id).await.expect("read again");
+    assert_eq!(again.item_id, before.item_id);
+    health
+        .until(
+            ServingStatus::Serving,
+            "after the writer took a new connection",
+        )
+        .await;
+    let y = t
+        .schedule(with_request_id(email_reply("acme", "T2", T0 + HOUR), "y"))
+        .await;
+    proxy.thaw();
+    let x = t.schedule(x_req).await;
+    for id in [&x.item_id, &y.item_id] {
+        get_item(&t, id).await.expect("answered OK, so there");
+    }
+    let db = raw_pg(&direct).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "before, x and y, once each");
+    t.stop().await;
+}

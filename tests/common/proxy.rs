@@ -36,6 +36,8 @@ struct Ctl {
     connections: AtomicU64,
     /// While set, new connections are closed at once (the server looks down).
     refusing: std::sync::atomic::AtomicBool,
+    /// Connections numbered below this relay nothing (frozen); 0: none is.
+    frozen_below: watch::Sender<u64>,
 }
 
 impl Ctl {
@@ -78,6 +80,7 @@ impl Proxy {
             fired: watch::channel(0).0,
             connections: AtomicU64::new(0),
             refusing: std::sync::atomic::AtomicBool::new(false),
+            frozen_below: watch::channel(0).0,
         });
         let c = ctl.clone();
         tokio::spawn(async move {
@@ -89,10 +92,10 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
-                c.connections.fetch_add(1, Ordering::Relaxed);
+                let id = c.connections.fetch_add(1, Ordering::SeqCst);
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                tokio::spawn(relay(client, server, c.clone()));
+                tokio::spawn(relay(client, server, c.clone(), id));
             }
         });
         Proxy { addr, ctl }
@@ -131,6 +134,19 @@ impl Proxy {
     /// were down (connections already open go on).
     pub fn refuse(&self, refuse: bool) {
         self.ctl.refusing.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Freezes every connection open now: they stay open but relay nothing (a server,
+    /// or a network, that stops answering) until [`Proxy::thaw`]. New connections
+    /// relay as usual.
+    pub fn freeze_open(&self) {
+        let n = self.ctl.connections.load(Ordering::SeqCst);
+        self.ctl.frozen_below.send_replace(n);
+    }
+
+    /// Frozen connections relay again (what they held goes on).
+    pub fn thaw(&self) {
+        self.ctl.frozen_below.send_replace(0);
     }
 
     /// How many armed cuts fired so far.
@@ -174,7 +190,12 @@ fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
+/// Waits while connection `id` is frozen.
+async fn unfrozen(frozen: &mut watch::Receiver<u64>, id: u64) {
+    let _ = frozen.wait_for(|below| id >= *below).await;
+}
+
+async fn relay(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>, id: u64) {
     let mut cut = ctl.cut.subscribe();
     cut.borrow_and_update();
     let (mut cr, mut cw) = client.into_split();
@@ -184,6 +205,7 @@ async fn relay(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
     let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let up = {
         let (ctl, swallow) = (ctl.clone(), swallow.clone());
+        let mut frozen = ctl.frozen_below.subscribe();
         async move {
             let mut buf = vec![0u8; 64 * 1024];
             let mut tail = Vec::new();
@@ -206,6 +228,7 @@ async fn relay(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
                     }
                 }
                 keep_tail(&mut tail, chunk);
+                unfrozen(&mut frozen, id).await;
                 if sw.write_all(chunk).await.is_err() {
                     return;
                 }
@@ -214,6 +237,7 @@ async fn relay(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
     };
     let down = {
         let ctl = ctl.clone();
+        let mut frozen = ctl.frozen_below.subscribe();
         async move {
             let mut buf = vec![0u8; 64 * 1024];
             let mut tail = Vec::new();
@@ -233,6 +257,7 @@ async fn relay(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
                     continue;
                 }
                 keep_tail(&mut tail, chunk);
+                unfrozen(&mut frozen, id).await;
                 if cw.write_all(chunk).await.is_err() {
                     return;
                 }

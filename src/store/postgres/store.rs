@@ -35,7 +35,7 @@ use tokio_postgres::NoTls;
 
 use super::rows::{self, Pg};
 use super::schema;
-use super::tx::{Group, PgTx};
+use super::tx::{Group, PgTx, ANSWER_WITHIN};
 use crate::clock::Clock;
 use crate::config::Synchronous;
 use crate::domain::machine::Change;
@@ -151,6 +151,13 @@ impl ReadPool {
         *slot = Some(pg.clone());
         Ok(pg)
     }
+
+    /// Drops every shared connection (the next reads take new ones).
+    async fn drop_all(&self) {
+        for slot in &self.conns {
+            *slot.lock().await = None;
+        }
+    }
 }
 
 /// What the writer thread reports once it has connected and migrated.
@@ -263,6 +270,26 @@ impl PgStore {
 
     async fn reader(&self) -> domain::Result<Arc<Pg>> {
         Ok(self.readers.get().await?)
+    }
+
+    /// Waits for a read for at most [`ANSWER_WITHIN`]: past it the server is taken
+    /// for not answering, every shared connection is dropped (the next reads take new
+    /// ones) and the read is UNAVAILABLE.
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> domain::Result<T> {
+        match tokio::time::timeout(ANSWER_WITHIN, read).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                self.readers.drop_all().await;
+                Err(StoreError::Unavailable(format!(
+                    "the database did not answer a read within {} s",
+                    ANSWER_WITHIN.as_secs()
+                ))
+                .into())
+            }
+        }
     }
 }
 
@@ -402,13 +429,24 @@ impl Writer {
 
     /// One reconnection attempt; clears `broken` on success.
     fn reconnect_once(&mut self) -> bool {
-        match self.rt.block_on(async {
+        let attempt = async {
             let pg = connect(&self.url).await?;
-            check_durability(&pg, &self.url, self.sync).await?;
-            rows::prepare_writes(&pg).await?;
-            let session = session_pid(&pg).await;
+            let ready = async {
+                check_durability(&pg, &self.url, self.sync).await?;
+                rows::prepare_writes(&pg).await?;
+                Ok::<_, StoreError>(session_pid(&pg).await)
+            };
+            let session = tokio::time::timeout(ANSWER_WITHIN, ready)
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "the new connection did not answer within {} s",
+                        ANSWER_WITHIN.as_secs()
+                    ))
+                })??;
             Ok::<_, StoreError>((pg, session))
-        }) {
+        };
+        match self.rt.block_on(attempt) {
             Ok((pg, session)) => {
                 self.g.pg = Arc::new(pg);
                 self.session = session;
@@ -594,11 +632,11 @@ impl Writer {
                     // Whatever is left queued belongs to the failed group.
                     self.g.drop_all_unsent();
                     let pg = self.g.pg.clone();
-                    if let Err(e) = self
-                        .rt
-                        .block_on(async move { pg.client.batch_execute("ROLLBACK").await })
-                    {
-                        self.g.note(&StoreError::from(e));
+                    let rollback = self.g.within(&self.rt, async move {
+                        Ok(pg.client.batch_execute("ROLLBACK").await?)
+                    });
+                    if let Err(e) = rollback {
+                        self.g.note(&e);
                     }
                 }
             }
@@ -637,7 +675,7 @@ impl Writer {
             .into_iter()
             .map(|(_, f)| f)
             .collect();
-        let sent = self.rt.block_on(async move {
+        let commit = async move {
             let st = match pg
                 .statements
                 .get(
@@ -661,6 +699,17 @@ impl Writer {
             errors.extend(m.err().map(StoreError::from));
             errors.extend(c.err().map(StoreError::from));
             errors
+        };
+        // The timer is made inside the runtime (it needs its time driver).
+        let sent = self
+            .rt
+            .block_on(async { tokio::time::timeout(ANSWER_WITHIN, commit).await });
+        // No answer in time: the connection is taken for lost, the outcome unknown.
+        let sent = sent.unwrap_or_else(|_| {
+            vec![StoreError::Unavailable(format!(
+                "the database did not answer the COMMIT within {} s",
+                ANSWER_WITHIN.as_secs()
+            ))]
         });
         if sent.is_empty() {
             return Ok(());
@@ -669,6 +718,7 @@ impl Writer {
             StoreError::Postgres(pe) if pe.is_closed() || pe.code().is_none() => {
                 Some(pe.to_string())
             }
+            StoreError::Unavailable(why) => Some(why.clone()),
             _ => None,
         });
         let Some(e) = lost else {
@@ -686,13 +736,14 @@ impl Writer {
         loop {
             if self.reconnect_once() && lost_session.is_none_or(|pid| self.end_session(pid)) {
                 let pg = self.g.pg.clone();
-                let found = self.rt.block_on(async move {
-                    pg.client
+                let found = self.g.within(&self.rt, async move {
+                    Ok(pg
+                        .client
                         .query_opt(
                             "SELECT value FROM store_meta WHERE key = 'writer_group'",
                             &[],
                         )
-                        .await
+                        .await?)
                 });
                 match found {
                     Ok(row) => {
@@ -730,7 +781,7 @@ impl Writer {
         }
     }
 
-    /// Ends the lost connection's session on the server and waits (up to 10 s) until it
+    /// Ends the lost connection's session on the server and waits (up to 5 s) until it
     /// is gone: until then its transaction may still commit (a COMMIT waiting for the
     /// disk or for a synchronous standby goes on without its client), so the marker read
     /// now would prove nothing. `true` once it is gone, or when the server cannot end it
@@ -738,14 +789,15 @@ impl Writer {
     /// marker is then read as it is.
     fn end_session(&mut self, pid: i32) -> bool {
         let pg = self.g.pg.clone();
-        let r = self.rt.block_on(async move {
-            pg.client
+        let r = self.g.within(&self.rt, async move {
+            Ok(pg
+                .client
                 .query_one(
                     "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) \
-                     OR pg_terminate_backend($1, 10000)",
+                     OR pg_terminate_backend($1, 5000)",
                     &[&pid],
                 )
-                .await
+                .await?)
         });
         match r {
             Ok(row) => {
@@ -759,7 +811,6 @@ impl Writer {
                 gone
             }
             Err(e) => {
-                let e = StoreError::from(e);
                 self.g.note(&e);
                 if self.g.broken.borrow().is_some() {
                     return false;
@@ -868,11 +919,12 @@ impl Backend for PgStore {
 
     async fn get_item(&self, account: String, id: ItemId) -> domain::Result<Option<Item>> {
         let pg = self.reader().await?;
-        Ok(rows::get_item(&*pg, &account, id).await?)
+        self.bounded(rows::get_item(&*pg, &account, id)).await
     }
     async fn ticket_items(&self, account: String, ticket: String) -> domain::Result<Vec<Item>> {
         let pg = self.reader().await?;
-        Ok(rows::ticket_items(&*pg, &account, &ticket).await?)
+        self.bounded(rows::ticket_items(&*pg, &account, &ticket))
+            .await
     }
     async fn list_items(
         &self,
@@ -881,7 +933,7 @@ impl Backend for PgStore {
         limit: usize,
     ) -> domain::Result<Rows<Item>> {
         let pg = self.reader().await?;
-        Ok(rows::list_items(&*pg, &q, after, limit).await?)
+        self.bounded(rows::list_items(&*pg, &q, after, limit)).await
     }
     async fn deferred_tickets(
         &self,
@@ -892,7 +944,8 @@ impl Backend for PgStore {
     ) -> domain::Result<Rows<DeferredTicket>> {
         let pg = self.reader().await?;
         let after = after.as_ref().map(|(at, t)| (*at, t.as_str()));
-        Ok(rows::deferred_tickets(&*pg, &account, order, after, limit).await?)
+        self.bounded(rows::deferred_tickets(&*pg, &account, order, after, limit))
+            .await
     }
     async fn events_after(
         &self,
@@ -901,15 +954,17 @@ impl Backend for PgStore {
         limit: usize,
     ) -> domain::Result<EventsAfter> {
         let pg = self.reader().await?;
-        Ok(rows::events_after(&*pg, account.as_deref(), after, limit).await?)
+        self.bounded(rows::events_after(&*pg, account.as_deref(), after, limit))
+            .await
     }
     async fn recovery_scan(&self) -> domain::Result<RecoveryScan> {
         let pg = self.reader().await?;
-        Ok(rows::recovery_scan(&*pg, &self.shared.tickets).await?)
+        self.bounded(rows::recovery_scan(&*pg, &self.shared.tickets))
+            .await
     }
     async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
         let pg = self.reader().await?;
-        Ok(rows::live_item_ids(&*pg).await?)
+        self.bounded(rows::live_item_ids(&*pg)).await
     }
     async fn event_heads(
         &self,
@@ -918,19 +973,20 @@ impl Backend for PgStore {
         limit: usize,
     ) -> domain::Result<Vec<(u64, EventType, ItemId, String)>> {
         let pg = self.reader().await?;
-        Ok(rows::event_heads(&*pg, &account, after, limit).await?)
+        self.bounded(rows::event_heads(&*pg, &account, after, limit))
+            .await
     }
     async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>> {
         let pg = self.reader().await?;
-        Ok(rows::get_business_hours(&*pg, &account).await?)
+        self.bounded(rows::get_business_hours(&*pg, &account)).await
     }
     async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
         let pg = self.reader().await?;
-        Ok(rows::rewindows_under_way(&*pg).await?)
+        self.bounded(rows::rewindows_under_way(&*pg)).await
     }
     async fn due_items(&self, ids: Vec<ItemId>) -> domain::Result<DueRead> {
         let pg = self.reader().await?;
-        let (items, metas) = rows::due_items(&*pg, &ids).await?;
+        let (items, metas) = self.bounded(rows::due_items(&*pg, &ids)).await?;
         Ok(DueRead {
             epoch: 0,
             metas,

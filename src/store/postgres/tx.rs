@@ -21,6 +21,11 @@ use crate::domain::{self, BusinessHours, Item, ItemId, Millis, NewItem, State, T
 use crate::store::tickets::LiveTickets;
 use crate::store::{ControlRow, Decoded, Effects, LiveKey, StoreError, Tx, WheelOp, WriteTx};
 
+/// How long the writer waits for the database's answers before it takes the
+/// connection for lost: a server, or a network, that stops answering without closing
+/// the connection must not hold every write for ever.
+pub(super) const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A queued statement: sent when first polled.
 pub(super) type Pending = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
@@ -178,7 +183,7 @@ impl Group {
             return Ok(());
         }
         let (jobs, futs): (Vec<u64>, Vec<Pending>) = pending.into_iter().unzip();
-        let results = rt.block_on(futures_util::future::join_all(futs));
+        let results = self.within(rt, async { Ok(futures_util::future::join_all(futs).await) })?;
         let mut first = Ok(());
         for (job, r) in jobs.into_iter().zip(results) {
             if let Err(e) = r {
@@ -194,6 +199,27 @@ impl Group {
             }
         }
         first
+    }
+
+    /// Runs `f` on `rt` for at most [`ANSWER_WITHIN`]; past it, the connection is
+    /// taken for lost (`broken`) and the answer is UNAVAILABLE.
+    pub fn within<T>(
+        &self,
+        rt: &Runtime,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match rt.block_on(async { tokio::time::timeout(ANSWER_WITHIN, f).await }) {
+            Ok(r) => r,
+            Err(_) => {
+                let why = format!(
+                    "the database did not answer within {} s",
+                    ANSWER_WITHIN.as_secs()
+                );
+                tracing::warn!("{why}; taking the connection for lost");
+                self.broken.borrow_mut().get_or_insert_with(|| why.clone());
+                Err(StoreError::Unavailable(why))
+            }
+        }
     }
 
     /// Drops what the running write queued and has not sent (it is rolling back).
@@ -272,7 +298,7 @@ impl PgTx<'_> {
             return Err(StoreError::Unavailable(why).into());
         }
         self.g.flush(self.rt)?;
-        let r = self.rt.block_on(f(self.g.pg.clone()));
+        let r = self.g.within(self.rt, f(self.g.pg.clone()));
         if let Err(e) = &r {
             self.g.note(e);
         }
