@@ -64,7 +64,7 @@ pub use types::{
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A stored row that cannot be decoded (PostgreSQL; SQLite reports it as
     /// [`StoreError::Sqlite`]).
@@ -112,6 +112,18 @@ impl From<StoreError> for domain::Error {
                 domain::Error::Internal("internal storage error".into())
             }
         }
+    }
+}
+
+/// A PostgreSQL error with the server's own message (tokio-postgres shows only "db
+/// error" and keeps the message in its source).
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
