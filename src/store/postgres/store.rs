@@ -500,15 +500,7 @@ impl Writer {
             let mut fx = Effects::default();
             let mut leases = Vec::new();
             let r = {
-                let mut ptx = PgTx {
-                    now,
-                    g: &mut self.g,
-                    rt: &self.rt,
-                    fx: &mut fx,
-                    leases: &mut leases,
-                    cache: Default::default(),
-                    tickets_read: Default::default(),
-                };
+                let mut ptx = PgTx::new(now, &mut self.g, &self.rt, &mut fx, &mut leases);
                 let mut r = Ok(());
                 for (item, change) in &carry {
                     if let Err(e) = ptx.save(item, *change) {
@@ -536,15 +528,7 @@ impl Writer {
             let mut fx = Effects::default();
             let mut leases = Vec::new();
             let (ok, done) = {
-                let mut ptx = PgTx {
-                    now,
-                    g: &mut self.g,
-                    rt: &self.rt,
-                    fx: &mut fx,
-                    leases: &mut leases,
-                    cache: Default::default(),
-                    tickets_read: Default::default(),
-                };
+                let mut ptx = PgTx::new(now, &mut self.g, &self.rt, &mut fx, &mut leases);
                 if begun.is_err() {
                     // The connection is gone: every operation fails at once.
                     ptx.g
@@ -861,15 +845,7 @@ impl Writer {
         let mut fx = Effects::default();
         let mut leases = Vec::new();
         let (_, done) = {
-            let mut ptx = PgTx {
-                now,
-                g: &mut self.g,
-                rt: &self.rt,
-                fx: &mut fx,
-                leases: &mut leases,
-                cache: Default::default(),
-                tickets_read: Default::default(),
-            };
+            let mut ptx = PgTx::new(now, &mut self.g, &self.rt, &mut fx, &mut leases);
             job(&mut Tx::new(now, &mut ptx))
         };
         self.g.drop_all_unsent();

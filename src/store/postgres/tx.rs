@@ -288,6 +288,27 @@ pub(super) struct PgTx<'a> {
     pub tickets_read: std::collections::HashMap<(String, String), Vec<Decoded>>,
 }
 
+impl<'a> PgTx<'a> {
+    /// One write on the group `g`, at `now`, recording into `fx` and `leases`.
+    pub fn new(
+        now: Millis,
+        g: &'a mut Group,
+        rt: &'a Runtime,
+        fx: &'a mut Effects,
+        leases: &'a mut Vec<(Item, Change)>,
+    ) -> Self {
+        PgTx {
+            now,
+            g,
+            rt,
+            fx,
+            leases,
+            cache: Default::default(),
+            tickets_read: Default::default(),
+        }
+    }
+}
+
 impl PgTx<'_> {
     /// Sends what is queued, then runs the read `f` and waits for it.
     fn read<T>(
