@@ -639,14 +639,8 @@ impl WriteTx for PgTx<'_> {
         }
         let seq = self.queue_event(change.event, &item);
         self.g.changed.insert(id);
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        self.fx.timers.push(WheelOp::Remove(id));
-        if change.left_live {
-            self.fx.released.push(item.account_id.clone());
-            self.fx
-                .left_tickets
-                .push(LiveTickets::slot(&item.account_id, &item.ticket_id));
-        }
+        // Command::Unreadable's change removes the timer and frees the slot.
+        self.fx.record(&item, &change, seq);
         Ok(true)
     }
 

@@ -441,18 +441,7 @@ impl WriteTx for SqliteTx<'_> {
     fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
         let seq = rows::insert_event(self.conn, change.event, item, self.now)?;
         self.overlay.put(item.clone(), seq);
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        self.fx.timers.push(match change.timer {
-            Timer::Set(at) => WheelOp::Set(item.id, at),
-            Timer::Remove => WheelOp::Remove(item.id),
-        });
-        if change.left_live {
-            self.fx.released.push(item.account_id.clone());
-            self.fx.left_tickets.push(tickets::LiveTickets::slot(
-                &item.account_id,
-                &item.ticket_id,
-            ));
-        }
+        self.fx.record(item, &change, seq);
         Ok(seq)
     }
 
@@ -505,15 +494,8 @@ impl WriteTx for SqliteTx<'_> {
             return Ok(false);
         }
         let seq = rows::insert_event(self.conn, change.event, &item, self.now)?;
-        self.fx.max_seq = self.fx.max_seq.max(seq);
-        self.fx.timers.push(WheelOp::Remove(id));
-        if change.left_live {
-            self.fx.released.push(item.account_id.clone());
-            self.fx.left_tickets.push(tickets::LiveTickets::slot(
-                &item.account_id,
-                &item.ticket_id,
-            ));
-        }
+        // Command::Unreadable's change removes the timer and frees the slot.
+        self.fx.record(&item, &change, seq);
         Ok(true)
     }
 
