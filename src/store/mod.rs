@@ -214,6 +214,33 @@ pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write: runs in the transaction, says whether it succeeded, returns its completion.
 pub type Job = Box<dyn FnOnce(&mut Tx<'_>) -> (bool, Completion) + Send>;
 
+/// The write `f` as a [`Job`] for a backend's queue, and what resolves with its
+/// outcome: `f`'s result once its group committed, else the commit's error (`Closed`
+/// when the job is dropped unrun).
+pub(crate) fn job<T, F>(f: F) -> (Job, impl std::future::Future<Output = domain::Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel::<domain::Result<T>>();
+    let job: Job = Box::new(move |tx: &mut Tx<'_>| {
+        let r = f(tx);
+        let ok = r.is_ok();
+        let done: Completion = Box::new(move |commit| {
+            let _ = reply.send(match commit {
+                Ok(()) => r,
+                Err(e) => Err(e.into()),
+            });
+        });
+        (ok, done)
+    });
+    let outcome = async move {
+        rx.await
+            .map_err(|_| domain::Error::from(StoreError::Closed))?
+    };
+    (job, outcome)
+}
+
 /// The typed operations of one write, inside its group's transaction and its own
 /// savepoint. Implemented by each backend; callers use them through [`Tx`].
 ///
@@ -641,23 +668,9 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel::<domain::Result<T>>();
-        let job: Job = Box::new(move |tx: &mut Tx<'_>| {
-            let r = f(tx);
-            let ok = r.is_ok();
-            let done: Completion = Box::new(move |commit| {
-                let _ = reply.send(match commit {
-                    Ok(()) => r,
-                    Err(e) => Err(e.into()),
-                });
-            });
-            (ok, done)
-        });
+        let (job, outcome) = job(f);
         self.backend.submit(job).await?;
-        Ok(async move {
-            rx.await
-                .map_err(|_| domain::Error::from(StoreError::Closed))?
-        })
+        Ok(outcome)
     }
 
     /// See [`Backend::get_item`].

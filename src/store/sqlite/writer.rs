@@ -435,23 +435,9 @@ impl WriterHandle {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> domain::Result<T> + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel::<domain::Result<T>>();
-        let job: Job = Box::new(move |tx: &mut Tx<'_>| {
-            let r = f(tx);
-            let ok = r.is_ok();
-            let done: Completion = Box::new(move |commit| {
-                let _ = reply.send(match commit {
-                    Ok(()) => r,
-                    Err(e) => Err(e.into()),
-                });
-            });
-            (ok, done)
-        });
+        let (job, outcome) = crate::store::job(f);
         self.submit(job).await?;
-        Ok(async move {
-            rx.await
-                .map_err(|_| domain::Error::from(StoreError::Closed))?
-        })
+        Ok(outcome)
     }
 
     /// Queues a job (writes run in the order they were queued).
