@@ -293,15 +293,12 @@ impl PgStore {
     }
 }
 
-/// Connects, migrates, checks durability; returns the connection and the next item id
+/// Connects, migrates, sets up the writer's session; returns the connection and the next item id
 /// and event sequence.
 async fn start(url: &str, sync: Synchronous) -> Result<(Pg, ItemId, u64), StoreError> {
     let mut pg = connect(url).await?;
     schema::migrate(&mut pg.client).await?;
-    check_durability(&pg, url, sync).await?;
-    // Queued statements must be prepared already: one not prepared yet sends its
-    // Execute only after its Parse is answered, and what was queued after it overtakes it.
-    rows::prepare_writes(&pg).await?;
+    set_up_writer_session(&pg, url, sync).await?;
     let (max_id, max_seq) = rows::max_ids(&pg).await?;
     Ok((pg, max_id + 1, max_seq + 1))
 }
@@ -317,10 +314,11 @@ async fn session_pid(pg: &Pg) -> Option<i32> {
     }
 }
 
-/// Refuses `synchronous_commit = off` unless `--sync normal`; under `normal` the
-/// writer's session runs with it off (a crash of the server may take back the last
-/// commits, as SQLite's `NORMAL` may).
-async fn check_durability(pg: &Pg, url: &str, sync: Synchronous) -> Result<(), StoreError> {
+/// Makes a new connection the writer's (at start and after every reconnect): refuses
+/// `synchronous_commit = off` unless `--sync normal` (under `normal` the session runs
+/// with it off: a crash of the server may take back the last commits, as SQLite's
+/// `NORMAL` may), uses custom plans, and prepares every statement the writer queues.
+async fn set_up_writer_session(pg: &Pg, url: &str, sync: Synchronous) -> Result<(), StoreError> {
     // The writer's statements take arrays of any length (ids = ANY($1), unnest): a
     // generic plan, which PostgreSQL switches to after five runs, cannot know their
     // size and picked scans of the whole table (on-time lateness of seconds).
@@ -346,6 +344,9 @@ async fn check_durability(pg: &Pg, url: &str, sync: Synchronous) -> Result<(), S
                 .await?;
         }
     }
+    // Queued statements must be prepared already: one not prepared yet sends its
+    // Execute only after its Parse is answered, and what was queued after it overtakes it.
+    rows::prepare_writes(pg).await?;
     Ok(())
 }
 
@@ -432,8 +433,7 @@ impl Writer {
         let attempt = async {
             let pg = connect(&self.url).await?;
             let ready = async {
-                check_durability(&pg, &self.url, self.sync).await?;
-                rows::prepare_writes(&pg).await?;
+                set_up_writer_session(&pg, &self.url, self.sync).await?;
                 Ok::<_, StoreError>(session_pid(&pg).await)
             };
             let session = tokio::time::timeout(ANSWER_WITHIN, ready)
