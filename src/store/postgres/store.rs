@@ -66,6 +66,8 @@ struct Shared {
     tickets: Arc<LiveTickets>,
     degraded: watch::Sender<Option<String>>,
     fatal: watch::Sender<Option<String>>,
+    /// Leases whose jobs left before their group committed (see `Group::uncommitted`).
+    uncommitted: Arc<AtomicUsize>,
 }
 
 /// The PostgreSQL engine behind the contract (see `store`).
@@ -184,6 +186,7 @@ impl PgStore {
             tickets: Default::default(),
             degraded: watch::channel(None).0,
             fatal: watch::channel(None).0,
+            uncommitted: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let (events_tx, events) = watch::channel(0u64);
@@ -229,6 +232,7 @@ impl PgStore {
                         next_seq,
                         sh.metrics.clone(),
                         sh.tickets.clone(),
+                        sh.uncommitted.clone(),
                     ),
                     carry: Vec::new(),
                     session,
@@ -270,6 +274,21 @@ impl PgStore {
 
     async fn reader(&self) -> domain::Result<Arc<Pg>> {
         Ok(self.readers.get().await?)
+    }
+
+    /// Before a read a client sees: when jobs left whose leases have not committed yet
+    /// (they leave as soon as their write has run), waits for a write queued behind
+    /// them, so the read shows those items DISPATCHING as their connector does.
+    async fn after_leases_out(&self) -> domain::Result<()> {
+        if self.shared.uncommitted.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let (job, outcome) = crate::store::job(|_| Ok(()));
+        self.writer
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await
     }
 
     /// Waits for a read for at most [`ANSWER_WITHIN`]: past it the server is taken
@@ -570,6 +589,10 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 self.set_degraded(None);
+                // Recorded: reads need not wait for these leases any more.
+                self.shared
+                    .uncommitted
+                    .fetch_sub(group_leases.len(), Ordering::SeqCst);
                 if had_jobs {
                     self.shared
                         .metrics
@@ -894,10 +917,12 @@ impl Backend for PgStore {
     }
 
     async fn get_item(&self, account: String, id: ItemId) -> domain::Result<Option<Item>> {
+        self.after_leases_out().await?;
         let pg = self.reader().await?;
         self.bounded(rows::get_item(&*pg, &account, id)).await
     }
     async fn ticket_items(&self, account: String, ticket: String) -> domain::Result<Vec<Item>> {
+        self.after_leases_out().await?;
         let pg = self.reader().await?;
         self.bounded(rows::ticket_items(&*pg, &account, &ticket))
             .await
@@ -908,6 +933,7 @@ impl Backend for PgStore {
         after: Option<(Millis, ItemId)>,
         limit: usize,
     ) -> domain::Result<Rows<Item>> {
+        self.after_leases_out().await?;
         let pg = self.reader().await?;
         self.bounded(rows::list_items(&*pg, &q, after, limit)).await
     }
@@ -918,6 +944,7 @@ impl Backend for PgStore {
         after: Option<(Millis, String)>,
         limit: usize,
     ) -> domain::Result<Rows<DeferredTicket>> {
+        self.after_leases_out().await?;
         let pg = self.reader().await?;
         let after = after.as_ref().map(|(at, t)| (*at, t.as_str()));
         self.bounded(rows::deferred_tickets(&*pg, &account, order, after, limit))
@@ -929,6 +956,7 @@ impl Backend for PgStore {
         after: u64,
         limit: usize,
     ) -> domain::Result<EventsAfter> {
+        self.after_leases_out().await?;
         let pg = self.reader().await?;
         self.bounded(rows::events_after(&*pg, account.as_deref(), after, limit))
             .await

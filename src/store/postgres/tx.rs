@@ -77,6 +77,9 @@ pub(super) struct Group {
     pub broken: RefCell<Option<String>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub tickets: Arc<LiveTickets>,
+    /// Leases whose jobs left before their group committed (counted when marked out,
+    /// discounted once committed): client reads wait for them (see `PgStore`).
+    pub uncommitted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Group {
@@ -87,6 +90,7 @@ impl Group {
         next_seq: u64,
         metrics: Arc<crate::metrics::Metrics>,
         tickets: Arc<LiveTickets>,
+        uncommitted: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Group {
         Group {
             pg: Arc::new(pg),
@@ -102,6 +106,7 @@ impl Group {
             broken: Default::default(),
             metrics,
             tickets,
+            uncommitted,
         }
     }
 
@@ -645,6 +650,10 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn leases_out(&mut self, leases: Vec<(Item, Change)>) {
+        // Counted before their jobs leave: a read from now on waits for their commit.
+        self.g
+            .uncommitted
+            .fetch_add(leases.len(), std::sync::atomic::Ordering::SeqCst);
         self.leases.extend(leases);
     }
 
