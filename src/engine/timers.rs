@@ -89,7 +89,12 @@ impl Wheel {
     /// Advances to `now`; appends what is due by `now` to `out`, in deadline order.
     fn advance(&mut self, now: Millis, scratch: &mut Vec<(u64, u64)>, out: &mut Vec<Fired>) {
         scratch.clear();
-        self.wheel.advance(tick(now), scratch);
+        // The wheel's time never goes back: after the clock stepped back, advance it to
+        // its own time, so a timer set meanwhile for a moment it has passed fires (and is
+        // held back below unless the clock has reached it too). A step short of that left
+        // the timer on the wheel while `next_deadline` reported it due: the driver spun.
+        let to = tick(now).max(self.wheel.now());
+        self.wheel.advance(to, scratch);
         for &(id, at) in scratch.iter() {
             let at = i64::try_from(at).unwrap_or(i64::MAX);
             if at <= now {
@@ -261,5 +266,36 @@ impl Timers {
                 None => woken.await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock stepped back after the wheel moved ahead of it, and a timer is then set
+    /// for a time before the clock's (an item due at once): whatever says it is due by
+    /// `now` must also be fired by a catch-up to `now`. Before, the wheel refused to
+    /// advance "backwards" and kept the timer while `due_by` reported it: the settle
+    /// loop (and the driver) spun on it until the clock passed the wheel's time again.
+    #[test]
+    fn a_timer_set_in_the_past_after_the_clock_stepped_back_fires_at_the_next_catch_up() {
+        let timers = Timers::new(0);
+        timers.apply(&[WheelOp::Set(1, 100_000)]);
+        timers.catch_up(100_000);
+        assert_eq!(timers.ready.take(10), vec![(1, 100_000)]);
+        // NTP steps the clock back to 21 s; an item due at 10 s gets a timer.
+        timers.apply(&[WheelOp::Set(2, 10_000), WheelOp::Set(3, 30_000)]);
+        assert!(timers.due_by(21_000));
+        timers.catch_up(21_000);
+        assert_eq!(timers.ready.take(10), vec![(2, 10_000)]);
+        assert!(!timers.due_by(21_000), "nothing else is due by 21 s");
+        // The timer for 30 s is held back until the clock gets there.
+        assert_eq!(timers.len(), 1);
+        timers.catch_up(29_999);
+        assert!(timers.ready.is_empty());
+        timers.catch_up(30_000);
+        assert_eq!(timers.ready.take(10), vec![(3, 30_000)]);
+        assert!(timers.is_empty());
     }
 }

@@ -426,8 +426,12 @@ impl TestServer {
     /// dispatcher is gone): "nothing happened after settle" must not pass on a dead
     /// server.
     pub async fn settle(&self) {
-        if let Err(e) = self.running().settle().await {
-            panic!("settle: the server cannot settle: {e}");
+        // Bounded: a server that never settles (a timer reported due that nothing fires)
+        // fails the test with a message instead of hanging the suite.
+        match tokio::time::timeout(Duration::from_secs(30), self.running().settle()).await {
+            Err(_) => panic!("settle: the server did not settle within 30 s"),
+            Ok(Err(e)) => panic!("settle: the server cannot settle: {e}"),
+            Ok(Ok(())) => {}
         }
     }
 }
