@@ -6,6 +6,8 @@
 pub mod cli;
 /// Wall-clock time behind a trait; `ManualClock` for tests.
 pub mod clock;
+/// Several nodes: partitions, their leases and the trust window.
+pub mod cluster;
 /// Validated configuration: limits, dispatch tuning, storage.
 pub mod config;
 /// Connector processes: the Dispatch stream runner, email (SMTP) and chat (webhook).
