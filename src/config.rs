@@ -241,6 +241,9 @@ pub struct ServerConfig {
     /// Host names the console answers to besides its own address (`name` or
     /// `name:port`, lowercase; see `console::console_host`).
     pub console_hosts: Vec<String>,
+    /// This node among the nodes sharing a database (`--node-id`, `--advertise`,
+    /// `[cluster]`). A port 0 in its id or address is the port bound at start.
+    pub cluster: crate::cluster::ClusterSettings,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -258,6 +261,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("console_listen", &self.console_listen)
             .field("console_optional", &self.console_optional)
             .field("console_hosts", &self.console_hosts)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -279,8 +283,28 @@ impl ServerConfig {
             console_listen: None,
             console_optional: false,
             console_hosts: Vec::new(),
+            cluster: crate::cluster::ClusterSettings::new(
+                default_node_id(listen),
+                listen.to_string(),
+            ),
         }
     }
+}
+
+/// This machine's host name: `/proc/sys/kernel/hostname` (Linux), else `$HOSTNAME`,
+/// else `localhost`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The node id of a node listening on `listen` that names none: `HOSTNAME:PORT`.
+pub fn default_node_id(listen: SocketAddr) -> String {
+    format!("{}:{}", host_name(), listen.port())
 }
 
 impl Default for ServerConfig {

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::cluster::ClusterSettings;
 use crate::config::ServerConfig;
 use std::sync::Arc;
 
@@ -247,7 +248,7 @@ impl RunningServer {
 /// # Errors
 /// The database is unusable, the address cannot be bound, or a token is shorter than
 /// [`crate::config::MIN_TOKEN_CHARS`].
-pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerError> {
     // A guessable token is no lock; its position is named, never its value.
     if let Some(i) = crate::config::first_weak_token(&config.tokens) {
         return Err(ServerError::Other(format!(
@@ -282,6 +283,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         addr: config.listen,
         source,
     })?;
+    if config.listen.port() == 0 {
+        config.cluster = with_bound_port(config.cluster, local_addr.port());
+    }
 
     let streams = CancellationToken::new();
     // The gRPC transport limit stays well above the body limit, so an oversize body is
@@ -410,6 +414,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         task,
         close_grace: Duration::from_millis(config.dispatch.drain_grace_ms) + STORE_CLOSE_GRACE,
     })
+}
+
+/// A node id or address ending in port 0 (a server asked for any free port) with the
+/// port it was given.
+fn with_bound_port(mut cluster: ClusterSettings, port: u16) -> ClusterSettings {
+    for name in [&mut cluster.node_id, &mut cluster.advertise] {
+        if let Some(host) = name.strip_suffix(":0") {
+            *name = format!("{host}:{port}");
+        }
+    }
+    cluster
 }
 
 /// The health of both services.

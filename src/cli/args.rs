@@ -252,6 +252,16 @@ pub struct ServeArgs {
     #[arg(long = "console-host", value_name = "NAME")]
     pub console_hosts: Vec<String>,
 
+    /// This node's id among the nodes sharing a PostgreSQL database; unique
+    /// [default: HOSTNAME:PORT of --listen].
+    #[arg(long, env = "SENDLATER_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// The gRPC address other nodes and connectors reach this node at, HOST:PORT
+    /// [default: --listen, with the host name for a wildcard address such as 0.0.0.0].
+    #[arg(long, env = "SENDLATER_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
     /// Listen on a non-loopback address although no auth tokens are configured: anyone
     /// who reaches the port can read and send every account's messages.
     #[arg(long, env = "SENDLATER_INSECURE")]

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::error::{CliError, Result};
+use crate::cluster::{
+    DEFAULT_LEASE_SECS, DEFAULT_PARTITIONS, MAX_LEASE_SECS, MAX_PARTITIONS, MIN_LEASE_SECS,
+};
 use crate::config::{
     Accounts, DispatchConfig, Limits, Role, TlsConfig, TokenConfig, MIN_TOKEN_CHARS,
 };
@@ -31,6 +34,8 @@ pub struct FileConfig {
     pub tls: Option<TlsFile>,
     #[serde(default)]
     pub tokens: Vec<TokenFile>,
+    #[serde(default)]
+    pub cluster: ClusterFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +69,15 @@ pub struct EventsFile {
     pub retention_days: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub node_id: Option<String>,
+    pub advertise: Option<String>,
+    pub partitions: Option<u64>,
+    pub lease_secs: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
@@ -92,6 +106,93 @@ pub struct Settings {
     pub tokens: Vec<TokenConfig>,
     /// Host names the console also answers to, validated.
     pub console_hosts: Vec<String>,
+    /// `[cluster]`, validated.
+    pub cluster: ClusterFileSettings,
+}
+
+/// What `[cluster]` configures; flags override the node id and address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFileSettings {
+    pub node_id: Option<String>,
+    pub advertise: Option<String>,
+    pub partitions: u32,
+    pub lease_secs: u64,
+}
+
+impl Default for ClusterFileSettings {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            advertise: None,
+            partitions: DEFAULT_PARTITIONS,
+            lease_secs: DEFAULT_LEASE_SECS,
+        }
+    }
+}
+
+/// Longest node id.
+pub const MAX_NODE_ID_CHARS: usize = 128;
+
+/// A node id as given (`--node-id`, `cluster.node_id`), trimmed: 1 to
+/// [`MAX_NODE_ID_CHARS`] ASCII letters, digits and `.` `_` `:` `-`.
+///
+/// # Errors
+/// What is wrong with it, for a message that names the flag or key.
+pub fn node_id(input: &str) -> std::result::Result<String, String> {
+    let id = input.trim();
+    if id.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if id.len() > MAX_NODE_ID_CHARS {
+        return Err(format!("longer than {MAX_NODE_ID_CHARS} characters"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "{id:?} has {c:?}; use letters, digits and . _ : - (e.g. node-1 or host:50051)"
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// An advertised address as given (`--advertise`, `cluster.advertise`), trimmed:
+/// `HOST:PORT` with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
+/// 1..=65535.
+///
+/// # Errors
+/// What is wrong with it, for a message that names the flag or key.
+pub fn advertise(input: &str) -> std::result::Result<String, String> {
+    let text = input.trim();
+    let bad = || {
+        format!(
+            "{text:?}: expected HOST:PORT that other nodes and connectors can reach, \
+             e.g. node-1.internal:50051, 10.0.0.5:50051 or [fd00::5]:50051"
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad()),
+    }
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                && !host.starts_with(['.', '-'])
+        }
+    };
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
 }
 
 fn bad(key: &str, msg: impl std::fmt::Display) -> CliError {
@@ -316,6 +417,32 @@ pub fn parse(text: &str) -> Result<Settings> {
             accounts,
         });
     }
+    let cluster = ClusterFileSettings {
+        node_id: f
+            .cluster
+            .node_id
+            .map(|id| node_id(&id).map_err(|m| bad("cluster.node_id", m)))
+            .transpose()?,
+        advertise: f
+            .cluster
+            .advertise
+            .map(|a| advertise(&a).map_err(|m| bad("cluster.advertise", m)))
+            .transpose()?,
+        partitions: ranged(
+            "cluster.partitions",
+            f.cluster.partitions,
+            1,
+            MAX_PARTITIONS.into(),
+            DEFAULT_PARTITIONS.into(),
+        )? as u32,
+        lease_secs: ranged(
+            "cluster.lease_secs",
+            f.cluster.lease_secs,
+            MIN_LEASE_SECS,
+            MAX_LEASE_SECS,
+            DEFAULT_LEASE_SECS,
+        )?,
+    };
     Ok(Settings {
         listen: f.listen,
         db: f.db,
@@ -329,6 +456,7 @@ pub fn parse(text: &str) -> Result<Settings> {
         }),
         tokens,
         console_hosts,
+        cluster,
     })
 }
 
@@ -377,6 +505,39 @@ mod tests {
         assert_eq!(s.tokens.len(), 1);
         assert_eq!(s.tokens[0].role, Role::Backend);
         assert_eq!(s.tokens[0].accounts, Accounts::Only(vec!["acme".into()]));
+        assert_eq!(
+            s.cluster,
+            ClusterFileSettings {
+                node_id: Some("node-1".into()),
+                advertise: Some("node-1.internal:50051".into()),
+                partitions: 64,
+                lease_secs: 10,
+            }
+        );
+    }
+
+    #[test]
+    fn the_cluster_bounds_are_accepted_and_absent_keys_are_the_defaults() {
+        let s = parse("[cluster]\npartitions = 1\nlease_secs = 2").unwrap();
+        assert_eq!(
+            (s.cluster.partitions, s.cluster.lease_secs),
+            (1, MIN_LEASE_SECS)
+        );
+        let s = parse("[cluster]\npartitions = 4096\nlease_secs = 600").unwrap();
+        assert_eq!(
+            (s.cluster.partitions, s.cluster.lease_secs),
+            (MAX_PARTITIONS, MAX_LEASE_SECS)
+        );
+        assert_eq!(parse("").unwrap().cluster, ClusterFileSettings::default());
+        assert_eq!(
+            parse("[cluster]").unwrap().cluster,
+            ClusterFileSettings {
+                node_id: None,
+                advertise: None,
+                partitions: 64,
+                lease_secs: 10,
+            }
+        );
     }
 
     #[test]
@@ -437,6 +598,16 @@ accounts = ["*"]
             ("[limits]\nmax_recipients = \"many\"", "max_recipients"),
             ("[dispatch]\nmax_attempts = 0", "dispatch.max_attempts"),
             ("metrics_listen = \"nowhere\"", "metrics_listen"),
+            ("[cluster]\npartitions = 0", "cluster.partitions"),
+            ("[cluster]\npartitions = 4097", "cluster.partitions"),
+            ("[cluster]\npartitions = -1", "partitions"),
+            ("[cluster]\nlease_secs = 1", "cluster.lease_secs"),
+            ("[cluster]\nlease_secs = 601", "cluster.lease_secs"),
+            ("[cluster]\nnode_id = \"a b\"", "cluster.node_id"),
+            ("[cluster]\nnode_id = \"\"", "cluster.node_id"),
+            ("[cluster]\nadvertise = \"nowhere\"", "cluster.advertise"),
+            ("[cluster]\nadvertise = \"h:0\"", "cluster.advertise"),
+            ("[cluster]\nleases = 5", "leases"),
             ("console_hosts = [\"a/b\"]", "console_hosts[0]"),
             (
                 "console_hosts = [\"ok.example\", \"x:0\"]",

@@ -15,6 +15,7 @@ use super::args::{ServeArgs, SyncMode};
 use super::config_file;
 use super::error::{CliError, Result};
 use super::signal;
+use crate::cluster::ClusterSettings;
 use crate::config::{ServerConfig, Synchronous};
 use crate::server;
 
@@ -111,11 +112,49 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig> {
             })
             .collect::<Result<Vec<_>>>()?
     };
+    config.cluster = cluster_settings(args, &file.cluster, listen)?;
     config.synchronous = match args.sync {
         SyncMode::Full => Synchronous::Full,
         SyncMode::Normal => Synchronous::Normal,
     };
     Ok(config)
+}
+
+/// This node's cluster settings: `--node-id` / `--advertise` over `[cluster]`'s, with
+/// the defaults `HOSTNAME:PORT` and the listen address (the host name in place of a
+/// wildcard address such as 0.0.0.0, which no other node could reach).
+fn cluster_settings(
+    args: &ServeArgs,
+    file: &config_file::ClusterFileSettings,
+    listen: SocketAddr,
+) -> Result<ClusterSettings> {
+    let node_id = match &args.node_id {
+        Some(id) => {
+            config_file::node_id(id).map_err(|m| CliError::Config(format!("--node-id: {m}")))?
+        }
+        None => file
+            .node_id
+            .clone()
+            .unwrap_or_else(|| crate::config::default_node_id(listen)),
+    };
+    let advertise = match &args.advertise {
+        Some(a) => {
+            config_file::advertise(a).map_err(|m| CliError::Config(format!("--advertise {m}")))?
+        }
+        None => match &file.advertise {
+            Some(a) => a.clone(),
+            None if listen.ip().is_unspecified() => {
+                format!("{}:{}", crate::config::host_name(), listen.port())
+            }
+            None => listen.to_string(),
+        },
+    };
+    Ok(ClusterSettings {
+        node_id,
+        advertise,
+        partitions: file.partitions,
+        lease_secs: file.lease_secs,
+    })
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or `localhost:PORT` (taken as 127.0.0.1, without DNS, so
@@ -376,6 +415,101 @@ mod tests {
             let err = hosts(&["--console-host", bad]).expect_err(bad);
             assert_eq!(err.exit_code(), 64);
             assert!(err.to_string().starts_with("--console-host "), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_node_is_named_by_its_host_and_port_and_advertises_its_listen_address() {
+        let cluster = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.cluster);
+        let host = crate::config::host_name();
+        let c = cluster(&["--listen", "127.0.0.1:6000"]).unwrap();
+        assert_eq!(c.node_id, format!("{host}:6000"));
+        assert_eq!(c.advertise, "127.0.0.1:6000");
+        assert_eq!(c.partitions, crate::cluster::DEFAULT_PARTITIONS);
+        assert_eq!(c.lease_secs, crate::cluster::DEFAULT_LEASE_SECS);
+        // A wildcard address reaches no one: the host name stands in for it.
+        let c = cluster(&["--listen", "0.0.0.0:7000", "--insecure"]).unwrap();
+        assert_eq!(c.advertise, format!("{host}:7000"));
+        assert_eq!(c.node_id, format!("{host}:7000"));
+        let c = cluster(&[
+            "--node-id",
+            " node-1 ",
+            "--advertise",
+            "node-1.internal:50051",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.advertise.as_str()),
+            ("node-1", "node-1.internal:50051")
+        );
+        for a in ["10.0.0.5:50051", "[fd00::5]:50051", "localhost:1"] {
+            assert_eq!(cluster(&["--advertise", a]).unwrap().advertise, a);
+        }
+    }
+
+    #[test]
+    fn the_cluster_section_sets_partitions_and_lease_and_flags_override_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(
+            &path,
+            "[cluster]\nnode_id = \"from-file\"\nadvertise = \"file.internal:7001\"\n\
+             partitions = 16\nlease_secs = 5\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let c = serve_config(&serve_argv(&["--config", path]))
+            .unwrap()
+            .cluster;
+        assert_eq!(
+            c,
+            ClusterSettings {
+                node_id: "from-file".into(),
+                advertise: "file.internal:7001".into(),
+                partitions: 16,
+                lease_secs: 5,
+            }
+        );
+        let c = serve_config(&serve_argv(&[
+            "--config",
+            path,
+            "--node-id",
+            "from-flag",
+            "--advertise",
+            "flag.internal:7002",
+        ]))
+        .unwrap()
+        .cluster;
+        assert_eq!(
+            (c.node_id.as_str(), c.advertise.as_str(), c.partitions),
+            ("from-flag", "flag.internal:7002", 16)
+        );
+    }
+
+    #[test]
+    fn a_bad_node_id_or_advertised_address_is_refused_naming_the_flag() {
+        let cluster = |argv: &[&str]| serve_config(&serve_argv(argv)).map(|c| c.cluster);
+        let long = "n".repeat(129);
+        for bad in ["", "  ", "node 1", "node/1", "nöde", long.as_str()] {
+            let err = cluster(&["--node-id", bad]).expect_err(bad);
+            assert_eq!(err.exit_code(), 64);
+            assert!(err.to_string().starts_with("--node-id: "), "{err}");
+        }
+        for bad in [
+            "",
+            "node-1",
+            "node-1:0",
+            "node-1:65536",
+            "node-1:http",
+            ":50051",
+            "http://node-1:50051",
+            "[::1:50051",
+            "[nope]:50051",
+            "node 1:50051",
+        ] {
+            let err = cluster(&["--advertise", bad]).expect_err(bad);
+            assert_eq!(err.exit_code(), 64);
+            assert!(err.to_string().starts_with("--advertise "), "{err}");
         }
     }
 }
