@@ -59,6 +59,21 @@ pub use types::{
     Claim, ControlRow, Decoded, DueRead, EventsAfter, ItemMeta, LiveKey, RecoveryScan, Rows,
 };
 
+/// What makes every commit of a node conditional on its partition leases (several
+/// nodes on PostgreSQL; see `store::postgres::lease`): the node and the partitions it
+/// was granted, each at its epoch. A commit after another node took one of them is
+/// refused ([`StoreError::Fenced`]) and nothing of it is kept.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    pub node: String,
+    /// (partition, epoch) pairs.
+    pub held: Vec<(u32, i64)>,
+    /// The longest a transaction of the writer may sit idle holding the lease rows: a
+    /// node stopped or cut off mid-group must not keep a takeover waiting (below the
+    /// lease).
+    pub idle_limit: std::time::Duration,
+}
+
 /// Storage failures; everything else the store reports is a `domain::Error`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +102,16 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store is shut down")]
     Closed,
+    /// The database was created with another partition count than configured.
+    #[error(
+        "the database has {found} partitions, fixed when it was created; this node is \
+         configured with [cluster] partitions = {configured}"
+    )]
+    PartitionsMismatch { found: u32, configured: u32 },
+    /// Another node took this node's partitions: the write was refused by the fence and
+    /// nothing of it committed.
+    #[error("fenced: another node owns the partitions now ({0})")]
+    Fenced(String),
 }
 
 impl From<StoreError> for domain::Error {
@@ -97,6 +122,14 @@ impl From<StoreError> for domain::Error {
                 tracing::warn!(error = %why, "storage unavailable");
                 domain::Error::Unavailable(
                     "the database is unavailable; try again (request_id makes it safe)".into(),
+                )
+            }
+            StoreError::Fenced(why) => {
+                tracing::warn!(error = %why, "write fenced");
+                domain::Error::Unavailable(
+                    "this node no longer owns the account's partition; try again \
+                     (request_id makes it safe)"
+                        .into(),
                 )
             }
             StoreError::Postgres(e) if e.code().is_none() => {
@@ -580,9 +613,24 @@ impl Store {
         clock: Arc<dyn crate::clock::Clock>,
         hook: Arc<dyn CommitHook>,
     ) -> Result<Store, StoreError> {
+        Self::open_fenced(db, sync, clock, hook, None)
+    }
+
+    /// [`Store::open_target`], every commit conditional on `fence` when given (a node
+    /// of several on PostgreSQL; SQLite has one node and no fence).
+    ///
+    /// # Errors
+    /// As [`Store::open_target`].
+    pub fn open_fenced(
+        db: &DbTarget,
+        sync: crate::config::Synchronous,
+        clock: Arc<dyn crate::clock::Clock>,
+        hook: Arc<dyn CommitHook>,
+        fence: Option<Fence>,
+    ) -> Result<Store, StoreError> {
         let backend: Arc<dyn Backend> = match db {
             DbTarget::Sqlite(path) => Arc::new(sqlite::Store::open(path, sync, clock, hook)?),
-            DbTarget::Postgres(url) => postgres::PgStore::open(url, sync, clock, hook)?,
+            DbTarget::Postgres(url) => postgres::PgStore::open(url, sync, clock, hook, fence)?,
         };
         Ok(Store { backend })
     }

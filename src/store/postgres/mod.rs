@@ -8,6 +8,7 @@
 //! stand with `rows::max_ids`.
 
 pub(crate) mod dump;
+pub mod lease;
 // A few statements are used by tests and the migration only.
 #[allow(dead_code)]
 pub(crate) mod rows;
@@ -20,4 +21,5 @@ pub(crate) mod test_db;
 #[cfg(test)]
 mod tests;
 
+pub use lease::PgLeases;
 pub use store::PgStore;

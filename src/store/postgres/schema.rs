@@ -125,6 +125,33 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account_id, channel)
     ) WITH (fillfactor = 70);
     "#,
+    // 2: several nodes (`store::postgres::lease`): one lease row per partition (its
+    // owner, its epoch, its expiry by the database's clock), the log of every grant,
+    // and the nodes that registered. The partition count is `store_meta.partitions`,
+    // written with the rows by the first node (fixed from then on).
+    r#"
+    CREATE TABLE partition_leases (
+        partition  INTEGER     PRIMARY KEY,
+        epoch      BIGINT      NOT NULL DEFAULT 0,
+        expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch',
+        owner      TEXT
+    ) WITH (fillfactor = 50);
+    CREATE TABLE lease_log (
+        partition       INTEGER     NOT NULL,
+        epoch           BIGINT      NOT NULL,
+        granted_at      TIMESTAMPTZ NOT NULL,
+        prev_expires_at TIMESTAMPTZ NOT NULL,
+        owner           TEXT        NOT NULL,
+        prev_owner      TEXT,
+        PRIMARY KEY (partition, epoch)
+    );
+    CREATE TABLE nodes (
+        node_id   TEXT        PRIMARY KEY,
+        address   TEXT        NOT NULL,
+        last_seen TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -42,6 +42,7 @@ use crate::domain::machine::Change;
 use crate::domain::{self, BusinessHours, DeferredTicket, EventType, Item, ItemId, ListQuery};
 use crate::domain::{Millis, Order};
 use crate::store::tickets::LiveTickets;
+use crate::store::Fence;
 use crate::store::{
     redact_url, Backend, CommitHook, Completion, DueRead, Effects, EventsAfter, Job, RecoveryScan,
     Rows, StoreError, Tx, WriteTx, MAX_GROUP,
@@ -115,6 +116,11 @@ async fn connect(url: &str) -> Result<Pg, StoreError> {
     Ok(Pg::new(client))
 }
 
+/// A plain session on `url` (the lease manager's), on the current runtime.
+pub(super) async fn connect_client(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    Ok(connect(url).await?.client)
+}
+
 /// The driver's error with its causes: tokio-postgres shows only "db error" for what
 /// the server said (`FATAL: database "x" does not exist`), which is in its source.
 fn with_causes(e: &tokio_postgres::Error) -> String {
@@ -180,6 +186,7 @@ impl PgStore {
         sync: Synchronous,
         clock: Arc<dyn Clock>,
         hook: Arc<dyn CommitHook>,
+        fence: Option<Fence>,
     ) -> Result<Arc<dyn Backend>, StoreError> {
         let shared = Arc::new(Shared {
             metrics: Default::default(),
@@ -191,7 +198,7 @@ impl PgStore {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (events_tx, events) = watch::channel(0u64);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready, StoreError>>();
-        let (u, sh) = (url.to_owned(), shared.clone());
+        let (u, sh, fen) = (url.to_owned(), shared.clone(), fence.clone());
         let thread = std::thread::Builder::new()
             .name("sendlater-pg-writer".into())
             .spawn(move || {
@@ -205,7 +212,7 @@ impl PgStore {
                         return;
                     }
                 };
-                let started = rt.block_on(start(&u, sync));
+                let started = rt.block_on(start(&u, sync, fen.as_ref()));
                 let (pg, next_id, next_seq) = match started {
                     Ok(v) => v,
                     Err(e) => {
@@ -240,6 +247,7 @@ impl PgStore {
                     closing: None,
                     run_id: rand::random(),
                     group_no: 0,
+                    fence: fen,
                 };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run()));
                 if r.is_err() {
@@ -314,10 +322,14 @@ impl PgStore {
 
 /// Connects, migrates, sets up the writer's session; returns the connection and the next item id
 /// and event sequence.
-async fn start(url: &str, sync: Synchronous) -> Result<(Pg, ItemId, u64), StoreError> {
+async fn start(
+    url: &str,
+    sync: Synchronous,
+    fence: Option<&Fence>,
+) -> Result<(Pg, ItemId, u64), StoreError> {
     let mut pg = connect(url).await?;
     schema::migrate(&mut pg.client).await?;
-    set_up_writer_session(&pg, url, sync).await?;
+    set_up_writer_session(&pg, url, sync, fence).await?;
     let (max_id, max_seq) = rows::max_ids(&pg).await?;
     Ok((pg, max_id + 1, max_seq + 1))
 }
@@ -337,7 +349,23 @@ async fn session_pid(pg: &Pg) -> Option<i32> {
 /// `synchronous_commit = off` unless `--sync normal` (under `normal` the session runs
 /// with it off: a crash of the server may take back the last commits, as SQLite's
 /// `NORMAL` may), uses custom plans, and prepares every statement the writer queues.
-async fn set_up_writer_session(pg: &Pg, url: &str, sync: Synchronous) -> Result<(), StoreError> {
+async fn set_up_writer_session(
+    pg: &Pg,
+    url: &str,
+    sync: Synchronous,
+    fence: Option<&Fence>,
+) -> Result<(), StoreError> {
+    if let Some(f) = fence {
+        pg.client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                f.idle_limit.as_millis().max(1)
+            ))
+            .await?;
+        pg.statements
+            .get(&pg.client, super::lease::fence_sql())
+            .await?;
+    }
     // The writer's statements take arrays of any length (ids = ANY($1), unnest): a
     // generic plan, which PostgreSQL switches to after five runs, cannot know their
     // size and picked scans of the whole table (on-time lateness of seconds).
@@ -390,6 +418,8 @@ struct Writer {
     /// marker of one tell apart from a marker another writer (a previous process) left.
     run_id: u64,
     group_no: u64,
+    /// Every commit is conditional on these leases (several nodes); `None`: one node.
+    fence: Option<Fence>,
 }
 
 impl Writer {
@@ -452,7 +482,7 @@ impl Writer {
         let attempt = async {
             let pg = connect(&self.url).await?;
             let ready = async {
-                set_up_writer_session(&pg, &self.url, self.sync).await?;
+                set_up_writer_session(&pg, &self.url, self.sync, self.fence.as_ref()).await?;
                 Ok::<_, StoreError>(session_pid(&pg).await)
             };
             let session = tokio::time::timeout(ANSWER_WITHIN, ready)
@@ -682,6 +712,7 @@ impl Writer {
             .into_iter()
             .map(|(_, f)| f)
             .collect();
+        let fence = self.fence.clone();
         let commit = async move {
             let st = match pg
                 .statements
@@ -695,14 +726,41 @@ impl Writer {
                 Ok(st) => st,
                 Err(e) => return vec![e],
             };
+            // The fence goes last before the marker: it holds the lease rows until the
+            // COMMIT, and aborts the transaction if another node took one.
+            let fenced = async {
+                let Some(f) = &fence else { return Ok(()) };
+                let st = pg
+                    .statements
+                    .get(&pg.client, super::lease::fence_sql())
+                    .await?;
+                let parts: Vec<i32> = f.held.iter().map(|&(p, _)| p as i32).collect();
+                let epochs: Vec<i64> = f.held.iter().map(|&(_, e)| e).collect();
+                let n = parts.len() as i64;
+                match pg.client.query(&st, &[&f.node, &parts, &epochs, &n]).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if super::lease::is_fence_refusal(&e) => Err(StoreError::Fenced(
+                        format!("node {} holds its partitions at other epochs", f.node),
+                    )),
+                    Err(e) => Err(StoreError::from(e)),
+                }
+            };
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&marker];
             let mark = pg.client.execute(&st, &params);
             let commit = pg.client.batch_execute("COMMIT");
-            let (p, m, c) =
-                futures_util::future::join3(futures_util::future::join_all(pending), mark, commit)
-                    .await;
+            let (p, f, m, c) = futures_util::future::join4(
+                futures_util::future::join_all(pending),
+                fenced,
+                mark,
+                commit,
+            )
+            .await;
             // A statement that failed aborted the transaction: its COMMIT rolled back.
             let mut errors: Vec<StoreError> = p.into_iter().filter_map(Result::err).collect();
+            if let Err(e) = f {
+                // The fence's refusal first: it is why the statements after it failed.
+                errors.insert(0, e);
+            }
             errors.extend(m.err().map(StoreError::from));
             errors.extend(c.err().map(StoreError::from));
             errors
@@ -728,6 +786,15 @@ impl Writer {
             StoreError::Unavailable(why) => Some(why.clone()),
             _ => None,
         });
+        if let Some(StoreError::Fenced(why)) = sent.first() {
+            // Another node owns the partitions: nothing this writer writes may commit
+            // again; the node must stop acting as owner.
+            tracing::warn!(reason = %why, "the commit was fenced: another node took the partitions");
+            self.shared
+                .fatal
+                .send_replace(Some(format!("fenced: {why}")));
+            return Err(StoreError::Fenced(why.clone()));
+        }
         let Some(e) = lost else {
             // The server answered every statement: the group did not commit.
             return Err(sent.into_iter().next().unwrap_or(StoreError::Closed));

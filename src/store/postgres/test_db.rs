@@ -68,6 +68,14 @@ impl TestDb {
         }
     }
 
+    /// The URL of this database (the server's URL with its name).
+    pub fn url(&self) -> String {
+        let base = server_url();
+        let base = base.split('?').next().unwrap_or(&base).to_owned();
+        let head = base.rsplit_once('/').map_or(base.as_str(), |(h, _)| h);
+        format!("{head}/{}", self.name)
+    }
+
     /// Another connection to the same database.
     pub async fn connect(&self) -> Client {
         let mut cfg = self.admin.clone();
