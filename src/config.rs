@@ -244,6 +244,10 @@ pub struct ServerConfig {
     /// This node among the nodes sharing a database (`--node-id`, `--advertise`,
     /// `[cluster]`). A port 0 in its id or address is the port bound at start.
     pub cluster: crate::cluster::ClusterSettings,
+    /// Set when this node acts as the owner of partitions it was granted (several nodes
+    /// on PostgreSQL): every commit is fenced by them and jobs leave only inside the
+    /// trust window. `None`: one node owning everything (SQLite, tests).
+    pub ownership: Option<crate::cluster::Ownership>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -262,6 +266,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("console_optional", &self.console_optional)
             .field("console_hosts", &self.console_hosts)
             .field("cluster", &self.cluster)
+            .field("ownership", &self.ownership)
             .finish_non_exhaustive()
     }
 }
@@ -287,6 +292,7 @@ impl ServerConfig {
                 default_node_id(listen),
                 listen.to_string(),
             ),
+            ownership: None,
         }
     }
 }

@@ -263,6 +263,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         config.clock.clone(),
         config.limits.clone(),
         config.dispatch.clone(),
+        config.ownership.clone(),
     )
     .await?;
     tracing::info!(
@@ -418,7 +419,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
 
 /// A node id or address ending in port 0 (a server asked for any free port) with the
 /// port it was given.
-fn with_bound_port(mut cluster: ClusterSettings, port: u16) -> ClusterSettings {
+pub(crate) fn with_bound_port(mut cluster: ClusterSettings, port: u16) -> ClusterSettings {
     for name in [&mut cluster.node_id, &mut cluster.advertise] {
         if let Some(host) = name.strip_suffix(":0") {
             *name = format!("{host}:{port}");

@@ -198,6 +198,11 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     if !is_loopback(listen.ip()) && config.tokens.is_empty() {
         tracing::warn!(%listen, "listening beyond loopback without auth tokens (--insecure)");
     }
+    if let crate::store::DbTarget::Postgres(url) =
+        crate::store::DbTarget::parse(&db.to_string_lossy())
+    {
+        return run_node(config, &url).await;
+    }
     let running = server::start(config).await?;
     tracing::info!(
         addr = %running.local_addr(),
@@ -238,6 +243,35 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             );
             Err(CliError::ShutdownTimeout(SHUTDOWN_GRACE.as_secs()))
         }
+    }
+}
+
+/// A node on PostgreSQL (`cluster::node`): a standby until it owns the partitions,
+/// then the service, until asked to stop (the partitions are released) or until it
+/// loses them (exit non-zero: the supervisor's restart makes it a standby again).
+async fn run_node(config: ServerConfig, url: &str) -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Error>();
+    let stop = async move {
+        if let Err(e) = signal::shutdown().await {
+            let _ = tx.send(e);
+        }
+    };
+    let ended = crate::cluster::node::run(config, url, stop).await?;
+    if let Ok(error) = rx.await {
+        tracing::error!(%error, "cannot install signal handlers; stopped");
+        return Err(CliError::Io {
+            context: "cannot install signal handlers",
+            source: error,
+        });
+    }
+    match ended {
+        crate::cluster::node::Ended::Stopped => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        crate::cluster::node::Ended::Lost(why) => Err(CliError::Server(
+            server::ServerError::Other(format!("this node lost its partitions: {why}")),
+        )),
     }
 }
 

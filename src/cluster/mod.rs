@@ -6,6 +6,8 @@
 //! ([`crate::store::Leases`]); here are the partition function, the settings, the
 //! status a node reports, and the trust window.
 
+pub mod node;
+pub mod standby;
 pub mod trust;
 
 use std::sync::Arc;
@@ -73,6 +75,14 @@ impl ClusterSettings {
     pub fn renew_every(&self) -> std::time::Duration {
         self.lease() / 5
     }
+}
+
+/// What a node granted partitions acts under: its commits are fenced by the grants,
+/// and it hands out jobs only while the trust window is open.
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    pub fence: crate::store::Fence,
+    pub trust: Arc<trust::Trust>,
 }
 
 /// A node as the cluster sees it.

@@ -28,6 +28,9 @@ use crate::engine::{Engine, Fired};
 /// them while the writer fell ever further behind recording leases and answers.
 const ANSWERS_AHEAD: usize = 4096;
 
+/// How often waiting items are looked at again while the trust window is closed.
+const TRUST_RECHECK: Duration = Duration::from_millis(100);
+
 pub(super) struct Actor {
     /// The actor's own event queue (for write completions).
     pub(super) events: mpsc::UnboundedSender<ConnectorEvent>,
@@ -180,6 +183,8 @@ impl Actor {
                     _ = controls.controls().changed.notified(), if self.draining.is_none() => {}
                     _ = clock.sleep_until(wake.unwrap_or(i64::MAX)), if wake.is_some() && self.draining.is_none() => {}
                     _ = shutdown.cancelled(), if self.draining.is_none() => {}
+                    // Items wait while the trust window is closed: look again shortly.
+                    _ = tokio::time::sleep(TRUST_RECHECK), if !self.engine.may_hand_out() && self.waiting.values().any(|q| !q.is_empty()) => {}
                     _ = tokio::time::sleep_until(self.draining.unwrap_or(far)), if self.draining.is_some() => {}
                     _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
                         retry_at = None;
@@ -386,6 +391,12 @@ impl Actor {
         let id = item.id;
         let lease_expires_at = item.lease_expires_at.unwrap_or_default();
         let unsent = Outcome::Unsent { id, attempt };
+        // Checked again just before the job leaves: the window may have closed since
+        // the plan (a job never leaves a node that may have lost its partitions).
+        if !self.engine.may_hand_out() {
+            self.outcomes.push(unsent);
+            return;
+        }
         let Some((conn, c)) = conn.and_then(|n| self.connectors.get_mut(&n).map(|c| (n, c))) else {
             self.outcomes.push(unsent);
             return;

@@ -123,6 +123,11 @@ impl Actor {
     /// This round's plan ([`plan`]) over the connected streams' credit; held items are
     /// parked until they may go.
     pub(super) fn plan(&mut self) -> Vec<Planned> {
+        // Outside the trust window (a renewal of the node's leases is overdue) nothing
+        // is planned: the items wait in line, and the actor looks again shortly.
+        if !self.engine.may_hand_out() {
+            return Vec::new();
+        }
         let controls = self.engine.controls().snapshot();
         let now = self.engine.clock().now_ms();
         let credits: Vec<Credit<'_>> = self

@@ -101,6 +101,8 @@ pub(crate) struct Inner {
     pub(crate) dispatch: DispatchConfig,
     pub(crate) live: Arc<LiveCounts>,
     pub(crate) controls: Controls,
+    /// The trust window of a node owning partitions among several; `None`: one node.
+    pub(crate) trust: Option<Arc<crate::cluster::trust::Trust>>,
 }
 
 /// What start-up recovery found.
@@ -126,6 +128,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         limits: Limits,
         dispatch: DispatchConfig,
+        ownership: Option<crate::cluster::Ownership>,
     ) -> Result<(Engine, Recovery), StoreError> {
         let timers = Arc::new(Timers::new(clock.now_ms()));
         let live = Arc::new(LiveCounts::default());
@@ -134,7 +137,8 @@ impl Engine {
             live: live.clone(),
         });
         let target = crate::store::DbTarget::parse(&path.to_string_lossy());
-        let store = Store::open_target(&target, sync, clock.clone(), hook)?;
+        let fence = ownership.as_ref().map(|o| o.fence.clone());
+        let store = Store::open_fenced(&target, sync, clock.clone(), hook, fence)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -144,6 +148,7 @@ impl Engine {
                 dispatch,
                 live,
                 controls: Controls::default(),
+                trust: ownership.map(|o| o.trust),
             }),
         };
         let recovery = engine.recover().await.map_err(|e| StoreError::Unusable {
@@ -231,6 +236,12 @@ impl Engine {
     /// Storage errors.
     pub async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
         self.inner.store.live_item_ids().await
+    }
+
+    /// Whether jobs may leave now: always on one node; among several, only inside the
+    /// trust window of the node's leases.
+    pub fn may_hand_out(&self) -> bool {
+        self.inner.trust.as_ref().is_none_or(|t| t.holds())
     }
 
     /// Pending timers on the wheel.
