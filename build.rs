@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/sendlater/v1/scheduler.proto",
         "proto/sendlater/v1/dispatch.proto",
+        "proto/sendlater/v1/cluster.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;

@@ -28,7 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{prometheus_text, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -69,6 +69,17 @@ pub struct Metrics {
     pub lateness_chat: Histogram,
     pub commit_batch_size: Histogram,
     pub commit_seconds: Histogram,
+    /// Partitions whose lease this node holds (several nodes on PostgreSQL; on SQLite
+    /// one node owns them all).
+    pub partitions_owned: Gauge,
+    /// Partitions this node took over from another owner (or took for the first time).
+    pub partition_takeovers: Counter,
+    /// How long one renewal of this node's leases took.
+    pub lease_renew_seconds: Histogram,
+    /// Writes this node forwarded to the owner of their partition.
+    pub forwarded_requests: Counter,
+    /// Writes refused because their partition's epoch had moved on (a stale owner).
+    pub fenced_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +99,11 @@ impl Default for Metrics {
             lateness_chat: Histogram::new(SECONDS),
             commit_batch_size: Histogram::new(BATCH),
             commit_seconds: Histogram::new(SECONDS),
+            partitions_owned: Gauge::default(),
+            partition_takeovers: Counter::default(),
+            lease_renew_seconds: Histogram::new(SECONDS),
+            forwarded_requests: Counter::default(),
+            fenced_writes: Counter::default(),
         }
     }
 }
@@ -185,6 +201,21 @@ fn registry(g: &dyn Gauges) -> Registry {
             "Group commits whose connection was lost around COMMIT; their outcome was read back from the database",
             &m.commit_outcome_unknown,
         ),
+        (
+            "partition_takeovers",
+            "Partitions this node took the lease of",
+            &m.partition_takeovers,
+        ),
+        (
+            "forwarded_requests",
+            "Writes forwarded to the node owning their partition",
+            &m.forwarded_requests,
+        ),
+        (
+            "fenced_writes",
+            "Writes refused because their partition's epoch moved on (a stale owner)",
+            &m.fenced_writes,
+        ),
     ] {
         r.register(name, help, counter.clone());
     }
@@ -243,6 +274,17 @@ fn registry(g: &dyn Gauges) -> Registry {
         "Group commit latency",
         Unit::Seconds,
         m.commit_seconds.clone(),
+    );
+    r.register(
+        "partitions_owned",
+        "Partitions whose lease this node holds",
+        m.partitions_owned.clone(),
+    );
+    r.register_with_unit(
+        "lease_renew",
+        "Time one renewal of this node's partition leases took",
+        Unit::Seconds,
+        m.lease_renew_seconds.clone(),
     );
     r
 }
@@ -619,6 +661,11 @@ mod tests {
             ("sendlater_dispatch_lateness_seconds", "histogram"),
             ("sendlater_commit_batch_size", "histogram"),
             ("sendlater_commit_seconds", "histogram"),
+            ("sendlater_partitions_owned", "gauge"),
+            ("sendlater_partition_takeovers_total", "counter"),
+            ("sendlater_lease_renew_seconds", "histogram"),
+            ("sendlater_forwarded_requests_total", "counter"),
+            ("sendlater_fenced_writes_total", "counter"),
         ] {
             assert!(
                 body.contains(&format!("# TYPE {name} {kind}\n")),
@@ -638,6 +685,7 @@ mod tests {
             6.0
         );
         assert_eq!(value(&body, "sendlater_connectors"), 2.0);
+        assert_eq!(value(&body, "sendlater_partitions_owned"), 0.0);
         for series in [
             "sendlater_dispatch_lateness_seconds_bucket{channel=\"chat\",le=\"0.001\"}",
             "sendlater_dispatch_lateness_seconds_bucket{channel=\"email\",le=\"300\"}",
@@ -762,6 +810,29 @@ mod tests {
         let again = snapshot(&fixed);
         assert_eq!(again.schedules, s.schedules);
         assert_eq!(again.due_backlog, s.due_backlog);
+    }
+
+    #[test]
+    fn the_cluster_figures_are_exposed_as_counted() {
+        let fixed = Fixed::default();
+        fixed.0.partitions_owned.set(21);
+        fixed.0.partition_takeovers.inc_by(3);
+        fixed.0.forwarded_requests.inc();
+        fixed.0.fenced_writes.inc_by(2);
+        fixed.0.lease_renew_seconds.observe(0.004);
+        let body = render(&fixed);
+        for (series, want) in [
+            ("sendlater_partitions_owned", 21.0),
+            ("sendlater_partition_takeovers_total", 3.0),
+            ("sendlater_forwarded_requests_total", 1.0),
+            ("sendlater_fenced_writes_total", 2.0),
+            ("sendlater_lease_renew_seconds_bucket{le=\"0.002\"}", 0.0),
+            ("sendlater_lease_renew_seconds_bucket{le=\"0.005\"}", 1.0),
+            ("sendlater_lease_renew_seconds_count", 1.0),
+            ("sendlater_lease_renew_seconds_sum", 0.004),
+        ] {
+            assert_eq!(value(&body, series), want, "{series}");
+        }
     }
 
     /// One raw HTTP/1.1 exchange with the metrics port.

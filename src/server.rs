@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::cluster::ClusterSettings;
+use crate::cluster::{ClusterSettings, ClusterView, SingleNode};
 use crate::config::ServerConfig;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::engine::Engine;
 use crate::metrics::{self, Gauges};
 use crate::pb;
 use crate::service::auth::{self, Auth};
-use crate::service::{DispatchService, SchedulerService};
+use crate::service::{ClusterService, DispatchService, SchedulerService};
 use crate::store::StoreError;
 use tonic::service::interceptor::InterceptedService;
 
@@ -305,6 +305,8 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     let scheduler = InterceptedService::new(scheduler, auth.interceptor(auth::Service::Scheduler));
 
     let (dispatcher, dispatcher_task) = Dispatcher::start(engine.clone(), streams.clone());
+    let cluster = cluster_view(&engine, &config.cluster);
+    publish_partitions_owned(&engine, cluster.as_ref(), &config.cluster.node_id).await;
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let gauges = Arc::new(ServerGauges {
@@ -331,7 +333,8 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
                 auth.clone(),
                 gauges,
             )
-            .with_hosts(config.console_hosts.clone());
+            .with_hosts(config.console_hosts.clone())
+            .with_cluster(cluster.clone(), config.cluster.clone());
             // With [tls] the console speaks TLS too, with the same certificate.
             let console = match &config.tls {
                 Some(tls) => {
@@ -366,6 +369,10 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
     let dispatch = InterceptedService::new(dispatch, auth.interceptor(auth::Service::Dispatch));
+    let cluster_service = InterceptedService::new(
+        pb::cluster_server::ClusterServer::new(ClusterService::new(cluster)),
+        auth.interceptor(auth::Service::Cluster),
+    );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::Serving).await;
@@ -392,7 +399,8 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         .add_service(health)
         .add_service(reflection)
         .add_service(scheduler)
-        .add_service(dispatch);
+        .add_service(dispatch)
+        .add_service(cluster_service);
     // TCP_NODELAY: without it, a response that follows a small one waits for the
     // client's delayed ACK (figures: BENCHMARKS.md, "Figures that explain the code").
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -415,6 +423,38 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         task,
         close_grace: Duration::from_millis(config.dispatch.drain_grace_ms) + STORE_CLOSE_GRACE,
     })
+}
+
+/// What answers `GetClusterStatus` and the console's node section. For now one node
+/// owning every partition, whatever the store; the PostgreSQL store replaces it with
+/// its lease table's view (issue 21), here and nowhere else.
+fn cluster_view(engine: &Engine, settings: &ClusterSettings) -> Arc<dyn ClusterView> {
+    Arc::new(SingleNode {
+        settings: settings.clone(),
+        clock: engine.clock().clone(),
+    })
+}
+
+/// Sets `sendlater_partitions_owned` to the partitions `node_id` holds as `view` sees
+/// them now (a view that cannot answer leaves it at 0 and says so).
+async fn publish_partitions_owned(engine: &Engine, view: &dyn ClusterView, node_id: &str) {
+    match view.status().await {
+        Ok(status) => {
+            let owned = status
+                .nodes
+                .iter()
+                .find(|n| n.node_id == node_id)
+                .map_or(0, |n| n.partitions.len());
+            engine
+                .metrics()
+                .partitions_owned
+                .set(i64::try_from(owned).unwrap_or(i64::MAX));
+            tracing::info!(node_id, partitions = owned, "partitions owned");
+        }
+        Err(error) => {
+            tracing::warn!(node_id, %error, "cannot read the cluster's status at start");
+        }
+    }
 }
 
 /// A node id or address ending in port 0 (a server asked for any free port) with the

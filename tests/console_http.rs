@@ -727,6 +727,49 @@ async fn only_backend_and_admin_tokens_log_in_and_operations_needs_admin() {
     drop(t);
 }
 
+/// The operations page names the node serving it, the address it advertises and the
+/// partitions it owns (one node: every one), escaped like everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_page_shows_this_node_its_address_and_its_partitions() {
+    let t = TestServer::start_with(|c| {
+        c.console_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.cluster.node_id = "desk<1>&co".into();
+        c.cluster.partitions = 8;
+    })
+    .await;
+    let addr = t.running().console_addr().expect("the console is on");
+    let (sid, page) = open_page(addr, "/operations").await;
+    assert_eq!(page.status, 200, "{page}");
+    let cell = |body: &str, class: &str| -> String {
+        let open = format!("<td class=\"{class}\">");
+        let at = body
+            .find(&open)
+            .unwrap_or_else(|| panic!("no {class} on the page:\n{body}"))
+            + open.len();
+        body[at..at + body[at..].find("</td>").expect("closed")].to_owned()
+    };
+    assert_eq!(cell(&page.body, "node-id"), "desk&lt;1&gt;&amp;co");
+    assert!(!page.body.contains("desk<1>"), "the id is shown as text");
+    // The default address is the one it listens on, with the port it was given.
+    assert_eq!(
+        cell(&page.body, "node-address"),
+        t.running().local_addr().to_string()
+    );
+    // The node owns all 8 (on PostgreSQL once it has taken the leases).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut page = page;
+    while cell(&page.body, "node-partitions") != "8 of 8: 0-7" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            cell(&page.body, "node-partitions")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        page = call(addr, "GET", "/operations".into(), Some(sid.clone()), None).await;
+    }
+    drop(t);
+}
+
 /// A negative max lateness from the schedule form is refused as over gRPC
 /// (INVALID_ARGUMENT naming max_lateness there, 400 naming it here), and nothing is
 /// scheduled; a positive one is kept.

@@ -8,12 +8,39 @@ use sendlater::pb;
 
 #[tokio::test]
 async fn metrics_are_scraped_over_http_and_follow_the_service() {
-    let mut t =
-        TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut t = TestServer::start_with(|c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.cluster.partitions = 16;
+    })
+    .await;
     let addr = t.running().metrics_addr().expect("metrics enabled");
     let before = scrape_metrics(addr).await;
     // Each server has its own counters: they start at zero.
     assert_eq!(metric_value(&before, "sendlater_schedules_total"), 0.0);
+    // The cluster's figures are there from the start.
+    for (name, kind) in [
+        ("sendlater_partitions_owned", "gauge"),
+        ("sendlater_partition_takeovers_total", "counter"),
+        ("sendlater_lease_renew_seconds", "histogram"),
+        ("sendlater_forwarded_requests_total", "counter"),
+        ("sendlater_fenced_writes_total", "counter"),
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}:\n{before}"
+        );
+    }
+    assert_eq!(metric_value(&before, "sendlater_fenced_writes_total"), 0.0);
+    // One node owns every partition (on PostgreSQL once it has taken the leases).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let owned = metric_value(&scrape_metrics(addr).await, "sendlater_partitions_owned");
+        if owned == 16.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "owns {owned} of 16");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut ids = Vec::new();
     for i in 0..3 {
         let item = t

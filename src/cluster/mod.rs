@@ -154,6 +154,31 @@ impl ClusterView for SingleNode {
     }
 }
 
+/// Partitions written compactly, ascending runs as ranges: `[0, 1, 2, 5, 7, 8]` is
+/// `0-2,5,7-8`; none is the empty string. For people (the CLI, the console).
+pub fn partition_ranges(partitions: &[u32]) -> String {
+    let mut sorted = partitions.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for p in sorted {
+        match runs.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(p) => *end = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +203,20 @@ mod tests {
         assert_eq!(partition_of("acme", 64), partition_of("acme", 64));
         assert_eq!(partition_of("acme", 1), 0);
         assert_eq!(partition_of("acme", 0), 0, "no partitions is taken as one");
+    }
+
+    #[test]
+    fn partitions_are_written_as_ranges_of_consecutive_runs() {
+        assert_eq!(partition_ranges(&[]), "");
+        assert_eq!(partition_ranges(&[7]), "7");
+        let mut some: Vec<u32> = (0..=20).collect();
+        some.push(45);
+        assert_eq!(partition_ranges(&some), "0-20,45");
+        assert_eq!(partition_ranges(&[8, 7, 5, 2, 1, 0, 1]), "0-2,5,7-8");
+        assert_eq!(
+            partition_ranges(&[u32::MAX - 1, u32::MAX]),
+            "4294967294-4294967295"
+        );
     }
 
     #[tokio::test]

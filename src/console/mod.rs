@@ -43,6 +43,7 @@ use axum::Router;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{ClusterSettings, ClusterView};
 use crate::config::Role;
 use crate::dispatch::Dispatcher;
 use crate::domain::{self, Item, ItemId};
@@ -98,6 +99,8 @@ pub struct Console {
     streams: LiveStreams,
     /// Served over TLS with this configuration when set.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// This node and what answers for the cluster (the operations page shows them).
+    cluster: Option<(Arc<dyn ClusterView>, ClusterSettings)>,
 }
 
 /// The console's TLS configuration from the gRPC port's `[tls]` PEM files.
@@ -418,7 +421,15 @@ impl Console {
                 false,
             )),
             tls: None,
+            cluster: None,
         }
+    }
+
+    /// The console of node `settings`, whose partitions `view` tells.
+    #[must_use]
+    pub fn with_cluster(mut self, view: Arc<dyn ClusterView>, settings: ClusterSettings) -> Self {
+        self.cluster = Some((view, settings));
+        self
     }
 
     /// The console served over TLS with `config` (see [`tls_config`]).
@@ -1416,5 +1427,38 @@ async fn operations(State(c): State<Console>, headers: HeaderMap) -> Response {
     }
     let connectors = c.dispatcher.connectors().await;
     let controls = c.engine.controls().snapshot();
-    html(pages::operations(&connectors, &controls, &*c.gauges, &v))
+    let node = match &c.cluster {
+        Some((view, settings)) => Some(this_node(view.as_ref(), settings).await),
+        None => None,
+    };
+    html(pages::operations(
+        &connectors,
+        &controls,
+        &*c.gauges,
+        node.as_ref(),
+        &v,
+    ))
+}
+
+/// This node as the operations page shows it: its partitions as the cluster sees them
+/// now, or why they cannot be read.
+async fn this_node(view: &dyn ClusterView, settings: &ClusterSettings) -> pages::ThisNode {
+    let partitions = match view.status().await {
+        Ok(status) => Ok(status
+            .nodes
+            .into_iter()
+            .find(|n| n.node_id == settings.node_id)
+            .map(|n| n.partitions)
+            .unwrap_or_default()),
+        Err(e) => {
+            tracing::warn!(error = %e, "console: cannot read the cluster's status");
+            Err(e.to_string())
+        }
+    };
+    pages::ThisNode {
+        node_id: settings.node_id.clone(),
+        advertise: settings.advertise.clone(),
+        partitions,
+        of: settings.partitions,
+    }
 }

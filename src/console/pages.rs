@@ -632,11 +632,23 @@ fn mean(h: &crate::metrics::HistogramSnapshot) -> f64 {
     }
 }
 
+/// The node serving the console, for the operations page.
+pub struct ThisNode {
+    pub node_id: String,
+    /// Its advertised gRPC address.
+    pub advertise: String,
+    /// The partitions it owns now, or why they cannot be read.
+    pub partitions: Result<Vec<u32>, String>,
+    /// Partitions of the database.
+    pub of: u32,
+}
+
 /// The operations page.
 pub fn operations(
     connectors: &[ConnectorInfo],
     controls: &ControlsSnapshot,
     gauges: &dyn Gauges,
+    node: Option<&ThisNode>,
     v: &Viewer,
 ) -> Markup {
     let (paused, limits) = controls.entries();
@@ -647,6 +659,31 @@ pub fn operations(
         None,
         html! {
             h1 { "Operations" }
+            @if let Some(n) = node {
+                section #node {
+                    h2 { "This node" }
+                    table {
+                        tbody {
+                            tr { td { "node id" } td.node-id { (n.node_id) } }
+                            tr { td { "advertised address" } td.node-address { (n.advertise) } }
+                            tr {
+                                td { "partitions owned" }
+                                td.node-partitions {
+                                    @match &n.partitions {
+                                        Ok(owned) => {
+                                            (owned.len()) " of " (n.of)
+                                            @if !owned.is_empty() {
+                                                ": " (crate::cluster::partition_ranges(owned))
+                                            }
+                                        }
+                                        Err(why) => { "cannot be read: " (why) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             section #connectors {
                 h2 { "Connectors" }
                 @if connectors.is_empty() { p { "No connector is connected." } } @else {

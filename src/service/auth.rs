@@ -188,6 +188,8 @@ impl Identity {
 pub enum Service {
     Scheduler,
     Dispatch,
+    /// `GetClusterStatus`: admin tokens only.
+    Cluster,
 }
 
 /// The configured tokens and the failure table; cheap to clone.
