@@ -139,6 +139,7 @@ pub struct Dispatcher {
     /// The server's counters (the stream readers count ignored answers).
     pub metrics: Arc<crate::metrics::Metrics>,
     next_conn: Arc<AtomicU64>,
+    engine: Engine,
 }
 
 impl Dispatcher {
@@ -150,7 +151,7 @@ impl Dispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(DispatchStats::default());
         let metrics = engine.metrics().clone();
-        let actor = Actor::new(engine, tx.clone(), stats.clone());
+        let actor = Actor::new(engine.clone(), tx.clone(), stats.clone());
         let stopped = CancellationToken::new();
         let guard = stopped.clone().drop_guard();
         let task = tokio::spawn(async move {
@@ -164,9 +165,16 @@ impl Dispatcher {
                 stats,
                 metrics,
                 next_conn: Default::default(),
+                engine,
             },
             task,
         )
+    }
+
+    /// Whether a job may leave now (see `Engine::may_hand_out`): the stream adapter looks
+    /// again just before it writes a job out.
+    pub fn may_hand_out(&self) -> bool {
+        self.engine.may_hand_out()
     }
 
     /// A fresh connection number for a stream.

@@ -187,6 +187,7 @@ impl pb::dispatch_server::Dispatch for DispatchService {
             jobs: jobs_rx,
             kick: Box::pin(kick.cancelled_owned()),
             done: false,
+            dispatcher: self.dispatcher.clone(),
         })))
     }
 }
@@ -199,6 +200,9 @@ struct Jobs {
     jobs: mpsc::Receiver<Job>,
     kick: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
+    /// Asked just before a job is written out: a node whose trust window closed since
+    /// the job was handed out (its process stopped in between, say) must not send it.
+    dispatcher: Dispatcher,
 }
 
 impl Stream for Jobs {
@@ -214,13 +218,23 @@ impl Stream for Jobs {
                 "a lease of this connector expired unanswered; reconnect",
             ))));
         }
-        match self.jobs.poll_recv(cx) {
-            Poll::Ready(Some(j)) => Poll::Ready(Some(Ok(job_to_pb(j)))),
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        loop {
+            return match self.jobs.poll_recv(cx) {
+                Poll::Ready(Some(j)) if !self.dispatcher.may_hand_out() => {
+                    // Not sent: its lease runs out and the partitions' owner sends it.
+                    tracing::warn!(
+                        item = j.item.id,
+                        "a job was not sent: the node's trust window closed"
+                    );
+                    continue;
+                }
+                Poll::Ready(Some(j)) => Poll::Ready(Some(Ok(job_to_pb(j)))),
+                Poll::Ready(None) => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }
