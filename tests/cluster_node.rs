@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 struct Node {
     addr: SocketAddr,
+    clock: sendlater::clock::ManualClock,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<Ended, sendlater::server::ServerError>>,
 }
@@ -24,7 +25,8 @@ impl Node {
     fn start(url: &str, id: &str, lease_secs: u64) -> Node {
         let addr: SocketAddr = format!("127.0.0.1:{}", pg::free_port()).parse().unwrap();
         let mut config = ServerConfig::new(addr, url);
-        config.clock = Arc::new(sendlater::clock::ManualClock::new(T0));
+        let clock = sendlater::clock::ManualClock::new(T0);
+        config.clock = Arc::new(clock.clone());
         config.dispatch.drain_grace_ms = 0;
         config.cluster.node_id = id.into();
         config.cluster.advertise = addr.to_string();
@@ -39,6 +41,7 @@ impl Node {
         });
         Node {
             addr,
+            clock,
             stop: Some(stop),
             task,
         }
@@ -159,6 +162,8 @@ async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_s
         .await
         .unwrap();
     assert_eq!(again.item_id, item.item_id);
+    // A connector's stream to the standby is held open, with no jobs.
+    let mut held = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
     // A planned stop hands over at once, not at the lease's expiry.
     let stopped_at = Instant::now();
     assert_eq!(n1.stop().await, Ended::Stopped);
@@ -176,6 +181,21 @@ async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_s
         .expect("n2 serves it now")
         .into_inner();
     assert_eq!(got.state, pb::State::Pending as i32);
+    // The held stream ended when n2 changed role, with UNAVAILABLE ("reconnect")...
+    let end = tokio::time::timeout(Duration::from_secs(10), held.jobs.message())
+        .await
+        .expect("the held stream ends");
+    assert_eq!(
+        end.expect_err("ended with a status").code(),
+        tonic::Code::Unavailable
+    );
+    // ...and a stream opened again gets n2's due jobs.
+    let mut conn = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
+    n2.clock.set(T0 + 60_000);
+    let job = conn.next_job().await;
+    assert_eq!(job_item(&job), item.item_id);
+    conn.ack(&job, "ok").await;
+    wait_state(&via_n2, "acme", &item.item_id, pb::State::Sent).await;
     let granted: Vec<(String, Option<String>)> = c
         .query(
             "SELECT owner, prev_owner FROM lease_log WHERE partition = 0 ORDER BY epoch",

@@ -3,8 +3,9 @@
 //! - forwards every Scheduler (and Cluster) call, unchanged, to the node that owns the
 //!   partitions (one hop; the caller's metadata, its token included, goes along, so the
 //!   owner checks it as if called directly); between owners it answers UNAVAILABLE;
-//! - answers a connector's Dispatch stream UNAVAILABLE (it has no jobs): the connector
-//!   retries, and gets jobs from whichever node owns the partitions;
+//! - holds a connector's Dispatch stream open with no jobs, and ends it (UNAVAILABLE,
+//!   "reconnect") when it stops: when this node takes the partitions, its connectors
+//!   reconnect at once (an established stream resets their backoff) and get its jobs;
 //! - says SERVING for the Scheduler (it forwards) and NOT_SERVING for Dispatch.
 
 use std::net::SocketAddr;
@@ -65,11 +66,43 @@ fn refuse(code: tonic::Code, message: impl Into<String>) -> axum::response::Resp
     tonic::Status::new(code, message).into_http()
 }
 
+/// What the standby's handler shares.
+struct Shared {
+    owner: Arc<Owner>,
+    stop: CancellationToken,
+}
+
+/// A Dispatch stream held open with no jobs until the standby stops, then ended with
+/// UNAVAILABLE so the connector reconnects (to this address, served by the owner now).
+fn hold_dispatch(stop: CancellationToken) -> axum::response::Response {
+    let end = futures_util::stream::once(async move {
+        stop.cancelled_owned().await;
+        let mut trailers = axum::http::HeaderMap::new();
+        trailers.insert("grpc-status", axum::http::HeaderValue::from_static("14"));
+        trailers.insert(
+            "grpc-message",
+            axum::http::HeaderValue::from_static("the%20node%20changed%20role;%20reconnect"),
+        );
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::trailers(trailers))
+    });
+    let body = axum::body::Body::new(http_body_util::StreamBody::new(end));
+    let mut resp = axum::response::Response::new(body);
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/grpc"),
+    );
+    resp
+}
+
 async fn forward(
-    State(owner): State<Arc<Owner>>,
+    State(shared): State<Arc<Shared>>,
     req: axum::extract::Request,
 ) -> axum::response::Response {
     let path = req.uri().path().to_owned();
+    if path == "/sendlater.v1.Dispatch/Connect" {
+        return hold_dispatch(shared.stop.clone());
+    }
+    let owner = &shared.owner;
     if !(path.starts_with("/sendlater.v1.Scheduler/") || path.starts_with("/sendlater.v1.Cluster/"))
     {
         return refuse(
@@ -137,11 +170,14 @@ impl Standby {
         reporter
             .set_service_status("", ServingStatus::Serving)
             .await;
+        let stop = CancellationToken::new();
         let router = axum::Router::new()
             .fallback(forward)
-            .with_state(owner.clone());
+            .with_state(Arc::new(Shared {
+                owner: owner.clone(),
+                stop: stop.clone(),
+            }));
         let routes = tonic::service::Routes::from(router).add_service(health);
-        let stop = CancellationToken::new();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(
