@@ -66,6 +66,9 @@ pub enum Command {
     RateLimit(RateLimitArgs),
     /// Show the account's paused channels and rate limits.
     Controls(ControlsArgs),
+    /// Show the nodes sharing the database and the partitions each one owns (an admin
+    /// token when tokens are configured).
+    Cluster(ClusterArgs),
 }
 
 /// `sendlater hours get|set`.
@@ -339,6 +342,37 @@ pub struct ClientArgs {
         hide_short_help = true
     )]
     pub now: Option<String>,
+}
+
+/// `sendlater cluster`: the connection flags of a client subcommand, without an
+/// account (the cluster is no account's).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ClusterArgs {
+    /// The sendlater server (http:// URL): any node of the cluster.
+    #[arg(
+        long,
+        env = "SENDLATER_SERVER",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+
+    /// Bearer token (an admin one), sent as `authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        env = "SENDLATER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Print the response as JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+
+    /// IANA time zone (e.g. Europe/Moscow) for showing times. Default: UTC.
+    #[arg(long, env = "SENDLATER_TZ", value_name = "ZONE")]
+    pub tz: Option<String>,
 }
 
 /// When to send: exactly one of `--at` and `--in`.
@@ -655,7 +689,8 @@ impl Command {
             Command::Serve(_)
             | Command::Connector(_)
             | Command::Backup(_)
-            | Command::Migrate(_) => None,
+            | Command::Migrate(_)
+            | Command::Cluster(_) => None,
             Command::Schedule(a) => Some(&a.client),
             Command::List(a) => Some(&a.client),
             Command::Tickets(a) => Some(&a.client),

@@ -15,10 +15,11 @@ use chrono::{DateTime, Utc};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::config::{replace_text, Action, ClientConfig, SettingsAction};
+use super::config::{replace_text, Action, ClientConfig, ClusterConfig, SettingsAction};
 use super::error::{error_chain, CliError, Result};
 use super::{hours, json, output, settings, signal, timestamp};
 use crate::pb;
+use crate::pb::cluster_client::ClusterClient;
 use crate::pb::scheduler_client::SchedulerClient;
 
 /// How long to try to reach the server before giving up.
@@ -32,18 +33,8 @@ struct Client {
 
 impl Client {
     async fn connect(config: &ClientConfig) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(config.server.clone())
-            .map_err(|e| CliError::Config(format!("--server {:?}: {e}", config.server)))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| CliError::Unreachable {
-                server: config.server.clone(),
-                reason: error_chain(&e),
-            })?;
         Ok(Self {
-            inner: SchedulerClient::new(channel),
+            inner: SchedulerClient::new(open_channel(&config.server).await?),
             config: config.clone(),
         })
     }
@@ -57,6 +48,52 @@ impl Client {
         }
         request
     }
+}
+
+/// A connection to `server` (a validated `--server`).
+async fn open_channel(server: &str) -> Result<Channel> {
+    Endpoint::from_shared(server.to_owned())
+        .map_err(|e| CliError::Config(format!("--server {server:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| CliError::Unreachable {
+            server: server.to_owned(),
+            reason: error_chain(&e),
+        })
+}
+
+/// `sendlater cluster`: asks GetClusterStatus and prints the nodes and the partitions.
+///
+/// # Errors
+/// As [`run`].
+pub async fn cluster(config: &ClusterConfig) -> Result<()> {
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut printer = Printer {
+        out: &mut stdout,
+        notes: &mut stderr,
+    };
+    cluster_with(config, &mut printer).await
+}
+
+/// [`cluster`] with the output going to `printer`.
+///
+/// # Errors
+/// As [`run`].
+pub async fn cluster_with(config: &ClusterConfig, printer: &mut Printer<'_>) -> Result<()> {
+    let mut client = ClusterClient::new(open_channel(&config.server).await?);
+    let mut request = tonic::Request::new(pb::GetClusterStatusRequest {});
+    if let Some(value) = &config.authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    let status = client.get_cluster_status(request).await?.into_inner();
+    if config.json {
+        return printer.json(&json::cluster(&status));
+    }
+    printer.print(&output::cluster_text(&status, config.tz))
 }
 
 /// Where output goes: the answer to `out` (stdout), remarks to `notes` (stderr).

@@ -12,9 +12,10 @@ use chrono_tz::Tz;
 use tonic::metadata::AsciiMetadataValue;
 
 use super::args::{
-    ActivityArgs, AudienceArg, AuthorKindArg, ChannelArg, ClientArgs, Command, ContentArgs,
-    DispatchControlArgs, HoursCommand, HoursSetArgs, KindArg, ListArgs, OnActivityArg, OnLateArg,
-    RateLimitArgs, RescheduleArgs, ScheduleArgs, StateArg, TicketsArgs, TimelineArgs, WatchArgs,
+    ActivityArgs, AudienceArg, AuthorKindArg, ChannelArg, ClientArgs, ClusterArgs, Command,
+    ContentArgs, DispatchControlArgs, HoursCommand, HoursSetArgs, KindArg, ListArgs, OnActivityArg,
+    OnLateArg, RateLimitArgs, RescheduleArgs, ScheduleArgs, StateArg, TicketsArgs, TimelineArgs,
+    WatchArgs,
 };
 use super::error::{CliError, Result};
 use super::{hours, timestamp};
@@ -65,48 +66,13 @@ impl ClientConfig {
     /// A `--server` that is not an `http://` URL, a `--token` that cannot be sent in a
     /// header, an empty `--account`, an unknown `--tz`.
     pub fn from_args(args: &ClientArgs) -> Result<Self> {
-        let server = args.server.trim().to_owned();
-        let rest = server.strip_prefix("http://").ok_or_else(|| {
-            CliError::Config(format!(
-                "--server {server:?}: expected an http:// URL such as http://127.0.0.1:50051 \
-                 (this build has no TLS)"
-            ))
-        })?;
-        if rest.is_empty() || tonic::transport::Endpoint::from_shared(server.clone()).is_err() {
-            return Err(CliError::Config(format!(
-                "--server {server:?}: not a valid URL"
-            )));
-        }
-        let authorization = match &args.token {
-            None => None,
-            Some(token) => {
-                let token = token.trim();
-                if token.is_empty() {
-                    return Err(CliError::Config("--token: is empty".to_owned()));
-                }
-                let mut value: AsciiMetadataValue =
-                    format!("Bearer {token}").parse().map_err(|_| {
-                        CliError::Config(
-                            "--token: must be printable ASCII without spaces".to_owned(),
-                        )
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+        let server = server_url(&args.server)?;
+        let authorization = authorization(args.token.as_deref())?;
         let account = args.account.trim().to_owned();
         if account.is_empty() {
             return Err(CliError::Config("--account: must not be empty".to_owned()));
         }
-        let tz = match &args.tz {
-            None => chrono_tz::UTC,
-            Some(name) => name.trim().parse::<Tz>().map_err(|_| {
-                CliError::Config(format!(
-                    "--tz {name:?}: unknown time zone; use an IANA name such as \
-                     Europe/Moscow or UTC"
-                ))
-            })?,
-        };
+        let tz = time_zone(args.tz.as_deref())?;
         Ok(Self {
             server,
             authorization,
@@ -115,6 +81,80 @@ impl ClientConfig {
             tz,
             tz_given: args.tz.is_some(),
         })
+    }
+}
+
+/// Where and as whom `sendlater cluster` connects, and how it prints.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// An `http://` URL (validated).
+    pub server: String,
+    /// `Bearer TOKEN`, ready to send; marked sensitive.
+    pub authorization: Option<AsciiMetadataValue>,
+    /// Print JSON instead of tables.
+    pub json: bool,
+    /// Zone for showing times (UTC unless given).
+    pub tz: Tz,
+}
+
+impl ClusterConfig {
+    /// Validates `sendlater cluster`'s flags.
+    ///
+    /// # Errors
+    /// As [`ClientConfig::from_args`], without an account.
+    pub fn from_args(args: &ClusterArgs) -> Result<Self> {
+        Ok(Self {
+            server: server_url(&args.server)?,
+            authorization: authorization(args.token.as_deref())?,
+            json: args.json,
+            tz: time_zone(args.tz.as_deref())?,
+        })
+    }
+}
+
+/// `--server`, trimmed: an `http://` URL tonic can connect to.
+fn server_url(input: &str) -> Result<String> {
+    let server = input.trim().to_owned();
+    let rest = server.strip_prefix("http://").ok_or_else(|| {
+        CliError::Config(format!(
+            "--server {server:?}: expected an http:// URL such as http://127.0.0.1:50051 \
+             (this build has no TLS)"
+        ))
+    })?;
+    if rest.is_empty() || tonic::transport::Endpoint::from_shared(server.clone()).is_err() {
+        return Err(CliError::Config(format!(
+            "--server {server:?}: not a valid URL"
+        )));
+    }
+    Ok(server)
+}
+
+/// `--token` as the `authorization` metadata value (`Bearer TOKEN`), marked sensitive.
+fn authorization(token: Option<&str>) -> Result<Option<AsciiMetadataValue>> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(CliError::Config("--token: is empty".to_owned()));
+    }
+    let mut value: AsciiMetadataValue = format!("Bearer {token}").parse().map_err(|_| {
+        CliError::Config("--token: must be printable ASCII without spaces".to_owned())
+    })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// `--tz`: an IANA zone; UTC when absent.
+fn time_zone(name: Option<&str>) -> Result<Tz> {
+    match name {
+        None => Ok(chrono_tz::UTC),
+        Some(name) => name.trim().parse::<Tz>().map_err(|_| {
+            CliError::Config(format!(
+                "--tz {name:?}: unknown time zone; use an IANA name such as \
+                 Europe/Moscow or UTC"
+            ))
+        }),
     }
 }
 
@@ -189,9 +229,11 @@ enum SendTime {
 /// subcommand and is refused.
 pub fn action(command: &Command, config: &ClientConfig, now: DateTime<Utc>) -> Result<Action> {
     match command {
-        Command::Serve(_) | Command::Connector(_) | Command::Backup(_) | Command::Migrate(_) => {
-            Err(CliError::Config("not a client subcommand".to_owned()))
-        }
+        Command::Serve(_)
+        | Command::Connector(_)
+        | Command::Backup(_)
+        | Command::Migrate(_)
+        | Command::Cluster(_) => Err(CliError::Config("not a client subcommand".to_owned())),
         Command::Schedule(args) => schedule(args, config, now),
         Command::List(args) => list(args, config, now),
         Command::Tickets(args) => Ok(Action::Tickets(tickets(args, config))),
@@ -1532,5 +1574,47 @@ mod tests {
         args.token = None;
         args.account = "  ".into();
         assert!(ClientConfig::from_args(&args).is_err());
+    }
+
+    #[test]
+    fn cluster_needs_no_account_and_checks_its_connection_flags_like_the_others() {
+        let parse = |argv: &[&str]| {
+            let mut all = vec!["sendlater", "cluster"];
+            all.extend_from_slice(argv);
+            match Args::try_parse_from(all)
+                .expect("clap accepts cluster")
+                .command
+            {
+                Command::Cluster(args) => ClusterConfig::from_args(&args),
+                other => panic!("not cluster: {other:?}"),
+            }
+        };
+        let config = parse(&[
+            "--server",
+            "http://node-2:50051",
+            "--token",
+            "s3cret",
+            "--tz",
+            "Europe/Moscow",
+            "--json",
+        ])
+        .expect("valid");
+        assert_eq!(config.server, "http://node-2:50051");
+        assert_eq!(
+            config.authorization.as_ref().map(|v| v.to_str().ok()),
+            Some(Some("Bearer s3cret"))
+        );
+        assert_eq!(config.tz, chrono_tz::Europe::Moscow);
+        assert!(config.json);
+        for (argv, flag) in [
+            (&["--server", "node-2:50051"][..], "--server"),
+            (&["--token", " "][..], "--token"),
+            (&["--token", "bad\ntoken"][..], "--token"),
+            (&["--tz", "Mars/Olympus"][..], "--tz"),
+        ] {
+            let err = parse(argv).expect_err(flag);
+            assert_eq!(err.exit_code(), 64, "{err}");
+            assert!(err.to_string().starts_with(flag), "{err}");
+        }
     }
 }

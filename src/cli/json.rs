@@ -148,6 +148,36 @@ pub fn tickets(response: &pb::ListDeferredTicketsResponse) -> Value {
     json!({ "tickets": tickets, "next_page_token": response.next_page_token })
 }
 
+/// `{"nodes": [{node_id, address, last_seen, partitions}], "partitions": [{partition,
+/// owner, epoch, expires_at}]}` of GetClusterStatus (`expires_at` null: never).
+pub fn cluster(status: &pb::ClusterStatus) -> Value {
+    let nodes: Vec<Value> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "address": n.address,
+                "last_seen": time(&n.last_seen),
+                "partitions": n.partitions,
+            })
+        })
+        .collect();
+    let partitions: Vec<Value> = status
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "owner": p.owner,
+                "epoch": p.epoch,
+                "expires_at": time(&p.expires_at),
+            })
+        })
+        .collect();
+    json!({ "nodes": nodes, "partitions": partitions })
+}
+
 /// `{"sequence", "type", "at", "item"}` of WatchEvents.
 pub fn event(event: &pb::ItemEvent) -> Value {
     json!({

@@ -49,6 +49,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Connector(c) => connector::run(c).await,
         Command::Backup(b) => backup::run(b),
         Command::Migrate(m) => migrate::run(m).await,
+        Command::Cluster(c) => client::cluster(&config::ClusterConfig::from_args(c)?).await,
         command => {
             let client_args = command
                 .client_args()

@@ -189,6 +189,49 @@ pub fn tickets_table(tickets: &[pb::DeferredTicket], tz: Tz) -> String {
     table(&["TICKET", "NEXT SEND AT", "PENDING"], &rows)
 }
 
+/// `sendlater cluster`: a table of the nodes (id, address, last seen, how many
+/// partitions and which, as ranges), a blank line, a table of the partitions (owner,
+/// epoch, when the lease ends: `never` when it does not, `-` for no owner).
+pub fn cluster_text(status: &pb::ClusterStatus, tz: Tz) -> String {
+    let nodes: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.clone(),
+                n.address.clone(),
+                timestamp::display(n.last_seen.as_ref(), tz),
+                n.partitions.len().to_string(),
+                crate::cluster::partition_ranges(&n.partitions),
+            ]
+        })
+        .collect();
+    let partitions: Vec<Vec<String>> = status
+        .partitions
+        .iter()
+        .map(|p| {
+            let owner = if p.owner.is_empty() { "-" } else { &p.owner };
+            vec![
+                p.partition.to_string(),
+                owner.to_owned(),
+                p.epoch.to_string(),
+                match &p.expires_at {
+                    None => "never".to_owned(),
+                    Some(t) => timestamp::display(Some(t), tz),
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        table(
+            &["NODE", "ADDRESS", "LAST SEEN", "OWNS", "PARTITIONS"],
+            &nodes
+        ),
+        table(&["PARTITION", "OWNER", "EPOCH", "EXPIRES AT"], &partitions)
+    )
+}
+
 /// Every field of one item that is set, one `label: value` per line. Multi-line text
 /// continues indented under its label.
 pub fn item_detail(item: &pb::ScheduledItem, tz: Tz) -> String {
@@ -420,6 +463,50 @@ it-22  T-7     NEW_TICKET  CHAT     SENT     2026-11-26T06:00:00Z  -            
         assert_eq!(
             got,
             "TICKET  NEXT SEND AT          PENDING\nT-1     2026-11-26T06:00:00Z  3\n"
+        );
+    }
+
+    #[test]
+    fn the_cluster_shows_nodes_with_partition_ranges_then_every_partition() {
+        let mut owned: Vec<u32> = (0..=20).collect();
+        owned.push(45);
+        let status = pb::ClusterStatus {
+            nodes: vec![pb::NodeStatus {
+                node_id: "node-a".into(),
+                address: "10.0.0.5:50051".into(),
+                last_seen: ts(T0),
+                partitions: owned,
+            }],
+            partitions: vec![
+                pb::PartitionStatus {
+                    partition: 0,
+                    owner: "node-a".into(),
+                    epoch: 3,
+                    expires_at: ts(T0 + 10),
+                },
+                pb::PartitionStatus {
+                    partition: 1,
+                    owner: "node-a".into(),
+                    epoch: 1,
+                    expires_at: None,
+                },
+                pb::PartitionStatus {
+                    partition: 21,
+                    owner: String::new(),
+                    epoch: 0,
+                    expires_at: None,
+                },
+            ],
+        };
+        assert_eq!(
+            cluster_text(&status, chrono_tz::UTC),
+            "NODE    ADDRESS         LAST SEEN             OWNS  PARTITIONS\n\
+             node-a  10.0.0.5:50051  2026-11-26T06:00:00Z  22    0-20,45\n\
+             \n\
+             PARTITION  OWNER   EPOCH  EXPIRES AT\n\
+             0          node-a  3      2026-11-26T06:00:10Z\n\
+             1          node-a  1      never\n\
+             21         -       0      never\n"
         );
     }
 
