@@ -305,7 +305,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     let scheduler = InterceptedService::new(scheduler, auth.interceptor(auth::Service::Scheduler));
 
     let (dispatcher, dispatcher_task) = Dispatcher::start(engine.clone(), streams.clone());
-    let cluster = cluster_view(&engine, &config.cluster);
+    let cluster = cluster_view(&engine, &config.cluster, config.ownership.as_ref());
     publish_partitions_owned(&engine, cluster.as_ref(), &config.cluster.node_id).await;
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
@@ -425,10 +425,17 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     })
 }
 
-/// What answers `GetClusterStatus` and the console's node section. For now one node
-/// owning every partition, whatever the store; the PostgreSQL store replaces it with
-/// its lease table's view (issue 21), here and nowhere else.
-fn cluster_view(engine: &Engine, settings: &ClusterSettings) -> Arc<dyn ClusterView> {
+/// What answers `GetClusterStatus` and the console's node section: a node among several
+/// (`cluster::node`) answers from the lease rows; otherwise (SQLite, or a server started
+/// alone) one node owning every partition.
+fn cluster_view(
+    engine: &Engine,
+    settings: &ClusterSettings,
+    ownership: Option<&crate::cluster::Ownership>,
+) -> Arc<dyn ClusterView> {
+    if let Some(o) = ownership {
+        return o.view.clone();
+    }
     Arc::new(SingleNode {
         settings: settings.clone(),
         clock: engine.clock().clone(),

@@ -162,6 +162,25 @@ async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_s
         .await
         .unwrap();
     assert_eq!(again.item_id, item.item_id);
+    // GetClusterStatus from the lease rows, on the owner and (forwarded) on the standby.
+    for url in [n1.url(), n2.url()] {
+        let mut cluster = pb::cluster_client::ClusterClient::new(channel(&url).await);
+        let s = cluster
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await
+            .expect("GetClusterStatus")
+            .into_inner();
+        let ids: Vec<&str> = s.nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["n1", "n2"], "{s:?}");
+        assert_eq!(s.nodes[0].partitions.len(), 64);
+        assert!(s.nodes[1].partitions.is_empty());
+        assert_eq!(s.nodes[1].address, n2.addr.to_string());
+        assert_eq!(s.partitions.len(), 64);
+        assert!(s
+            .partitions
+            .iter()
+            .all(|p| p.owner == "n1" && p.epoch == first_epoch));
+    }
     // A connector's stream to the standby is held open, with no jobs.
     let mut held = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
     // A planned stop hands over at once, not at the lease's expiry.

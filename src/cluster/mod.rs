@@ -79,10 +79,21 @@ impl ClusterSettings {
 
 /// What a node granted partitions acts under: its commits are fenced by the grants,
 /// and it hands out jobs only while the trust window is open.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Ownership {
     pub fence: crate::store::Fence,
     pub trust: Arc<trust::Trust>,
+    /// The cluster as the lease rows say (for `GetClusterStatus` and the console).
+    pub view: Arc<dyn ClusterView>,
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ownership")
+            .field("fence", &self.fence)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A node as the cluster sees it.

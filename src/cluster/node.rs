@@ -24,11 +24,21 @@ use std::time::{Duration, Instant};
 
 use super::standby::Standby;
 use super::trust::Trust;
-use super::{ClusterSettings, Ownership};
+use super::{ClusterSettings, ClusterStatus, ClusterView, Ownership};
 use crate::config::ServerConfig;
 use crate::server::{self, ServerError};
 use crate::store::postgres::PgLeases;
 use crate::store::Fence;
+
+/// `GetClusterStatus` of a node: the lease rows, read through the node's lease session.
+struct LeaseView(Arc<PgLeases>);
+
+#[async_trait::async_trait]
+impl ClusterView for LeaseView {
+    async fn status(&self) -> crate::domain::Result<ClusterStatus> {
+        Ok(self.0.status().await?)
+    }
+}
 
 /// How often a standby looks whether the partitions are free.
 pub const LOOK_EVERY: Duration = Duration::from_millis(500);
@@ -54,7 +64,7 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<Ended, ServerError> {
     tokio::pin!(stop);
-    let leases = PgLeases::connect(url).await?;
+    let leases = Arc::new(PgLeases::connect(url).await?);
     leases.init(config.cluster.partitions).await?;
     let standby = Standby::start(config.listen).await?;
     config.listen = standby.local_addr;
@@ -95,6 +105,7 @@ pub async fn run(
             idle_limit: lease / 2,
         },
         trust: trust.clone(),
+        view: Arc::new(LeaseView(leases.clone())),
     });
     let running = match server::start(config.clone()).await {
         Ok(r) => r,
@@ -105,6 +116,9 @@ pub async fn run(
         }
     };
     tracing::info!(node = %me.node_id, addr = %running.local_addr(), millis = granted_at.elapsed().as_millis() as u64, "serving as the owner of every partition");
+    let metrics = running.engine().metrics().clone();
+    metrics.partition_takeovers.inc_by(held.len() as u64);
+    metrics.partitions_owned.set(held.len() as i64);
     let mut next_renew = tokio::time::Instant::now() + me.renew_every();
     let ended = loop {
         tokio::select! {
@@ -121,10 +135,12 @@ pub async fn run(
                     leases.renew(&me.node_id, &me.advertise, &held, lease),
                 )
                 .await;
+                metrics.lease_renew_seconds.observe(started.elapsed().as_secs_f64());
                 match renewed {
                     Ok(Ok(parts)) if parts.len() == held.len() => trust.renewed(started, lease),
                     Ok(Ok(parts)) => {
                         trust.close();
+                        metrics.partitions_owned.set(parts.len() as i64);
                         break Ended::Lost(format!(
                             "{} of {} partitions were taken by another node",
                             held.len() - parts.len(),

@@ -790,6 +790,7 @@ impl Writer {
             // Another node owns the partitions: nothing this writer writes may commit
             // again; the node must stop acting as owner.
             tracing::warn!(reason = %why, "the commit was fenced: another node took the partitions");
+            self.shared.metrics.fenced_writes.inc();
             self.shared
                 .fatal
                 .send_replace(Some(format!("fenced: {why}")));
