@@ -703,7 +703,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = checkpoint::Checkpointer::start(path, sync)?;
         // FULL: the writer's COMMIT only writes the WAL; the sync stage fsyncs it before
-        // anyone is answered (see writer.rs), so the next group runs during the flush.
+        // anyone is answered (see writer/durable.rs), so the next group runs during the flush.
         let durability = match sync {
             Synchronous::Full => {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
