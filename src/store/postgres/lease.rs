@@ -204,6 +204,20 @@ impl PgLeases {
         let (node, ttl) = (node.to_owned(), ms(ttl));
         self.with(|c| {
             Box::pin(async move {
+                // A look without locks first: a standby looks often, and the row locks
+                // of a take would make the owner's commits (their fence) and renewals
+                // wait for it.
+                let held_now: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM partition_leases \
+                         WHERE expires_at > now() AND owner IS DISTINCT FROM $1",
+                        &[&node],
+                    )
+                    .await?
+                    .get(0);
+                if held_now > 0 {
+                    return Ok(None);
+                }
                 let tx = c.transaction().await?;
                 let rows = tx
                     .query(
