@@ -269,6 +269,9 @@ mod tests {
                 "dispatch_controls",
                 "events",
                 "items",
+                "lease_log",
+                "nodes",
+                "partition_leases",
                 "schema_version",
                 "store_meta"
             ]
@@ -338,6 +341,6 @@ mod tests {
         ra.unwrap();
         rb.unwrap();
         assert_eq!(version(&db.client).await, SCHEMA_VERSION);
-        assert_eq!(tables(&db.client).await.len(), 6);
+        assert_eq!(tables(&db.client).await.len(), 9);
     }
 }
