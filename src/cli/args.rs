@@ -146,13 +146,16 @@ pub enum ConnectorCommand {
 /// Flags every connector takes.
 #[derive(Debug, ClapArgs)]
 pub struct ConnectorArgs {
-    /// The sendlater server.
+    /// The sendlater server; for several nodes repeat the flag or give a comma-separated
+    /// list (the connector streams from every one; repeats count once).
     #[arg(
         long,
         env = "SENDLATER_SERVER",
+        value_delimiter = ',',
+        value_name = "URL",
         default_value = "http://127.0.0.1:50051"
     )]
-    pub server: String,
+    pub server: Vec<String>,
     /// For an https:// server: PEM file of the CA its certificate chains to (or the
     /// certificate itself) [default: the system's roots].
     #[arg(long, env = "SENDLATER_CA_FILE", value_name = "PEM")]

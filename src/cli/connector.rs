@@ -7,8 +7,11 @@ use super::error::{CliError, Result};
 use super::signal;
 use crate::connector::{self, ChatConfig, ConnectorError, EmailConfig, RunnerConfig};
 
-fn runner(args: &ConnectorArgs) -> RunnerConfig {
-    let mut r = RunnerConfig::new(args.server.clone());
+/// The runner settings of the connector flags (`--server` as given: the runner drops
+/// repeats and checks each URL).
+pub fn runner(args: &ConnectorArgs) -> RunnerConfig {
+    let mut r = RunnerConfig::new(String::new());
+    r.servers = args.server.clone();
     r.ca_file = args.ca_file.clone();
     r.token = args.token.clone();
     r.max_in_flight = args.max_in_flight;

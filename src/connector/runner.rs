@@ -1,27 +1,44 @@
-//! The connector runner: one Dispatch stream at a time, kept open across failures.
+//! The connector runner: one Dispatch stream per server, each kept open across
+//! failures, all feeding one pool of sends.
 //!
-//! A session connects, sends Hello, then loops over three sources: delivery jobs from
-//! the server (each started as a task on a `JoinSet`), outcomes of finished tasks
-//! (forwarded to the server as Ack/Nack) and the shutdown token. When the stream ends
-//! or fails the runner sleeps an exponential backoff with jitter (`reconnect_min` ..
-//! `reconnect_max`, reset once a session was established) and opens a new one.
+//! A connector may be given several servers (the nodes of a cluster: each hands out
+//! only the jobs of the partitions it owns). For each distinct server the runner keeps a
+//! *link*: a session connects, sends Hello, then loops over three sources: delivery jobs
+//! from that server (each started as a task on the link's `JoinSet`), outcomes of the
+//! link's finished tasks (forwarded to that server as Ack/Nack) and the shutdown token.
+//! When the stream ends or fails the link sleeps an exponential backoff with jitter
+//! (`reconnect_min` .. `reconnect_max`, reset once a session was established) and opens
+//! a new one. Links are independent: a server that is down only keeps its own link in
+//! backoff while the others deliver.
 //!
-//! Outcomes live in one runner-wide queue, not in the session, so a send that finishes
-//! while the stream is down is still acknowledged on the next stream: the server
-//! accepts an answer for a job on any stream (an Ack for an item it has since handed
-//! to someone else still marks it SENT). Sends running at once are bounded by a
-//! semaphore of `max_in_flight` permits across sessions, so a reconnect never doubles
-//! the concurrency.
+//! An answer goes back to the server its job came from: the server counts an answer
+//! only on the stream that holds the job. Each link has its own outcome queue that
+//! outlives its sessions, so a send that finishes while the stream is down is answered
+//! on that server's next stream (where the server ignores it: it took the job back when
+//! the stream dropped; the at-least-once rule covers the repeat).
 //!
-//! Shutdown: the runner stops reading jobs, waits up to `shutdown_grace` for running
-//! sends and forwards their answers, then closes its half of the stream and waits
-//! briefly for the server to close the other, so the answers are read before the
-//! connection goes away. Jobs left unanswered are re-leased by the server. If the
-//! stream is down when shutdown comes, running sends are abandoned at once (their jobs
-//! are already back with the server).
+//! Shared credit: every stream declares the full `max_in_flight` in its Hello, and one
+//! semaphore of `max_in_flight` permits, shared by all links and all their sessions,
+//! bounds the sends running at once. So the sends in progress never exceed
+//! `max_in_flight` in total, however the due work is spread over the servers (one node
+//! holding all of it still gets the whole pool), and a reconnect never doubles the
+//! concurrency. The price: with `K` servers up to `K * max_in_flight` jobs may be leased
+//! to this connector at once, and a job beyond the pool waits (first come, first
+//! served) for a send to finish. A job may wait behind `K - 1` jobs per slot, so it
+//! starts within the server's lease (`lease_secs`) while one send takes well under
+//! `lease_secs / K`. A job still waiting when its stream drops is not sent at all (the
+//! server has taken it back).
+//!
+//! Shutdown: every link stops reading jobs, drops the jobs still waiting for a slot,
+//! waits up to `shutdown_grace` for its running sends and forwards their answers, then
+//! closes its half of the stream and waits briefly for the server to close the other,
+//! so the answers are read before the connection goes away. Jobs left unanswered are
+//! re-leased by the server. If a stream is down when shutdown comes, that link's running
+//! sends are abandoned at once (their jobs are already back with the server).
 //!
 //! Refusals that retrying cannot fix (UNAUTHENTICATED, PERMISSION_DENIED,
-//! INVALID_ARGUMENT, UNIMPLEMENTED on Connect) end the runner with an error.
+//! INVALID_ARGUMENT, UNIMPLEMENTED on Connect) from any server stop every link (as a
+//! shutdown) and end the runner with an error.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -50,9 +67,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Where and how a connector talks to the sendlater server.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// gRPC URL of the server, e.g. `http://127.0.0.1:50051`, or `https://` for a
-    /// server with `[tls]`.
-    pub server: String,
+    /// gRPC URLs of the servers (the nodes of a cluster), e.g.
+    /// `http://127.0.0.1:50051`, or `https://` for a server with `[tls]`. At least one;
+    /// repeats (after trimming blanks and a trailing `/`) count once.
+    pub servers: Vec<String>,
     /// PEM file of the CA (or the certificate itself) that an `https://` server's
     /// certificate must chain to; the system's roots when `None`.
     pub ca_file: Option<std::path::PathBuf>,
@@ -60,7 +78,8 @@ pub struct RunnerConfig {
     pub token: Option<String>,
     /// Names this connector in the server's logs; not empty.
     pub connector_id: String,
-    /// Jobs processed at once; 1..=10000.
+    /// Jobs processed at once, across all servers; 1..=10000. Also the credit each
+    /// stream declares.
     pub max_in_flight: u32,
     /// First reconnect delay; doubled after each failed attempt, up to `reconnect_max`.
     /// Each actual delay is jittered to between half and all of the current value.
@@ -72,11 +91,11 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// Defaults for `server`: no token, connector id `connector-<pid>`, 16 in flight,
+    /// Defaults for one `server`: no token, connector id `connector-<pid>`, 16 in flight,
     /// reconnect 100 ms .. 30 s, 10 s shutdown grace.
     pub fn new(server: impl Into<String>) -> RunnerConfig {
         RunnerConfig {
-            server: server.into(),
+            servers: vec![server.into()],
             ca_file: None,
             token: None,
             connector_id: format!("connector-{}", std::process::id()),
@@ -86,74 +105,105 @@ impl RunnerConfig {
             shutdown_grace: Duration::from_secs(10),
         }
     }
+
+    /// The servers to connect to: each trimmed (blanks and one trailing `/`), the
+    /// first of any repeats kept, in the given order.
+    pub fn distinct_servers(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.servers
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.strip_suffix('/').unwrap_or(s).to_owned()
+            })
+            .filter(|s| seen.insert(s.clone()))
+            .collect()
+    }
 }
 
-/// Runs `sender` against the server until `shutdown` is cancelled.
+/// Runs `sender` against the servers until `shutdown` is cancelled.
 ///
-/// Connection failures and dropped streams are retried for ever with backoff; only a
-/// bad configuration or a refusal from the server ends the run early.
+/// Connection failures and dropped streams are retried for ever with backoff, per
+/// server; only a bad configuration or a refusal from a server ends the run early.
 ///
 /// # Errors
 /// [`ConnectorError::Config`] for an unusable setting (checked before connecting);
-/// [`ConnectorError::Refused`] when the server rejects the connector.
+/// [`ConnectorError::Refused`] when a server rejects the connector.
 pub async fn run<S: Sender>(
     config: RunnerConfig,
     sender: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let endpoint = endpoint(&config)?;
+    let endpoints = endpoints(&config)?;
     let auth = auth(config.token.as_deref())?;
-    let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
-    let mut runner = Runner {
-        hello: pb::Hello {
-            connector_id: config.connector_id.clone(),
-            channels: vec![sender.channel() as i32],
-            max_in_flight: config.max_in_flight,
-        },
-        permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
-        sender,
-        auth,
-        shutdown,
-        grace: config.shutdown_grace,
-        tasks: JoinSet::new(),
-        running: HashMap::new(),
-        outcomes_tx,
-        outcomes_rx,
-        carried: Vec::new(),
+    let hello = pb::Hello {
+        connector_id: config.connector_id.clone(),
+        channels: vec![sender.channel() as i32],
+        max_in_flight: config.max_in_flight,
     };
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let permits = Arc::new(Semaphore::new(config.max_in_flight as usize));
+    // Cancelled by the caller's shutdown, or by a refusal (which stops every link).
+    let stop = shutdown.child_token();
     let span = tracing::info_span!("connector", connector_id = %config.connector_id);
-    async move {
-        loop {
-            match runner.session(&endpoint).await {
-                SessionEnd::Shutdown => return Ok(()),
-                SessionEnd::Refused(status) => {
-                    tracing::error!(code = ?status.code(), message = status.message(), "server refused the connector");
-                    return Err(ConnectorError::Refused(status));
-                }
-                SessionEnd::Lost {
-                    established,
-                    reason,
-                } => {
-                    if established {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay(random_unit());
-                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "dispatch stream lost; reconnecting");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = runner.shutdown.cancelled() => return Ok(()),
-                    }
-                }
+    tracing::info!(parent: &span, servers = endpoints.len(), max_in_flight = config.max_in_flight, "connector starting");
+    let mut links = JoinSet::new();
+    for (server, endpoint) in endpoints {
+        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        let link = Link {
+            hello: hello.clone(),
+            sender: Arc::clone(&sender),
+            auth: auth.clone(),
+            shutdown: stop.clone(),
+            grace: config.shutdown_grace,
+            permits: Arc::clone(&permits),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            outcomes_tx,
+            outcomes_rx,
+            carried: Vec::new(),
+        };
+        let backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+        let link_span = tracing::info_span!(parent: &span, "link", server = %server);
+        links.spawn(link.run(endpoint, backoff).instrument(link_span));
+    }
+    let mut refused = None;
+    while let Some(joined) = links.join_next().await {
+        match joined {
+            Ok(LinkEnd::Shutdown) => {}
+            Ok(LinkEnd::Refused(status)) => {
+                stop.cancel();
+                refused.get_or_insert(status);
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                tracing::error!(parent: &span, error = %e, "a link task was cancelled");
+                stop.cancel();
             }
         }
     }
-    .instrument(span)
-    .await
+    tracing::info!(parent: &span, "connector stopped");
+    match refused {
+        Some(status) => Err(ConnectorError::Refused(status)),
+        None => Ok(()),
+    }
 }
 
-/// Checks the runner settings and builds the gRPC endpoint.
-fn endpoint(config: &RunnerConfig) -> Result<Endpoint> {
+/// Checks the runner settings and builds one gRPC endpoint per distinct server.
+fn endpoints(config: &RunnerConfig) -> Result<Vec<(String, Endpoint)>> {
+    let servers = config.distinct_servers();
+    if servers.is_empty() {
+        return Err(ConnectorError::Config(
+            "server: at least one server URL is required".into(),
+        ));
+    }
+    servers
+        .into_iter()
+        .map(|server| endpoint(config, &server).map(|e| (server, e)))
+        .collect()
+}
+
+/// Checks the runner settings and builds the gRPC endpoint of `server`.
+fn endpoint(config: &RunnerConfig, server: &str) -> Result<Endpoint> {
     if !(1..=MAX_IN_FLIGHT).contains(&config.max_in_flight) {
         return Err(ConnectorError::Config(format!(
             "max_in_flight: must be 1..={MAX_IN_FLIGHT}, got {}",
@@ -168,20 +218,18 @@ fn endpoint(config: &RunnerConfig) -> Result<Endpoint> {
             "reconnect: need 0 < reconnect_min <= reconnect_max".into(),
         ));
     }
-    let https = config.server.starts_with("https://");
-    if !https && !config.server.starts_with("http://") {
+    let https = server.starts_with("https://");
+    if !https && !server.starts_with("http://") {
         return Err(ConnectorError::Config(format!(
-            "server: {:?} must be an http:// or https:// URL",
-            config.server
+            "server: {server:?} must be an http:// or https:// URL"
         )));
     }
-    let mut endpoint = Endpoint::from_shared(config.server.clone())
-        .map_err(|e| ConnectorError::Config(format!("server: {:?}: {e}", config.server)))?;
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| ConnectorError::Config(format!("server: {server:?}: {e}")))?;
     match (&config.ca_file, https) {
         (Some(_), false) => {
             return Err(ConnectorError::Config(format!(
-                "ca-file: only for an https:// server, and --server is {:?}",
-                config.server
+                "ca-file: only for an https:// server, and --server is {server:?}"
             )))
         }
         (ca_file, true) => {
@@ -228,6 +276,14 @@ fn auth(token: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
         .transpose()
 }
 
+/// How a link ended.
+enum LinkEnd {
+    /// The shutdown token fired.
+    Shutdown,
+    /// The server refused us for a reason retrying cannot fix.
+    Refused(Status),
+}
+
 /// How a session ended.
 enum SessionEnd {
     /// The shutdown token fired; answers were flushed as far as the grace allowed.
@@ -242,27 +298,63 @@ enum SessionEnd {
     },
 }
 
-/// Runner state that outlives sessions.
-struct Runner<S> {
+/// One server's link: state that outlives its sessions.
+struct Link<S> {
     hello: pb::Hello,
     sender: Arc<S>,
     auth: Option<MetadataValue<Ascii>>,
     shutdown: CancellationToken,
     grace: Duration,
-    /// Bounds the sends running at once to `max_in_flight`, across sessions.
+    /// Bounds the sends running at once to `max_in_flight`, across links and sessions.
     permits: Arc<Semaphore>,
-    /// Running sends; each sends its answer on `outcomes_tx` before it ends.
+    /// This link's sends, running or waiting for a permit; each sends its answer on
+    /// `outcomes_tx` before it ends.
     tasks: JoinSet<()>,
     /// Job id of every task in `tasks`, to answer for a task that panicked.
     running: HashMap<Id, String>,
+    /// Answers of this link's jobs: they go to this server only.
     outcomes_tx: mpsc::UnboundedSender<pb::ConnectorMessage>,
     outcomes_rx: mpsc::UnboundedReceiver<pb::ConnectorMessage>,
     /// Answers a dead stream refused; sent first on the next one.
     carried: Vec<pb::ConnectorMessage>,
 }
 
-impl<S: Sender> Runner<S> {
-    async fn session(&mut self, endpoint: &Endpoint) -> SessionEnd {
+impl<S: Sender> Link<S> {
+    /// Sessions one after another, with backoff between them, until shutdown or a
+    /// refusal. Dropping the link at the end aborts the sends still running.
+    async fn run(mut self, endpoint: Endpoint, mut backoff: Backoff) -> LinkEnd {
+        loop {
+            // A job still waiting for a permit when its session ends is not sent.
+            let session = CancellationToken::new();
+            let end = self.session(&endpoint, &session).await;
+            session.cancel();
+            match end {
+                SessionEnd::Shutdown => return LinkEnd::Shutdown,
+                SessionEnd::Refused(status) => {
+                    tracing::error!(code = ?status.code(), message = status.message(), "server refused the connector");
+                    return LinkEnd::Refused(status);
+                }
+                SessionEnd::Lost {
+                    established,
+                    reason,
+                } => {
+                    if established {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay(random_unit());
+                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "dispatch stream lost; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.cancelled() => return LinkEnd::Shutdown,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Dispatch stream; `session` is cancelled when it ends (jobs waiting for a
+    /// permit drop out).
+    async fn session(&mut self, endpoint: &Endpoint, session: &CancellationToken) -> SessionEnd {
         let channel = tokio::select! {
             c = endpoint.connect() => c,
             () = self.shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -311,6 +403,7 @@ impl<S: Sender> Runner<S> {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => {
+                    session.cancel();
                     self.drain(tx, jobs).await;
                     return SessionEnd::Shutdown;
                 }
@@ -322,7 +415,7 @@ impl<S: Sender> Runner<S> {
                 }
                 Some(joined) = self.tasks.join_next_with_id() => self.reap(joined),
                 m = jobs.message() => match m {
-                    Ok(Some(job)) => self.start(job),
+                    Ok(Some(job)) => self.start(job, session.clone()),
                     Ok(None) => return lost("the server closed the stream"),
                     Err(status) => return lost(&format!("stream: {status}")),
                 },
@@ -330,8 +423,10 @@ impl<S: Sender> Runner<S> {
         }
     }
 
-    /// Starts one send as a task; its answer goes to `outcomes_tx`.
-    fn start(&mut self, job: pb::DeliveryJob) {
+    /// Starts one send as a task that first waits for a permit of the shared pool
+    /// (giving up, unanswered, if `session` ends first); its answer goes to
+    /// `outcomes_tx`.
+    fn start(&mut self, job: pb::DeliveryJob, session: CancellationToken) {
         let item_id = job
             .item
             .as_ref()
@@ -343,10 +438,18 @@ impl<S: Sender> Runner<S> {
         let permits = Arc::clone(&self.permits);
         let out = self.outcomes_tx.clone();
         let task = async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
+            let _permit = tokio::select! {
+                biased;
+                () = session.cancelled() => {
+                    tracing::debug!("not sent: the stream ended while the job waited for a free slot");
+                    return;
+                }
+                permit = permits.acquire_owned() => match permit {
+                    Ok(p) => p,
+                    // Never closed; if it were, nothing could be sent.
+                    Err(_) => return,
+                },
+            };
             let result = if job.item.is_none() {
                 Err(SendError::permanent("delivery job without an item"))
             } else {
@@ -419,7 +522,7 @@ impl<S: Sender> Runner<S> {
             while let Ok(Some(_)) = jobs.message().await {}
         })
         .await;
-        tracing::info!("connector stopped");
+        tracing::info!("dispatch stream closed");
     }
 }
 
@@ -535,14 +638,14 @@ mod tests {
     #[test]
     fn bad_runner_settings_are_rejected_before_connecting() {
         let mut c = RunnerConfig::new("http://127.0.0.1:1");
-        assert!(endpoint(&c).is_ok());
+        assert!(endpoints(&c).is_ok());
         c.max_in_flight = 0;
         assert!(
-            matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("max_in_flight"))
+            matches!(endpoints(&c), Err(ConnectorError::Config(m)) if m.starts_with("max_in_flight"))
         );
         let mut c = RunnerConfig::new("127.0.0.1:1");
         c.connector_id = "x".into();
-        assert!(matches!(endpoint(&c), Err(ConnectorError::Config(m)) if m.starts_with("server")));
+        assert!(matches!(endpoints(&c), Err(ConnectorError::Config(m)) if m.starts_with("server")));
         assert!(auth(Some("bad\ntoken")).is_err());
         assert!(auth(Some("good")).unwrap().is_some());
     }
@@ -552,7 +655,7 @@ mod tests {
         let config = |server: &str, ca: Option<&std::path::Path>| {
             let mut c = RunnerConfig::new(server);
             c.ca_file = ca.map(std::path::Path::to_path_buf);
-            endpoint(&c).map(|_| ())
+            endpoints(&c).map(|_| ())
         };
         let config_error = |r: Result<()>| match r {
             Err(ConnectorError::Config(m)) => m,
@@ -578,6 +681,37 @@ mod tests {
         );
         let m = config_error(config("ftp://localhost:50051", None));
         assert!(m.starts_with("server: "), "{m}");
+    }
+
+    #[test]
+    fn the_servers_are_trimmed_and_each_counts_once_in_the_given_order() {
+        let mut c = RunnerConfig::new("http://b:1");
+        c.servers
+            .extend([" http://a:1 ", "http://b:1/", "http://a:1", "https://c:1"].map(String::from));
+        assert_eq!(
+            c.distinct_servers(),
+            ["http://b:1", "http://a:1", "https://c:1"]
+        );
+        let names: Vec<String> = endpoints(&c).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(names, ["http://b:1", "http://a:1", "https://c:1"]);
+    }
+
+    #[test]
+    fn every_server_is_checked_and_a_bad_one_is_named() {
+        let config_error = |c: &RunnerConfig| match endpoints(c) {
+            Err(ConnectorError::Config(m)) => m,
+            other => panic!("not a config error: {:?}", other.map(|v| v.len())),
+        };
+        let mut c = RunnerConfig::new("http://a:1");
+        c.servers.push("a:2".into());
+        let m = config_error(&c);
+        assert!(m.starts_with("server: \"a:2\""), "{m}");
+        c.servers = vec!["http://a:1".into(), String::new()];
+        let m = config_error(&c);
+        assert!(m.starts_with("server: \"\""), "{m}");
+        c.servers.clear();
+        let m = config_error(&c);
+        assert!(m.starts_with("server: at least one"), "{m}");
     }
 
     #[test]
