@@ -368,6 +368,35 @@ async fn a_job_still_waiting_for_a_free_slot_when_its_stream_drops_is_not_sent()
     b.stop().await;
 }
 
+#[tokio::test]
+async fn a_server_that_refuses_the_connector_stops_it_on_every_server() {
+    use sendlater::config::{Accounts, Role, TokenConfig};
+    use sendlater::connector::ConnectorError;
+    let token = |t: &str| TokenConfig {
+        token: t.into(),
+        role: Role::Connector,
+        accounts: Accounts::All,
+    };
+    let mut a = TestServer::start_with(|c| c.tokens = vec![token("connector-secret")]).await;
+    let mut b = TestServer::start_with(|c| c.tokens = vec![token("another-connector-secret")]).await;
+    let hook = Webhook::start(None).await;
+    let mut runner = RunnerConfig::new(a.url());
+    runner.servers.push(b.url());
+    runner.token = Some("connector-secret".into());
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_chat(runner, ChatConfig::new(hook.url()), CancellationToken::new()),
+    )
+    .await
+    .expect("a refusal by one server stops the connector, its stream to the other too");
+    match ended {
+        Err(ConnectorError::Refused(s)) => assert_eq!(s.code(), tonic::Code::Unauthenticated),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The connector's servers as `sendlater connector chat ARGS` parses them.
 fn parsed_servers(args: &[&str]) -> Vec<String> {
     let argv = [

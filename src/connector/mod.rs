@@ -1,9 +1,10 @@
 //! Connectors: processes that take delivery jobs from the Dispatch stream and send them
 //! out over one channel (email over SMTP, chat over a signed webhook).
 //!
-//! The [`runner`] is shared: it holds a Dispatch stream open (reconnecting with
-//! backoff), runs up to `max_in_flight` sends at once and answers each job with an Ack
-//! or a Nack. What differs per channel is a [`Sender`]: [`email::EmailSender`] and
+//! The [`runner`] is shared: it holds a Dispatch stream open to each server it is given
+//! (the nodes of a cluster; each reconnecting with its own backoff), runs up to
+//! `max_in_flight` sends at once across all of them and answers each job with an Ack or
+//! a Nack on the stream it came from. What differs per channel is a [`Sender`]: [`email::EmailSender`] and
 //! [`chat::ChatSender`]. [`run_email`] and [`run_chat`] put the two together for the
 //! `sendlater connector email|chat` subcommands.
 //!
