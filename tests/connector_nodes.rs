@@ -20,6 +20,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use sendlater::cli::args::{Args, Command as Cli, ConnectorCommand};
+use sendlater::clock::ManualClock;
+use sendlater::cluster::node;
+use sendlater::config::ServerConfig;
 use sendlater::connector::{run_chat, ChatConfig, RunnerConfig};
 use sendlater::pb;
 use tokio::net::TcpListener;
@@ -27,11 +30,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// One request the webhook received: the item's ticket and id.
+/// One request the webhook received: the item's ticket and the attempt.
 #[derive(Debug, Clone)]
 struct Hit {
     ticket: String,
-    item_id: String,
     attempt: u64,
 }
 
@@ -74,11 +76,9 @@ impl Webhook {
                         let json: serde_json::Value =
                             serde_json::from_slice(&body).expect("a JSON body");
                         let ticket = json["ticket_id"].as_str().expect("ticket_id").to_owned();
-                        let item_id = json["item_id"].as_str().expect("item_id").to_owned();
                         let attempt = json["attempt"].as_u64().expect("attempt");
                         let _ = tx.send(Hit {
                             ticket: ticket.clone(),
-                            item_id,
                             attempt,
                         });
                         if let Some(gate) = &gate {
@@ -378,14 +378,19 @@ async fn a_server_that_refuses_the_connector_stops_it_on_every_server() {
         accounts: Accounts::All,
     };
     let mut a = TestServer::start_with(|c| c.tokens = vec![token("connector-secret")]).await;
-    let mut b = TestServer::start_with(|c| c.tokens = vec![token("another-connector-secret")]).await;
+    let mut b =
+        TestServer::start_with(|c| c.tokens = vec![token("another-connector-secret")]).await;
     let hook = Webhook::start(None).await;
     let mut runner = RunnerConfig::new(a.url());
     runner.servers.push(b.url());
     runner.token = Some("connector-secret".into());
     let ended = tokio::time::timeout(
         Duration::from_secs(10),
-        run_chat(runner, ChatConfig::new(hook.url()), CancellationToken::new()),
+        run_chat(
+            runner,
+            ChatConfig::new(hook.url()),
+            CancellationToken::new(),
+        ),
     )
     .await
     .expect("a refusal by one server stops the connector, its stream to the other too");
@@ -395,6 +400,182 @@ async fn a_server_that_refuses_the_connector_stops_it_on_every_server() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A node of a cluster on one PostgreSQL (`cluster::node`), run in this process.
+struct Node {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<Result<node::Ended, sendlater::server::ServerError>>,
+}
+
+impl Node {
+    fn start(db: &str, id: &str) -> Node {
+        let addr: SocketAddr = format!("127.0.0.1:{}", pg::free_port()).parse().unwrap();
+        let mut config = ServerConfig::new(addr, db);
+        config.clock = Arc::new(ManualClock::new(T0));
+        config.dispatch.drain_grace_ms = 0;
+        config.cluster.node_id = id.into();
+        config.cluster.advertise = addr.to_string();
+        config.cluster.lease_secs = 20;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let db = db.to_owned();
+        let task = tokio::spawn(async move {
+            node::run(config, &db, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Node {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A Scheduler client, once the node answers.
+    async fn client(&self) -> pb::scheduler_client::SchedulerClient<tonic::transport::Channel> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let endpoint = tonic::transport::Endpoint::from_shared(self.url()).unwrap();
+            if let Ok(ch) = endpoint.connect().await {
+                return pb::scheduler_client::SchedulerClient::new(ch);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never answered",
+                self.url()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Schedules a chat reply due now (T0 on every node's clock) through this node,
+    /// retrying while it answers UNAVAILABLE (between owners); the request id makes
+    /// that safe.
+    async fn schedule_due(&self, ticket: &str) -> pb::ScheduledItem {
+        let mut client = self.client().await;
+        let mut req = chat_reply("acme", ticket, T0);
+        req.request_id = format!("req-{ticket}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.schedule_message(req.clone()).await {
+                Ok(r) => return r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    assert!(std::time::Instant::now() < deadline, "{s:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("schedule {ticket}: {s:?}"),
+            }
+        }
+    }
+
+    /// Waits (bounded) until the item is SENT with its ticket's provider id.
+    async fn assert_sent(&self, item: &pb::ScheduledItem) {
+        let mut client = self.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = client
+                .get_item(item_ref("acme", &item.item_id))
+                .await
+                .expect("get item")
+                .into_inner();
+            if got.state == pb::State::Sent as i32 {
+                assert_eq!(got.provider_message_id, format!("msg-{}", item.ticket_id));
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "never SENT: {got:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stop(mut self) -> node::Ended {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the node ends within 30 s")
+            .expect("the node task ran")
+            .expect("the node ran")
+    }
+}
+
+/// Waits until `node` holds partition 0's lease (every partition, in this build).
+async fn owner_is(db: &tokio_postgres::Client, node: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = db
+            .query_opt(
+                "SELECT owner FROM partition_leases WHERE partition = 0 AND expires_at > now()",
+                &[],
+            )
+            .await
+            .unwrap_or(None);
+        if row.is_some_and(|r| r.get::<_, Option<String>>(0).as_deref() == Some(node)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{node} never owned the partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_standby_node_is_asked_again_within_a_second_so_its_takeover_reaches_the_connector() {
+    let url = pg::fresh_database().await;
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let n1 = Node::start(&url, "n1");
+    owner_is(&db, "n1").await;
+    let n2 = Node::start(&url, "n2");
+    n2.client().await;
+    // The connector reaches n2 through a proxy that counts its connections; every
+    // session is a new one.
+    let to_n2 = proxy::Proxy::start(n2.addr).await;
+    let mut hook = Webhook::start(None).await;
+    let servers = [n1.url(), format!("http://{}", to_n2.addr())];
+    let mut runner = RunnerConfig::new(String::new());
+    runner.servers = servers.to_vec();
+    // A long backoff: only the rule for a server that answered brings it back soon.
+    runner.reconnect_min = Duration::from_secs(60);
+    runner.reconnect_max = Duration::from_secs(60);
+    let shutdown = CancellationToken::new();
+    let connector = Connector {
+        shutdown: shutdown.clone(),
+        task: tokio::spawn(run_chat(runner, ChatConfig::new(hook.url()), shutdown)),
+    };
+
+    let first = n1.schedule_due("A1").await;
+    assert_eq!(hook.next_hit().await.ticket, "A1");
+    n1.assert_sent(&first).await;
+    // The standby declines the stream (UNAVAILABLE) and is asked again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while to_n2.connections() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby was not asked again within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // n1 stops (planned): n2 takes over, and its due item reaches the connector.
+    assert_eq!(n1.stop().await, node::Ended::Stopped);
+    owner_is(&db, "n2").await;
+    let second = n2.schedule_due("B1").await;
+    assert_eq!(hook.next_hit().await.ticket, "B1");
+    n2.assert_sent(&second).await;
+
+    connector.stop().await;
+    assert_eq!(n2.stop().await, node::Ended::Stopped);
 }
 
 /// The connector's servers as `sendlater connector chat ARGS` parses them.

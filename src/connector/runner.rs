@@ -8,7 +8,10 @@
 //! link's finished tasks (forwarded to that server as Ack/Nack) and the shutdown token.
 //! When the stream ends or fails the link sleeps an exponential backoff with jitter
 //! (`reconnect_min` .. `reconnect_max`, reset once a session was established) and opens
-//! a new one. Links are independent: a server that is down only keeps its own link in
+//! a new one. A server that answers Connect with a status worth retrying (a standby
+//! node answers UNAVAILABLE until it owns partitions) is asked again within
+//! [`DECLINED_RETRY`] at most, so a node that takes partitions over gets the connector
+//! within a second, however long it stood by. Links are independent: a server that is down only keeps its own link in
 //! backoff while the others deliver.
 //!
 //! An answer goes back to the server its job came from: the server counts an answer
@@ -60,6 +63,10 @@ use crate::pb::connector_message::Msg;
 
 /// The server's bounds on `max_in_flight` (API.md).
 const MAX_IN_FLIGHT: u32 = 10_000;
+
+/// The longest wait before asking again a server that answered Connect with a status
+/// worth retrying (a standby node: UNAVAILABLE until it owns partitions).
+pub const DECLINED_RETRY: Duration = Duration::from_secs(1);
 
 /// How long, after closing our half at shutdown, to wait for the server to close its.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -291,11 +298,38 @@ enum SessionEnd {
     /// The server refused us for a reason retrying cannot fix.
     Refused(Status),
     /// The connection or stream failed; reconnect after a backoff.
-    Lost {
-        /// The stream was open (Hello accepted) before it was lost.
-        established: bool,
-        reason: String,
-    },
+    Lost { reached: Reached, reason: String },
+}
+
+/// How far a lost session got; decides the wait before the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    /// No connection (refused, unreachable, timed out): exponential backoff.
+    Nothing,
+    /// The server answered Connect with a status worth retrying (a standby node):
+    /// the backoff, but never longer than [`DECLINED_RETRY`], and it goes on from
+    /// there (a standby that takes over closes its port for a moment: a refused
+    /// connection then waits about a second, not the long backoff of a dead server).
+    Declined,
+    /// The stream was open (Hello accepted) before it was lost: the backoff restarts.
+    Established,
+}
+
+/// The wait before the next session after one that got as far as `reached`; `unit`
+/// in [0, 1) places the jitter.
+fn retry_delay(backoff: &mut Backoff, reached: Reached, unit: f64) -> Duration {
+    match reached {
+        Reached::Nothing => backoff.next_delay(unit),
+        Reached::Declined => {
+            let delay = backoff.next_delay(unit).min(DECLINED_RETRY);
+            backoff.cap(DECLINED_RETRY);
+            delay
+        }
+        Reached::Established => {
+            backoff.reset();
+            backoff.next_delay(unit)
+        }
+    }
 }
 
 /// One server's link: state that outlives its sessions.
@@ -334,14 +368,8 @@ impl<S: Sender> Link<S> {
                     tracing::error!(code = ?status.code(), message = status.message(), "server refused the connector");
                     return LinkEnd::Refused(status);
                 }
-                SessionEnd::Lost {
-                    established,
-                    reason,
-                } => {
-                    if established {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay(random_unit());
+                SessionEnd::Lost { reached, reason } => {
+                    let delay = retry_delay(&mut backoff, reached, random_unit());
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "dispatch stream lost; reconnecting");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -363,7 +391,7 @@ impl<S: Sender> Link<S> {
             Ok(c) => c,
             Err(e) => {
                 return SessionEnd::Lost {
-                    established: false,
+                    reached: Reached::Nothing,
                     reason: format!("connect: {e}"),
                 }
             }
@@ -390,7 +418,7 @@ impl<S: Sender> Link<S> {
             Err(status) if is_refusal(status.code()) => return SessionEnd::Refused(status),
             Err(status) => {
                 return SessionEnd::Lost {
-                    established: false,
+                    reached: Reached::Declined,
                     reason: format!("connect: {status}"),
                 }
             }
@@ -528,7 +556,7 @@ impl<S: Sender> Link<S> {
 
 fn lost(reason: &str) -> SessionEnd {
     SessionEnd::Lost {
-        established: true,
+        reached: Reached::Established,
         reason: reason.to_owned(),
     }
 }
@@ -574,7 +602,7 @@ fn random_unit() -> f64 {
 struct Backoff {
     min: Duration,
     max: Duration,
-    /// The un-jittered next delay; always within `min..=max`.
+    /// The un-jittered next delay; at most `max`, and at least `min` unless capped.
     current: Duration,
 }
 
@@ -598,6 +626,12 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.current = self.min;
+    }
+
+    /// Brings the current value down to `cap` (below `min` too: a server that just
+    /// answered is not a dead one).
+    fn cap(&mut self, cap: Duration) {
+        self.current = self.current.min(cap);
     }
 }
 
@@ -624,6 +658,27 @@ mod tests {
         }
         b.reset();
         assert_eq!(b.next_delay(0.0), ms(50));
+    }
+
+    #[test]
+    fn a_server_that_declines_is_asked_again_within_a_second_however_long_it_declined() {
+        let mut b = Backoff::new(ms(100), ms(30_000));
+        for round in 0..20 {
+            let d = retry_delay(&mut b, Reached::Declined, 0.999_999);
+            assert!(d <= DECLINED_RETRY, "round {round}: {d:?}");
+        }
+        // Refused right after (a standby that took over rebinds its port): about a
+        // second, not the long backoff; an unreachable server's delay then grows.
+        let refused: Vec<Duration> = (0..7)
+            .map(|_| retry_delay(&mut b, Reached::Nothing, 0.999_999))
+            .collect();
+        let expect = [1000, 2000, 4000, 8000, 16_000, 30_000, 30_000];
+        for (got, want) in refused.iter().zip(expect) {
+            assert!(got.abs_diff(ms(want)) < ms(1), "{refused:?}");
+        }
+        // A stream that was open starts the backoff again.
+        let d = retry_delay(&mut b, Reached::Established, 0.999_999);
+        assert!(d.abs_diff(ms(100)) < ms(1), "{d:?}");
     }
 
     #[test]
