@@ -627,7 +627,9 @@ fn connector_command(webhook: &str, args: &[&str], env: &[(&str, &str)]) -> Comm
 
 #[test]
 fn a_bad_server_among_several_is_named_with_the_flag_and_exits_64() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    // Flags, environment, the bad URL the message must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (
             &["--server", "http://127.0.0.1:1", "--server", "ftp://x:1"],
             &[],
