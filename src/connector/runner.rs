@@ -8,11 +8,14 @@
 //! link's finished tasks (forwarded to that server as Ack/Nack) and the shutdown token.
 //! When the stream ends or fails the link sleeps an exponential backoff with jitter
 //! (`reconnect_min` .. `reconnect_max`, reset once a session was established) and opens
-//! a new one. A server that answers Connect with a status worth retrying (a standby
-//! node answers UNAVAILABLE until it owns partitions) is asked again within
-//! [`DECLINED_RETRY`] at most, so a node that takes partitions over gets the connector
-//! within a second, however long it stood by. Links are independent: a server that is down only keeps its own link in
-//! backoff while the others deliver.
+//! a new one. A standby node holds the stream open without jobs and ends it when it
+//! takes partitions over, so the connector is back at once (the stream was
+//! established). A server that answers Connect itself with a status worth retrying
+//! (UNAVAILABLE: not ready to hand out jobs, or a standby of a build that declined
+//! streams) is asked again within [`DECLINED_RETRY`], however long it declined, rather
+//! than after the long backoff of a server that cannot be reached. Links are
+//! independent: a server that is down only keeps its own link in backoff while the
+//! others deliver.
 //!
 //! An answer goes back to the server its job came from: the server counts an answer
 //! only on the stream that holds the job. Each link has its own outcome queue that
@@ -65,7 +68,7 @@ use crate::pb::connector_message::Msg;
 const MAX_IN_FLIGHT: u32 = 10_000;
 
 /// The longest wait before asking again a server that answered Connect with a status
-/// worth retrying (a standby node: UNAVAILABLE until it owns partitions).
+/// worth retrying (UNAVAILABLE: it is up but hands out no jobs yet).
 pub const DECLINED_RETRY: Duration = Duration::from_secs(1);
 
 /// How long, after closing our half at shutdown, to wait for the server to close its.
@@ -306,10 +309,11 @@ enum SessionEnd {
 enum Reached {
     /// No connection (refused, unreachable, timed out): exponential backoff.
     Nothing,
-    /// The server answered Connect with a status worth retrying (a standby node):
-    /// the backoff, but never longer than [`DECLINED_RETRY`], and it goes on from
-    /// there (a standby that takes over closes its port for a moment: a refused
-    /// connection then waits about a second, not the long backoff of a dead server).
+    /// The server answered Connect with a status worth retrying (up, but no jobs
+    /// yet): the backoff, but never longer than [`DECLINED_RETRY`], and it goes on
+    /// from there (a node that then rebinds its port, as a standby taking over does,
+    /// refuses a connection for a moment: that waits about a second, not the long
+    /// backoff of a dead server).
     Declined,
     /// The stream was open (Hello accepted) before it was lost: the backoff restarts.
     Established,
@@ -667,7 +671,7 @@ mod tests {
             let d = retry_delay(&mut b, Reached::Declined, 0.999_999);
             assert!(d <= DECLINED_RETRY, "round {round}: {d:?}");
         }
-        // Refused right after (a standby that took over rebinds its port): about a
+        // Refused right after (a node rebinding its port): about a
         // second, not the long backoff; an unreachable server's delay then grows.
         let refused: Vec<Duration> = (0..7)
             .map(|_| retry_delay(&mut b, Reached::Nothing, 0.999_999))
