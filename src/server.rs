@@ -433,8 +433,8 @@ fn cluster_view(
     settings: &ClusterSettings,
     ownership: Option<&crate::cluster::Ownership>,
 ) -> Arc<dyn ClusterView> {
-    if let Some(o) = ownership {
-        return o.view.clone();
+    if let Some(view) = ownership.and_then(|o| o.view.clone()) {
+        return view;
     }
     Arc::new(SingleNode {
         settings: settings.clone(),

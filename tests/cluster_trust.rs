@@ -21,6 +21,7 @@ fn owner(trust: &Arc<Trust>) -> Ownership {
             idle_limit: Duration::from_secs(1),
         },
         trust: trust.clone(),
+        view: None,
     }
 }
 

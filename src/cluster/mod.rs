@@ -83,8 +83,9 @@ impl ClusterSettings {
 pub struct Ownership {
     pub fence: crate::store::Fence,
     pub trust: Arc<trust::Trust>,
-    /// The cluster as the lease rows say (for `GetClusterStatus` and the console).
-    pub view: Arc<dyn ClusterView>,
+    /// The cluster as the lease rows say (for `GetClusterStatus` and the console);
+    /// `None`: this node alone ([`SingleNode`]).
+    pub view: Option<Arc<dyn ClusterView>>,
 }
 
 impl std::fmt::Debug for Ownership {

@@ -105,7 +105,7 @@ pub async fn run(
             idle_limit: lease / 2,
         },
         trust: trust.clone(),
-        view: Arc::new(LeaseView(leases.clone())),
+        view: Some(Arc::new(LeaseView(leases.clone()))),
     });
     let running = match server::start(config.clone()).await {
         Ok(r) => r,
@@ -115,7 +115,12 @@ pub async fn run(
             return Err(e);
         }
     };
-    tracing::info!(node = %me.node_id, addr = %running.local_addr(), millis = granted_at.elapsed().as_millis() as u64, "serving as the owner of every partition");
+    tracing::info!(node = %me.node_id, millis = granted_at.elapsed().as_millis() as u64, "took over every partition");
+    tracing::info!(
+        addr = %running.local_addr(),
+        db = %crate::store::DbTarget::parse(&config.db_path.to_string_lossy()).display(),
+        "sendlater is serving"
+    );
     let metrics = running.engine().metrics().clone();
     metrics.partition_takeovers.inc_by(held.len() as u64);
     metrics.partitions_owned.set(held.len() as i64);

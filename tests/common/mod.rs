@@ -67,6 +67,10 @@ impl TestServer {
         // (tests of the graceful drain set it back).
         config.dispatch.drain_grace_ms = 0;
         tweak(&mut config);
+        let target = sendlater::store::DbTarget::parse(&config.db_path.to_string_lossy());
+        if let (sendlater::store::DbTarget::Postgres(url), None) = (&target, &config.ownership) {
+            config.ownership = Some(pg::own_everything(url, &config.cluster).await);
+        }
         let server = server::start(config.clone()).await.expect("server starts");
         let client = connect(&server.url()).await;
         TestServer {

@@ -279,3 +279,39 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// What a test server on PostgreSQL acts under: node `node` holds every partition of the
+/// database at `url` (the rows made and taken as a node does at start, for an hour) and
+/// its trust window is open as long, so every commit of the suite's PostgreSQL pass runs
+/// the fence. The status it reports stays the one node's (`cluster::SingleNode`).
+pub async fn own_everything(
+    url: &str,
+    settings: &sendlater::cluster::ClusterSettings,
+) -> sendlater::cluster::Ownership {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let hour = Duration::from_secs(3600);
+    let leases = sendlater::store::postgres::PgLeases::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("the lease rows of {url}: {e}"));
+    leases
+        .init(settings.partitions)
+        .await
+        .expect("the partitions are made");
+    let held = leases
+        .take_all(&settings.node_id, hour)
+        .await
+        .expect("the leases can be read")
+        .expect("no other node holds the partitions of a test's database");
+    let trust = Arc::new(sendlater::cluster::trust::Trust::new());
+    trust.renewed(Instant::now(), hour);
+    sendlater::cluster::Ownership {
+        fence: sendlater::store::Fence {
+            node: settings.node_id.clone(),
+            held,
+            idle_limit: Duration::from_secs(60),
+        },
+        trust,
+        view: None,
+    }
+}
