@@ -54,7 +54,7 @@ for store in sqlite postgres; do
   echo "=== the test suite on $store (SENDLATER_TEST_STORE=$store)" >&2
   # Bounded: a test that hangs fails its pass (cargo names it "running for over 60
   # seconds" above) instead of holding CI until its own limit. A pass takes ~5 minutes.
-  SENDLATER_TEST_STORE=$store timeout -k 30 "${SENDLATER_TEST_PASS_LIMIT:-30m}" cargo test "$@" 2>&1 \
+  SENDLATER_TEST_STORE=$store timeout -k 30 "${SENDLATER_TEST_PASS_LIMIT:-30m}" cargo test --no-fail-fast "$@" 2>&1 \
     | tee "$logs/$store" || status=$?
 done
 # A proptest failure is saved under proptest-regressions/ (replayed first by later runs):
