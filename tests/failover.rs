@@ -18,9 +18,25 @@
 //! duplicate is unexplained, no job left a node after another was granted its partition
 //! (fenced sends), and every lateness is within `lease_secs + 3 s`.
 //!
-//! Clocks: a receipt's time and a grant's `granted_at` (the database's `now()`) are both
-//! this machine's wall clock. `scripts/test.sh` runs it once, in the PostgreSQL pass (the
-//! store switch does not concern it: it starts its own PostgreSQL).
+//! The checks:
+//! - **lost**: acknowledged (OK) schedules never received and not SENT in the database;
+//!   also, no item (acknowledged or not) is left PENDING or DISPATCHING at the end;
+//! - **duplicates** are explained only when the first receipt came from a node that failed
+//!   (killed, stopped, cut off, PostgreSQL restarted under it, or exited 1 having lost its
+//!   partitions) while that job was out ([`explain_duplicates`]); a planned stop explains
+//!   none;
+//! - **fenced sends**: a receipt from a node after `lease_log` granted the item's partition
+//!   to another node at a later epoch ([`fenced_sends`]);
+//! - **lateness**: first receipt − max(send_at, the fault's start) for an item pending when
+//!   a fault began and due before the system was steady again ("inside"), first receipt −
+//!   send_at otherwise ("outside"). For the restart of PostgreSQL it counts from when the
+//!   server accepted connections again: no node can send while the database is down.
+//!
+//! Clocks: a receipt's time and a grant's `granted_at` (the database's `now()` at the
+//! take's start) are both this machine's wall clock. `scripts/test.sh` runs it once, in
+//! the PostgreSQL pass (the store switch does not concern it: it starts its own
+//! PostgreSQL). The nodes' logs go to a temporary folder named at the start, kept when the
+//! test fails (and with `SENDLATER_FAILOVER_KEEP=1`), their tails printed.
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -76,7 +92,8 @@ fn report(line: &str) {
 /// What the supervisor expects of a node's next exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
-    /// Nothing: status 1 (lost partitions) is restarted at once; anything else fails.
+    /// Nothing: status 1 (lost partitions) is restarted at once, as is 64 (no database
+    /// at start) while the test has PostgreSQL down; anything else fails.
     Nothing,
     /// The test sent SIGKILL: it restarts the node when it chooses.
     Kill,
@@ -96,6 +113,7 @@ struct Receipt {
     at: i64,
 }
 
+/// A schedule answered OK.
 #[derive(Debug, Clone)]
 struct Acked {
     send_at: i64,
@@ -307,10 +325,9 @@ fn supervise(
             })
         });
         node.exits.send_modify(|n| *n += 1);
-        if ending.load(Ordering::SeqCst) {
-            if expected != Expect::Final {
-                return;
-            }
+        // The end of the test (or a failed one): nothing is restarted.
+        if ending.load(Ordering::SeqCst) && expected != Expect::Final {
+            return;
         }
         match expected {
             Expect::Kill if status.signal() == Some(libc::SIGKILL) => {}
