@@ -678,7 +678,8 @@ struct Fault {
     failure: bool,
     /// The first grant after it began.
     regrant: Option<Grant>,
-    /// The first receipt after it began from the node owning the partitions after it.
+    /// The first receipt from the node owning the partitions after it, after its grant
+    /// and after `from`.
     first_send: Option<i64>,
     /// The system steady again: the owner sends, every node serves.
     end: i64,
@@ -799,7 +800,7 @@ impl Run {
         let regrant = grants(&self.url, Some(0))
             .await
             .and_then(|gs| gs.into_iter().find(|g| g.granted_at >= start));
-        let since = regrant.as_ref().map_or(start, |g| g.granted_at.max(start));
+        let since = regrant.as_ref().map_or(from, |g| g.granted_at.max(from));
         let first_send = self.shared.read(|l| {
             l.receipts
                 .iter()
