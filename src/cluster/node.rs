@@ -178,7 +178,7 @@ pub async fn run(
         Ended::Lost(why) => {
             tracing::error!(node = %me.node_id, reason = %why, "lost the partitions: stopping");
             // Nothing may leave any more (the window is closed); the server is cut short.
-            let _ = tokio::time::timeout(Duration::from_secs(5), running.shutdown()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), running.shutdown()).await;
         }
     }
     Ok(ended)

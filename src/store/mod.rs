@@ -132,10 +132,11 @@ impl From<StoreError> for domain::Error {
                         .into(),
                 )
             }
-            StoreError::Postgres(e) if e.code().is_none() => {
-                // No SQLSTATE: the connection is lost or cannot be made (the server is
-                // restarting, the network is cut): callers retry.
-                tracing::warn!(error = %e, "database connection lost");
+            StoreError::Postgres(e) if postgres::transient::is_transient(&e) => {
+                // The connection is lost or cannot be made (the server is restarting,
+                // the network is cut), the session was ended, or another node wrote:
+                // callers retry.
+                tracing::warn!(error = %pg_message(&e), "database unavailable");
                 domain::Error::Unavailable(
                     "the database is unavailable; try again (request_id makes it safe)".into(),
                 )

@@ -14,6 +14,7 @@ pub mod lease;
 pub(crate) mod rows;
 pub(crate) mod schema;
 mod store;
+pub(crate) mod transient;
 mod tx;
 
 #[cfg(test)]
