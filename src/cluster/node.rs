@@ -74,15 +74,26 @@ pub async fn run(
     tracing::info!(node = %me.node_id, advertise = %me.advertise, partitions = me.partitions, lease_secs = me.lease_secs, "node starting as a standby");
 
     // 1. Standby until the partitions are free.
+    let mut failures = 0u64;
     let (held, granted_at) = loop {
         let started = Instant::now();
         match take(&leases, &me).await {
             Ok(Some(held)) => break (held, started),
             Ok(None) => {
+                if failures > 0 {
+                    tracing::info!(failures, "standby: the leases can be read again");
+                    failures = 0;
+                }
                 let owner = owner_address(&leases, &me).await;
                 standby.owner.set(owner.as_deref());
             }
-            Err(e) => tracing::warn!(error = %e, "standby: cannot look at the leases"),
+            Err(e) => {
+                // Twice a second while the database is away: said once, then every 30 s.
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    tracing::warn!(error = %e, failures, "standby: cannot look at the leases");
+                }
+            }
         }
         tokio::select! {
             () = &mut stop => {
