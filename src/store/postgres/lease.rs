@@ -37,6 +37,13 @@ const LOCK_TIMEOUT: &str = "2s";
 /// Nodes not seen for this long drop out of the status.
 const FORGET_NODES_AFTER: &str = "1 day";
 
+/// Registers a node (parameters: id, address, ttl in ms) or refreshes it: seen now,
+/// until the ttl from now.
+const NODE_SEEN: &str = "INSERT INTO nodes (node_id, address, last_seen, expires_at) \
+     VALUES ($1, $2, now(), now() + $3::bigint * interval '1 millisecond') \
+     ON CONFLICT (node_id) DO UPDATE SET address = excluded.address, \
+       last_seen = excluded.last_seen, expires_at = excluded.expires_at";
+
 /// The fence every commit of an owner runs (parameters: owner, partitions, epochs,
 /// how many): it holds the lease rows `FOR KEY SHARE` until the commit, and divides by
 /// zero, aborting the transaction, unless every row still has this owner and epoch. A
@@ -170,10 +177,7 @@ impl PgLeases {
         self.with(|c| {
             Box::pin(async move {
                 c.execute(
-                    "INSERT INTO nodes (node_id, address, last_seen, expires_at) \
-                     VALUES ($1, $2, now(), now() + $3::bigint * interval '1 millisecond') \
-                     ON CONFLICT (node_id) DO UPDATE SET address = excluded.address, \
-                       last_seen = excluded.last_seen, expires_at = excluded.expires_at",
+                    NODE_SEEN,
                     &[&node, &address, &ttl],
                 )
                 .await?;
@@ -292,13 +296,7 @@ impl PgLeases {
                      RETURNING l.partition",
                     &renew_params,
                 );
-                let seen = c.execute(
-                    "INSERT INTO nodes (node_id, address, last_seen, expires_at) \
-                     VALUES ($1, $2, now(), now() + $3::bigint * interval '1 millisecond') \
-                     ON CONFLICT (node_id) DO UPDATE SET address = excluded.address, \
-                       last_seen = excluded.last_seen, expires_at = excluded.expires_at",
-                    &seen_params,
-                );
+                let seen = c.execute(NODE_SEEN, &seen_params);
                 let (renewed, seen) = futures_util::future::join(renewed, seen).await;
                 seen?;
                 let mut parts: Vec<u32> = renewed?
