@@ -90,7 +90,7 @@ pub async fn run(
             Err(e) => {
                 // Twice a second while the database is away: said once, then every 30 s.
                 failures += 1;
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(error = %e, failures, "standby: cannot look at the leases");
                 }
             }
