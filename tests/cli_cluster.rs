@@ -3,25 +3,16 @@
 //! address from the environment and its partitions from the config file.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::cli::{rows, run_off_runtime, Run, Serve};
 use common::*;
 use sendlater::config::{Accounts, Role, TokenConfig};
-
-/// What a run of the binary printed and how it exited.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs `sendlater cluster ARGS` against `url`, off the runtime's thread so an
 /// in-process server keeps serving meanwhile.
 async fn cluster(url: &str, args: &[&str]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sendlater"));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sendlater"));
     command
         .arg("cluster")
         .args(args)
@@ -29,42 +20,12 @@ async fn cluster(url: &str, args: &[&str]) -> Run {
         .env_remove("SENDLATER_TZ")
         .env_remove("SENDLATER_TOKEN")
         .env_remove("SENDLATER_ACCOUNT");
-    let output: Output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("the runner thread")
-        .expect("the binary runs");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-impl Run {
-    fn ok(self) -> String {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "stdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        self.stdout
-    }
+    run_off_runtime(command).await
 }
 
 /// `sendlater cluster --json` against `url`, parsed.
 async fn cluster_json(url: &str) -> serde_json::Value {
-    let out = cluster(url, &["--json"]).await.ok();
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// The rows of one table of the printout (header first), split into cells.
-fn rows(table: &str) -> Vec<Vec<&str>> {
-    table
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect()
+    cluster(url, &["--json"]).await.json()
 }
 
 #[tokio::test]
@@ -163,67 +124,22 @@ async fn cluster_needs_an_admin_token_when_tokens_are_configured() {
     t.stop().await;
 }
 
-/// `sendlater serve` on a temporary SQLite file and a free port; killed when dropped.
-struct Serve {
-    child: Child,
-    url: String,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `sendlater serve --config FILE` (with `config` in FILE) with `env`.
+/// Starts `sendlater serve --config FILE` (with `config` in FILE) with `env`, on a
+/// temporary SQLite file and a free port; killed when dropped.
 fn serve(config: &str, env: &[(&str, &str)]) -> Serve {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("sendlater.toml");
     std::fs::write(&file, config).expect("config file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sendlater"));
+    let mut command = Serve::command(&dir.path().join("cluster.db"));
     command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--console-listen",
-            "off",
-        ])
-        .arg("--db")
-        .arg(dir.path().join("cluster.db"))
         .arg("--config")
         .arg(&file)
         .env_remove("SENDLATER_NODE_ID")
-        .env_remove("SENDLATER_ADVERTISE")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env_remove("SENDLATER_ADVERTISE");
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn sendlater serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("sendlater is serving addr=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server says where it listens");
-    Serve {
-        child,
-        url: format!("http://{addr}"),
-        addr,
-        _dir: dir,
-    }
+    Serve::spawn(command).keeping(dir)
 }
 
 #[tokio::test]

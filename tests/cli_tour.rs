@@ -2,11 +2,14 @@
 //! from the README's block (so the test follows the documentation), each is run with the
 //! real `sendlater` binary against a real `sendlater serve` (a temporary file, a free
 //! port), and what each prints and how it exits is checked.
+mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use common::cli::{rows, run, Serve};
 
 /// The shell block of the README's tour section.
 fn tour_block() -> &'static str {
@@ -55,68 +58,14 @@ fn tour_commands() -> Vec<Vec<String>> {
 }
 
 /// `sendlater serve` on a temporary file and a free port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sendlater"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--console-listen",
-                "off",
-            ])
-            .arg("--db")
-            .arg(dir.path().join("tour.db"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sendlater serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("sendlater is serving addr=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server says where it listens");
-        Server {
-            child,
-            url: format!("http://{addr}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one command printed and how it exited.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+fn start_server() -> Serve {
+    let dir = tempfile::tempdir().expect("temp dir");
+    Serve::spawn(Serve::command(&dir.path().join("tour.db"))).keeping(dir)
 }
 
 /// A `sendlater` command of the tour (its words after `sendlater`), with the tour's
 /// environment.
-fn sendlater(server: &Server, env: &[(String, String)], args: &[String]) -> Command {
+fn sendlater(server: &Serve, env: &[(String, String)], args: &[String]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sendlater"));
     c.args(args)
         .env("SENDLATER_SERVER", &server.url)
@@ -128,15 +77,6 @@ fn sendlater(server: &Server, env: &[(String, String)], args: &[String]) -> Comm
         c.env(k, v);
     }
     c
-}
-
-fn run(mut c: Command) -> Run {
-    let out = c.output().expect("the binary runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// Runs `watch` until it printed `lines` lines (bounded), then stops it.
@@ -180,17 +120,10 @@ fn field<'a>(out: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
-/// The rows of a table printout (header first), split into cells.
-fn rows(out: &str) -> Vec<Vec<&str>> {
-    out.lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect()
-}
-
 #[test]
 fn the_readme_cli_tour_runs_end_to_end_against_a_real_server() {
     let commands = tour_commands();
-    let server = Server::start();
+    let server = start_server();
     let mut env: Vec<(String, String)> = Vec::new();
     let mut seen = Vec::new();
     for words in &commands {

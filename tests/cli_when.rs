@@ -7,40 +7,15 @@
 //! here is fixed: the tests mean the same thing whatever day they run.
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use chrono::DateTime;
+use common::cli::{run_off_runtime, Run};
 use common::*;
 use sendlater::pb;
 
 /// The command line's "now": the server's manual clock at start (`common::T0`).
 const NOW: &str = "2026-11-25T12:00:00Z";
-
-/// What a run of the binary printed and how it exited.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts success and returns stdout.
-    fn ok(self) -> String {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "stdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        self.stdout
-    }
-
-    fn json(self) -> serde_json::Value {
-        let out = self.ok();
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-    }
-}
 
 /// Runs `sendlater ARGS` against `t` as account `account`, off the runtime's thread so
 /// the in-process server keeps serving meanwhile.
@@ -53,15 +28,7 @@ async fn cli_as(t: &TestServer, account: &str, args: &[&str]) -> Run {
         .env("SENDLATER_NOW", NOW)
         .env_remove("SENDLATER_TZ")
         .env_remove("SENDLATER_TOKEN");
-    let output: Output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("the runner thread")
-        .expect("the binary runs");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run_off_runtime(command).await
 }
 
 async fn cli(t: &TestServer, args: &[&str]) -> Run {

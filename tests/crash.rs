@@ -15,12 +15,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cli::Serve;
 use common::*;
 use sendlater::pb;
 use sendlater::pb::dispatch_client::DispatchClient;
@@ -28,53 +28,9 @@ use sendlater::pb::scheduler_client::SchedulerClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// The real `sendlater serve` process.
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-fn spawn_server(db: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sendlater"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--console-listen",
-            "off",
-            "--db",
-        ])
-        .arg(db)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sendlater serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("sendlater is serving addr=").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server says where it listens");
-    Proc {
-        child,
-        url: format!("http://{addr}"),
-    }
+/// The real `sendlater serve` process on `db`; killed when dropped.
+fn spawn_server(db: &Path) -> Serve {
+    Serve::spawn(Serve::command(db))
 }
 
 fn now_ms() -> i64 {

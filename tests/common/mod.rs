@@ -2,6 +2,7 @@
 //! temporary SQLite file and a manual clock, and real tonic clients.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod pg;
 pub mod proxy;
 
