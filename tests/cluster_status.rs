@@ -131,30 +131,8 @@ async fn with_tokens_only_an_admin_token_reads_the_cluster_status() {
 
 #[tokio::test]
 async fn reflection_lists_the_cluster_service() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-
     let mut t = TestServer::start().await;
-    let mut refl = ServerReflectionClient::new(channel(&t.url()).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let resp = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .expect("reflection stream")
-        .into_inner()
-        .message()
-        .await
-        .expect("reflection answer")
-        .expect("one message");
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection answer: {resp:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflection_services(&t.url()).await;
     assert!(
         names.iter().any(|n| n == "sendlater.v1.Cluster"),
         "{names:?}"

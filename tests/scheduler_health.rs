@@ -5,10 +5,6 @@ use common::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_scheduler_service() {
@@ -34,25 +30,7 @@ async fn health_reports_serving_for_the_server_and_the_scheduler_service() {
 #[tokio::test]
 async fn reflection_lists_the_scheduler_service() {
     let mut t = TestServer::start().await;
-    let mut refl = ServerReflectionClient::new(channel(&t.url()).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .expect("reflection stream")
-        .into_inner();
-    let resp = stream
-        .message()
-        .await
-        .expect("reflection answer")
-        .expect("one message");
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection answer: {resp:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflection_services(&t.url()).await;
     assert!(
         names.iter().any(|n| n == "sendlater.v1.Scheduler"),
         "{names:?}"

@@ -516,29 +516,8 @@ async fn tls_serves_the_api_to_a_client_that_trusts_the_certificate() {
 
 #[tokio::test]
 async fn reflection_needs_no_token_on_a_server_with_tokens() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut t = secured().await;
-    let mut refl = ServerReflectionClient::new(channel(&t.url()).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let resp = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .expect("reflection without a token")
-        .into_inner()
-        .message()
-        .await
-        .expect("a reflection answer")
-        .expect("one message");
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection answer: {resp:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflection_services(&t.url()).await;
     for service in ["sendlater.v1.Scheduler", "sendlater.v1.Dispatch"] {
         assert!(names.iter().any(|n| n == service), "{service}: {names:?}");
     }

@@ -150,6 +150,34 @@ pub async fn channel(url: &str) -> Channel {
         .expect("connect")
 }
 
+/// The services the server on `url` lists through gRPC reflection (sent without a
+/// token).
+pub async fn reflection_services(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let mut refl = ServerReflectionClient::new(channel(url).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection stream")
+        .into_inner()
+        .message()
+        .await
+        .expect("reflection answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
 pub fn ts(ms: i64) -> Timestamp {
     Timestamp {
         seconds: ms.div_euclid(1000),
