@@ -103,6 +103,7 @@ pub async fn run(
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
     };
+    let forwarded = standby.forwarded();
     standby.stop().await;
     tracing::info!(node = %me.node_id, partitions = held.len(), epoch = held.first().map_or(0, |h| h.1), "took the partitions; loading them");
 
@@ -134,6 +135,7 @@ pub async fn run(
     );
     let metrics = running.engine().metrics().clone();
     metrics.partition_takeovers.inc_by(held.len() as u64);
+    metrics.forwarded_requests.inc_by(forwarded);
     metrics.partitions_owned.set(held.len() as i64);
     let mut next_renew = tokio::time::Instant::now() + me.renew_every();
     let ended = loop {

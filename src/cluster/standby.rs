@@ -2,14 +2,19 @@
 //! granted, and:
 //! - forwards every Scheduler (and Cluster) call, unchanged, to the node that owns the
 //!   partitions (one hop; the caller's metadata, its token included, goes along, so the
-//!   owner checks it as if called directly); between owners it answers UNAVAILABLE;
+//!   owner checks it as if called directly). Between owners (none known, or nothing
+//!   listening at the owner's address: it died) the call waits for the next one until
+//!   the caller's deadline ([`FORWARD_WAIT`] without one), then answers UNAVAILABLE; a
+//!   call that may have reached an owner is never sent twice;
 //! - holds a connector's Dispatch stream open with no jobs, and ends it (UNAVAILABLE,
 //!   "reconnect") when it stops: when this node takes the partitions, its connectors
 //!   reconnect at once (an established stream resets their backoff) and get its jobs;
 //! - says SERVING for the Scheduler (it forwards) and NOT_SERVING for Dispatch.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use tokio::net::TcpListener;
@@ -58,6 +63,7 @@ impl Owner {
 pub struct Standby {
     pub local_addr: SocketAddr,
     pub owner: Arc<Owner>,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -70,6 +76,12 @@ fn refuse(code: tonic::Code, message: impl Into<String>) -> axum::response::Resp
 struct Shared {
     owner: Arc<Owner>,
     stop: CancellationToken,
+    /// Calls forwarded (answered by an owner).
+    forwarded: AtomicU64,
+    /// Forwards that found nothing listening at the owner's address.
+    refused: AtomicU64,
+    /// Times a call waited for an owner that can be reached.
+    waiting: AtomicU64,
 }
 
 /// A Dispatch stream held open with no jobs until the standby stops, then ended with
@@ -94,6 +106,46 @@ fn hold_dispatch(stop: CancellationToken) -> axum::response::Response {
     resp
 }
 
+/// The longest a forwarded call waits for an owner that can be reached, when the
+/// caller set no `grpc-timeout`.
+pub const FORWARD_WAIT: Duration = Duration::from_secs(10);
+
+/// The largest request body forwarded (Scheduler requests are single messages, bounded
+/// far below this by the owner's own limit).
+const MAX_FORWARDED_BODY: usize = 64 << 20;
+
+/// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`), if any.
+fn grpc_timeout(headers: &axum::http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether the call failed before reaching the owner: nothing listens at its address
+/// (it died; the next owner is not known yet). Only then is a forward tried again: a
+/// call that may have reached the owner is never sent twice.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 async fn forward(
     State(shared): State<Arc<Shared>>,
     req: axum::extract::Request,
@@ -102,7 +154,6 @@ async fn forward(
     if path == "/sendlater.v1.Dispatch/Connect" {
         return hold_dispatch(shared.stop.clone());
     }
-    let owner = &shared.owner;
     if !(path.starts_with("/sendlater.v1.Scheduler/") || path.starts_with("/sendlater.v1.Cluster/"))
     {
         return refuse(
@@ -111,35 +162,73 @@ async fn forward(
              the owner does",
         );
     }
-    let Some((address, mut channel)) = owner.get() else {
-        return refuse(
-            tonic::Code::Unavailable,
-            "no node owns the partitions now (a failover is under way); try again \
-             (request_id makes it safe)",
-        );
+    let deadline = Instant::now() + grpc_timeout(req.headers()).unwrap_or(FORWARD_WAIT);
+    let (parts, body) = req.into_parts();
+    // Kept whole so the call can be sent again to the next owner when the first cannot
+    // be reached.
+    let body = match axum::body::to_bytes(body, MAX_FORWARDED_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                tonic::Code::InvalidArgument,
+                format!("the request cannot be read: {e}"),
+            )
+        }
     };
-    let (mut parts, body) = req.into_parts();
     let pq = parts
         .uri
         .path_and_query()
         .map_or(path.clone(), |pq| pq.as_str().to_owned());
-    parts.uri = match format!("http://{address}{pq}").parse() {
-        Ok(u) => u,
-        Err(e) => return refuse(tonic::Code::Internal, format!("forwarding: {e}")),
-    };
-    let req = axum::http::Request::from_parts(parts, tonic::body::Body::new(body));
-    if let Err(e) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-        return refuse(
-            tonic::Code::Unavailable,
-            format!("the owner {address} cannot be reached: {e}; try again"),
-        );
-    }
-    match channel.call(req).await {
-        Ok(resp) => resp.map(axum::body::Body::new),
-        Err(e) => refuse(
-            tonic::Code::Unavailable,
-            format!("forwarding to the owner {address} failed: {e}; try again"),
-        ),
+    let mut why = "no node owns the partitions now (a failover is under way)".to_owned();
+    loop {
+        if let Some((address, mut channel)) = shared.owner.get() {
+            let mut req = axum::http::Request::new(tonic::body::Body::new(
+                http_body_util::Full::new(body.clone()),
+            ));
+            *req.method_mut() = parts.method.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            *req.uri_mut() = match format!("http://{address}{pq}").parse() {
+                Ok(u) => u,
+                Err(e) => return refuse(tonic::Code::Internal, format!("forwarding: {e}")),
+            };
+            let sent = async {
+                std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                channel.call(req).await
+            };
+            match sent.await {
+                Ok(resp) => {
+                    shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                    return resp.map(axum::body::Body::new);
+                }
+                Err(e) if refused(&e) => {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    why = format!("the owner {address} cannot be reached: {e}");
+                }
+                Err(e) => {
+                    return refuse(
+                        tonic::Code::Unavailable,
+                        format!("forwarding to the owner {address} failed: {e}; try again"),
+                    )
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return refuse(
+                tonic::Code::Unavailable,
+                format!("{why}; try again (request_id makes it safe)"),
+            );
+        }
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = shared.stop.cancelled() => {
+                return refuse(
+                    tonic::Code::Unavailable,
+                    "this node changed role; try again (request_id makes it safe)",
+                );
+            }
+        }
     }
 }
 
@@ -171,12 +260,16 @@ impl Standby {
             .set_service_status("", ServingStatus::Serving)
             .await;
         let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            owner: owner.clone(),
+            stop: stop.clone(),
+            forwarded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+        });
         let router = axum::Router::new()
             .fallback(forward)
-            .with_state(Arc::new(Shared {
-                owner: owner.clone(),
-                stop: stop.clone(),
-            }));
+            .with_state(shared.clone());
         let routes = tonic::service::Routes::from(router).add_service(health);
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -189,9 +282,25 @@ impl Standby {
         Ok(Standby {
             local_addr,
             owner,
+            shared,
             stop,
             task,
         })
+    }
+
+    /// Calls forwarded so far (answered by an owner).
+    pub fn forwarded(&self) -> u64 {
+        self.shared.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Forwards that found nothing listening at the owner's address, so far.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Times a call waited for an owner that can be reached, so far.
+    pub fn waits(&self) -> u64 {
+        self.shared.waiting.load(Ordering::Relaxed)
     }
 
     /// Stops listening; calls under way are cut (their callers retry).
