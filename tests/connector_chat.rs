@@ -3,24 +3,19 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::connector::{ConnectorTask, Webhook};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use sendlater::connector::signature;
 use sendlater::connector::{run_chat, ChatConfig, RunnerConfig};
 use sendlater::pb;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_test_secret";
@@ -48,127 +43,53 @@ impl Hit {
 
 /// A webhook on 127.0.0.1:0: answers from a script of statuses (then 200 with an `id`)
 /// and reports each request on a channel.
-struct Webhook {
-    addr: SocketAddr,
-    hits: mpsc::UnboundedReceiver<Hit>,
-    stop: CancellationToken,
+async fn webhook(script: &[u16]) -> Webhook<Hit> {
+    webhook_gated(script, None).await
 }
 
-impl Webhook {
-    async fn start(script: &[u16]) -> Webhook {
-        Webhook::start_gated(script, None).await
-    }
-
-    /// Like `start`, but with a gate: every answer waits, after its request was
-    /// reported, until the test adds a permit to `gate` (one per answer).
-    async fn start_gated(script: &[u16], gate: Option<Arc<tokio::sync::Semaphore>>) -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, hits) = mpsc::unbounded_channel();
-        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    a = listener.accept() => a.expect("accept"),
-                    () = stopped.cancelled() => return,
+/// Like `webhook`, but with a gate: every answer waits, after its request was
+/// reported, until the test adds a permit to `gate` (one per answer).
+async fn webhook_gated(script: &[u16], gate: Option<Arc<tokio::sync::Semaphore>>) -> Webhook<Hit> {
+    let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+    Webhook::start(
+        move |req: Request<Incoming>, tx: mpsc::UnboundedSender<Hit>| {
+            let script = Arc::clone(&script);
+            let gate = gate.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.expect("body").to_bytes();
+                let _ = tx.send(Hit {
+                    headers: parts.headers,
+                    body,
+                });
+                if let Some(gate) = &gate {
+                    gate.acquire().await.expect("gate open").forget();
+                }
+                let code = script.lock().unwrap().pop_front().unwrap_or(200);
+                let answer = if code == 200 {
+                    r#"{"id":"chat-msg-1"}"#.to_owned()
+                } else {
+                    format!("scripted failure {code}")
                 };
-                let tx = tx.clone();
-                let script = Arc::clone(&script);
-                let gate = gate.clone();
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let tx = tx.clone();
-                    let script = Arc::clone(&script);
-                    let gate = gate.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.expect("body").to_bytes();
-                        let _ = tx.send(Hit {
-                            headers: parts.headers,
-                            body,
-                        });
-                        if let Some(gate) = &gate {
-                            gate.acquire().await.expect("gate open").forget();
-                        }
-                        let code = script.lock().unwrap().pop_front().unwrap_or(200);
-                        let answer = if code == 200 {
-                            r#"{"id":"chat-msg-1"}"#.to_owned()
-                        } else {
-                            format!("scripted failure {code}")
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(StatusCode::from_u16(code).unwrap())
-                                .body(Full::new(Bytes::from(answer)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let stopped = stopped.clone();
-                tokio::spawn(async move {
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        () = stopped.cancelled() => {}
-                    }
-                });
+                Response::builder()
+                    .status(StatusCode::from_u16(code).unwrap())
+                    .body(Full::new(Bytes::from(answer)))
+                    .unwrap()
             }
-        });
-        Webhook { addr, hits, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hooks/sendlater", self.addr)
-    }
-
-    async fn next_hit(&mut self) -> Hit {
-        tokio::time::timeout(Duration::from_secs(10), self.hits.recv())
-            .await
-            .expect("a webhook request within 10 s")
-            .expect("webhook running")
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+        },
+    )
+    .await
 }
 
 /// The chat connector running as a task, stopped by `stop`.
-struct Connector {
-    shutdown: CancellationToken,
-    task: JoinHandle<sendlater::connector::Result<()>>,
-}
-
-impl Connector {
-    fn start(server: &str, webhook: &str) -> Connector {
-        // Logs on request: RUST_LOG=sendlater=debug cargo test --test connector_chat
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let mut runner = RunnerConfig::new(server);
-        runner.connector_id = "chat-test".into();
-        runner.max_in_flight = 4;
-        let mut chat = ChatConfig::new(webhook);
-        chat.secret = Some(SECRET.into());
-        chat.timeout = Duration::from_secs(5);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_chat(runner, chat, shutdown.clone()));
-        Connector { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the connector stops within 10 s")
-            .expect("no panic")
-            .expect("a clean stop");
-    }
+fn start_connector(server: &str, webhook: &str) -> ConnectorTask {
+    let mut runner = RunnerConfig::new(server);
+    runner.connector_id = "chat-test".into();
+    runner.max_in_flight = 4;
+    let mut chat = ChatConfig::new(webhook);
+    chat.secret = Some(SECRET.into());
+    chat.timeout = Duration::from_secs(5);
+    ConnectorTask::spawn(|shutdown| run_chat(runner, chat, shutdown))
 }
 
 async fn schedule_chat(t: &TestServer) -> pb::ScheduledItem {
@@ -199,8 +120,8 @@ fn unix_now() -> i64 {
 #[tokio::test]
 async fn a_due_chat_item_is_posted_signed_to_the_webhook_and_becomes_sent() {
     let mut t = TestServer::start().await;
-    let mut hook = Webhook::start(&[]).await;
-    let connector = Connector::start(&t.url(), &hook.url());
+    let mut hook = webhook(&[]).await;
+    let connector = start_connector(&t.url(), &hook.url());
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -247,8 +168,8 @@ async fn a_due_chat_item_is_posted_signed_to_the_webhook_and_becomes_sent() {
 #[tokio::test]
 async fn a_webhook_503_is_retried_with_the_same_idempotency_key_and_then_sent() {
     let mut t = TestServer::start_with(|c| c.dispatch.retry_base_ms = 20).await;
-    let mut hook = Webhook::start(&[503]).await;
-    let connector = Connector::start(&t.url(), &hook.url());
+    let mut hook = webhook(&[503]).await;
+    let connector = start_connector(&t.url(), &hook.url());
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -288,8 +209,8 @@ async fn a_webhook_503_is_retried_with_the_same_idempotency_key_and_then_sent() 
 #[tokio::test]
 async fn a_webhook_400_fails_the_item_at_once_with_the_status_in_last_error() {
     let mut t = TestServer::start_with(|c| c.dispatch.retry_base_ms = 20).await;
-    let mut hook = Webhook::start(&[400]).await;
-    let connector = Connector::start(&t.url(), &hook.url());
+    let mut hook = webhook(&[400]).await;
+    let connector = start_connector(&t.url(), &hook.url());
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -325,7 +246,7 @@ async fn unused_addr() -> std::net::SocketAddr {
 async fn an_unreachable_webhook_is_a_transient_failure() {
     let mut t = TestServer::start().await;
     let addr = unused_addr().await;
-    let connector = Connector::start(&t.url(), &format!("http://{addr}/hook"));
+    let connector = start_connector(&t.url(), &format!("http://{addr}/hook"));
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -359,11 +280,11 @@ fn free_port() -> u16 {
 async fn the_connector_waits_for_the_server_and_reconnects_after_a_restart() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut hook = Webhook::start(&[]).await;
+    let mut hook = webhook(&[]).await;
     // No server yet: a stand-in on the port accepts the connector's connections and
     // closes them at once. Seeing it come back proves it retries (with backoff).
     let stand_in = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let connector = Connector::start(&url, &hook.url());
+    let connector = start_connector(&url, &hook.url());
     for attempt in 1..=2 {
         let (conn, _) = tokio::time::timeout(Duration::from_secs(10), stand_in.accept())
             .await
@@ -408,8 +329,8 @@ async fn the_connector_waits_for_the_server_and_reconnects_after_a_restart() {
 async fn stopping_the_connector_lets_a_running_send_finish_and_acknowledges_it() {
     let mut t = TestServer::start().await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut hook = Webhook::start_gated(&[], Some(gate.clone())).await;
-    let connector = Connector::start(&t.url(), &hook.url());
+    let mut hook = webhook_gated(&[], Some(gate.clone())).await;
+    let connector = start_connector(&t.url(), &hook.url());
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -452,7 +373,7 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
         ]
     })
     .await;
-    let mut hook = Webhook::start(&[]).await;
+    let mut hook = webhook(&[]).await;
     let runner = |token: &str| {
         let mut r = RunnerConfig::new(t.url());
         r.token = Some(token.into());
@@ -509,8 +430,8 @@ async fn the_token_is_sent_as_a_bearer_and_a_wrong_one_stops_the_connector() {
 #[tokio::test]
 async fn the_v2_signature_covers_the_idempotency_key_and_a_changed_key_breaks_it() {
     let mut t = TestServer::start().await;
-    let mut hook = Webhook::start(&[]).await;
-    let connector = Connector::start(&t.url(), &hook.url());
+    let mut hook = webhook(&[]).await;
+    let connector = start_connector(&t.url(), &hook.url());
     let item = schedule_chat(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -550,7 +471,7 @@ async fn a_failed_webhook_request_never_shows_the_url_path_in_last_error() {
     let mut t = TestServer::start().await;
     // The request fails to connect.
     let addr = unused_addr().await;
-    let connector = Connector::start(
+    let connector = start_connector(
         &t.url(),
         &format!("http://{addr}/services/T0001/XyZsEcReTpAtH"),
     );

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::connector::ConnectorTask;
 use common::*;
 use sendlater::connector::{run_email, EmailConfig, RunnerConfig};
 use sendlater::pb;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// The SMTP sink process; killed (and reaped) when dropped, also on a failed test.
 struct SmtpSink {
@@ -135,36 +134,14 @@ impl Received {
 }
 
 /// The email connector running as a task.
-struct Connector {
-    shutdown: CancellationToken,
-    task: JoinHandle<sendlater::connector::Result<()>>,
-}
-
-impl Connector {
-    fn start(server: &str, smtp: &str) -> Connector {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let mut runner = RunnerConfig::new(server);
-        runner.connector_id = "email-test".into();
-        runner.max_in_flight = 4;
-        let mut email = EmailConfig::new(smtp);
-        email.default_from = Some("Acme Help <help@acme.example>".into());
-        email.timeout = Duration::from_secs(5);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_email(runner, email, shutdown.clone()));
-        Connector { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the connector stops within 10 s")
-            .expect("no panic")
-            .expect("a clean stop");
-    }
+fn start_connector(server: &str, smtp: &str) -> ConnectorTask {
+    let mut runner = RunnerConfig::new(server);
+    runner.connector_id = "email-test".into();
+    runner.max_in_flight = 4;
+    let mut email = EmailConfig::new(smtp);
+    email.default_from = Some("Acme Help <help@acme.example>".into());
+    email.timeout = Duration::from_secs(5);
+    ConnectorTask::spawn(|shutdown| run_email(runner, email, shutdown))
 }
 
 /// A reply with cc, bcc, threading, both bodies and an attachment link.
@@ -194,7 +171,7 @@ async fn schedule_email(t: &TestServer) -> pb::ScheduledItem {
 async fn a_due_email_reaches_the_smtp_server_with_its_headers_and_becomes_sent() {
     let sink = SmtpSink::start(0, 451);
     let mut t = TestServer::start().await;
-    let connector = Connector::start(&t.url(), &sink.url());
+    let connector = start_connector(&t.url(), &sink.url());
     let item = schedule_email(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -267,7 +244,7 @@ async fn a_due_email_reaches_the_smtp_server_with_its_headers_and_becomes_sent()
 async fn a_451_is_retried_with_the_same_message_id_and_then_sent() {
     let sink = SmtpSink::start(1, 451);
     let mut t = TestServer::start_with(|c| c.dispatch.retry_base_ms = 20).await;
-    let connector = Connector::start(&t.url(), &sink.url());
+    let connector = start_connector(&t.url(), &sink.url());
     let item = schedule_email(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -306,7 +283,7 @@ async fn a_451_is_retried_with_the_same_message_id_and_then_sent() {
 async fn a_550_fails_the_item_at_once() {
     let sink = SmtpSink::start(1, 550);
     let mut t = TestServer::start_with(|c| c.dispatch.retry_base_ms = 20).await;
-    let connector = Connector::start(&t.url(), &sink.url());
+    let connector = start_connector(&t.url(), &sink.url());
     let item = schedule_email(&t).await;
 
     t.advance(Duration::from_secs(60));
@@ -338,7 +315,7 @@ async fn an_unreachable_smtp_server_is_a_transient_failure() {
         .unwrap()
         .port();
     let mut t = TestServer::start().await;
-    let connector = Connector::start(&t.url(), &format!("smtp://127.0.0.1:{port}"));
+    let connector = start_connector(&t.url(), &format!("smtp://127.0.0.1:{port}"));
     let item = schedule_email(&t).await;
 
     t.advance(Duration::from_secs(60));

@@ -4,28 +4,24 @@
 //! it holds at once.
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use common::connector::{ConnectorTask, Webhook};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use sendlater::cli::args::{Args, Command as Cli, ConnectorCommand};
 use sendlater::clock::ManualClock;
 use sendlater::cluster::node;
 use sendlater::config::ServerConfig;
 use sendlater::connector::{run_chat, ChatConfig, RunnerConfig};
 use sendlater::pb;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,131 +33,44 @@ struct Hit {
     attempt: u64,
 }
 
-/// A webhook on 127.0.0.1:0 that answers 200 with `{"id":"msg-<ticket>"}`, reports
-/// each request on a channel, and counts the requests it holds at once. Gated, every
-/// answer waits (after its request was reported) for a permit the test adds.
-struct Webhook {
-    addr: SocketAddr,
-    hits: mpsc::UnboundedReceiver<Hit>,
-    /// Highest number of requests held at once.
-    max_held: Arc<AtomicUsize>,
-    stop: CancellationToken,
-}
-
-impl Webhook {
-    async fn start(gate: Option<Arc<Semaphore>>) -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, hits) = mpsc::unbounded_channel();
-        let held = Arc::new(AtomicUsize::new(0));
-        let max_held = Arc::new(AtomicUsize::new(0));
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let max = Arc::clone(&max_held);
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    a = listener.accept() => a.expect("accept"),
-                    () = stopped.cancelled() => return,
-                };
-                let (tx, gate) = (tx.clone(), gate.clone());
-                let (held, max) = (Arc::clone(&held), Arc::clone(&max));
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (tx, gate) = (tx.clone(), gate.clone());
-                    let (held, max) = (Arc::clone(&held), Arc::clone(&max));
-                    async move {
-                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
-                        max.fetch_max(now, Ordering::SeqCst);
-                        let body = req.into_body().collect().await.expect("body").to_bytes();
-                        let json: serde_json::Value =
-                            serde_json::from_slice(&body).expect("a JSON body");
-                        let ticket = json["ticket_id"].as_str().expect("ticket_id").to_owned();
-                        let attempt = json["attempt"].as_u64().expect("attempt");
-                        let _ = tx.send(Hit {
-                            ticket: ticket.clone(),
-                            attempt,
-                        });
-                        if let Some(gate) = &gate {
-                            gate.acquire().await.expect("gate open").forget();
-                        }
-                        // Before the answer leaves: the connector's next request can
-                        // only follow it.
-                        held.fetch_sub(1, Ordering::SeqCst);
-                        let answer = format!(r#"{{"id":"msg-{ticket}"}}"#);
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
-                    }
+/// A webhook on 127.0.0.1:0 that answers 200 with `{"id":"msg-<ticket>"}` and reports
+/// each request on a channel. Gated, every answer waits (after its request was
+/// reported) for a permit the test adds.
+async fn webhook(gate: Option<Arc<Semaphore>>) -> Webhook<Hit> {
+    Webhook::start(
+        move |req: Request<Incoming>, tx: mpsc::UnboundedSender<Hit>| {
+            let gate = gate.clone();
+            async move {
+                let body = req.into_body().collect().await.expect("body").to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+                let ticket = json["ticket_id"].as_str().expect("ticket_id").to_owned();
+                let attempt = json["attempt"].as_u64().expect("attempt");
+                let _ = tx.send(Hit {
+                    ticket: ticket.clone(),
+                    attempt,
                 });
-                let stopped = stopped.clone();
-                tokio::spawn(async move {
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        () = stopped.cancelled() => {}
-                    }
-                });
+                if let Some(gate) = &gate {
+                    gate.acquire().await.expect("gate open").forget();
+                }
+                let answer = format!(r#"{{"id":"msg-{ticket}"}}"#);
+                Response::new(Full::new(Bytes::from(answer)))
             }
-        });
-        Webhook {
-            addr,
-            hits,
-            max_held,
-            stop,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hooks/sendlater", self.addr)
-    }
-
-    async fn next_hit(&mut self) -> Hit {
-        tokio::time::timeout(Duration::from_secs(10), self.hits.recv())
-            .await
-            .expect("a webhook request within 10 s")
-            .expect("webhook running")
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+        },
+    )
+    .await
 }
 
 /// The chat connector (library) on several servers, as a task.
-struct Connector {
-    shutdown: CancellationToken,
-    task: JoinHandle<sendlater::connector::Result<()>>,
-}
-
-impl Connector {
-    fn start(servers: &[String], webhook: &str, max_in_flight: u32) -> Connector {
-        // Logs on request: RUST_LOG=sendlater=debug cargo test --test connector_nodes
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let mut runner = RunnerConfig::new(String::new());
-        runner.servers = servers.to_vec();
-        runner.connector_id = "nodes-test".into();
-        runner.max_in_flight = max_in_flight;
-        // A stopped server's link retries often, so its return is seen quickly.
-        runner.reconnect_max = Duration::from_millis(200);
-        let mut chat = ChatConfig::new(webhook);
-        chat.timeout = Duration::from_secs(10);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_chat(runner, chat, shutdown.clone()));
-        Connector { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the connector stops within 10 s")
-            .expect("no panic")
-            .expect("a clean stop");
-    }
+fn start_connector(servers: &[String], webhook: &str, max_in_flight: u32) -> ConnectorTask {
+    let mut runner = RunnerConfig::new(String::new());
+    runner.servers = servers.to_vec();
+    runner.connector_id = "nodes-test".into();
+    runner.max_in_flight = max_in_flight;
+    // A stopped server's link retries often, so its return is seen quickly.
+    runner.reconnect_max = Duration::from_millis(200);
+    let mut chat = ChatConfig::new(webhook);
+    chat.timeout = Duration::from_secs(10);
+    ConnectorTask::spawn(|shutdown| run_chat(runner, chat, shutdown))
 }
 
 /// A chat reply in `ticket`, due a minute after T0.
@@ -206,8 +115,8 @@ async fn dispatching(t: &TestServer) -> usize {
 async fn a_connector_given_two_servers_delivers_the_due_items_of_both_and_acks_each_to_its_own() {
     let mut a = TestServer::start().await;
     let mut b = TestServer::start().await;
-    let mut hook = Webhook::start(None).await;
-    let connector = Connector::start(&[a.url(), b.url()], &hook.url(), 4);
+    let mut hook = webhook(None).await;
+    let connector = start_connector(&[a.url(), b.url()], &hook.url(), 4);
     // Separate stores number their items alike: the ticket tells the servers apart.
     let on_a = [schedule(&a, "A1").await, schedule(&a, "A2").await];
     let on_b = [schedule(&b, "B1").await, schedule(&b, "B2").await];
@@ -242,8 +151,8 @@ async fn the_sends_in_progress_never_exceed_max_in_flight_across_all_servers() {
     let mut a = TestServer::start().await;
     let mut b = TestServer::start().await;
     let gate = Arc::new(Semaphore::new(0));
-    let mut hook = Webhook::start(Some(Arc::clone(&gate))).await;
-    let connector = Connector::start(&[a.url(), b.url()], &hook.url(), N as u32);
+    let mut hook = webhook(Some(Arc::clone(&gate))).await;
+    let connector = start_connector(&[a.url(), b.url()], &hook.url(), N as u32);
     let mut items = Vec::new();
     for i in 0..PER_SERVER {
         items.push((0, schedule(&a, &format!("A{i}")).await));
@@ -294,8 +203,8 @@ async fn a_stopped_server_does_not_hold_up_the_others_and_is_served_again_once_b
     let mut a =
         TestServer::start_with(|c| c.listen = format!("127.0.0.1:{port}").parse().unwrap()).await;
     let mut b = TestServer::start().await;
-    let mut hook = Webhook::start(None).await;
-    let connector = Connector::start(&[a.url(), b.url()], &hook.url(), 4);
+    let mut hook = webhook(None).await;
+    let connector = start_connector(&[a.url(), b.url()], &hook.url(), 4);
     let on_a = schedule(&a, "A1").await;
     let on_b = schedule(&b, "B1").await;
 
@@ -327,9 +236,9 @@ async fn a_job_still_waiting_for_a_free_slot_when_its_stream_drops_is_not_sent()
     let mut b =
         TestServer::start_with(|c| c.listen = format!("127.0.0.1:{port}").parse().unwrap()).await;
     let gate = Arc::new(Semaphore::new(0));
-    let mut hook = Webhook::start(Some(Arc::clone(&gate))).await;
+    let mut hook = webhook(Some(Arc::clone(&gate))).await;
     // One slot: A's send holds it, B's job waits behind it.
-    let connector = Connector::start(&[a.url(), b.url()], &hook.url(), 1);
+    let connector = start_connector(&[a.url(), b.url()], &hook.url(), 1);
     let on_a = schedule(&a, "A1").await;
     let on_b = schedule(&b, "B1").await;
     a.advance(Duration::from_secs(60));
@@ -380,7 +289,7 @@ async fn a_server_that_refuses_the_connector_stops_it_on_every_server() {
     let mut a = TestServer::start_with(|c| c.tokens = vec![token("connector-secret")]).await;
     let mut b =
         TestServer::start_with(|c| c.tokens = vec![token("another-connector-secret")]).await;
-    let hook = Webhook::start(None).await;
+    let hook = webhook(None).await;
     let mut runner = RunnerConfig::new(a.url());
     runner.servers.push(b.url());
     runner.token = Some("connector-secret".into());
@@ -538,8 +447,8 @@ async fn a_connector_on_every_node_gets_the_jobs_of_whichever_node_owns_the_part
     owner_is(&db, "n1").await;
     let n2 = Node::start(&url, "n2");
     n2.client().await;
-    let mut hook = Webhook::start(None).await;
-    let connector = Connector::start(&[n1.url(), n2.url()], &hook.url(), 4);
+    let mut hook = webhook(None).await;
+    let connector = start_connector(&[n1.url(), n2.url()], &hook.url(), 4);
 
     // Scheduled through the standby: forwarded to n1, sent from n1's stream.
     let first = n2.schedule_due("A1").await;
@@ -639,7 +548,7 @@ fn a_bad_server_among_several_is_named_with_the_flag_and_exits_64() {
 async fn the_connector_command_streams_from_every_server_given_repeated_and_listed() {
     let mut a = TestServer::start().await;
     let mut b = TestServer::start().await;
-    let mut hook = Webhook::start(None).await;
+    let mut hook = webhook(None).await;
     let both = format!("{},{}", b.url(), a.url());
     let mut child = connector_command(&hook.url(), &["--server", &a.url(), "--server", &both], &[])
         .stdout(Stdio::null())
