@@ -283,16 +283,10 @@ mod tests {
     use crate::store::sqlite::test_support::{store_with_item, NoHook};
     use crate::store::sqlite::{rows, Store};
 
-    /// While the disk flushes earlier groups (here: the sync stage is held), writes
-    /// keep running as they arrive, into the group that commits next: a lease is
-    /// visible to later writes, and its job can leave, without waiting for the flush.
-    /// (The writer used to run a group only once the sync stage could take the one
-    /// before: the fourth write below waited for the flush.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_run_while_the_disk_flushes_earlier_groups() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store on a new file at `path` with a table `t (x INTEGER)` to write to.
+    async fn store_with_table_t(path: &std::path::Path) -> Store {
         let store = Store::open(
-            &dir.path().join("w.db"),
+            path,
             Synchronous::Full,
             Arc::new(SystemClock),
             Arc::new(NoHook),
@@ -306,6 +300,18 @@ mod tests {
             })
             .await
             .unwrap();
+        store
+    }
+
+    /// While the disk flushes earlier groups (here: the sync stage is held), writes
+    /// keep running as they arrive, into the group that commits next: a lease is
+    /// visible to later writes, and its job can leave, without waiting for the flush.
+    /// (The writer used to run a group only once the sync stage could take the one
+    /// before: the fourth write below waited for the flush.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_run_while_the_disk_flushes_earlier_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_table_t(&dir.path().join("w.db")).await;
         let hold = store.hold_durability();
         let (ran_tx, ran) = std::sync::mpsc::channel::<i64>();
         let mut writes = Vec::new();
@@ -383,21 +389,7 @@ mod tests {
     async fn a_write_queued_behind_a_close_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        let store = Store::open(
-            &path,
-            Synchronous::Full,
-            Arc::new(SystemClock),
-            Arc::new(NoHook),
-        )
-        .unwrap();
-        store
-            .write(|tx| {
-                Ok(tx
-                    .raw_connection()
-                    .execute_batch("CREATE TABLE t (x INTEGER)")?)
-            })
-            .await
-            .unwrap();
+        let store = store_with_table_t(&path).await;
         let mut close = pin!(store.close());
         // The first poll queues the close (the queue has room), then waits for it.
         assert!(close
