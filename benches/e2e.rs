@@ -17,6 +17,17 @@
 //! scenario also reports the database's bytes per pending item (`pg_bytes_per_item`,
 //! the growth over the empty schema, and `pg_total_bytes_per_item`, the whole database
 //! over the items, as pg-boss's harness reports it).
+//!
+//! `E2E_NODES=N` (default 1; more only with `E2E_DB`) runs schedule-unary, schedule-batch
+//! and dispatch on N `serve` processes sharing the scenario's fresh database (node ids
+//! `n1`..`nN`, distinct ports): `n1` starts first and takes the partitions, the others
+//! join as standbys, and the load starts once every node answers
+//! `Cluster/GetClusterStatus` with one node owning every partition. The callers' calls go
+//! round-robin over the N addresses (each caller's next call to the next node; the same
+//! connections per node as one node gets), every connector keeps one stream to every node
+//! (the owner hands out the jobs), server CPU and written bytes are summed over the nodes,
+//! and those RESULT lines carry `nodes=N` (scripts/bench-nodes.sh compares 3 with 1).
+//! `E2E_ITEMS=N` sets dispatch's item count (default 100k with `--quick`, else 1M).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream as StdTcpStream;
@@ -195,6 +206,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `E2E_NODES`: how many nodes share the database (1 without `E2E_DB`).
+fn node_count() -> usize {
+    let n = std::env::var("E2E_NODES")
+        .ok()
+        .map(|v| v.parse::<usize>().expect("E2E_NODES is a number of nodes"))
+        .unwrap_or(1);
+    assert!(n >= 1, "E2E_NODES must be at least 1");
+    assert!(
+        n == 1 || pg_base().is_some(),
+        "E2E_NODES above 1 needs E2E_DB=postgres://... (several nodes share one PostgreSQL)"
+    );
+    n
+}
+
 /// The PostgreSQL server of `E2E_DB`, if set.
 fn pg_base() -> Option<String> {
     std::env::var("E2E_DB")
@@ -257,6 +282,11 @@ fn pg_db_size(db_url: &str) -> Option<f64> {
 
 impl ServerProc {
     fn spawn_sendlater(db: &Path) -> ServerProc {
+        Self::spawn_node(db, None)
+    }
+
+    /// A `serve` on `db` (the same path: the same database), with `--node-id` if given.
+    fn spawn_node(db: &Path, node_id: Option<&str>) -> ServerProc {
         let db = db_arg(db);
         let port = free_port();
         let mut cmd = Command::new(server_bin());
@@ -266,10 +296,11 @@ impl ServerProc {
             &format!("127.0.0.1:{port}"),
             "--console-listen",
             "off",
-            "--db",
-        ])
-        .arg(&db)
-        .env(
+        ]);
+        if let Some(id) = node_id {
+            cmd.args(["--node-id", id]);
+        }
+        cmd.arg("--db").arg(&db).env(
             "RUST_LOG",
             std::env::var("E2E_SERVER_LOG").unwrap_or_else(|_| "info".into()),
         );
@@ -429,6 +460,183 @@ impl Drop for ServerProc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The sendlater nodes of one scenario: one process, or (`E2E_NODES`) several on one
+/// PostgreSQL database, `n1` owning the partitions.
+struct Nodes {
+    procs: Vec<ServerProc>,
+    /// Which of `procs` owns the partitions.
+    owner: usize,
+}
+
+impl Nodes {
+    /// Starts `node_count()` nodes on `db` and waits until they serve: on SQLite, the
+    /// health check; on PostgreSQL, until every node answers `GetClusterStatus` (a standby
+    /// forwards it to the owner) with every node registered and one owning every
+    /// partition, so no call of the load meets a node between roles.
+    async fn start(db: &Path) -> Nodes {
+        let n = node_count();
+        if pg_base().is_none() {
+            let mut s = ServerProc::spawn_sendlater(db);
+            s.wait_serving(Duration::from_secs(60)).await;
+            return Nodes {
+                procs: vec![s],
+                owner: 0,
+            };
+        }
+        // n1 first, so it takes the partitions; then the standbys.
+        let mut procs = vec![ServerProc::spawn_node(db, Some("n1"))];
+        procs[0].wait_serving(Duration::from_secs(60)).await;
+        wait_owned(&procs[..1], 1).await;
+        for k in 2..=n {
+            let mut s = ServerProc::spawn_node(db, Some(&format!("n{k}")));
+            s.wait_serving(Duration::from_secs(60)).await;
+            procs.push(s);
+        }
+        let owner_id = wait_owned(&procs, n).await;
+        let owner = owner_id
+            .strip_prefix('n')
+            .and_then(|k| k.parse::<usize>().ok())
+            .and_then(|k| k.checked_sub(1))
+            .filter(|&k| k < n)
+            .unwrap_or_else(|| panic!("the owner {owner_id:?} is none of n1..n{n}"));
+        if n > 1 {
+            eprintln!("  {n} nodes on one database, {owner_id} owns the partitions");
+        }
+        Nodes { procs, owner }
+    }
+
+    fn count(&self) -> usize {
+        self.procs.len()
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.procs.iter().map(|p| p.url.clone()).collect()
+    }
+
+    /// CPU seconds of every node.
+    fn cpu_secs(&self) -> f64 {
+        self.procs.iter().map(ServerProc::cpu_secs).sum()
+    }
+
+    /// Bytes written by every node.
+    fn written_bytes(&self) -> u64 {
+        self.procs.iter().map(ServerProc::written_bytes).sum()
+    }
+
+    /// The RSS of every node.
+    fn rss_bytes(&self) -> u64 {
+        self.procs.iter().map(ServerProc::rss_bytes).sum()
+    }
+
+    /// Stops the standbys, then the owner (so no standby takes over at its stop).
+    fn stop(mut self) {
+        let owner = self.procs.remove(self.owner);
+        for s in self.procs {
+            s.stop();
+        }
+        owner.stop();
+    }
+}
+
+/// Polls `GetClusterStatus` on every node of `procs` until each answers, `nodes` nodes are
+/// registered and one of them owns every partition; returns its node id.
+async fn wait_owned(procs: &[ServerProc], nodes: usize) -> String {
+    use sendlater::pb::cluster_client::ClusterClient;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let mut owners = Vec::new();
+        for p in procs {
+            let answer = match Endpoint::from_shared(p.url.clone()).unwrap().connect().await {
+                Ok(ch) => ClusterClient::new(ch)
+                    .get_cluster_status(pb::GetClusterStatusRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(st) => {
+                    let all = st.partitions.len();
+                    let owner = st
+                        .nodes
+                        .iter()
+                        .find(|nd| all > 0 && nd.partitions.len() == all)
+                        .map(|nd| nd.node_id.clone());
+                    match owner {
+                        Some(o) if st.nodes.len() >= nodes => owners.push(o),
+                        _ => {
+                            last = format!(
+                                "{}: {} node(s), no node owns all {all} partitions yet",
+                                p.url,
+                                st.nodes.len()
+                            )
+                        }
+                    }
+                }
+                Err(e) => last = format!("{}: {e}", p.url),
+            }
+        }
+        if owners.len() == procs.len() && owners.iter().all(|o| *o == owners[0]) {
+            return owners.swap_remove(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never settled on an owner: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `per_node` connections to each of `urls`, grouped by node: `[node][connection]`.
+async fn node_channels(urls: &[String], per_node: usize) -> Vec<Vec<Channel>> {
+    let mut v = Vec::new();
+    for u in urls {
+        v.push(channels(u, per_node).await);
+    }
+    v
+}
+
+/// One connection to each of `urls`.
+async fn one_per_node(urls: &[String]) -> Vec<Channel> {
+    let mut v = Vec::new();
+    for u in urls {
+        v.push(channel(u).await);
+    }
+    v
+}
+
+/// A caller's Scheduler clients, one per node (its connection `conn` to each), and the
+/// round-robin over them: call k goes to node `(first + k) % nodes`.
+struct RoundRobin {
+    clients: Vec<SchedulerClient<Channel>>,
+    next: usize,
+}
+
+impl RoundRobin {
+    fn new(chans: &[Vec<Channel>], conn: usize, first: usize) -> RoundRobin {
+        let clients = chans
+            .iter()
+            .map(|c| {
+                SchedulerClient::new(c[conn % c.len()].clone())
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20)
+            })
+            .collect::<Vec<_>>();
+        RoundRobin {
+            next: first % clients.len(),
+            clients,
+        }
+    }
+
+    /// The client for the next call.
+    fn next(&mut self) -> &mut SchedulerClient<Channel> {
+        let i = self.next;
+        self.next = (i + 1) % self.clients.len();
+        &mut self.clients[i]
     }
 }
 
@@ -628,17 +836,23 @@ struct UnaryOutcome {
     errors: u64,
 }
 
-/// `UNARY_CLIENTS` tasks over `conns` HTTP/2 connections, ScheduleMessage back to back.
+/// `UNARY_CLIENTS` tasks over `conns` HTTP/2 connections to each of `urls`,
+/// ScheduleMessage back to back, each task's calls round-robin over the nodes.
 /// Requests started during the first `warmup` are not counted.
-async fn unary_load(url: &str, conns: usize, warmup: Duration, dur: Duration) -> UnaryOutcome {
-    let chans = channels(url, conns).await;
+async fn unary_load(
+    urls: &[String],
+    conns: usize,
+    warmup: Duration,
+    dur: Duration,
+) -> UnaryOutcome {
+    let chans = node_channels(urls, conns).await;
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + dur;
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..UNARY_CLIENTS {
-        let mut client = SchedulerClient::new(chans[t % conns].clone());
+        let mut clients = RoundRobin::new(&chans, t % conns, t);
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
@@ -652,7 +866,7 @@ async fn unary_load(url: &str, conns: usize, warmup: Duration, dur: Duration) ->
                 let mut req = base.clone();
                 req.ticket_id = format!("T{}", rng.random_range(0..100_000u32));
                 req.send_at = Some(ts(now_ms() + 60_000 + rng.random_range(0..86_400_000i64)));
-                match client.schedule_message(req).await {
+                match clients.next().schedule_message(req).await {
                     Ok(_) => {
                         let done = Instant::now();
                         if t0 >= measure_from && done <= end {
@@ -691,10 +905,10 @@ async fn unary_load(url: &str, conns: usize, warmup: Duration, dur: Duration) ->
 }
 
 /// Loads `n` items with ScheduleBatch (`batch` entries each, `conc` requests in flight
-/// over 2 connections); `send_at(i)` places item `i`. Returns the elapsed time and,
-/// when `keep` is set, every (account, item_id).
+/// over 2 connections to each of `urls`, round-robin); `send_at(i)` places item `i`.
+/// Returns the elapsed time and, when `keep` is set, every (account, item_id).
 async fn batch_load(
-    url: &str,
+    urls: &[String],
     first: u64,
     n: u64,
     batch: u64,
@@ -702,15 +916,13 @@ async fn batch_load(
     send_at: Arc<dyn Fn(u64) -> i64 + Send + Sync>,
     keep: bool,
 ) -> (Duration, Vec<(String, String)>) {
-    let chans = channels(url, 2).await;
+    let chans = node_channels(urls, 2).await;
     let next = Arc::new(AtomicU64::new(first));
     let end = first + n;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..conc {
-        let mut client = SchedulerClient::new(chans[t % chans.len()].clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let mut clients = RoundRobin::new(&chans, t % 2, t);
         let next = next.clone();
         let send_at = send_at.clone();
         tasks.push(tokio::spawn(async move {
@@ -723,7 +935,8 @@ async fn batch_load(
                 let hi = (lo + batch).min(end);
                 let entries: Vec<pb::BatchEntry> =
                     (lo..hi).map(|i| batch_entry(i, send_at(i))).collect();
-                let r = client
+                let r = clients
+                    .next()
                     .schedule_batch(pb::ScheduleBatchRequest { entries })
                     .await
                     .unwrap_or_else(|e| panic!("schedule_batch: {e}"))
@@ -742,9 +955,10 @@ async fn batch_load(
     (start.elapsed(), ids)
 }
 
-/// Schedules at about `rate` per second (unary, 16 tasks) until `stop`; returns the count.
+/// Schedules at about `rate` per second (unary, 256 tasks, each task's calls round-robin
+/// over `chans`, one connection per node) until `stop`; returns the count.
 fn background_schedules(
-    chan: Channel,
+    chans: Vec<Channel>,
     rate: u64,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<u64> {
@@ -752,8 +966,9 @@ fn background_schedules(
         let tasks = 256u64; // enough in flight for the rate at tens of ms per commit
         let per_task_every = Duration::from_secs_f64(tasks as f64 / rate as f64);
         let mut hs = Vec::new();
+        let chans: Vec<Vec<Channel>> = chans.into_iter().map(|c| vec![c]).collect();
         for t in 0..tasks {
-            let mut client = SchedulerClient::new(chan.clone());
+            let mut clients = RoundRobin::new(&chans, 0, t as usize);
             let stop = stop.clone();
             hs.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(per_task_every);
@@ -766,7 +981,7 @@ fn background_schedules(
                     // Due later today: they add write load, not jobs, during the run.
                     let req =
                         schedule_req(i, now_ms() + 3_600_000 + rng.random_range(0..3_600_000i64));
-                    if client.schedule_message(req).await.is_ok() {
+                    if clients.next().schedule_message(req).await.is_ok() {
                         n += 1;
                     }
                 }
@@ -781,22 +996,47 @@ fn background_schedules(
     })
 }
 
-/// A no-op connector: acks every job at once, records lateness (µs) of each job.
+/// A no-op connector: one Dispatch stream to each of `chans` (every node; only the owner
+/// hands out jobs), acks every job at once, records lateness (µs) of each job.
 struct Connector {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<i64>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<i64>>>,
 }
 
 fn connector(
-    chan: Channel,
+    chans: Vec<Channel>,
     id: usize,
     max_in_flight: u32,
     received: Arc<AtomicU64>,
     last_at: Arc<Mutex<Instant>>,
 ) -> Connector {
     let stop = Arc::new(AtomicBool::new(false));
-    let st = stop.clone();
-    let task = tokio::spawn(async move {
+    let tasks = chans
+        .into_iter()
+        .map(|chan| {
+            connector_stream(
+                chan,
+                id,
+                max_in_flight,
+                received.clone(),
+                last_at.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    Connector { stop, tasks }
+}
+
+/// One of a connector's streams, until `st` is set or the stream ends.
+fn connector_stream(
+    chan: Channel,
+    id: usize,
+    max_in_flight: u32,
+    received: Arc<AtomicU64>,
+    last_at: Arc<Mutex<Instant>>,
+    st: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    tokio::spawn(async move {
         let mut client = DispatchClient::new(chan)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -839,14 +1079,17 @@ fn connector(
             }
         }
         lateness
-    });
-    Connector { stop, task }
+    })
 }
 
 impl Connector {
     async fn finish(self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
+        let mut lateness = Vec::new();
+        for t in self.tasks {
+            lateness.extend(t.await.unwrap());
+        }
+        lateness
     }
 }
 
@@ -865,16 +1108,16 @@ async fn scenario_schedule_unary(o: &Opts) {
     let warmup = Duration::from_secs(if o.quick { 1 } else { 2 });
     let dir = tempdir();
     for conns in [1usize, 4] {
-        let mut s = ServerProc::spawn_sendlater(&dir.path().join(format!("unary{conns}.db")));
-        s.wait_serving(Duration::from_secs(60)).await;
+        let s = Nodes::start(&dir.path().join(format!("unary{conns}.db"))).await;
+        let nodes = s.count();
         let cpu0 = s.cpu_secs();
-        let real = unary_load(&s.url, conns, warmup, dur).await;
+        let real = unary_load(&s.urls(), conns, warmup, dur).await;
         let cpu = s.cpu_secs() - cpu0;
         s.stop();
         let mut b = ServerProc::spawn_noop();
         b.wait_serving(Duration::from_secs(30)).await;
         let bcpu0 = b.cpu_secs();
-        let base = unary_load(&b.url, conns, warmup, dur).await;
+        let base = unary_load(&[b.url.clone()], conns, warmup, dur).await;
         let bcpu = b.cpu_secs() - bcpu0;
         b.stop();
         let run = (warmup + dur).as_secs_f64();
@@ -893,6 +1136,7 @@ async fn scenario_schedule_unary(o: &Opts) {
                 ("server_cpu_cores", f3(cpu / run)),
                 ("baseline_cpu_cores", f3(bcpu / run)),
                 ("errors", (real.errors + base.errors).to_string()),
+                ("nodes", nodes.to_string()),
             ],
         );
     }
@@ -902,12 +1146,11 @@ async fn scenario_schedule_batch(o: &Opts) {
     let dur = Duration::from_secs(if o.quick { 4 } else { 10 });
     let dir = tempdir();
     for batch in [1000u64, 100] {
-        let mut s = ServerProc::spawn_sendlater(&dir.path().join(format!("batch{batch}.db")));
-        s.wait_serving(Duration::from_secs(60)).await;
+        let s = Nodes::start(&dir.path().join(format!("batch{batch}.db"))).await;
         // 4 batches in flight: the group-commit writer can take the next one while
         // a response is being encoded.
         let conc = 4usize;
-        let chans = channels(&s.url, 2).await;
+        let chans = node_channels(&s.urls(), 2).await;
         let written0 = s.written_bytes();
         let next = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
@@ -917,9 +1160,7 @@ async fn scenario_schedule_batch(o: &Opts) {
         let t0 = now_ms();
         let mut tasks = Vec::new();
         for t in 0..conc {
-            let mut client = SchedulerClient::new(chans[t % 2].clone())
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20);
+            let mut clients = RoundRobin::new(&chans, t % 2, t);
             let next = next.clone();
             let counted = counted.clone();
             tasks.push(tokio::spawn(async move {
@@ -934,7 +1175,8 @@ async fn scenario_schedule_batch(o: &Opts) {
                         // Spread over the next 24 h.
                         .map(|i| batch_entry(i, t0 + 60_000 + ((i * 7919) % 86_400_000) as i64))
                         .collect();
-                    client
+                    clients
+                        .next()
                         .schedule_batch(pb::ScheduleBatchRequest { entries })
                         .await
                         .unwrap_or_else(|e| panic!("schedule_batch: {e}"));
@@ -954,6 +1196,7 @@ async fn scenario_schedule_batch(o: &Opts) {
         lat.sort_unstable();
         let written = s.written_bytes() - written0;
         let scheduled = next.load(Ordering::Relaxed);
+        let nodes = s.count();
         s.stop();
         let rps = counted.load(Ordering::Relaxed) as f64 / dur.as_secs_f64();
         result(
@@ -968,24 +1211,28 @@ async fn scenario_schedule_batch(o: &Opts) {
                     "written_bytes_per_item",
                     f1(written as f64 / scheduled.max(1) as f64),
                 ),
+                ("nodes", nodes.to_string()),
             ],
         );
     }
 }
 
 async fn scenario_dispatch(o: &Opts) {
-    let n: u64 = if o.quick { 100_000 } else { 1_000_000 };
+    let n: u64 = std::env::var("E2E_ITEMS")
+        .ok()
+        .map(|v| v.parse().expect("E2E_ITEMS is a number of items"))
+        .unwrap_or(if o.quick { 100_000 } else { 1_000_000 });
     let window_ms: i64 = if o.quick { 10_000 } else { 60_000 };
     let dir = tempdir();
-    let mut s = ServerProc::spawn_sendlater(&dir.path().join("dispatch.db"));
-    s.wait_serving(Duration::from_secs(60)).await;
+    let s = Nodes::start(&dir.path().join("dispatch.db")).await;
+    let urls = s.urls();
 
     // Calibrate: the first 2% go to tomorrow (they stay pending throughout); their rate
     // tells how long the rest takes to load, so the window starts after loading ends.
     let calib = n / 50;
     let tomorrow = now_ms() + 86_400_000;
     let (el, _) = batch_load(
-        &s.url,
+        &urls,
         0,
         calib,
         1000,
@@ -1003,7 +1250,7 @@ async fn scenario_dispatch(o: &Opts) {
     );
     let w = window_ms as u64;
     let (el, _) = batch_load(
-        &s.url,
+        &urls,
         calib,
         rest,
         1000,
@@ -1030,14 +1277,14 @@ async fn scenario_dispatch(o: &Opts) {
     let last_at = Arc::new(Mutex::new(Instant::now()));
     let conns = vec![
         connector(
-            channel(&s.url).await,
+            one_per_node(&urls).await,
             0,
             1000,
             received.clone(),
             last_at.clone(),
         ),
         connector(
-            channel(&s.url).await,
+            one_per_node(&urls).await,
             1,
             1000,
             received.clone(),
@@ -1045,7 +1292,7 @@ async fn scenario_dispatch(o: &Opts) {
         ),
     ];
     let bg_stop = Arc::new(AtomicBool::new(false));
-    let bg = background_schedules(channel(&s.url).await, 5_000, bg_stop.clone());
+    let bg = background_schedules(one_per_node(&urls).await, 5_000, bg_stop.clone());
     let cpu0 = s.cpu_secs();
     let a_start = Instant::now();
     let deadline_ms = window_start + window_ms + 60_000;
@@ -1066,7 +1313,7 @@ async fn scenario_dispatch(o: &Opts) {
     // time it is loaded; then two connectors connect and we time the drain.
     // Due as soon as written (send_at may not lie in the past): overdue once loaded.
     // (5 s ahead at build time: a batch may queue behind the writer before validation.)
-    let (_el, _) = batch_load(&s.url, n, n, 1000, 4, Arc::new(|_| now_ms() + 5_000), false).await;
+    let (_el, _) = batch_load(&urls, n, n, 1000, 4, Arc::new(|_| now_ms() + 5_000), false).await;
     tokio::time::sleep(Duration::from_millis(6_000)).await;
     let received_b = Arc::new(AtomicU64::new(0));
     let last_b = Arc::new(Mutex::new(Instant::now()));
@@ -1075,14 +1322,14 @@ async fn scenario_dispatch(o: &Opts) {
     let written1 = s.written_bytes();
     let conns = vec![
         connector(
-            channel(&s.url).await,
+            one_per_node(&urls).await,
             2,
             1000,
             received_b.clone(),
             last_b.clone(),
         ),
         connector(
-            channel(&s.url).await,
+            one_per_node(&urls).await,
             3,
             1000,
             received_b.clone(),
@@ -1102,6 +1349,7 @@ async fn scenario_dispatch(o: &Opts) {
     }
     bg_stop.store(true, Ordering::Relaxed);
     let bg_n = bg.await.unwrap();
+    let nodes = s.count();
     s.stop();
     let drain = got_b as f64 / b_secs;
     result(
@@ -1129,6 +1377,7 @@ async fn scenario_dispatch(o: &Opts) {
             ),
             ("load_rps", f1(load_rate)),
             ("rss_mb_loaded", f1(rss_loaded as f64 / 1048576.0)),
+            ("nodes", nodes.to_string()),
         ],
     );
 }
@@ -1272,7 +1521,7 @@ async fn scenario_recover_memory(o: &Opts, recover: bool, memory: bool) {
         let rss0 = s.rss_bytes();
         let t0 = now_ms() + 3_600_000;
         batch_load(
-            &s.url,
+            &[s.url.clone()],
             0,
             n,
             1000,
@@ -1306,7 +1555,7 @@ async fn scenario_cancel(o: &Opts) {
     let empty_size = pg_db_size(&s.db);
     let t0 = now_ms() + 3_600_000;
     let (_, mut ids) = batch_load(
-        &s.url,
+        &[s.url.clone()],
         0,
         n,
         1000,
