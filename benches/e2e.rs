@@ -27,6 +27,8 @@
 //! connections per node as one node gets), every connector keeps one stream to every node
 //! (the owner hands out the jobs), server CPU and written bytes are summed over the nodes,
 //! and those RESULT lines carry `nodes=N` (scripts/bench-nodes.sh compares 3 with 1).
+//! `E2E_CALLS=owner` sends the callers' calls to the owner only (the connectors still
+//! stream from every node), which tells the forwarding hop's cost from the standbys'.
 //! `E2E_ITEMS=N` sets dispatch's item count (default 100k with `--quick`, else 1M).
 
 use std::io::{BufRead, BufReader};
@@ -512,8 +514,20 @@ impl Nodes {
         self.procs.len()
     }
 
+    /// Every node's address (the connectors stream from each).
     fn urls(&self) -> Vec<String> {
         self.procs.iter().map(|p| p.url.clone()).collect()
+    }
+
+    /// The addresses the callers' calls go round-robin over: every node's, or only the
+    /// owner's with `E2E_CALLS=owner` (to tell the forwarding hop's cost from the cost
+    /// of running the standbys at all).
+    fn call_urls(&self) -> Vec<String> {
+        if calls_to() == "owner" {
+            vec![self.procs[self.owner].url.clone()]
+        } else {
+            self.urls()
+        }
     }
 
     /// CPU seconds of every node.
@@ -538,6 +552,15 @@ impl Nodes {
             s.stop();
         }
         owner.stop();
+    }
+}
+
+/// `E2E_CALLS`: `all` nodes (default) or the `owner` only.
+fn calls_to() -> &'static str {
+    match std::env::var("E2E_CALLS").as_deref() {
+        Err(_) | Ok("all") => "all",
+        Ok("owner") => "owner",
+        Ok(other) => panic!("E2E_CALLS is all or owner, not {other:?}"),
     }
 }
 
@@ -1111,7 +1134,7 @@ async fn scenario_schedule_unary(o: &Opts) {
         let s = Nodes::start(&dir.path().join(format!("unary{conns}.db"))).await;
         let nodes = s.count();
         let cpu0 = s.cpu_secs();
-        let real = unary_load(&s.urls(), conns, warmup, dur).await;
+        let real = unary_load(&s.call_urls(), conns, warmup, dur).await;
         let cpu = s.cpu_secs() - cpu0;
         s.stop();
         let mut b = ServerProc::spawn_noop();
@@ -1137,6 +1160,7 @@ async fn scenario_schedule_unary(o: &Opts) {
                 ("baseline_cpu_cores", f3(bcpu / run)),
                 ("errors", (real.errors + base.errors).to_string()),
                 ("nodes", nodes.to_string()),
+                ("calls", calls_to().into()),
             ],
         );
     }
@@ -1150,7 +1174,7 @@ async fn scenario_schedule_batch(o: &Opts) {
         // 4 batches in flight: the group-commit writer can take the next one while
         // a response is being encoded.
         let conc = 4usize;
-        let chans = node_channels(&s.urls(), 2).await;
+        let chans = node_channels(&s.call_urls(), 2).await;
         let written0 = s.written_bytes();
         let next = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
@@ -1212,6 +1236,7 @@ async fn scenario_schedule_batch(o: &Opts) {
                     f1(written as f64 / scheduled.max(1) as f64),
                 ),
                 ("nodes", nodes.to_string()),
+                ("calls", calls_to().into()),
             ],
         );
     }
@@ -1225,7 +1250,8 @@ async fn scenario_dispatch(o: &Opts) {
     let window_ms: i64 = if o.quick { 10_000 } else { 60_000 };
     let dir = tempdir();
     let s = Nodes::start(&dir.path().join("dispatch.db")).await;
-    let urls = s.urls();
+    let all = s.urls();
+    let urls = s.call_urls();
 
     // Calibrate: the first 2% go to tomorrow (they stay pending throughout); their rate
     // tells how long the rest takes to load, so the window starts after loading ends.
@@ -1277,14 +1303,14 @@ async fn scenario_dispatch(o: &Opts) {
     let last_at = Arc::new(Mutex::new(Instant::now()));
     let conns = vec![
         connector(
-            one_per_node(&urls).await,
+            one_per_node(&all).await,
             0,
             1000,
             received.clone(),
             last_at.clone(),
         ),
         connector(
-            one_per_node(&urls).await,
+            one_per_node(&all).await,
             1,
             1000,
             received.clone(),
@@ -1322,14 +1348,14 @@ async fn scenario_dispatch(o: &Opts) {
     let written1 = s.written_bytes();
     let conns = vec![
         connector(
-            one_per_node(&urls).await,
+            one_per_node(&all).await,
             2,
             1000,
             received_b.clone(),
             last_b.clone(),
         ),
         connector(
-            one_per_node(&urls).await,
+            one_per_node(&all).await,
             3,
             1000,
             received_b.clone(),
@@ -1378,6 +1404,7 @@ async fn scenario_dispatch(o: &Opts) {
             ("load_rps", f1(load_rate)),
             ("rss_mb_loaded", f1(rss_loaded as f64 / 1048576.0)),
             ("nodes", nodes.to_string()),
+            ("calls", calls_to().into()),
         ],
     );
 }
