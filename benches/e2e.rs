@@ -573,7 +573,11 @@ async fn wait_owned(procs: &[ServerProc], nodes: usize) -> String {
     loop {
         let mut owners = Vec::new();
         for p in procs {
-            let answer = match Endpoint::from_shared(p.url.clone()).unwrap().connect().await {
+            let answer = match Endpoint::from_shared(p.url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
                 Ok(ch) => ClusterClient::new(ch)
                     .get_cluster_status(pb::GetClusterStatusRequest {})
                     .await
@@ -1257,16 +1261,7 @@ async fn scenario_dispatch(o: &Opts) {
     // tells how long the rest takes to load, so the window starts after loading ends.
     let calib = n / 50;
     let tomorrow = now_ms() + 86_400_000;
-    let (el, _) = batch_load(
-        &urls,
-        0,
-        calib,
-        1000,
-        4,
-        Arc::new(move |_| tomorrow),
-        false,
-    )
-    .await;
+    let (el, _) = batch_load(&urls, 0, calib, 1000, 4, Arc::new(move |_| tomorrow), false).await;
     let rate = calib as f64 / el.as_secs_f64();
     let rest = n - calib;
     let lead_ms = ((rest as f64 / rate) * 2.5 * 1000.0) as i64 + 5_000;
