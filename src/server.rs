@@ -248,7 +248,20 @@ impl RunningServer {
 /// # Errors
 /// The database is unusable, the address cannot be bound, or a token is shorter than
 /// [`crate::config::MIN_TOKEN_CHARS`].
-pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerError> {
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    start_on(config, None).await
+}
+
+/// [`start`] on a socket already listening at `config.listen` (a node's standby hands
+/// over its own, so connections arriving during the takeover wait in its backlog
+/// instead of being refused); `None` binds one.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_on(
+    mut config: ServerConfig,
+    listening: Option<std::net::TcpListener>,
+) -> Result<RunningServer, ServerError> {
     // A guessable token is no lock; its position is named, never its value.
     if let Some(i) = crate::config::first_weak_token(&config.tokens) {
         return Err(ServerError::Other(format!(
@@ -274,12 +287,16 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         millis = started.elapsed().as_millis() as u64,
         "recovered"
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bound = match listening {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l)),
+        None => TcpListener::bind(config.listen).await,
+    };
+    let listener = bound.map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
         source,

@@ -183,6 +183,23 @@ async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_s
     }
     // A connector's stream to the standby is held open, with no jobs.
     let mut held = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
+    // Connections to n2 made while it changes role are never refused: its listening
+    // socket passes from the standby's server to the full one.
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let (probing, addr) = (probing.clone(), n2.addr);
+        tokio::spawn(async move {
+            let (mut tries, mut refused) = (0u32, 0u32);
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                if tokio::net::TcpStream::connect(addr).await.is_err() {
+                    refused += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            (tries, refused)
+        })
+    };
     // A planned stop hands over at once, not at the lease's expiry.
     let stopped_at = Instant::now();
     assert_eq!(n1.stop().await, Ended::Stopped);
@@ -194,6 +211,17 @@ async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_s
     );
     assert_eq!(epoch, first_epoch + 1);
     let mut via_n2 = client_when_up(&n2.url()).await;
+    via_n2
+        .get_item(item_ref("acme", &item.item_id))
+        .await
+        .expect("n2 serves as the owner");
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (tries, refused) = prober.await.unwrap();
+    assert!(tries > 0);
+    assert_eq!(
+        refused, 0,
+        "{refused} of {tries} connections refused during the takeover"
+    );
     let got = via_n2
         .get_item(item_ref("acme", &item.item_id))
         .await

@@ -97,14 +97,14 @@ pub async fn run(
         }
         tokio::select! {
             () = &mut stop => {
-                standby.stop().await;
+                drop(standby.stop().await);
                 return Ok(Ended::Stopped);
             }
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
     };
     let forwarded = standby.forwarded();
-    standby.stop().await;
+    let listening = standby.stop().await;
     tracing::info!(node = %me.node_id, partitions = held.len(), epoch = held.first().map_or(0, |h| h.1), "took the partitions; loading them");
 
     // 2. Owner.
@@ -119,7 +119,7 @@ pub async fn run(
         trust: trust.clone(),
         view: Some(Arc::new(LeaseView(leases.clone()))),
     });
-    let running = match server::start(config.clone()).await {
+    let running = match server::start_on(config.clone(), Some(listening)).await {
         Ok(r) => r,
         Err(e) => {
             trust.close();

@@ -62,6 +62,8 @@ impl Owner {
 /// The standby's server.
 pub struct Standby {
     pub local_addr: SocketAddr,
+    /// The listening socket, handed to the full server by [`Standby::stop`].
+    kept: std::net::TcpListener,
     pub owner: Arc<Owner>,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -238,16 +240,18 @@ impl Standby {
     /// # Errors
     /// The address cannot be bound.
     pub async fn start(listen: SocketAddr) -> Result<Standby, ServerError> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        let bind = |source| ServerError::Bind {
             addr: listen,
             source,
-        })?;
+        };
+        let std_listener = std::net::TcpListener::bind(listen).map_err(bind)?;
+        // A second handle on the listening socket, kept for the full server: the
+        // socket outlives the standby's server, so nothing is refused at the takeover
+        // (connections arriving meanwhile wait in its backlog).
+        let kept = std_listener.try_clone().map_err(bind)?;
+        std_listener.set_nonblocking(true).map_err(bind)?;
+        let listener = TcpListener::from_std(std_listener).map_err(bind)?;
+        let local_addr = listener.local_addr().map_err(bind)?;
         let owner = Arc::new(Owner::default());
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -281,6 +285,7 @@ impl Standby {
         tracing::info!(addr = %local_addr, "standby: forwarding to the owner until granted partitions");
         Ok(Standby {
             local_addr,
+            kept,
             owner,
             shared,
             stop,
@@ -303,8 +308,10 @@ impl Standby {
         self.shared.waiting.load(Ordering::Relaxed)
     }
 
-    /// Stops listening; calls under way are cut (their callers retry).
-    pub async fn stop(self) {
+    /// Stops serving; calls under way are cut (their callers retry). Returns the
+    /// listening socket, still open: connections made from now on wait in its backlog
+    /// for whoever accepts on it next (the full server, `server::start_on`).
+    pub async fn stop(self) -> std::net::TcpListener {
         self.stop.cancel();
         // Streams forwarded (WatchEvents) would hold a graceful stop: bounded, then cut.
         let mut task = self.task;
@@ -315,5 +322,6 @@ impl Standby {
             task.abort();
             let _ = task.await;
         }
+        self.kept
     }
 }
