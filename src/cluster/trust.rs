@@ -16,6 +16,9 @@ pub const MARGIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Trust {
     until: Mutex<Option<Instant>>,
+    /// Signalled by every renewal (one stored permit: the one waiter, dispatch, never
+    /// misses a renewal that comes while it is busy).
+    renewals: tokio::sync::Notify,
 }
 
 impl Trust {
@@ -32,6 +35,14 @@ impl Trust {
         if u.is_none_or(|cur| cur < end) {
             *u = Some(end);
         }
+        drop(u);
+        self.renewals.notify_one();
+    }
+
+    /// Resolves at the next renewal (or at once if one came since the last wait): what
+    /// items waiting for a closed window wait on.
+    pub async fn renewal(&self) {
+        self.renewals.notified().await;
     }
 
     /// Closes the window at once (the lease was lost, released or fenced).

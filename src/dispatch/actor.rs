@@ -28,9 +28,6 @@ use crate::engine::{Engine, Fired};
 /// them while the writer fell ever further behind recording leases and answers.
 const ANSWERS_AHEAD: usize = 4096;
 
-/// How often waiting items are looked at again while the trust window is closed.
-const TRUST_RECHECK: Duration = Duration::from_millis(100);
-
 pub(super) struct Actor {
     /// The actor's own event queue (for write completions).
     pub(super) events: mpsc::UnboundedSender<ConnectorEvent>,
@@ -174,6 +171,7 @@ impl Actor {
                 let wake = self.next_wake();
                 let clock = self.engine.clock().clone();
                 let controls = self.engine.clone();
+                let renewed = self.engine.clone();
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Some(ev) => self.on_event(ev),
@@ -183,8 +181,8 @@ impl Actor {
                     _ = controls.controls().changed.notified(), if self.draining.is_none() => {}
                     _ = clock.sleep_until(wake.unwrap_or(i64::MAX)), if wake.is_some() && self.draining.is_none() => {}
                     _ = shutdown.cancelled(), if self.draining.is_none() => {}
-                    // Items wait while the trust window is closed: look again shortly.
-                    _ = tokio::time::sleep(TRUST_RECHECK), if !self.engine.may_hand_out() && self.waiting.values().any(|q| !q.is_empty()) => {}
+                    // Items wait while the trust window is closed: until a renewal.
+                    _ = renewed.trust_renewed(), if !self.engine.may_hand_out() && self.waiting.values().any(|q| !q.is_empty()) => {}
                     _ = tokio::time::sleep_until(self.draining.unwrap_or(far)), if self.draining.is_some() => {}
                     _ = tokio::time::sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
                         retry_at = None;

@@ -124,7 +124,7 @@ impl Actor {
     /// parked until they may go.
     pub(super) fn plan(&mut self) -> Vec<Planned> {
         // Outside the trust window (a renewal of the node's leases is overdue) nothing
-        // is planned: the items wait in line, and the actor looks again shortly.
+        // is planned: the items wait in line until a renewal wakes the actor.
         if !self.engine.may_hand_out() {
             return Vec::new();
         }

@@ -244,6 +244,15 @@ impl Engine {
         self.inner.trust.as_ref().is_none_or(|t| t.holds())
     }
 
+    /// Resolves when the node's leases are renewed (the trust window may have opened);
+    /// never on one node, whose window is always open.
+    pub async fn trust_renewed(&self) {
+        match &self.inner.trust {
+            Some(t) => t.renewal().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Pending timers on the wheel.
     pub fn pending_timers(&self) -> usize {
         self.inner.timers.len()
