@@ -29,6 +29,9 @@ use crate::server::ServerError;
 #[derive(Default)]
 pub struct Owner {
     current: Mutex<Option<(String, Channel)>>,
+    /// Signalled at every look at the leases (`set`), changed or not: what a call
+    /// waiting for an owner it can reach waits on.
+    looked: tokio::sync::Notify,
 }
 
 impl Owner {
@@ -49,6 +52,8 @@ impl Owner {
                 }
             },
         }
+        drop(cur);
+        self.looked.notify_waiters();
     }
 
     fn get(&self) -> Option<(String, Channel)> {
@@ -183,6 +188,11 @@ async fn forward(
         .map_or(path.clone(), |pq| pq.as_str().to_owned());
     let mut why = "no node owns the partitions now (a failover is under way)".to_owned();
     loop {
+        // Registered before the look at the owner, so a `set` just after it is not
+        // missed.
+        let looked = shared.owner.looked.notified();
+        tokio::pin!(looked);
+        looked.as_mut().enable();
         if let Some((address, mut channel)) = shared.owner.get() {
             let mut req = axum::http::Request::new(tonic::body::Body::new(
                 http_body_util::Full::new(body.clone()),
@@ -222,8 +232,10 @@ async fn forward(
             );
         }
         shared.waiting.fetch_add(1, Ordering::Relaxed);
+        // Until the next look at the leases (twice a second on a node), or the deadline.
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = looked => {}
+            () = tokio::time::sleep_until(deadline.into()) => {}
             () = shared.stop.cancelled() => {
                 return refuse(
                     tonic::Code::Unavailable,
