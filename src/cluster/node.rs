@@ -211,10 +211,5 @@ async fn take(
 /// The address of the node owning partition 0 (every partition, in this build), if
 /// its lease is live and it is another node.
 async fn owner_address(leases: &PgLeases, me: &ClusterSettings) -> Option<String> {
-    let status = leases.status().await.ok()?;
-    let owner = status
-        .nodes
-        .into_iter()
-        .find(|n| n.node_id != me.node_id && n.partitions.contains(&0))?;
-    Some(owner.address)
+    leases.owner_address(0, &me.node_id).await.ok().flatten()
 }

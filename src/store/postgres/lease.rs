@@ -150,6 +150,15 @@ impl PgLeases {
                     });
                 }
                 let n = i32::try_from(partitions).unwrap_or(i32::MAX);
+                // Nodes gone for long are forgotten here, at a node's start, not at every
+                // look (the status leaves them out meanwhile).
+                tx.execute(
+                    &format!(
+                        "DELETE FROM nodes WHERE expires_at < now() - interval '{FORGET_NODES_AFTER}'"
+                    ),
+                    &[],
+                )
+                .await?;
                 tx.execute(
                     "INSERT INTO partition_leases (partition) \
                      SELECT generate_series(0, $1::int - 1) ON CONFLICT (partition) DO NOTHING",
@@ -176,18 +185,7 @@ impl PgLeases {
         let (node, address, ttl) = (node.to_owned(), address.to_owned(), ms(ttl));
         self.with(|c| {
             Box::pin(async move {
-                c.execute(
-                    NODE_SEEN,
-                    &[&node, &address, &ttl],
-                )
-                .await?;
-                c.execute(
-                    &format!(
-                        "DELETE FROM nodes WHERE expires_at < now() - interval '{FORGET_NODES_AFTER}'"
-                    ),
-                    &[],
-                )
-                .await?;
+                c.execute(NODE_SEEN, &[&node, &address, &ttl]).await?;
                 Ok(())
             })
         })
@@ -339,6 +337,36 @@ impl PgLeases {
         .await
     }
 
+    /// The address of the node whose lease on `partition` is live, unless it is
+    /// `except` (one statement: what a standby forwards to).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn owner_address(
+        &self,
+        partition: u32,
+        except: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (p, except) = (
+            i32::try_from(partition).unwrap_or(i32::MAX),
+            except.to_owned(),
+        );
+        self.with(|c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT n.address FROM partition_leases l \
+                         JOIN nodes n ON n.node_id = l.owner \
+                         WHERE l.partition = $1 AND l.expires_at > now() AND l.owner <> $2",
+                        &[&p, &except],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+        .await
+    }
+
     /// Every node seen lately and every partition's lease.
     ///
     /// # Errors
@@ -352,11 +380,12 @@ impl PgLeases {
                      FROM partition_leases ORDER BY partition",
                     &[],
                 );
-                let nodes = c.query(
+                let nodes_sql = format!(
                     "SELECT node_id, address, (extract(epoch FROM last_seen) * 1000)::bigint \
-                     FROM nodes ORDER BY node_id",
-                    &[],
+                     FROM nodes WHERE expires_at >= now() - interval '{FORGET_NODES_AFTER}' \
+                     ORDER BY node_id"
                 );
+                let nodes = c.query(&nodes_sql, &[]);
                 let (parts, nodes) = futures_util::future::join(parts, nodes).await;
                 let (parts, nodes) = (parts?, nodes?);
                 let mut status = ClusterStatus::default();
@@ -449,6 +478,12 @@ mod tests {
             a.renew("n1", "a:1", &held, TTL).await.unwrap(),
             vec![0, 1, 2, 3]
         );
+        // What a standby forwards to: n1 (renewing registered it), never itself.
+        assert_eq!(
+            b.owner_address(0, "n2").await.unwrap().as_deref(),
+            Some("a:1")
+        );
+        assert_eq!(a.owner_address(0, "n1").await.unwrap(), None);
         // A planned stop: n2 takes them at once, each at the next epoch, and the grant
         // is logged with its predecessor.
         a.release("n1", &held).await.unwrap();
