@@ -22,6 +22,7 @@ fn owner(trust: &Arc<Trust>) -> Ownership {
         },
         trust: trust.clone(),
         view: None,
+        placement: None,
     }
 }
 

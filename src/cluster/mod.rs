@@ -7,6 +7,7 @@
 //! status a node reports, and the trust window.
 
 pub mod node;
+pub mod placement;
 pub mod standby;
 pub mod trust;
 
@@ -86,6 +87,9 @@ pub struct Ownership {
     /// The cluster as the lease rows say (for `GetClusterStatus` and the console);
     /// `None`: this node alone ([`SingleNode`]).
     pub view: Option<Arc<dyn ClusterView>>,
+    /// Where the partitions this server does not own are served (calls for their
+    /// accounts are forwarded there); `None`: this server owns every partition.
+    pub placement: Option<Arc<placement::Placement>>,
 }
 
 impl std::fmt::Debug for Ownership {

@@ -118,6 +118,7 @@ pub async fn run(
         },
         trust: trust.clone(),
         view: Some(Arc::new(LeaseView(leases.clone()))),
+        placement: None,
     });
     let running = match server::start_on(config.clone(), Some(listening)).await {
         Ok(r) => r,

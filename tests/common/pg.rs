@@ -313,5 +313,6 @@ pub async fn own_everything(
         },
         trust,
         view: None,
+        placement: None,
     }
 }
