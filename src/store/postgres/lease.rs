@@ -337,6 +337,125 @@ impl PgLeases {
         .await
     }
 
+    /// Registers `node` (as [`PgLeases::register`]) and reads what a node decides its
+    /// share by: every live registration and every lease row with its owner's address.
+    /// One round trip (the statements are pipelined).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn look(
+        &self,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<crate::cluster::share::Look, StoreError> {
+        let (node, address, ttl) = (node.to_owned(), address.to_owned(), ms(ttl));
+        self.with(|c| {
+            Box::pin(async move {
+                let seen_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                    [&node, &address, &ttl];
+                let seen = c.execute(NODE_SEEN, &seen_params);
+                let nodes = c.query(
+                    "SELECT node_id FROM nodes WHERE expires_at > now() ORDER BY node_id",
+                    &[],
+                );
+                let rows = c.query(
+                    "SELECT l.partition, l.owner, n.address, l.expires_at > now() \
+                     FROM partition_leases l LEFT JOIN nodes n ON n.node_id = l.owner \
+                     ORDER BY l.partition",
+                    &[],
+                );
+                let (seen, nodes, rows) = futures_util::future::join3(seen, nodes, rows).await;
+                seen?;
+                Ok(crate::cluster::share::Look {
+                    registered: nodes?.iter().map(|r| r.get(0)).collect(),
+                    rows: rows?
+                        .iter()
+                        .map(|r| crate::cluster::share::LeaseRow {
+                            partition: u32::try_from(r.get::<_, i32>(0)).unwrap_or(0),
+                            owner: r.get(1),
+                            address: r.get(2),
+                            live: r.get(3),
+                        })
+                        .collect(),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Takes those of `wanted` that are free for `node` (expired or released by the
+    /// database's clock, or `node`'s own from an earlier run) until `ttl` from now:
+    /// bumps each epoch and logs the grant. A partition another node took meanwhile is
+    /// skipped (the update re-checks each row once its lock is free; a takeover waits
+    /// for the former owner's commit under way, see [`fence_sql`]).
+    ///
+    /// # Errors
+    /// Database errors (a lock wait beyond the lock timeout among them).
+    pub async fn take(
+        &self,
+        node: &str,
+        wanted: &[u32],
+        ttl: Duration,
+    ) -> Result<Vec<Held>, StoreError> {
+        let (node, ttl) = (node.to_owned(), ms(ttl));
+        let wanted: Vec<i32> = wanted
+            .iter()
+            .map(|&p| i32::try_from(p).unwrap_or(i32::MAX))
+            .collect();
+        self.with(|c| {
+            Box::pin(async move {
+                let granted = c
+                    .query(
+                        "WITH old AS (SELECT partition, owner, expires_at FROM partition_leases \
+                                      WHERE partition = ANY($3::int[])), \
+                         up AS (UPDATE partition_leases l SET owner = $1, epoch = l.epoch + 1, \
+                                  expires_at = now() + $2::bigint * interval '1 millisecond' \
+                                FROM old WHERE old.partition = l.partition \
+                                  AND (l.expires_at <= now() OR l.owner = $1) \
+                                RETURNING l.partition, l.epoch, old.owner AS prev_owner, \
+                                          old.expires_at AS prev_expires_at) \
+                         INSERT INTO lease_log (partition, epoch, granted_at, prev_expires_at, owner, prev_owner) \
+                         SELECT partition, epoch, now(), prev_expires_at, $1, prev_owner FROM up \
+                         RETURNING partition, epoch",
+                        &[&node, &ttl, &wanted],
+                    )
+                    .await?;
+                let mut held: Vec<Held> = granted
+                    .iter()
+                    .map(|r| (u32::try_from(r.get::<_, i32>(0)).unwrap_or(0), r.get(1)))
+                    .collect();
+                held.sort_unstable();
+                Ok(held)
+            })
+        })
+        .await
+    }
+
+    /// Ends `node`'s leases on `held` now, keeping its registration (a planned handoff
+    /// of some partitions: another node may take them at once).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn hand_over(&self, node: &str, held: &[Held]) -> Result<(), StoreError> {
+        let node = node.to_owned();
+        let parts: Vec<i32> = held.iter().map(|&(p, _)| p as i32).collect();
+        let epochs: Vec<i64> = held.iter().map(|&(_, e)| e).collect();
+        self.with(|c| {
+            Box::pin(async move {
+                c.execute(
+                    "UPDATE partition_leases l SET expires_at = now() \
+                     FROM unnest($2::int[], $3::bigint[]) AS h(p, e) \
+                     WHERE l.partition = h.p AND l.epoch = h.e AND l.owner = $1",
+                    &[&node, &parts, &epochs],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// The address of the node whose lease on `partition` is live, unless it is
     /// `except` (one statement: what a standby forwards to).
     ///
