@@ -1063,7 +1063,10 @@ async fn deferred(
     };
     let token = q.page_token.unwrap_or_default();
     // Read before the page: every change after it reaches the page's event stream.
-    let after = *c.engine.store().event_sequence().borrow();
+    let after = match c.engine.store().newest_event(account.clone()).await {
+        Ok(s) => s,
+        Err(e) => return domain_error(e),
+    };
     let page = match c
         .engine
         .deferred_tickets(account.clone(), order, pages::PAGE_SIZE, token.clone())
@@ -1100,7 +1103,11 @@ async fn ticket(
         Err(r) => return r,
     };
     let client = q.view.as_deref() == Some("client");
-    let after = *c.engine.store().event_sequence().borrow();
+    // Read before the page (the account's newest: see `Store::newest_event`).
+    let after = match c.engine.store().newest_event(account.clone()).await {
+        Ok(s) => s,
+        Err(e) => return domain_error(e),
+    };
     let audience = if client {
         Audience::Client
     } else {
@@ -1334,9 +1341,12 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // Never beyond the newest: a stream waiting for a sequence that may never come
-    // would show nothing.
-    let newest = *seq.borrow();
+    // Never beyond the newest (the account's): a stream waiting for a sequence that may
+    // never come would show nothing.
+    let newest = match engine.store().newest_event(account.clone()).await {
+        Ok(s) => s,
+        Err(e) => return domain_error(e),
+    };
     let start = resumed
         .into_iter()
         .chain(q.after)

@@ -408,8 +408,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .try_open(&[(caller, per_caller)])
             .map_err(|full| Status::resource_exhausted(format!("WatchEvents: {full}")))?;
         // A sequence beyond the newest is clamped to it: the stream delivers what comes
-        // next instead of waiting for a sequence that may never be reached.
-        let newest = *self.engine.store().event_sequence().borrow();
+        // next instead of waiting for a sequence that may never be reached. The
+        // account's newest: another partition's sequences may be far above its own.
+        let newest = self
+            .engine
+            .store()
+            .newest_event(r.account_id.clone())
+            .await?;
         let after = r.after_sequence.min(newest);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let engine = self.engine.clone();

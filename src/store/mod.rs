@@ -26,7 +26,9 @@
 //!   see a commit not yet durable; every decision taken from it is re-checked in a
 //!   write).
 //! - Events become visible to [`Store::event_sequence`] watchers only once durable;
-//!   their sequence numbers grow in commit order, and per account.
+//!   their sequence numbers grow in commit order per account (on PostgreSQL with
+//!   several nodes, per partition: see `postgres::scope`; [`Store::newest_event`] is
+//!   the newest an account's cursor can be at).
 //! - If the backend cannot go on (its writer died), [`Store::fatal`] says why and every
 //!   later write fails; while it cannot write for now, [`Store::degraded`] says why.
 //!
@@ -487,8 +489,19 @@ pub trait Backend: Send + Sync + 'static {
     fn degraded(&self) -> watch::Receiver<Option<String>>;
     /// Why the store cannot go on at all, once that happened.
     fn fatal(&self) -> watch::Receiver<Option<String>>;
-    /// The sequence of the last durable event.
+    /// The sequence of the last durable event: it changes at every commit with events
+    /// (a "something committed" signal for watchers) and never goes down.
     fn event_sequence(&self) -> watch::Receiver<u64>;
+    /// The newest event sequence `account`'s events can be compared with: a cursor
+    /// beyond it is beyond anything written for it. Default: [`Backend::event_sequence`]
+    /// (one sequence for every account); PostgreSQL with partitions: the largest of the
+    /// account's partition (sequences are monotone per partition, not across them).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn newest_event(&self, _account: String) -> domain::Result<u64> {
+        Ok(*self.event_sequence().borrow())
+    }
     /// Queues a write; resolves once it is queued (writes run in queue order).
     async fn submit(&self, job: Job) -> Result<(), StoreError>;
     /// Stops the writer after the writes already queued.
@@ -841,6 +854,14 @@ impl Store {
     /// The sequence number of the last committed event.
     pub fn event_sequence(&self) -> watch::Receiver<u64> {
         self.backend.event_sequence()
+    }
+
+    /// See [`Backend::newest_event`]: what a cursor of `account`'s events is clamped to.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn newest_event(&self, account: String) -> domain::Result<u64> {
+        self.backend.newest_event(account).await
     }
 
     /// Stops the writer after the writes already queued; waits for its thread.

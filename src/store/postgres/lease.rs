@@ -165,6 +165,8 @@ impl PgLeases {
                     &[&n],
                 )
                 .await?;
+                // Rows written while the count was not fixed get their partition now.
+                super::schema::assign_partitions(&tx).await?;
                 tx.commit().await?;
                 Ok(())
             })

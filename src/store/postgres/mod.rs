@@ -4,8 +4,9 @@
 //! operation runs ([`rows`]), with the meaning of the SQLite engine's. Rows hold the
 //! same encodings as SQLite's (`store::codec`): content, timing and event snapshots are
 //! the same bytes, enums the same integers. Item ids and event sequence numbers are
-//! allocated by sendlater (no sequence on the hot path); start-up reads where they
-//! stand with `rows::max_ids`.
+//! allocated by sendlater (no sequence on the hot path), per partition once the
+//! database has partitions, so several nodes write it at once ([`scope`]: a store loads,
+//! writes and prunes only its own partitions' rows, and refuses a write for another's).
 
 pub(crate) mod dump;
 pub mod lease;
@@ -13,6 +14,7 @@ pub mod lease;
 #[allow(dead_code)]
 pub(crate) mod rows;
 pub(crate) mod schema;
+pub(crate) mod scope;
 mod store;
 pub(crate) mod transient;
 mod tx;

@@ -282,6 +282,8 @@ pub struct NewRow<'a> {
     pub timing: &'a Timing,
     /// Its creation (and update) time.
     pub now: Millis,
+    /// Its account's partition (`None` before partitions).
+    pub partition: Option<i32>,
 }
 
 /// An event's row, for [`insert_events`].
@@ -293,15 +295,18 @@ pub struct EventRow<'a> {
     /// The item right after the change.
     pub item: &'a Item,
     pub at: Millis,
+    /// Its account's partition (`None` before partitions).
+    pub partition: Option<i32>,
 }
 
 const INSERT_ITEM: &str = "INSERT INTO items (id, account_id, ticket_id, kind, channel, \
     author_id, content, send_at, next_send_at, created_at, updated_at, state, on_activity, \
-    request_id, request_fp, timing) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9, 1, $10, $11, $12, $13)";
+    request_id, request_fp, timing, partition) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9, 1, $10, $11, $12, $13, $14)";
 
 /// Inserts a new PENDING item with id `id`, due at `send_at` (the request's time after
-/// its delivery window) with `timing`. The idempotency fingerprint is the request's.
+/// its delivery window) with `timing`, in `partition` (`None` before partitions, see
+/// `scope`). The idempotency fingerprint is the request's.
 ///
 /// # Errors
 /// PostgreSQL errors (a taken id or idempotency key included).
@@ -312,6 +317,7 @@ pub async fn insert_item(
     send_at: Millis,
     timing: &Timing,
     now: Millis,
+    partition: Option<i32>,
 ) -> Result<(), StoreError> {
     execute(
         c,
@@ -330,6 +336,7 @@ pub async fn insert_item(
             &n.request_id,
             &n.request_id.as_ref().map(|_| n.fingerprint() as i64),
             &timing.to_bytes(),
+            &partition,
         ],
     )
     .await?;
@@ -338,13 +345,13 @@ pub async fn insert_item(
 
 const INSERT_ITEMS: &str = "INSERT INTO items (id, account_id, ticket_id, kind, channel, \
     author_id, content, send_at, next_send_at, created_at, updated_at, state, on_activity, \
-    request_id, request_fp, timing) \
+    request_id, request_fp, timing, partition) \
     SELECT id, account_id, ticket_id, kind, channel, author_id, content, send_at, send_at, \
-    at, at, 1, on_activity, request_id, request_fp, timing \
+    at, at, 1, on_activity, request_id, request_fp, timing, partition \
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], \
     $6::text[], $7::bytea[], $8::bigint[], $9::bigint[], $10::smallint[], $11::text[], \
-    $12::bigint[], $13::bytea[]) AS r(id, account_id, ticket_id, kind, channel, author_id, \
-    content, send_at, at, on_activity, request_id, request_fp, timing)";
+    $12::bigint[], $13::bytea[], $14::int[]) AS r(id, account_id, ticket_id, kind, channel, \
+    author_id, content, send_at, at, on_activity, request_id, request_fp, timing, partition)";
 
 /// Inserts many new items in one statement (one round trip), each as [`insert_item`]
 /// would.
@@ -379,12 +386,25 @@ pub async fn insert_items(c: &impl Conn, rows: &[NewRow<'_>]) -> Result<(), Stor
         })
         .collect();
     let timings: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.timing.to_bytes()).collect();
+    let partitions: Vec<Option<i32>> = rows.iter().map(|r| r.partition).collect();
     execute(
         c,
         INSERT_ITEMS,
         &[
-            &ids, &accounts, &tickets, &kinds, &channels, &authors, &contents, &send_at, &now,
-            &policies, &requests, &fps, &timings,
+            &ids,
+            &accounts,
+            &tickets,
+            &kinds,
+            &channels,
+            &authors,
+            &contents,
+            &send_at,
+            &now,
+            &policies,
+            &requests,
+            &fps,
+            &timings,
+            &partitions,
         ],
     )
     .await?;
@@ -702,8 +722,8 @@ pub async fn pending_replies_of_tickets(
     Ok(out)
 }
 
-const INSERT_EVENT: &str = "INSERT INTO events (seq, item_id, at, type, account_id, snapshot) \
-    VALUES ($1, $2, $3, $4, $5, $6)";
+const INSERT_EVENT: &str = "INSERT INTO events (seq, item_id, at, type, account_id, snapshot, \
+    partition) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// Appends the event `seq` for `item`. The snapshot carries every mutable field of the
 /// item (the content too for an UPDATED event), as SQLite's.
@@ -716,6 +736,7 @@ pub async fn insert_event(
     kind: EventType,
     item: &Item,
     now: Millis,
+    partition: Option<i32>,
 ) -> Result<(), StoreError> {
     execute(
         c,
@@ -727,15 +748,16 @@ pub async fn insert_event(
             &small(kind.as_i64()),
             &item.account_id,
             &event_snapshot(kind, item),
+            &partition,
         ],
     )
     .await?;
     Ok(())
 }
 
-const INSERT_EVENTS: &str = "INSERT INTO events (seq, item_id, at, type, account_id, snapshot) \
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], \
-    $5::text[], $6::bytea[])";
+const INSERT_EVENTS: &str = "INSERT INTO events (seq, item_id, at, type, account_id, snapshot, \
+    partition) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
+    $4::smallint[], $5::text[], $6::bytea[], $7::int[])";
 
 /// Appends many events in one statement (one round trip), each as [`insert_event`]
 /// would.
@@ -755,10 +777,19 @@ pub async fn insert_events(c: &impl Conn, rows: &[EventRow<'_>]) -> Result<(), S
         .iter()
         .map(|r| event_snapshot(r.kind, r.item))
         .collect();
+    let partitions: Vec<Option<i32>> = rows.iter().map(|r| r.partition).collect();
     execute(
         c,
         INSERT_EVENTS,
-        &[&seqs, &items, &ats, &kinds, &accounts, &snapshots],
+        &[
+            &seqs,
+            &items,
+            &ats,
+            &kinds,
+            &accounts,
+            &snapshots,
+            &partitions,
+        ],
     )
     .await?;
     Ok(())
@@ -828,18 +859,169 @@ pub async fn max_ids(c: &impl Conn) -> Result<(ItemId, u64), StoreError> {
     Ok((r.get(0), r.get::<_, i64>(1) as u64))
 }
 
-/// Ids of every live (PENDING or DISPATCHING) item, in id order.
+/// Ids of every live (PENDING or DISPATCHING) item, in id order; of the partitions
+/// `owned` only, when given.
 ///
 /// # Errors
 /// PostgreSQL errors.
-pub async fn live_item_ids(c: &impl Conn) -> Result<Vec<ItemId>, StoreError> {
-    Ok(
-        query(c, "SELECT id FROM items WHERE state = 1 ORDER BY id", &[])
+pub async fn live_item_ids(
+    c: &impl Conn,
+    owned: Option<&[i32]>,
+) -> Result<Vec<ItemId>, StoreError> {
+    let rows = match owned {
+        None => query(c, "SELECT id FROM items WHERE state = 1 ORDER BY id", &[]).await?,
+        Some(parts) => {
+            query(
+                c,
+                "SELECT id FROM items WHERE state = 1 AND partition = ANY($1) ORDER BY id",
+                &[&parts],
+            )
             .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
+        }
+    };
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Where numbering goes on from in each held `(partition, epoch)` (see `scope`): the
+/// largest item id in the partition's range, and the largest sequence in the epoch's
+/// range of the partition, or pruned (of the partition, or before partitions: the
+/// caller ignores one below the range); one statement, an indexed probe each.
+///
+/// # Errors
+/// PostgreSQL errors.
+pub async fn partition_heads(
+    c: &impl Conn,
+    held: &[(u32, i64)],
+) -> Result<Vec<(u32, i64, Option<ItemId>, Option<u64>)>, StoreError> {
+    let parts: Vec<i32> = held.iter().map(|&(p, _)| p as i32).collect();
+    let epochs: Vec<i64> = held.iter().map(|&(_, e)| e).collect();
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    for &(p, e) in held {
+        let (l, h) = super::scope::seq_range(p, e);
+        lo.push(l as i64);
+        hi.push(h as i64);
+    }
+    let rows = query(
+        c,
+        "SELECT h.p, h.e, \
+           (SELECT MAX(id) FROM items WHERE id >= (h.p::bigint << 48) \
+              AND id < ((h.p::bigint + 1) << 48)), \
+           GREATEST((SELECT MAX(seq) FROM events WHERE seq >= h.lo AND seq < h.hi), \
+             (SELECT value::bigint FROM store_meta \
+              WHERE key = 'events_pruned_through.' || h.p::text), \
+             (SELECT value::bigint FROM store_meta WHERE key = 'events_pruned_through')) \
+         FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[]) AS h(p, e, lo, hi)",
+        &[&parts, &epochs, &lo, &hi],
     )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0) as u32,
+                r.get(1),
+                r.get(2),
+                r.get::<_, Option<i64>>(3).map(|s| s as u64),
+            )
+        })
+        .collect())
+}
+
+/// The epoch of each partition's lease row (a store without a fence writes at these).
+///
+/// # Errors
+/// PostgreSQL errors.
+pub async fn lease_epochs(c: &impl Conn) -> Result<Vec<(u32, i64)>, StoreError> {
+    Ok(query(
+        c,
+        "SELECT partition, epoch FROM partition_leases ORDER BY partition",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+    .collect())
+}
+
+/// Everything pruned of partition `$N` up to this sequence (SQL, the partition's
+/// parameter spliced in): its own mark, or the mark pruning left before partitions.
+fn pruned_through(param: &str) -> String {
+    format!(
+        "GREATEST(COALESCE((SELECT value::bigint FROM store_meta \
+           WHERE key = 'events_pruned_through.' || {param}::int::text), 0), \
+         COALESCE((SELECT value::bigint FROM store_meta \
+           WHERE key = 'events_pruned_through'), 0))"
+    )
+}
+
+/// The largest event sequence partition `p` has, written or pruned (0 when none).
+///
+/// # Errors
+/// PostgreSQL errors.
+pub async fn newest_of_partition(c: &impl Conn, p: u32) -> Result<u64, StoreError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM events WHERE partition = $1), 0), {})",
+            pruned_through("$1")
+        )
+    });
+    let r = query_one(c, &SQL, &[&(p as i32)]).await?;
+    Ok(r.get::<_, i64>(0) as u64)
+}
+
+/// Prunes the events of the partitions `owned` as [`prune_events`] does the whole
+/// table: in each, the oldest up to the first one at or after `cutoff`, in sequence
+/// order (a partition's events only), at most `batch` in all; the last sequence pruned
+/// of each is kept in `store_meta` (`events_pruned_through.P`). Other partitions' events
+/// are left to their owners.
+///
+/// # Errors
+/// PostgreSQL errors.
+pub async fn prune_owned_events(
+    c: &impl Conn,
+    cutoff: Millis,
+    batch: u32,
+    owned: &[i32],
+) -> Result<usize, StoreError> {
+    // The partitions whose oldest event is expired: one probe each.
+    let due: Vec<i32> = query(
+        c,
+        "SELECT p FROM unnest($1::int[]) AS p \
+         WHERE (SELECT at FROM events WHERE partition = p ORDER BY seq LIMIT 1) < $2",
+        &[&owned, &cutoff],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let mut left = i64::from(batch);
+    let mut total = 0usize;
+    for p in due {
+        if left <= 0 {
+            break;
+        }
+        let n: i64 = query_one(
+            c,
+            "WITH head AS (SELECT seq, at FROM events WHERE partition = $3 ORDER BY seq LIMIT $2), \
+             bound AS (SELECT COALESCE(MIN(CASE WHEN at >= $1 THEN seq END), MAX(seq) + 1) AS b \
+                       FROM head), \
+             gone AS (DELETE FROM events WHERE partition = $3 AND seq < (SELECT b FROM bound) \
+                      RETURNING seq), \
+             mark AS (INSERT INTO store_meta (key, value) \
+                      SELECT 'events_pruned_through.' || $3::int::text, MAX(seq)::text FROM gone \
+                      HAVING COUNT(*) > 0 \
+                      ON CONFLICT (key) DO UPDATE SET value = \
+                      GREATEST(store_meta.value::bigint, excluded.value::bigint)::text \
+                      RETURNING 1) \
+             SELECT COUNT(*) FROM gone",
+            &[&cutoff, &left, &p],
+        )
+        .await?
+        .get(0);
+        left -= n;
+        total += n as usize;
+    }
+    Ok(total)
 }
 
 /// The business hours of an account, if set.
@@ -1216,9 +1398,17 @@ pub async fn event_heads(
 /// one row of NULLs but that when there is none. One statement, one snapshot: pruning
 /// between the two reads cannot hide a gap.
 fn events_after_sql(one_account: bool) -> String {
+    events_after_with(
+        &format!("COALESCE((SELECT MIN(seq) FROM events), {LAST_SEQ} + 1)"),
+        one_account,
+    )
+}
+
+/// [`events_after_sql`] with `oldest` computed by the SQL expression `oldest`.
+fn events_after_with(oldest: &str, one_account: bool) -> String {
     format!(
         "SELECT b.oldest, x.* FROM \
-         (SELECT COALESCE((SELECT MIN(seq) FROM events), {LAST_SEQ} + 1) AS oldest) b \
+         (SELECT {oldest} AS oldest) b \
          LEFT JOIN LATERAL (SELECT e.seq, e.type, e.at, e.snapshot, {} FROM events e \
          JOIN items i ON i.id = e.item_id WHERE e.seq > $1 {} ORDER BY e.seq LIMIT $2) x \
          ON true ORDER BY x.seq",
@@ -1233,10 +1423,16 @@ fn events_after_sql(one_account: bool) -> String {
 
 static EVENTS_AFTER_ALL: LazyLock<String> = LazyLock::new(|| events_after_sql(false));
 static EVENTS_AFTER_ONE: LazyLock<String> = LazyLock::new(|| events_after_sql(true));
+/// One account's events once rows carry partitions (`$4`: its partition). The oldest
+/// is one after what was pruned of the partition: its sequences leave gaps (at each
+/// new epoch), so "the smallest retained" would report a gap where nothing was pruned.
+static EVENTS_AFTER_PART: LazyLock<String> =
+    LazyLock::new(|| events_after_with(&format!("{} + 1", pruned_through("$4")), true));
 
 /// Outbox events with a sequence after `after` (of one account, or of all), at most
 /// `limit`, oldest first, each with its item as it was right after the change; with
-/// the oldest retained sequence read in the same snapshot.
+/// the oldest retained sequence read in the same snapshot (of the account's
+/// `partition` once rows carry partitions: one after what was pruned of it).
 ///
 /// # Errors
 /// PostgreSQL errors, an item row that cannot be decoded included.
@@ -1245,12 +1441,16 @@ pub async fn events_after(
     account: Option<&str>,
     after: u64,
     limit: usize,
+    partition: Option<u32>,
 ) -> Result<EventsAfter, StoreError> {
     use prost::Message;
     let (after, limit) = (after as i64, limit as i64);
-    let rows = match account {
-        Some(a) => query(c, &EVENTS_AFTER_ONE, &[&after, &limit, &a]).await?,
-        None => query(c, &EVENTS_AFTER_ALL, &[&after, &limit]).await?,
+    let rows = match (account, partition) {
+        (Some(a), Some(p)) => {
+            query(c, &EVENTS_AFTER_PART, &[&after, &limit, &a, &(p as i32)]).await?
+        }
+        (Some(a), None) => query(c, &EVENTS_AFTER_ONE, &[&after, &limit, &a]).await?,
+        (None, _) => query(c, &EVENTS_AFTER_ALL, &[&after, &limit]).await?,
     };
     let mut oldest = 1;
     let mut events = Vec::with_capacity(rows.len());
@@ -1277,7 +1477,7 @@ pub async fn events_after(
 }
 
 /// Reads what the engine rebuilds at start-up, streamed in one statement: every live
-/// item's id and next send time (each counted into `tickets`, which the caller then
+/// item's id and next send time (of the partitions `owned` only, when given) (each counted into `tickets`, which the caller then
 /// marks ready), the live count of each account, the number of leased items, and the
 /// dispatch controls.
 ///
@@ -1286,19 +1486,20 @@ pub async fn events_after(
 pub async fn recovery_scan(
     c: &impl Conn,
     tickets: &LiveTickets,
+    owned: Option<&[i32]>,
 ) -> Result<RecoveryScan, StoreError> {
-    let st = c
-        .statements()
-        .get(
-            c.client(),
-            "SELECT account_id, id, next_send_at, ticket_id, lease_expires_at IS NOT NULL \
-             FROM items WHERE state = 1",
-        )
-        .await?;
-    let rows = c
-        .client()
-        .query_raw(&st, std::iter::empty::<&(dyn ToSql + Sync)>())
-        .await?;
+    const COLUMNS: &str =
+        "SELECT account_id, id, next_send_at, ticket_id, lease_expires_at IS NOT NULL FROM items";
+    let sql = match owned {
+        None => format!("{COLUMNS} WHERE state = 1"),
+        Some(_) => format!("{COLUMNS} WHERE state = 1 AND partition = ANY($1)"),
+    };
+    let st = c.statements().get(c.client(), &sql).await?;
+    let params: Vec<&(dyn ToSql + Sync)> = match &owned {
+        None => Vec::new(),
+        Some(parts) => vec![parts as &(dyn ToSql + Sync)],
+    };
+    let rows = c.client().query_raw(&st, params).await?;
     let mut rows = std::pin::pin!(rows);
     let mut timers: Vec<(ItemId, Millis)> = Vec::new();
     let mut live_counts: Vec<(String, u64)> = Vec::new();

@@ -35,6 +35,7 @@ use tokio_postgres::NoTls;
 
 use super::rows::{self, Pg};
 use super::schema;
+use super::scope::{Alloc, Scope};
 use super::tx::{Group, PgTx, ANSWER_WITHIN};
 use crate::clock::Clock;
 use crate::config::Synchronous;
@@ -79,6 +80,8 @@ pub struct PgStore {
     events: watch::Receiver<u64>,
     shared: Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The partitions this store loads and writes.
+    scope: Arc<Scope>,
 }
 
 /// How long a connection may take (TCP, start-up, authentication) when the URL sets no
@@ -170,7 +173,7 @@ impl ReadPool {
 
 /// What the writer thread reports once it has connected and migrated.
 struct Ready {
-    last_seq: u64,
+    scope: Arc<Scope>,
 }
 
 impl PgStore {
@@ -213,7 +216,7 @@ impl PgStore {
                     }
                 };
                 let started = rt.block_on(start(&u, sync, fen.as_ref()));
-                let (pg, next_id, next_seq) = match started {
+                let (pg, alloc, scope) = match started {
                     Ok(v) => v,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -221,9 +224,9 @@ impl PgStore {
                     }
                 };
                 let session = rt.block_on(session_pid(&pg));
-                let _ = events_tx.send(next_seq - 1);
+                let _ = events_tx.send(alloc.last_seq());
                 let _ = ready_tx.send(Ok(Ready {
-                    last_seq: next_seq - 1,
+                    scope: scope.clone(),
                 }));
                 let mut w = Writer {
                     url: u,
@@ -235,8 +238,8 @@ impl PgStore {
                     shared: sh.clone(),
                     g: Group::new(
                         pg,
-                        next_id,
-                        next_seq,
+                        alloc,
+                        scope,
                         sh.metrics.clone(),
                         sh.tickets.clone(),
                         sh.uncommitted.clone(),
@@ -259,11 +262,13 @@ impl PgStore {
         let ready = ready_rx
             .recv()
             .map_err(|_| StoreError::Unavailable("the writer thread ended".into()))?;
-        if let Err(e) = ready {
-            let _ = thread.join();
-            return Err(e);
-        }
-        let _ = ready.map(|r| r.last_seq);
+        let scope = match ready {
+            Ok(r) => r.scope,
+            Err(e) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
         Ok(Arc::new(PgStore {
             url: url.to_owned(),
             writer: tx,
@@ -277,6 +282,7 @@ impl PgStore {
             events,
             shared,
             thread: Mutex::new(Some(thread)),
+            scope,
         }))
     }
 
@@ -320,18 +326,51 @@ impl PgStore {
     }
 }
 
-/// Connects, migrates, sets up the writer's session; returns the connection and the next item id
-/// and event sequence.
+/// Connects, migrates, sets up the writer's session; returns the connection, where
+/// numbering stands and what the store owns (see `scope`).
 async fn start(
     url: &str,
     sync: Synchronous,
     fence: Option<&Fence>,
-) -> Result<(Pg, ItemId, u64), StoreError> {
+) -> Result<(Pg, Alloc, Arc<Scope>), StoreError> {
     let mut pg = connect(url).await?;
     schema::migrate(&mut pg.client).await?;
     set_up_writer_session(&pg, url, sync, fence).await?;
-    let (max_id, max_seq) = rows::max_ids(&pg).await?;
-    Ok((pg, max_id + 1, max_seq + 1))
+    let scope = match (schema::partition_count(&pg.client).await?, fence) {
+        (None, None) => Scope::unpartitioned(),
+        (None, Some(f)) => {
+            return Err(StoreError::Corrupt(format!(
+                "node {} holds partitions, but the database has no partition count \
+                 (store_meta.partitions, fixed by the lease rows' init)",
+                f.node
+            )))
+        }
+        (Some(n), Some(f)) => Scope::new(n, f.held.clone())?,
+        (Some(n), None) => {
+            // No fence: every partition, each at the epoch of its lease row now.
+            let mut held: Vec<(u32, i64)> = (0..n).map(|p| (p, 0)).collect();
+            for (p, e) in rows::lease_epochs(&pg).await? {
+                if let Some(h) = held.get_mut(p as usize) {
+                    h.1 = e;
+                }
+            }
+            Scope::new(n, held)?
+        }
+    };
+    let alloc = match scope.partitions {
+        None => {
+            let (max_id, last_seq) = rows::max_ids(&pg).await?;
+            Alloc::unpartitioned(max_id, last_seq)
+        }
+        Some(_) => Alloc::partitioned(&rows::partition_heads(&pg, &scope.held).await?),
+    };
+    tracing::debug!(
+        partitions = ?scope.partitions,
+        owned = scope.held.len(),
+        fenced = fence.is_some(),
+        "PostgreSQL store: partitions loaded and written"
+    );
+    Ok((pg, alloc, Arc::new(scope)))
 }
 
 /// The server process serving `pg`'s session, if the server tells.
@@ -643,14 +682,10 @@ impl Writer {
                 }
                 self.hook.durable(&committed_fx);
                 if committed_fx.max_seq > 0 {
-                    self.events.send_if_modified(|s| {
-                        if committed_fx.max_seq > *s {
-                            *s = committed_fx.max_seq;
-                            true
-                        } else {
-                            false
-                        }
-                    });
+                    // Every commit with events wakes the watchers (a partition's
+                    // sequences may be below another's); the value stays the largest.
+                    self.events
+                        .send_modify(|s| *s = (*s).max(committed_fx.max_seq));
                 }
                 for done in answers {
                     done(Ok(()));
@@ -1026,17 +1061,45 @@ impl Backend for PgStore {
     ) -> domain::Result<EventsAfter> {
         self.after_leases_out().await?;
         let pg = self.reader().await?;
-        self.bounded(rows::events_after(&*pg, account.as_deref(), after, limit))
-            .await
+        let partition = account.as_deref().and_then(|a| self.scope.partition(a));
+        self.bounded(rows::events_after(
+            &*pg,
+            account.as_deref(),
+            after,
+            limit,
+            partition,
+        ))
+        .await
+    }
+    async fn newest_event(&self, account: String) -> domain::Result<u64> {
+        match self.scope.partition(&account) {
+            // Before partitions, one sequence for all.
+            None => Ok(*self.events.borrow()),
+            Some(p) => {
+                let pg = self.reader().await?;
+                self.bounded(rows::newest_of_partition(&*pg, p)).await
+            }
+        }
     }
     async fn recovery_scan(&self) -> domain::Result<RecoveryScan> {
         let pg = self.reader().await?;
-        self.bounded(rows::recovery_scan(&*pg, &self.shared.tickets))
-            .await
+        let owned = self.scope.filter();
+        let mut scan = self
+            .bounded(rows::recovery_scan(
+                &*pg,
+                &self.shared.tickets,
+                owned.as_deref(),
+            ))
+            .await?;
+        scan.controls
+            .retain(|c| self.scope.sees_control(&c.account_id));
+        Ok(scan)
     }
     async fn live_item_ids(&self) -> domain::Result<Vec<ItemId>> {
         let pg = self.reader().await?;
-        self.bounded(rows::live_item_ids(&*pg)).await
+        let owned = self.scope.filter();
+        self.bounded(rows::live_item_ids(&*pg, owned.as_deref()))
+            .await
     }
     async fn event_heads(
         &self,
@@ -1054,7 +1117,10 @@ impl Backend for PgStore {
     }
     async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
         let pg = self.reader().await?;
-        self.bounded(rows::rewindows_under_way(&*pg)).await
+        let mut accounts = self.bounded(rows::rewindows_under_way(&*pg)).await?;
+        // A few rows: other partitions' are left to their owners.
+        accounts.retain(|a| self.scope.owns(a));
+        Ok(accounts)
     }
     async fn due_items(&self, ids: Vec<ItemId>) -> domain::Result<DueRead> {
         let pg = self.reader().await?;

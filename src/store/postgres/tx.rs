@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::runtime::Runtime;
 
 use super::rows::{self, Pg};
+use super::scope::{Alloc, Scope};
 use crate::domain::machine::{Change, Timer};
 use crate::domain::{self, BusinessHours, Item, ItemId, Millis, NewItem, State, Timing};
 use crate::store::tickets::LiveTickets;
@@ -32,6 +33,7 @@ pub(super) type Pending = Pin<Box<dyn Future<Output = Result<(), StoreError>> + 
 /// A new item's row waiting to be inserted with others in one statement.
 struct NewOwned {
     id: ItemId,
+    partition: Option<i32>,
     new: NewItem,
     send_at: Millis,
     timing: Timing,
@@ -41,6 +43,7 @@ struct NewOwned {
 /// An event's row waiting to be inserted with others in one statement.
 struct EventOwned {
     seq: u64,
+    partition: Option<i32>,
     kind: domain::EventType,
     item: Item,
     at: Millis,
@@ -55,10 +58,11 @@ struct EventOwned {
 /// boundary, so a write's rows stay inside its own savepoint.
 pub(super) struct Group {
     pub pg: Arc<Pg>,
-    /// The next item id and event sequence to hand out (sendlater allocates them: no
-    /// sequence on the hot path).
-    pub next_id: ItemId,
-    pub next_seq: u64,
+    /// The next item id and event sequence of each owned partition (sendlater
+    /// allocates them: no sequence on the hot path; see `scope`).
+    pub alloc: Alloc,
+    /// The partitions this store writes (a write for another's account is refused).
+    pub scope: Arc<Scope>,
     pub pending: RefCell<Vec<(u64, Pending)>>,
     new_items: RefCell<Vec<NewOwned>>,
     new_events: RefCell<Vec<EventOwned>>,
@@ -86,16 +90,16 @@ impl Group {
     /// A group's state on `pg`, handing out ids and sequences from these.
     pub fn new(
         pg: Pg,
-        next_id: ItemId,
-        next_seq: u64,
+        alloc: Alloc,
+        scope: Arc<Scope>,
         metrics: Arc<crate::metrics::Metrics>,
         tickets: Arc<LiveTickets>,
         uncommitted: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Group {
         Group {
             pg: Arc::new(pg),
-            next_id,
-            next_seq,
+            alloc,
+            scope,
             pending: Default::default(),
             new_items: Default::default(),
             new_events: Default::default(),
@@ -128,11 +132,21 @@ impl Group {
                             send_at: r.send_at,
                             timing: &r.timing,
                             now: r.now,
+                            partition: r.partition,
                         })
                         .collect();
                     if rows.len() == 1 {
                         let r = rows[0];
-                        rows::insert_item(&*pg, r.id, r.new, r.send_at, r.timing, r.now).await
+                        rows::insert_item(
+                            &*pg,
+                            r.id,
+                            r.new,
+                            r.send_at,
+                            r.timing,
+                            r.now,
+                            r.partition,
+                        )
+                        .await
                     } else {
                         rows::insert_items(&*pg, &rows).await
                     }
@@ -166,11 +180,12 @@ impl Group {
                             kind: e.kind,
                             item: &e.item,
                             at: e.at,
+                            partition: e.partition,
                         })
                         .collect();
                     if rows.len() == 1 {
                         let e = rows[0];
-                        rows::insert_event(&*pg, e.seq, e.kind, e.item, e.at).await
+                        rows::insert_event(&*pg, e.seq, e.kind, e.item, e.at, e.partition).await
                     } else {
                         rows::insert_events(&*pg, &rows).await
                     }
@@ -331,21 +346,24 @@ impl PgTx<'_> {
         Ok(r?)
     }
 
-    fn next_seq(&mut self) -> u64 {
-        let s = self.g.next_seq;
-        self.g.next_seq += 1;
-        s
+    /// The partition of a write for `account`; refused when another node owns it.
+    fn writable(&self, account: &str) -> domain::Result<Option<u32>> {
+        self.g.scope.writable(account)
     }
 
-    fn queue_event(&mut self, kind: domain::EventType, item: &Item) -> u64 {
-        let seq = self.next_seq();
+    /// Queues `item`'s event (its account's partition must be writable: checked by the
+    /// caller, before it changed anything).
+    fn queue_event(&mut self, kind: domain::EventType, item: &Item) -> domain::Result<u64> {
+        let p = self.writable(&item.account_id)?;
+        let seq = self.g.alloc.next_seq(p)?;
         self.g.new_events.borrow_mut().push(EventOwned {
             seq,
+            partition: p.map(|p| p as i32),
             kind,
             item: item.clone(),
             at: self.now,
         });
-        seq
+        Ok(seq)
     }
 }
 
@@ -482,6 +500,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn put_business_hours(&mut self, account: &str, hours: &BusinessHours) -> domain::Result<()> {
+        self.writable(account)?;
         let (pg, account, hours, now) = (
             self.g.pg.clone(),
             account.to_owned(),
@@ -537,6 +556,7 @@ impl WriteTx for PgTx<'_> {
         account: &str,
         cursor: Option<(Millis, ItemId)>,
     ) -> domain::Result<()> {
+        self.writable(account)?;
         let (pg, account) = (self.g.pg.clone(), account.to_owned());
         self.g
             .queue(async move { rows::set_rewindow_cursor(&*pg, &account, cursor).await });
@@ -550,6 +570,7 @@ impl WriteTx for PgTx<'_> {
         paused: Option<bool>,
         per_minute: Option<u32>,
     ) -> domain::Result<()> {
+        self.writable(account)?;
         let (pg, account) = (self.g.pg.clone(), account.to_owned());
         self.g.queue(async move {
             rows::put_control(&*pg, &account, channel, paused, per_minute).await
@@ -558,11 +579,22 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn all_controls(&self) -> domain::Result<Vec<ControlRow>> {
-        self.read(|pg| Box::pin(async move { rows::all_controls(&*pg).await }))
+        // A handful of rows: those of other partitions are left out here.
+        let mut rows = self.read(|pg| Box::pin(async move { rows::all_controls(&*pg).await }))?;
+        rows.retain(|r| self.g.scope.sees_control(&r.account_id));
+        Ok(rows)
     }
 
     fn prune_events(&mut self, cutoff: Millis, batch: u32) -> domain::Result<usize> {
-        self.read(move |pg| Box::pin(async move { rows::prune_events(&*pg, cutoff, batch).await }))
+        // Once rows carry partitions, each owner prunes its own partitions' events.
+        match self.g.scope.filter() {
+            None => self.read(move |pg| {
+                Box::pin(async move { rows::prune_events(&*pg, cutoff, batch).await })
+            }),
+            Some(owned) => self.read(move |pg| {
+                Box::pin(async move { rows::prune_owned_events(&*pg, cutoff, batch, &owned).await })
+            }),
+        }
     }
 
     fn insert(
@@ -572,11 +604,15 @@ impl WriteTx for PgTx<'_> {
         timing: &Timing,
     ) -> domain::Result<ItemId> {
         self.fx.reserved.push(new.account_id.clone());
-        let id = self.g.next_id;
-        self.g.next_id += 1;
+        // Refused before anything is queued: the reserved slot goes back with the
+        // write's rollback.
+        let p = self.writable(&new.account_id)?;
+        let id = self.g.alloc.next_id(p)?;
+        let partition = p.map(|p| p as i32);
         let (pg, new2, timing, now) = (self.g.pg.clone(), new.clone(), timing.clone(), self.now);
-        self.g
-            .queue(async move { rows::insert_item(&*pg, id, &new2, send_at, &timing, now).await });
+        self.g.queue(async move {
+            rows::insert_item(&*pg, id, &new2, send_at, &timing, now, partition).await
+        });
         // Counted at once; a rollback leaves the count high, which is safe.
         self.g
             .tickets
@@ -585,6 +621,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn save(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
+        self.writable(&item.account_id)?;
         // An item inserted by this write is gathered: its row goes first (seal writes
         // new rows before changed ones).
         {
@@ -598,7 +635,7 @@ impl WriteTx for PgTx<'_> {
                 }
             }
         }
-        let seq = self.queue_event(change.event, item);
+        let seq = self.queue_event(change.event, item)?;
         self.g.changed.insert(item.id);
         if let Some(cached) = self.cache.get_mut(&item.id) {
             *cached = item.clone();
@@ -608,7 +645,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn save_new(&mut self, item: &Item, change: Change) -> domain::Result<u64> {
-        let seq = self.queue_event(change.event, item);
+        let seq = self.queue_event(change.event, item)?;
         self.fx.max_seq = self.fx.max_seq.max(seq);
         if let Timer::Set(at) = change.timer {
             self.fx.timers.push(WheelOp::Set(item.id, at));
@@ -627,6 +664,7 @@ impl WriteTx for PgTx<'_> {
         else {
             return Ok(false);
         };
+        self.writable(&item.account_id)?;
         let cmd = domain::machine::Command::Unreadable {
             why: why.to_owned(),
         };
@@ -642,7 +680,7 @@ impl WriteTx for PgTx<'_> {
         if done.is_none() {
             return Ok(false);
         }
-        let seq = self.queue_event(change.event, &item);
+        let seq = self.queue_event(change.event, &item)?;
         self.g.changed.insert(id);
         // Command::Unreadable's change removes the timer and frees the slot.
         self.fx.record(&item, &change, seq);
