@@ -1,7 +1,7 @@
 //! Several owners on one PostgreSQL database (`store::postgres::scope`): each store
 //! numbers items and events in its own partitions' ranges, loads and prunes only its
-//! own partitions' rows, and refuses a write for an account of a partition it does not
-//! hold. Two stores run side by side on a fresh database (`common::pg::fresh_database`,
+//! own partitions' rows, refuses a write for an account of a partition it does not
+//! hold, and marks its commits under its own key. Two stores run side by side on a fresh database (`common::pg::fresh_database`,
 //! which fails without `SENDLATER_TEST_PG`), each with a fence of disjoint partitions
 //! granted in the lease rows as a node's take does (owner, epoch bumped).
 mod common;
@@ -216,6 +216,19 @@ async fn two_stores_on_disjoint_partitions_schedule_at_once_without_colliding_id
         .unwrap()
         .get(0);
     assert_eq!(rows, 400);
+    // Each node's writer marks its groups under its own key (the outcome of a commit
+    // cut short is read back from it: another node's groups must not overwrite it).
+    let keys: Vec<String> = c
+        .query(
+            "SELECT key FROM store_meta WHERE key LIKE 'writer_group%' ORDER BY key",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["writer_group.n1", "writer_group.n2"]);
     // Every row carries its account's partition.
     for r in c
         .query("SELECT DISTINCT account_id, partition FROM items", &[])
@@ -457,7 +470,7 @@ async fn a_store_loads_and_prunes_only_its_own_partitions_and_sees_another_parti
     assert!(caught_up.events.is_empty() && caught_up.oldest <= last_p + 1);
     s1.close().await;
     let s1 = open(&url, "n1", &h1).await;
-    let next = schedule(&s1, &[a.clone()], 1).await;
+    let next = schedule(&s1, std::slice::from_ref(&a), 1).await;
     assert!(
         next[0].1 > last_a && next[0].1 > last_p,
         "above what was pruned"

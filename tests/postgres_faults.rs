@@ -572,7 +572,7 @@ async fn a_lost_commit_after_a_restart_is_not_taken_for_the_previous_processes_g
     let db = raw_pg(&direct).await;
     let marker: String = db
         .query_one(
-            "SELECT value FROM store_meta WHERE key = 'writer_group'",
+            "SELECT value FROM store_meta WHERE key LIKE 'writer_group%'",
             &[],
         )
         .await

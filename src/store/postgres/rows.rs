@@ -16,8 +16,9 @@
 //!   snapshot): `events_after` reads its events and the oldest retained sequence
 //!   together.
 //! - No sweep: an item's row is current once its write commits, so every event may be
-//!   pruned once old; the last sequence ever written is kept in `store_meta`
-//!   ([`max_ids`], [`event_bounds`]).
+//!   pruned once old; the last sequence ever pruned is kept in `store_meta`
+//!   ([`max_ids`], [`event_bounds`]; per partition once rows carry partitions:
+//!   `events_pruned_through.P`, [`partition_heads`], [`newest_of_partition`]).
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};

@@ -10,8 +10,9 @@
 //! commit record is flushed).
 //!
 //! Every group also writes its number, with the writer's random id, to `store_meta`
-//! (`writer_group`; the id keeps a marker left by a previous process from answering
-//! for a group of this one). When the connection is lost during COMMIT, the outcome is
+//! (`writer_group`, or `writer_group.NODE` for a node's fenced writer, so the writers of
+//! several nodes keep apart; the id keeps a marker left by a previous process from
+//! answering for a group of this one). When the connection is lost during COMMIT, the outcome is
 //! unknown: the writer reconnects (retrying until it can; writes that come meanwhile
 //! are answered UNAVAILABLE), ends the lost connection's session on the server (a
 //! COMMIT still under way there could otherwise commit after the look) and reads the
@@ -737,10 +738,21 @@ impl Writer {
         format!("{:016x}-{group_no}", self.run_id)
     }
 
+    /// The `store_meta` key of this writer's marker: one per node (`writer_group.NODE`)
+    /// when fenced, so another node's groups never overwrite it (nor wait for its row
+    /// lock); `writer_group` for the one writer of an unfenced store.
+    fn marker_key(&self) -> String {
+        match &self.fence {
+            Some(f) => format!("writer_group.{}", f.node),
+            None => "writer_group".into(),
+        }
+    }
+
     /// Commits the open group, with its number; resolves an unknown outcome.
     fn commit(&mut self, group_no: u64) -> Result<(), StoreError> {
         let pg = self.g.pg.clone();
         let marker = self.marker(group_no);
+        let key = self.marker_key();
         // Everything queued, the group's number and COMMIT go in one round trip.
         self.g.seal();
         let pending: Vec<_> = std::mem::take(&mut *self.g.pending.borrow_mut())
@@ -753,7 +765,7 @@ impl Writer {
                 .statements
                 .get(
                     &pg.client,
-                    "INSERT INTO store_meta (key, value) VALUES ('writer_group', $1) \
+                    "INSERT INTO store_meta (key, value) VALUES ($2, $1) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 )
                 .await
@@ -780,7 +792,7 @@ impl Writer {
                     Err(e) => Err(StoreError::from(e)),
                 }
             };
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&marker];
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&marker, &key];
             let mark = pg.client.execute(&st, &params);
             let commit = pg.client.batch_execute("COMMIT");
             let (p, f, m, c) = futures_util::future::join4(
@@ -846,13 +858,11 @@ impl Writer {
         loop {
             if self.reconnect_once() && lost_session.is_none_or(|pid| self.end_session(pid)) {
                 let pg = self.g.pg.clone();
+                let key = self.marker_key();
                 let found = self.g.within(&self.rt, async move {
                     Ok(pg
                         .client
-                        .query_opt(
-                            "SELECT value FROM store_meta WHERE key = 'writer_group'",
-                            &[],
-                        )
+                        .query_opt("SELECT value FROM store_meta WHERE key = $1", &[&key])
                         .await?)
                 });
                 match found {
