@@ -478,3 +478,102 @@ async fn a_store_loads_and_prunes_only_its_own_partitions_and_sees_another_parti
     s1.close().await;
     s2.close().await;
 }
+
+/// A server owning `held` of the database at `url` as node `node` (a test server on
+/// PostgreSQL with that fence, its trust window open for an hour).
+async fn server_owning(url: &str, node: &str, held: Vec<(u32, i64)>) -> common::TestServer {
+    let trust = Arc::new(sendlater::cluster::trust::Trust::new());
+    trust.renewed(std::time::Instant::now(), Duration::from_secs(3600));
+    let ownership = sendlater::cluster::Ownership {
+        fence: Fence {
+            node: node.into(),
+            held,
+            idle_limit: Duration::from_secs(60),
+        },
+        trust,
+        view: None,
+        placement: None,
+    };
+    let url = url.to_owned();
+    common::TestServer::start_with(move |c| {
+        c.db_path = std::path::PathBuf::from(url);
+        c.ownership = Some(ownership);
+    })
+    .await
+}
+
+/// WatchEvents clamps a cursor beyond "the newest" to the newest of the account's
+/// partition: another node's partition at a higher epoch numbers above everything this
+/// node wrote, and a valid cursor there must not be lowered (its events would come again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_on_one_node_resumes_a_cursor_of_another_nodes_higher_epoch_partition_without_replay(
+) {
+    let url = common::pg::fresh_database().await;
+    let leases = PgLeases::connect(&url).await.expect("the lease rows");
+    let all = sendlater::cluster::DEFAULT_PARTITIONS;
+    leases.init(all).await.expect("the partitions are made");
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let (mine, theirs): (Vec<u32>, Vec<u32>) = (0..all).partition(|p| p % 2 == 0);
+    let h1 = grant(&c, "n1", &mine).await;
+    grant(&c, "n2", &theirs).await;
+    let h2 = grant(&c, "n2", &theirs).await;
+    let (a, b) = (
+        server_owning(&url, "n1", h1).await,
+        server_owning(&url, "n2", h2).await,
+    );
+    let name = |odd: bool| {
+        (0..)
+            .map(|i| format!("acct-{i}"))
+            .find(|n| (partition_of(n, all) % 2 == 1) == odd)
+            .unwrap()
+    };
+    let (on_a, on_b) = (name(false), name(true));
+    let last_seq = |account: String| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT max(seq) FROM events WHERE account_id = $1",
+                &[&account],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0) as u64
+        }
+    };
+    b.schedule(common::email_reply(&on_b, "T1", T0 + 3_600_000))
+        .await;
+    let seen = last_seq(on_b.clone()).await;
+    assert!(seen > *a.running().engine().store().event_sequence().borrow());
+    // The watcher saw on_b's first event; it resumes after it on node a.
+    let mut events = a
+        .client
+        .clone()
+        .watch_events(sendlater::pb::WatchEventsRequest {
+            account_id: on_b.clone(),
+            after_sequence: seen,
+        })
+        .await
+        .expect("a stream")
+        .into_inner();
+    let next = b
+        .schedule(common::email_reply(&on_b, "T2", T0 + 3_600_000))
+        .await;
+    // A stream is woken by its own node's commits: a write on a wakes it.
+    a.schedule(common::email_reply(&on_a, "T3", T0 + 3_600_000))
+        .await;
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("the next event arrives")
+        .expect("no error")
+        .expect("the stream is open");
+    assert_eq!(
+        ev.item.expect("its item").item_id,
+        next.item_id,
+        "the first event after the cursor, not the one before it again (sequence {})",
+        ev.sequence
+    );
+    assert!(ev.sequence > seen);
+}
