@@ -16,6 +16,17 @@
 //!   partition moves; sequences written before (below 2^40) are below them all. A
 //!   counter that would reach 2^28 is an error, never a wrap.
 //!
+//! # Loading, writing and pruning
+//! A store loads (start-up scan, live ids, controls, business-hours walks under way)
+//! only its own partitions' rows, and dispatch controls of every account (`*`). A write
+//! for an account of a partition it does not hold (an item, its events, controls,
+//! business hours) is refused, UNAVAILABLE "... partition P is owned by another node
+//! (moved); try again", and leaves nothing behind (the write rolls back). Pruning too
+//! takes only its own partitions' expired events, each partition in sequence order, and
+//! records how far it went per partition (`events_pruned_through.P`): the events of a
+//! partition nobody holds wait for its next owner. An account's cursor is out of range
+//! exactly when something after it was pruned from its partition.
+//!
 //! # Without a fence
 //! A store opened without a fence (tools, tests) owns every partition, each at the
 //! epoch its lease row has now (0 where none was ever granted). Such a store must be the
