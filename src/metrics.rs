@@ -78,6 +78,8 @@ pub struct Metrics {
     pub lease_renew_seconds: Histogram,
     /// Writes this node forwarded to the owner of their partition.
     pub forwarded_requests: Counter,
+    /// Forwarded calls this node answered "moved": it does not own their partition.
+    pub moved_requests: Counter,
     /// Writes refused because their partition's epoch had moved on (a stale owner).
     pub fenced_writes: Counter,
 }
@@ -103,6 +105,7 @@ impl Default for Metrics {
             partition_takeovers: Counter::default(),
             lease_renew_seconds: Histogram::new(SECONDS),
             forwarded_requests: Counter::default(),
+            moved_requests: Counter::default(),
             fenced_writes: Counter::default(),
         }
     }
@@ -210,6 +213,11 @@ fn registry(g: &dyn Gauges) -> Registry {
             "forwarded_requests",
             "Writes forwarded to the node owning their partition",
             &m.forwarded_requests,
+        ),
+        (
+            "moved_requests",
+            "Forwarded calls answered moved: this node does not own their partition",
+            &m.moved_requests,
         ),
         (
             "fenced_writes",

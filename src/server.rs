@@ -412,12 +412,14 @@ pub async fn start_on(
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| ServerError::Other(format!("tls: {e}")))?;
     }
-    let router = builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(scheduler)
-        .add_service(dispatch)
-        .add_service(cluster_service);
+    let router = builder.add_service(health).add_service(reflection);
+    // A node among several: Scheduler calls for accounts of partitions it does not own
+    // go to their owner (`cluster::route`); otherwise it owns every partition.
+    let router = match scheduler_router(&config, max_message, &engine, &streams) {
+        Some(route) => router.add_service(crate::cluster::route::Routed::new(scheduler, route)),
+        None => router.add_service(scheduler),
+    };
+    let router = router.add_service(dispatch).add_service(cluster_service);
     // TCP_NODELAY: without it, a response that follows a small one waits for the
     // client's delayed ACK (figures: BENCHMARKS.md, "Figures that explain the code").
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -440,6 +442,32 @@ pub async fn start_on(
         task,
         close_grace: Duration::from_millis(config.dispatch.drain_grace_ms) + STORE_CLOSE_GRACE,
     })
+}
+
+/// The router of a server owning some partitions, with a placement for the others;
+/// `None` (no ownership, or no placement): the server owns every partition.
+fn scheduler_router(
+    config: &ServerConfig,
+    max_message: usize,
+    engine: &Engine,
+    stop: &CancellationToken,
+) -> Option<Arc<crate::cluster::route::Router>> {
+    let ownership = config.ownership.as_ref()?;
+    let placement = ownership.placement.clone()?;
+    let owned: Vec<u32> = ownership.fence.held.iter().map(|&(p, _)| p).collect();
+    tracing::info!(
+        partitions = config.cluster.partitions,
+        owned = %crate::cluster::partition_ranges(&owned),
+        "Scheduler calls for the other partitions' accounts go to their owners"
+    );
+    Some(Arc::new(crate::cluster::route::Router::new(
+        config.cluster.partitions,
+        owned,
+        placement,
+        max_message,
+        engine.metrics().clone(),
+        stop.clone(),
+    )))
 }
 
 /// What answers `GetClusterStatus` and the console's node section: a node among several

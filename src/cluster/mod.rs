@@ -8,6 +8,7 @@
 
 pub mod node;
 pub mod placement;
+pub mod route;
 pub mod share;
 pub mod standby;
 pub mod trust;

@@ -122,7 +122,7 @@ pub const FORWARD_WAIT: Duration = Duration::from_secs(10);
 const MAX_FORWARDED_BODY: usize = 64 << 20;
 
 /// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`), if any.
-fn grpc_timeout(headers: &axum::http::HeaderMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(headers: &axum::http::HeaderMap) -> Option<Duration> {
     let v = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
@@ -140,7 +140,7 @@ fn grpc_timeout(headers: &axum::http::HeaderMap) -> Option<Duration> {
 /// Whether the call failed before reaching the owner: nothing listens at its address
 /// (it died; the next owner is not known yet). Only then is a forward tried again: a
 /// call that may have reached the owner is never sent twice.
-fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
