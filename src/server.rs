@@ -330,7 +330,7 @@ pub async fn start_on(
                 engine: engine.clone(),
                 stats: dispatcher.stats.clone(),
             });
-            let bound = metrics::serve(addr, gauges, streams.clone())
+            let bound = retry_in_use(|| metrics::serve(addr, gauges.clone(), streams.clone()))
                 .await
                 .map_err(|source| ServerError::Bind { addr, source })?;
             tracing::info!(addr = %bound, "serving metrics");
@@ -359,7 +359,7 @@ pub async fn start_on(
                 }
                 None => console,
             };
-            match crate::console::serve(addr, console, streams.clone()).await {
+            match retry_in_use(|| crate::console::serve(addr, console.clone(), streams.clone())).await {
                 Ok(bound) => {
                     tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");
                     Some(bound)
@@ -468,6 +468,26 @@ fn scheduler_router(
         engine.metrics().clone(),
         stop.clone(),
     )))
+}
+
+/// Binds with `bind`, trying again for up to a second while the address is in use: a
+/// node restarting its server (its partitions changed) binds the console and metrics
+/// addresses its former server is letting go of.
+async fn retry_in_use<T, F, Fut>(mut bind: F) -> std::io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match bind().await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// What answers `GetClusterStatus` and the console's node section: a node among several

@@ -1,6 +1,7 @@
-//! Nodes sharing one PostgreSQL database (`cluster::node`), run in this process: a
-//! standby forwards Scheduler calls to the owner and takes over at once when the owner
-//! stops; an owner whose partitions another node took is fenced and stops.
+//! Nodes sharing one PostgreSQL database (`cluster::node`), run in this process: a node
+//! that joins gets its fair share by a planned handover (nothing sent twice), every
+//! node serves every account (forwarding the others'), a stop hands everything over at
+//! once, and an owner whose partitions another node took is fenced and stops.
 //! The failover of real processes under faults is tests/failover.rs.
 mod common;
 
@@ -23,11 +24,20 @@ struct Node {
 
 impl Node {
     fn start(url: &str, id: &str, lease_secs: u64) -> Node {
+        Node::start_with(url, id, lease_secs, 0)
+    }
+
+    fn start_with(url: &str, id: &str, lease_secs: u64, drain_grace_ms: u64) -> Node {
+        // Logs on request: `RUST_LOG=sendlater=info cargo test --test cluster_node`.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let addr: SocketAddr = format!("127.0.0.1:{}", pg::free_port()).parse().unwrap();
         let mut config = ServerConfig::new(addr, url);
         let clock = sendlater::clock::ManualClock::new(T0);
         config.clock = Arc::new(clock.clone());
-        config.dispatch.drain_grace_ms = 0;
+        config.dispatch.drain_grace_ms = drain_grace_ms;
         config.cluster.node_id = id.into();
         config.cluster.advertise = addr.to_string();
         config.cluster.lease_secs = lease_secs;
@@ -137,57 +147,72 @@ async fn schedule(
     }
 }
 
+/// Each node's live partitions, once `want` nodes hold them all between them, each
+/// within one of the others (a fair share).
+async fn shared_fairly(c: &tokio_postgres::Client, want: &[&str]) -> Vec<Vec<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = c
+            .query(
+                "SELECT partition, owner FROM partition_leases WHERE expires_at > now()",
+                &[],
+            )
+            .await
+            .unwrap_or_default();
+        let per: Vec<Vec<u32>> = want
+            .iter()
+            .map(|n| {
+                let mut v: Vec<u32> = rows
+                    .iter()
+                    .filter(|r| r.get::<_, Option<String>>(1).as_deref() == Some(*n))
+                    .map(|r| r.get::<_, i32>(0) as u32)
+                    .collect();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        let total: usize = per.iter().map(Vec::len).sum();
+        let (min, max) = (
+            per.iter().map(Vec::len).min().unwrap_or(0),
+            per.iter().map(Vec::len).max().unwrap_or(0),
+        );
+        if total == 64 && max - min <= 1 {
+            return per;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partitions were never shared fairly by {want:?}: {:?}",
+            per.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An account whose partition (of 64) is in `partitions`.
+fn account_in(partitions: &[u32]) -> String {
+    (0..)
+        .map(|i| format!("acct-{i}"))
+        .find(|a| partitions.contains(&sendlater::cluster::partition_of(a, 64)))
+        .expect("some account hashes there")
+}
+
 #[tokio::test]
-async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_stops() {
+async fn a_node_that_joins_gets_half_the_partitions_and_every_node_serves_every_account() {
     let url = pg::fresh_database().await;
     let c = db(&url).await;
-    // A long lease: a takeover that waited for expiry would take 20 s.
+    // A long lease: nothing here may wait for an expiry.
     let n1 = Node::start(&url, "n1", 20);
-    let first_epoch = owner_is(&c, "n1").await;
-    let n2 = Node::start(&url, "n2", 20);
-    let mut via_n2 = client_when_up(&n2.url()).await;
+    let alone = shared_fairly(&c, &["n1"]).await;
+    assert_eq!(alone[0].len(), 64, "a lone node owns every partition");
     let mut via_n1 = client_when_up(&n1.url()).await;
-    // n2 is a standby: the schedule is forwarded to n1, and answered as n1 answers.
-    let item = schedule(&mut via_n2, email_reply("acme", "T1", T0 + 60_000), "r1")
+    let before = schedule(&mut via_n1, email_reply("acme", "T0", T0 + 60_000), "r0")
         .await
-        .expect("scheduled through the standby");
-    let direct = via_n1
-        .get_item(item_ref("acme", &item.item_id))
-        .await
-        .expect("n1 has it")
-        .into_inner();
-    assert_eq!(direct, item);
-    // The same request id through n1 is the same item (forwarding kept the key).
-    let again = schedule(&mut via_n1, email_reply("acme", "T1", T0 + 60_000), "r1")
-        .await
-        .unwrap();
-    assert_eq!(again.item_id, item.item_id);
-    // GetClusterStatus from the lease rows, on the owner and (forwarded) on the standby.
-    for url in [n1.url(), n2.url()] {
-        let mut cluster = pb::cluster_client::ClusterClient::new(channel(&url).await);
-        let s = cluster
-            .get_cluster_status(pb::GetClusterStatusRequest {})
-            .await
-            .expect("GetClusterStatus")
-            .into_inner();
-        let ids: Vec<&str> = s.nodes.iter().map(|n| n.node_id.as_str()).collect();
-        assert_eq!(ids, ["n1", "n2"], "{s:?}");
-        assert_eq!(s.nodes[0].partitions.len(), 64);
-        assert!(s.nodes[1].partitions.is_empty());
-        assert_eq!(s.nodes[1].address, n2.addr.to_string());
-        assert_eq!(s.partitions.len(), 64);
-        assert!(s
-            .partitions
-            .iter()
-            .all(|p| p.owner == "n1" && p.epoch == first_epoch));
-    }
-    // A connector's stream to the standby is held open, with no jobs.
-    let mut held = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
-    // Connections to n2 made while it changes role are never refused: its listening
-    // socket passes from the standby's server to the full one.
+        .expect("scheduled on the lone node");
+    // Connections to n1 made while it hands partitions over are never refused: its
+    // listening socket passes from one server to the next.
     let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let prober = {
-        let (probing, addr) = (probing.clone(), n2.addr);
+        let (probing, addr) = (probing.clone(), n1.addr);
         tokio::spawn(async move {
             let (mut tries, mut refused) = (0u32, 0u32);
             while probing.load(std::sync::atomic::Ordering::Relaxed) {
@@ -200,63 +225,182 @@ async fn a_standby_forwards_to_the_owner_and_takes_over_at_once_when_the_owner_s
             (tries, refused)
         })
     };
-    // A planned stop hands over at once, not at the lease's expiry.
-    let stopped_at = Instant::now();
-    assert_eq!(n1.stop().await, Ended::Stopped);
-    let epoch = owner_is(&c, "n2").await;
+    let joined_at = Instant::now();
+    let n2 = Node::start(&url, "n2", 20);
+    let per = shared_fairly(&c, &["n1", "n2"]).await;
     assert!(
-        stopped_at.elapsed() < Duration::from_secs(10),
-        "the takeover waited {:?}: it should follow the release, not the expiry",
-        stopped_at.elapsed()
+        joined_at.elapsed() < Duration::from_secs(10),
+        "the share moved after {:?}: it should follow the handover, not an expiry",
+        joined_at.elapsed()
     );
-    assert_eq!(epoch, first_epoch + 1);
-    let mut via_n2 = client_when_up(&n2.url()).await;
-    via_n2
-        .get_item(item_ref("acme", &item.item_id))
-        .await
-        .expect("n2 serves as the owner");
     probing.store(false, std::sync::atomic::Ordering::Relaxed);
     let (tries, refused) = prober.await.unwrap();
     assert!(tries > 0);
-    assert_eq!(
-        refused, 0,
-        "{refused} of {tries} connections refused during the takeover"
-    );
-    let got = via_n2
-        .get_item(item_ref("acme", &item.item_id))
-        .await
-        .expect("n2 serves it now")
-        .into_inner();
-    assert_eq!(got.state, pb::State::Pending as i32);
-    // The held stream ended when n2 changed role, with UNAVAILABLE ("reconnect")...
-    let end = tokio::time::timeout(Duration::from_secs(10), held.jobs.message())
-        .await
-        .expect("the held stream ends");
-    assert_eq!(
-        end.expect_err("ended with a status").code(),
-        tonic::Code::Unavailable
-    );
-    // ...and a stream opened again gets n2's due jobs.
-    let mut conn = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
-    n2.clock.set(T0 + 60_000);
-    let job = conn.next_job().await;
-    assert_eq!(job_item(&job), item.item_id);
-    conn.ack(&job, "ok").await;
-    wait_state(&via_n2, "acme", &item.item_id, pb::State::Sent).await;
-    let granted: Vec<(String, Option<String>)> = c
+    assert_eq!(refused, 0, "{refused} of {tries} connections refused");
+    assert_eq!(per[0].len(), 32);
+    assert_eq!(per[1].len(), 32);
+    // The moved partitions were handed from n1 to n2 (one grant each); n1's others
+    // kept their first grant.
+    let log: Vec<(i32, String, Option<String>)> = c
         .query(
-            "SELECT owner, prev_owner FROM lease_log WHERE partition = 0 ORDER BY epoch",
+            "SELECT partition, owner, prev_owner FROM lease_log ORDER BY partition, epoch",
             &[],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(
-        granted,
-        vec![("n1".into(), None), ("n2".into(), Some("n1".into()))]
-    );
+    for p in &per[0] {
+        let grants: Vec<_> = log.iter().filter(|g| g.0 == *p as i32).collect();
+        assert_eq!(grants.len(), 1, "partition {p} stayed with n1: {grants:?}");
+    }
+    for p in &per[1] {
+        let grants: Vec<_> = log.iter().filter(|g| g.0 == *p as i32).collect();
+        assert_eq!(grants.len(), 2, "{grants:?}");
+        assert_eq!((grants[1].1.as_str(), grants[1].2.as_deref()), ("n2", Some("n1")));
+    }
+    // Either node answers for every account, alike: calls for the other's accounts are
+    // forwarded (one hop), with the caller's request id.
+    let (a1, a2) = (account_in(&per[0]), account_in(&per[1]));
+    let mut via_n1 = client_when_up(&n1.url()).await;
+    let mut via_n2 = client_when_up(&n2.url()).await;
+    let i2 = schedule(&mut via_n1, email_reply(&a2, "T2", T0 + 60_000), "r2")
+        .await
+        .expect("n1 forwards n2's account");
+    let i1 = schedule(&mut via_n2, email_reply(&a1, "T1", T0 + 60_000), "r1")
+        .await
+        .expect("n2 forwards n1's account");
+    for (account, item) in [(&a1, &i1), (&a2, &i2)] {
+        for client in [&mut via_n1, &mut via_n2] {
+            let got = client
+                .get_item(item_ref(account, &item.item_id))
+                .await
+                .expect("either node reads it")
+                .into_inner();
+            assert_eq!(&got, item);
+        }
+    }
+    let again = schedule(&mut via_n2, email_reply(&a2, "T2", T0 + 60_000), "r2")
+        .await
+        .unwrap();
+    assert_eq!(again.item_id, i2.item_id, "the request id held across nodes");
+    // Each node hands out its own partitions' jobs, once.
+    let mut k1 = TestConnector::connect(&n1.url(), &[pb::Channel::Email], 10).await;
+    let mut k2 = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
+    n1.clock.set(T0 + 60_000);
+    n2.clock.set(T0 + 60_000);
+    let before_owner = if per[0].contains(&sendlater::cluster::partition_of("acme", 64)) {
+        0
+    } else {
+        1
+    };
+    let mut want1 = vec![i1.item_id.clone()];
+    let mut want2 = vec![i2.item_id.clone()];
+    if before_owner == 0 {
+        want1.push(before.item_id.clone());
+    } else {
+        want2.push(before.item_id.clone());
+    }
+    for (conn, want) in [(&mut k1, &mut want1), (&mut k2, &mut want2)] {
+        want.sort();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let job = conn.next_job().await;
+            got.push(job_item(&job));
+            conn.ack(&job, "ok").await;
+        }
+        got.sort();
+        assert_eq!(&got, want, "each node sends its own partitions' items");
+    }
+    wait_state(&via_n1, &a1, &i1.item_id, pb::State::Sent).await;
+    wait_state(&via_n1, &a2, &i2.item_id, pb::State::Sent).await;
+    wait_state(&via_n2, "acme", &before.item_id, pb::State::Sent).await;
+    // A planned stop hands everything to the other node at once.
+    assert_eq!(n1.stop().await, Ended::Stopped);
+    let per = shared_fairly(&c, &["n2"]).await;
+    assert_eq!(per[0].len(), 64);
+    assert_eq!(n2.stop().await, Ended::Stopped);
+}
+
+#[tokio::test]
+async fn a_job_out_at_a_connector_when_its_partition_is_handed_over_is_answered_first_and_never_sent_twice(
+) {
+    let url = pg::fresh_database().await;
+    let c = db(&url).await;
+    let n1 = Node::start_with(&url, "n1", 20, 30_000);
+    shared_fairly(&c, &["n1"]).await;
+    // The upper half moves when a second node joins (the owner hands over its last
+    // partitions).
+    let upper: Vec<u32> = (32..64).collect();
+    let account = account_in(&upper);
+    let mut via_n1 = client_when_up(&n1.url()).await;
+    let x = schedule(&mut via_n1, email_reply(&account, "TX", T0 + 60_000), "x")
+        .await
+        .unwrap();
+    let y = schedule(&mut via_n1, email_reply(&account, "TY", T0 + 120_000), "y")
+        .await
+        .unwrap();
+    let mut k1 = TestConnector::connect(&n1.url(), &[pb::Channel::Email], 10).await;
+    n1.clock.set(T0 + 60_000);
+    let job = k1.next_job().await;
+    assert_eq!(job_item(&job), x.item_id);
+    // n2 joins; n1 drains before releasing: its server stops answering (health turns
+    // NOT_SERVING, connections are ended) while it waits for the answer of the job out.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&n1.url()).await);
+    let serving = |s: &Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
+        s.as_ref().is_ok_and(|r| {
+            r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+    };
+    let check = || tonic_health::pb::HealthCheckRequest {
+        service: "sendlater.v1.Dispatch".into(),
+    };
+    assert!(serving(&health.check(check()).await), "n1 serves before n2 joins");
+    let n2 = Node::start(&url, "n2", 20);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // A check that gets no answer within a second counts as "not serving": a draining
+    // server ends its connections and accepts none until the next one starts.
+    while let Ok(answer) =
+        tokio::time::timeout(Duration::from_secs(1), health.check(check())).await
+    {
+        if !serving(&answer) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n1 never began its handover");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The upper half is still n1's: it is waiting for the answer.
+    let held: i64 = c
+        .query_one(
+            "SELECT count(*) FROM partition_leases WHERE owner = 'n1' AND expires_at > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 64, "n1 released partitions before the answer of a job out");
+    k1.ack(&job, "ok").await;
+    let per = shared_fairly(&c, &["n1", "n2"]).await;
+    assert_eq!(per[1], upper);
+    let mut via_n2 = client_when_up(&n2.url()).await;
+    wait_state(&via_n2, &account, &x.item_id, pb::State::Sent).await;
+    // n2 never hands X out: the first job it gives is Y.
+    let mut k2 = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
+    n2.clock.set(T0 + 120_000);
+    let first = k2.next_job().await;
+    assert_eq!(job_item(&first), y.item_id, "X went out once, acknowledged at n1");
+    k2.ack(&first, "ok").await;
+    wait_state(&via_n2, &account, &y.item_id, pb::State::Sent).await;
+    let got = via_n2
+        .get_item(item_ref(&account, &x.item_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.attempts, 1, "{got:?}");
+    n1.clock.set(T0 + 120_000);
+    assert_eq!(n1.stop().await, Ended::Stopped);
     assert_eq!(n2.stop().await, Ended::Stopped);
 }
 
