@@ -20,15 +20,16 @@
 //!
 //! `E2E_NODES=N` (default 1; more only with `E2E_DB`) runs schedule-unary, schedule-batch
 //! and dispatch on N `serve` processes sharing the scenario's fresh database (node ids
-//! `n1`..`nN`, distinct ports): `n1` starts first and takes the partitions, the others
-//! join as standbys, and the load starts once every node answers
-//! `Cluster/GetClusterStatus` with one node owning every partition. The callers' calls go
+//! `n1`..`nN`, distinct ports): `n1` starts first, the others join and get their fair
+//! share of the partitions, and the load starts once every node answers
+//! `Cluster/GetClusterStatus` with the partitions shared fairly. The callers' calls go
 //! round-robin over the N addresses (each caller's next call to the next node; the same
-//! connections per node as one node gets), every connector keeps one stream to every node
-//! (the owner hands out the jobs), server CPU and written bytes are summed over the nodes,
-//! and those RESULT lines carry `nodes=N` (scripts/bench-nodes.sh compares 3 with 1).
-//! `E2E_CALLS=owner` sends the callers' calls to the owner only (the connectors still
-//! stream from every node), which tells the forwarding hop's cost from the standbys'.
+//! connections per node as one node gets; a call for another node's account is forwarded
+//! there), every connector keeps one stream to every node (each node hands out its own
+//! partitions' jobs), server CPU and written bytes are summed over the nodes, and those
+//! RESULT lines carry `nodes=N` (scripts/bench-nodes.sh compares 3 with 1).
+//! `E2E_CALLS=one` sends the callers' calls to the first node only (the connectors still
+//! stream from every node): most calls then take the forwarding hop.
 //! `E2E_ITEMS=N` sets dispatch's item count (default 100k with `--quick`, else 1M).
 
 use std::io::{BufRead, BufReader};
@@ -466,48 +467,37 @@ impl Drop for ServerProc {
 }
 
 /// The sendlater nodes of one scenario: one process, or (`E2E_NODES`) several on one
-/// PostgreSQL database, `n1` owning the partitions.
+/// PostgreSQL database sharing the partitions.
 struct Nodes {
     procs: Vec<ServerProc>,
-    /// Which of `procs` owns the partitions.
-    owner: usize,
 }
 
 impl Nodes {
     /// Starts `node_count()` nodes on `db` and waits until they serve: on SQLite, the
-    /// health check; on PostgreSQL, until every node answers `GetClusterStatus` (a standby
-    /// forwards it to the owner) with every node registered and one owning every
-    /// partition, so no call of the load meets a node between roles.
+    /// health check; on PostgreSQL, until every node answers `GetClusterStatus` with
+    /// every node registered and the partitions shared fairly (each node within one of
+    /// the others), so no call of the load meets a node changing its set.
     async fn start(db: &Path) -> Nodes {
         let n = node_count();
         if pg_base().is_none() {
             let mut s = ServerProc::spawn_sendlater(db);
             s.wait_serving(Duration::from_secs(60)).await;
-            return Nodes {
-                procs: vec![s],
-                owner: 0,
-            };
+            return Nodes { procs: vec![s] };
         }
-        // n1 first, so it takes the partitions; then the standbys.
+        // n1 first, so it creates the schema; then the others.
         let mut procs = vec![ServerProc::spawn_node(db, Some("n1"))];
         procs[0].wait_serving(Duration::from_secs(60)).await;
-        wait_owned(&procs[..1], 1).await;
+        wait_shared(&procs[..1], 1).await;
         for k in 2..=n {
             let mut s = ServerProc::spawn_node(db, Some(&format!("n{k}")));
             s.wait_serving(Duration::from_secs(60)).await;
             procs.push(s);
         }
-        let owner_id = wait_owned(&procs, n).await;
-        let owner = owner_id
-            .strip_prefix('n')
-            .and_then(|k| k.parse::<usize>().ok())
-            .and_then(|k| k.checked_sub(1))
-            .filter(|&k| k < n)
-            .unwrap_or_else(|| panic!("the owner {owner_id:?} is none of n1..n{n}"));
+        let shares = wait_shared(&procs, n).await;
         if n > 1 {
-            eprintln!("  {n} nodes on one database, {owner_id} owns the partitions");
+            eprintln!("  {n} nodes on one database, partitions {shares}");
         }
-        Nodes { procs, owner }
+        Nodes { procs }
     }
 
     fn count(&self) -> usize {
@@ -520,11 +510,10 @@ impl Nodes {
     }
 
     /// The addresses the callers' calls go round-robin over: every node's, or only the
-    /// owner's with `E2E_CALLS=owner` (to tell the forwarding hop's cost from the cost
-    /// of running the standbys at all).
+    /// first node's with `E2E_CALLS=one` (most calls then take the forwarding hop).
     fn call_urls(&self) -> Vec<String> {
-        if calls_to() == "owner" {
-            vec![self.procs[self.owner].url.clone()]
+        if calls_to() == "one" {
+            vec![self.procs[0].url.clone()]
         } else {
             self.urls()
         }
@@ -545,33 +534,33 @@ impl Nodes {
         self.procs.iter().map(ServerProc::rss_bytes).sum()
     }
 
-    /// Stops the standbys, then the owner (so no standby takes over at its stop).
+    /// Stops every node, the last started first.
     fn stop(mut self) {
-        let owner = self.procs.remove(self.owner);
-        for s in self.procs {
+        while let Some(s) = self.procs.pop() {
             s.stop();
         }
-        owner.stop();
     }
 }
 
-/// `E2E_CALLS`: `all` nodes (default) or the `owner` only.
+/// `E2E_CALLS`: `all` nodes (default) or `one` (the first).
 fn calls_to() -> &'static str {
     match std::env::var("E2E_CALLS").as_deref() {
         Err(_) | Ok("all") => "all",
-        Ok("owner") => "owner",
-        Ok(other) => panic!("E2E_CALLS is all or owner, not {other:?}"),
+        Ok("one") => "one",
+        Ok(other) => panic!("E2E_CALLS is all or one, not {other:?}"),
     }
 }
 
 /// Polls `GetClusterStatus` on every node of `procs` until each answers, `nodes` nodes are
-/// registered and one of them owns every partition; returns its node id.
-async fn wait_owned(procs: &[ServerProc], nodes: usize) -> String {
+/// registered and own every partition between them, each within one of the others;
+/// returns the shares (`n1=22 n2=21 ...`).
+async fn wait_shared(procs: &[ServerProc], nodes: usize) -> String {
     use sendlater::pb::cluster_client::ClusterClient;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     loop {
-        let mut owners = Vec::new();
+        let mut settled = 0;
+        let mut shares = String::new();
         for p in procs {
             let answer = match Endpoint::from_shared(p.url.clone())
                 .unwrap()
@@ -588,31 +577,38 @@ async fn wait_owned(procs: &[ServerProc], nodes: usize) -> String {
             match answer {
                 Ok(st) => {
                     let all = st.partitions.len();
-                    let owner = st
+                    let counts: Vec<usize> = st
                         .nodes
                         .iter()
-                        .find(|nd| all > 0 && nd.partitions.len() == all)
-                        .map(|nd| nd.node_id.clone());
-                    match owner {
-                        Some(o) if st.nodes.len() >= nodes => owners.push(o),
-                        _ => {
-                            last = format!(
-                                "{}: {} node(s), no node owns all {all} partitions yet",
-                                p.url,
-                                st.nodes.len()
-                            )
-                        }
+                        .filter(|nd| !nd.partitions.is_empty())
+                        .map(|nd| nd.partitions.len())
+                        .collect();
+                    let total: usize = counts.iter().sum();
+                    let fair = counts.len() == nodes
+                        && total == all
+                        && all > 0
+                        && counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1;
+                    if fair {
+                        settled += 1;
+                        shares = st
+                            .nodes
+                            .iter()
+                            .map(|nd| format!("{}={}", nd.node_id, nd.partitions.len()))
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                    } else {
+                        last = format!("{}: shares {counts:?} of {all}", p.url);
                     }
                 }
                 Err(e) => last = format!("{}: {e}", p.url),
             }
         }
-        if owners.len() == procs.len() && owners.iter().all(|o| *o == owners[0]) {
-            return owners.swap_remove(0);
+        if settled == procs.len() {
+            return shares;
         }
         assert!(
             Instant::now() < deadline,
-            "the nodes never settled on an owner: {last}"
+            "the nodes never shared the partitions fairly: {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1023,8 +1019,8 @@ fn background_schedules(
     })
 }
 
-/// A no-op connector: one Dispatch stream to each of `chans` (every node; only the owner
-/// hands out jobs), acks every job at once, records lateness (µs) of each job.
+/// A no-op connector: one Dispatch stream to each of `chans` (every node; each hands out
+/// its own partitions' jobs), acks every job at once, records lateness (µs) of each job.
 struct Connector {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<i64>>>,

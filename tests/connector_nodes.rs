@@ -450,7 +450,8 @@ async fn a_connector_on_every_node_gets_the_jobs_of_whichever_node_owns_the_part
     let mut hook = webhook(None).await;
     let connector = start_connector(&[n1.url(), n2.url()], &hook.url(), 4);
 
-    // Scheduled through the standby: forwarded to n1, sent from n1's stream.
+    // Scheduled through n2: run by whichever node owns the account's partition (n2
+    // forwards to n1 if n1 does), sent from that node's stream.
     let first = n2.schedule_due("A1").await;
     assert_eq!(hook.next_hit().await.ticket, "A1");
     n1.assert_sent(&first).await;

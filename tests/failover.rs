@@ -3,8 +3,10 @@
 //! own, each reaching it through its own pausable proxy; a connector written here keeping a
 //! Dispatch stream to every node and acking every job at once; a steady load of schedules
 //! with request ids, round-robin over the nodes. In turn, each once the system is steady
-//! again:
-//! - (a) `kill -9` of the owner (restarted once another node sends);
+//! again (the nodes share the partitions fairly, ~21 each; "the owner" below is the node
+//! holding partition 0, whose grants the figures time):
+//! - (a) `kill -9` of the owner (restarted once another node sends; it then gets its
+//!   share back by the others' planned handovers);
 //! - (b) SIGSTOP of the owner for 3 leases, then SIGCONT (it must exit 1);
 //! - (c) the owner cut off from PostgreSQL only (its proxy frozen and refusing) for 3
 //!   leases, its connector stream kept;
@@ -887,7 +889,8 @@ async fn multinode_failover_loses_nothing_acknowledged_and_sends_nothing_from_a_
         dir.display()
     ));
 
-    // n1 first (it creates the schema and takes the partitions), then the standbys.
+    // n1 first (it creates the schema and takes the partitions), then the others (they
+    // get their shares by n1's handovers).
     run.cluster.start_node(0, &shared);
     if grant_after(&url, 0).await.is_none() {
         run.abort("n1 took no partition");
