@@ -587,7 +587,8 @@ async fn wait_shared(procs: &[ServerProc], nodes: usize) -> String {
                     let fair = counts.len() == nodes
                         && total == all
                         && all > 0
-                        && counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1;
+                        && counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0)
+                            <= 1;
                     if fair {
                         settled += 1;
                         shares = st

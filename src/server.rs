@@ -359,7 +359,9 @@ pub async fn start_on(
                 }
                 None => console,
             };
-            match retry_in_use(|| crate::console::serve(addr, console.clone(), streams.clone())).await {
+            match retry_in_use(|| crate::console::serve(addr, console.clone(), streams.clone()))
+                .await
+            {
                 Ok(bound) => {
                     tracing::info!(url = %format!("http://{bound}/"), "serving the staff console");
                     Some(bound)

@@ -258,7 +258,10 @@ async fn a_node_that_joins_gets_half_the_partitions_and_every_node_serves_every_
     for p in &per[1] {
         let grants: Vec<_> = log.iter().filter(|g| g.0 == *p as i32).collect();
         assert_eq!(grants.len(), 2, "{grants:?}");
-        assert_eq!((grants[1].1.as_str(), grants[1].2.as_deref()), ("n2", Some("n1")));
+        assert_eq!(
+            (grants[1].1.as_str(), grants[1].2.as_deref()),
+            ("n2", Some("n1"))
+        );
     }
     // Either node answers for every account, alike: calls for the other's accounts are
     // forwarded (one hop), with the caller's request id.
@@ -284,7 +287,10 @@ async fn a_node_that_joins_gets_half_the_partitions_and_every_node_serves_every_
     let again = schedule(&mut via_n2, email_reply(&a2, "T2", T0 + 60_000), "r2")
         .await
         .unwrap();
-    assert_eq!(again.item_id, i2.item_id, "the request id held across nodes");
+    assert_eq!(
+        again.item_id, i2.item_id,
+        "the request id held across nodes"
+    );
     // Each node hands out its own partitions' jobs, once.
     let mut k1 = TestConnector::connect(&n1.url(), &[pb::Channel::Email], 10).await;
     let mut k2 = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
@@ -348,22 +354,25 @@ async fn a_job_out_at_a_connector_when_its_partition_is_handed_over_is_answered_
     // n2 joins; n1 drains before releasing: its server stops answering (health turns
     // NOT_SERVING, connections are ended) while it waits for the answer of the job out.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&n1.url()).await);
-    let serving = |s: &Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
-        s.as_ref().is_ok_and(|r| {
-            r.get_ref().status
-                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        })
-    };
+    let serving =
+        |s: &Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
+            s.as_ref().is_ok_and(|r| {
+                r.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            })
+        };
     let check = || tonic_health::pb::HealthCheckRequest {
         service: "sendlater.v1.Dispatch".into(),
     };
-    assert!(serving(&health.check(check()).await), "n1 serves before n2 joins");
+    assert!(
+        serving(&health.check(check()).await),
+        "n1 serves before n2 joins"
+    );
     let n2 = Node::start(&url, "n2", 20);
     let deadline = Instant::now() + Duration::from_secs(30);
     // A check that gets no answer within a second counts as "not serving": a draining
     // server ends its connections and accepts none until the next one starts.
-    while let Ok(answer) =
-        tokio::time::timeout(Duration::from_secs(1), health.check(check())).await
+    while let Ok(answer) = tokio::time::timeout(Duration::from_secs(1), health.check(check())).await
     {
         if !serving(&answer) {
             break;
@@ -380,7 +389,10 @@ async fn a_job_out_at_a_connector_when_its_partition_is_handed_over_is_answered_
         .await
         .unwrap()
         .get(0);
-    assert_eq!(held, 64, "n1 released partitions before the answer of a job out");
+    assert_eq!(
+        held, 64,
+        "n1 released partitions before the answer of a job out"
+    );
     k1.ack(&job, "ok").await;
     let per = shared_fairly(&c, &["n1", "n2"]).await;
     assert_eq!(per[1], upper);
@@ -390,7 +402,11 @@ async fn a_job_out_at_a_connector_when_its_partition_is_handed_over_is_answered_
     let mut k2 = TestConnector::connect(&n2.url(), &[pb::Channel::Email], 10).await;
     n2.clock.set(T0 + 120_000);
     let first = k2.next_job().await;
-    assert_eq!(job_item(&first), y.item_id, "X went out once, acknowledged at n1");
+    assert_eq!(
+        job_item(&first),
+        y.item_id,
+        "X went out once, acknowledged at n1"
+    );
     k2.ack(&first, "ok").await;
     wait_state(&via_n2, &account, &y.item_id, pb::State::Sent).await;
     let got = via_n2
@@ -447,4 +463,67 @@ async fn an_owner_whose_partitions_were_taken_is_fenced_commits_nothing_and_stop
         vec!["before".to_owned()],
         "nothing after the takeover committed"
     );
+}
+
+#[tokio::test]
+async fn a_take_grants_only_free_rows_once_and_a_handover_releases_only_those_given() {
+    use sendlater::store::postgres::PgLeases;
+    let url = pg::fresh_database().await;
+    let c = db(&url).await;
+    let ttl = Duration::from_secs(60);
+    let a = PgLeases::connect(&url).await.unwrap();
+    a.init(8).await.unwrap();
+    let b = PgLeases::connect(&url).await.unwrap();
+    let look = a.look("a", "a:1", ttl).await.unwrap();
+    assert_eq!(look.registered, ["a"]);
+    assert_eq!(look.rows.len(), 8);
+    assert!(look.rows.iter().all(|r| r.owner.is_none() && !r.live));
+    // Both want 0-5 at once: each row is granted to one of them only.
+    let (ga, gb) = tokio::join!(
+        a.take("a", &[0, 1, 2, 3, 4, 5], ttl),
+        b.take("b", &[5, 4, 3, 2, 1, 0], ttl)
+    );
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    let mut all: Vec<u32> = ga.iter().chain(&gb).map(|h| h.0).collect();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3, 4, 5], "{ga:?} {gb:?}");
+    assert!(
+        ga.iter().chain(&gb).all(|h| h.1 == 1),
+        "first grants: epoch 1"
+    );
+    // A live row of another node is not taken; its own row is re-taken at a new epoch.
+    let (mine, theirs) = if ga.is_empty() {
+        (&gb, "b")
+    } else {
+        (&ga, "a")
+    };
+    let other = if theirs == "a" { &b } else { &a };
+    let other_id = if theirs == "a" { "b" } else { "a" };
+    let p = mine[0].0;
+    assert!(other.take(other_id, &[p], ttl).await.unwrap().is_empty());
+    let again = if theirs == "a" { &a } else { &b };
+    let re = again.take(theirs, &[p], ttl).await.unwrap();
+    assert_eq!(re, vec![(p, 2)]);
+    // A handover releases the rows given, keeps the node registered, and the other
+    // node takes them at once.
+    again.hand_over(theirs, &re).await.unwrap();
+    let look = other.look(other_id, "o:1", ttl).await.unwrap();
+    assert!(look.registered.iter().any(|n| n == theirs), "{look:?}");
+    let row = look.rows.iter().find(|r| r.partition == p).unwrap();
+    assert!(!row.live, "released");
+    let taken = other.take(other_id, &[p], ttl).await.unwrap();
+    assert_eq!(taken, vec![(p, 3)]);
+    let log: Vec<(i64, String, Option<String>)> = c
+        .query(
+            "SELECT epoch, owner, prev_owner FROM lease_log WHERE partition = $1 ORDER BY epoch",
+            &[&(p as i32)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[2].1, other_id);
+    assert_eq!(log[2].2.as_deref(), Some(theirs));
 }

@@ -104,10 +104,13 @@ impl Node {
         let mut attempt = 0;
         let running = loop {
             attempt += 1;
-            let socket = self.socket.try_clone().map_err(|source| ServerError::Bind {
-                addr: self.config.listen,
-                source,
-            })?;
+            let socket = self
+                .socket
+                .try_clone()
+                .map_err(|source| ServerError::Bind {
+                    addr: self.config.listen,
+                    source,
+                })?;
             match server::start_on(config.clone(), Some(socket)).await {
                 Ok(r) => break r,
                 Err(e) if attempt < START_ATTEMPTS && !matches!(e, ServerError::Bind { .. }) => {
@@ -180,11 +183,14 @@ async fn renew_loop(
             continue;
         }
         let started = Instant::now();
-        let renewed =
-            tokio::time::timeout(lease / 2, leases.renew(&me.node_id, &me.advertise, &held, lease))
-                .await;
+        let renewed = tokio::time::timeout(
+            lease / 2,
+            leases.renew(&me.node_id, &me.advertise, &held, lease),
+        )
+        .await;
         if let Some(m) = metrics.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            m.lease_renew_seconds.observe(started.elapsed().as_secs_f64());
+            m.lease_renew_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         match renewed {
             Ok(Ok(parts)) if parts.len() == held.len() => trust.renewed(started, lease),
@@ -201,7 +207,10 @@ async fn renew_loop(
                 tracing::warn!(error = %e, left_ms = trust.remaining_at(Instant::now()).as_millis() as u64, "lease renewal failed");
             }
             Err(_) => {
-                tracing::warn!(left_ms = trust.remaining_at(Instant::now()).as_millis() as u64, "lease renewal timed out");
+                tracing::warn!(
+                    left_ms = trust.remaining_at(Instant::now()).as_millis() as u64,
+                    "lease renewal timed out"
+                );
             }
         }
     }
@@ -368,8 +377,12 @@ pub async fn run(
                         .copied()
                         .collect();
                     match leases.hand_over(&me.node_id, &gone).await {
-                        Ok(()) => tracing::info!(node = %me.node_id, partitions = %super::partition_ranges(&give), "handed partitions over"),
-                        Err(e) => tracing::warn!(error = %e, partitions = %super::partition_ranges(&give), "cannot release handed-over partitions: they move when their lease expires"),
+                        Ok(()) => {
+                            tracing::info!(node = %me.node_id, partitions = %super::partition_ranges(&give), "handed partitions over")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, partitions = %super::partition_ranges(&give), "cannot release handed-over partitions: they move when their lease expires")
+                        }
                     }
                     held.retain(|(p, _)| !give.contains(p));
                     held.clone()
