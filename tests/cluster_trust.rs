@@ -23,6 +23,7 @@ fn owner(trust: &Arc<Trust>) -> Ownership {
         trust: trust.clone(),
         view: None,
         placement: None,
+        metrics: None,
     }
 }
 

@@ -493,6 +493,7 @@ async fn server_owning(url: &str, node: &str, held: Vec<(u32, i64)>) -> common::
         trust,
         view: None,
         placement: None,
+        metrics: None,
     };
     let url = url.to_owned();
     common::TestServer::start_with(move |c| {

@@ -92,6 +92,9 @@ pub struct Ownership {
     /// Where the partitions this server does not own are served (calls for their
     /// accounts are forwarded there); `None`: this server owns every partition.
     pub placement: Option<Arc<placement::Placement>>,
+    /// The node's metrics registry, kept across its servers (a server restarted over a
+    /// new set of partitions goes on counting); `None`: the server's own.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Ownership {

@@ -82,8 +82,8 @@ struct Node {
     placement: Arc<Placement>,
     /// The listening socket every server of this node accepts on.
     socket: std::net::TcpListener,
-    /// The running server's metrics, for the renewal task.
-    metrics: Arc<std::sync::Mutex<Option<Arc<crate::metrics::Metrics>>>>,
+    /// The node's metrics, kept across its servers.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Node {
@@ -100,6 +100,7 @@ impl Node {
             trust: self.trust.clone(),
             view: Some(Arc::new(LeaseView(self.leases.clone()))),
             placement: Some(self.placement.clone()),
+            metrics: Some(self.metrics.clone()),
         });
         let mut attempt = 0;
         let running = loop {
@@ -120,9 +121,7 @@ impl Node {
                 Err(e) => return Err(e),
             }
         };
-        let metrics = running.engine().metrics().clone();
-        metrics.partitions_owned.set(held.len() as i64);
-        *self.metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(metrics);
+        self.metrics.partitions_owned.set(held.len() as i64);
         Ok(running)
     }
 
@@ -170,7 +169,7 @@ async fn renew_loop(
     me: ClusterSettings,
     held: Arc<Mutex<Vec<Held>>>,
     trust: Arc<Trust>,
-    metrics: Arc<std::sync::Mutex<Option<Arc<crate::metrics::Metrics>>>>,
+    metrics: Arc<crate::metrics::Metrics>,
     lost: watch::Sender<Option<String>>,
 ) {
     let lease = me.lease();
@@ -188,10 +187,9 @@ async fn renew_loop(
             leases.renew(&me.node_id, &me.advertise, &held, lease),
         )
         .await;
-        if let Some(m) = metrics.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            m.lease_renew_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
+        metrics
+            .lease_renew_seconds
+            .observe(started.elapsed().as_secs_f64());
         match renewed {
             Ok(Ok(parts)) if parts.len() == held.len() => trust.renewed(started, lease),
             Ok(Ok(parts)) => {

@@ -138,7 +138,8 @@ impl Engine {
         });
         let target = crate::store::DbTarget::parse(&path.to_string_lossy());
         let fence = ownership.as_ref().map(|o| o.fence.clone());
-        let store = Store::open_fenced(&target, sync, clock.clone(), hook, fence)?;
+        let metrics = ownership.as_ref().and_then(|o| o.metrics.clone());
+        let store = Store::open_node(&target, sync, clock.clone(), hook, fence, metrics)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,

@@ -642,9 +642,28 @@ impl Store {
         hook: Arc<dyn CommitHook>,
         fence: Option<Fence>,
     ) -> Result<Store, StoreError> {
+        Self::open_node(db, sync, clock, hook, fence, None)
+    }
+
+    /// [`Store::open_fenced`], counting into `metrics` when given: a node's registry,
+    /// carried over from one of its servers to the next (its counters do not restart
+    /// when its partitions change). SQLite keeps its own.
+    ///
+    /// # Errors
+    /// As [`Store::open_target`].
+    pub fn open_node(
+        db: &DbTarget,
+        sync: crate::config::Synchronous,
+        clock: Arc<dyn crate::clock::Clock>,
+        hook: Arc<dyn CommitHook>,
+        fence: Option<Fence>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Result<Store, StoreError> {
         let backend: Arc<dyn Backend> = match db {
             DbTarget::Sqlite(path) => Arc::new(sqlite::Store::open(path, sync, clock, hook)?),
-            DbTarget::Postgres(url) => postgres::PgStore::open(url, sync, clock, hook, fence)?,
+            DbTarget::Postgres(url) => {
+                postgres::PgStore::open_with(url, sync, clock, hook, fence, metrics)?
+            }
         };
         Ok(Store { backend })
     }

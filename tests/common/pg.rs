@@ -314,5 +314,6 @@ pub async fn own_everything(
         trust,
         view: None,
         placement: None,
+        metrics: None,
     }
 }

@@ -192,8 +192,24 @@ impl PgStore {
         hook: Arc<dyn CommitHook>,
         fence: Option<Fence>,
     ) -> Result<Arc<dyn Backend>, StoreError> {
+        Self::open_with(url, sync, clock, hook, fence, None)
+    }
+
+    /// [`PgStore::open`], counting into `metrics` when given (a node's registry, kept
+    /// across its servers).
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub fn open_with(
+        url: &str,
+        sync: Synchronous,
+        clock: Arc<dyn Clock>,
+        hook: Arc<dyn CommitHook>,
+        fence: Option<Fence>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Result<Arc<dyn Backend>, StoreError> {
         let shared = Arc::new(Shared {
-            metrics: Default::default(),
+            metrics: metrics.unwrap_or_default(),
             tickets: Default::default(),
             degraded: watch::channel(None).0,
             fatal: watch::channel(None).0,
