@@ -107,6 +107,7 @@ async fn cluster_with(
             trust,
             view: None,
             placement: Some(placement.clone()),
+            metrics: None,
         };
         let url = url.clone();
         let tweak = tweak.clone();
@@ -566,6 +567,7 @@ async fn with_no_placement_a_server_answers_every_account_itself() {
             trust,
             view: None,
             placement: None,
+            metrics: None,
         });
     })
     .await;
@@ -699,6 +701,7 @@ async fn a_routed_server_refuses_compressed_and_oversized_requests_with_clear_co
             trust,
             view: None,
             placement: Some(Arc::new(Placement::new())),
+            metrics: None,
         });
     })
     .await;
@@ -723,4 +726,59 @@ async fn a_routed_server_refuses_compressed_and_oversized_requests_with_clear_co
     let (code, why) = raw_call(&t.url(), "GetItem", framed(0, 3, &[0xff, 0xff, 0xff])).await;
     assert_eq!(code, "13", "INTERNAL (a decoding error): {why}");
     assert_eq!(t.running().engine().metrics().forwarded_requests.get(), 0);
+}
+
+#[tokio::test]
+async fn a_stopping_node_cuts_a_call_out_at_an_owner_that_does_not_answer_instead_of_waiting_for_it(
+) {
+    let mut nodes = cluster(&[&[0], &[1, 2, 3]]).await;
+    let theirs = account_in(1, 0);
+    // Partition 1's owner accepts connections and never answers (a stopped process).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(8);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+            let _ = accepted_tx.send(()).await;
+        }
+    });
+    let mut owners = true_owners(&nodes);
+    owners.insert(1, silent_addr.to_string());
+    nodes[0].placement.set_owners(owners);
+    let mut client = nodes[0].t.client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .schedule_message(email_reply(&theirs, "T1", T0 + 60_000))
+            .await
+    });
+    accepted
+        .recv()
+        .await
+        .expect("the call went out to the owner");
+    // A stops (as a node restarting over a new set of partitions): the call out is cut
+    // with a clear answer, and the stop does not wait for it.
+    let mut a = nodes.remove(0);
+    let started = Instant::now();
+    a.t.stop().await;
+    let stopped = started.elapsed();
+    let s = call
+        .await
+        .unwrap()
+        .expect_err("the call cannot have been answered");
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{}", s.message());
+    assert!(
+        s.message()
+            .contains("this node is stopping while the call was at the owner")
+            && s.message().contains("request_id makes it safe"),
+        "{}",
+        s.message()
+    );
+    assert!(
+        stopped < Duration::from_secs(9),
+        "the stop waited {stopped:?}, as long as the in-flight grace"
+    );
+    holder.abort();
+    stop_all(nodes).await;
 }

@@ -418,16 +418,30 @@ async fn forward(
             Owners::Unknown(p) => why = format!("no node owns partition {p} now"),
             Owners::At(address) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                match send(
+                let sent = send(
                     router,
                     &parts,
                     &body,
                     &pq,
                     &address,
                     had_timeout.then_some(remaining),
-                )
-                .await
-                {
+                );
+                // A call out at an owner that does not answer (stopped, cut off) must
+                // not hold this server's stop (a node restarting over a new set of
+                // partitions): it is cut, and the caller told it may have run.
+                let sent = tokio::select! {
+                    sent = sent => sent,
+                    () = router.stop.cancelled() => {
+                        return status(
+                            tonic::Code::Unavailable,
+                            format!(
+                                "this node is stopping while the call was at the owner {address} \
+                                 (it may have run); try again (request_id makes it safe)"
+                            ),
+                        );
+                    }
+                };
+                match sent {
                     Sent::Answered(resp) => {
                         router.metrics.forwarded_requests.inc();
                         tracing::debug!(method, owner = %address, "forwarded to the owner");
