@@ -203,6 +203,17 @@ impl RunningServer {
     /// # Errors
     /// The server task failed.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.shutdown_within(DRAIN_GRACE).await
+    }
+
+    /// [`RunningServer::shutdown`], waiting at most `in_flight` for the RPCs under way
+    /// (then cut). A node restarting its server over a new set of partitions waits
+    /// little: a peer that stopped (SIGSTOP) or was cut off keeps its connection, and
+    /// its calls, open for ever, and the node's own partitions wait meanwhile.
+    ///
+    /// # Errors
+    /// The server task failed.
+    pub async fn shutdown_within(self, in_flight: Duration) -> Result<(), ServerError> {
         set_health(&self.health, ServingStatus::NotServing).await;
         self.stop.cancel();
         self.streams.cancel();
@@ -210,12 +221,12 @@ impl RunningServer {
             tracing::error!(error = %e, "the dispatcher failed while stopping");
         }
         let mut task = self.task;
-        let result = match tokio::time::timeout(DRAIN_GRACE, &mut task).await {
+        let result = match tokio::time::timeout(in_flight, &mut task).await {
             Ok(Ok(r)) => r.map_err(|e| ServerError::Other(e.to_string())),
             Ok(Err(join)) => Err(ServerError::Other(join.to_string())),
             Err(_) => {
                 tracing::warn!(
-                    grace_secs = DRAIN_GRACE.as_secs(),
+                    grace_ms = in_flight.as_millis() as u64,
                     "in-flight RPCs did not finish in time; stopping anyway"
                 );
                 task.abort();

@@ -60,6 +60,12 @@ pub const LOOK_EVERY: Duration = Duration::from_millis(500);
 const START_RETRY: Duration = Duration::from_millis(500);
 const START_ATTEMPTS: u32 = 20;
 
+/// How long a server restarted over a new set of partitions waits for the RPCs under
+/// way (the answers of jobs out are drained before, within `drain_grace`); those still
+/// running are cut and their callers retry (request ids make it safe). A peer stopped
+/// or cut off holds its calls open for ever.
+const RESTART_IN_FLIGHT: Duration = Duration::from_millis(500);
+
 /// How a node's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
@@ -349,7 +355,7 @@ pub async fn run(
                     }
                 };
                 let started = Instant::now();
-                let drained = running.shutdown().await;
+                let drained = running.shutdown_within(RESTART_IN_FLIGHT).await;
                 if let Err(e) = drained {
                     tracing::warn!(error = %e, "the server did not stop cleanly before growing");
                 }
@@ -364,7 +370,7 @@ pub async fn run(
             Decision::HandOver(give) => {
                 let started = Instant::now();
                 // Drained first: nothing of these partitions leaves after their release.
-                if let Err(e) = running.shutdown().await {
+                if let Err(e) = running.shutdown_within(RESTART_IN_FLIGHT).await {
                     tracing::warn!(error = %e, "the server did not stop cleanly before a handover");
                 }
                 let snapshot = {
