@@ -263,9 +263,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     start_on(config, None).await
 }
 
-/// [`start`] on a socket already listening at `config.listen` (a node's standby hands
-/// over its own, so connections arriving during the takeover wait in its backlog
-/// instead of being refused); `None` binds one.
+/// [`start`] on a socket already listening at `config.listen` (a node keeps its own
+/// across its servers, so connections arriving while it restarts its server over a new
+/// set of partitions wait in its backlog instead of being refused); `None` binds one.
 ///
 /// # Errors
 /// As [`start`].

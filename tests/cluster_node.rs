@@ -128,7 +128,7 @@ async fn client_when_up(
 }
 
 /// Schedules through `client`, retrying while the call is UNAVAILABLE (between owners,
-/// or the standby does not know the owner yet); the request id makes retries safe.
+/// or the node restarting its server); the request id makes retries safe.
 async fn schedule(
     client: &mut pb::scheduler_client::SchedulerClient<tonic::transport::Channel>,
     mut req: pb::ScheduleRequest,

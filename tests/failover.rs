@@ -485,7 +485,7 @@ fn node_index(id: &str) -> Option<usize> {
     id.strip_prefix('n')?.parse::<usize>().ok()?.checked_sub(1)
 }
 
-/// Whether the node answers health SERVING (as a standby or as the owner).
+/// Whether the node answers health SERVING.
 async fn healthy(node: &Node) -> bool {
     let Ok(ch) = Endpoint::from_shared(node.url())
         .expect("url")
@@ -516,7 +516,7 @@ async fn wait_healthy(node: &Node) -> bool {
 }
 
 /// A connector's stream to one node: reconnects every ~100 ms when the stream ends or is
-/// refused (a standby answers UNAVAILABLE), logs every job and acks it at once.
+/// refused (a node restarting its server answers UNAVAILABLE), logs every job and acks it at once.
 async fn connector(node: usize, url: String, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let channel = Endpoint::from_shared(url)
         .expect("url")

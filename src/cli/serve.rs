@@ -246,9 +246,9 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     }
 }
 
-/// A node on PostgreSQL (`cluster::node`): a standby until it owns the partitions,
-/// then the service, until asked to stop (the partitions are released) or until it
-/// loses them (exit non-zero: the supervisor's restart makes it a standby again).
+/// A node on PostgreSQL (`cluster::node`): it serves its fair share of the partitions
+/// (and forwards calls for the others' accounts) until asked to stop (its partitions
+/// are released) or until it loses some (exit non-zero: the supervisor restarts it).
 async fn run_node(config: ServerConfig, url: &str) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Error>();
     let stop = async move {

@@ -10,7 +10,6 @@ pub mod node;
 pub mod placement;
 pub mod route;
 pub mod share;
-pub mod standby;
 pub mod trust;
 
 use std::sync::Arc;

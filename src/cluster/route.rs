@@ -41,7 +41,6 @@ use tonic::codegen::{http, Bytes, Service};
 use tonic::transport::{Channel, Endpoint};
 
 use super::placement::Placement;
-use super::standby::{grpc_timeout, refused, FORWARD_WAIT};
 use crate::metrics::Metrics;
 use crate::pb;
 
@@ -727,6 +726,42 @@ pub fn field_one(message: &[u8]) -> Result<Option<&[u8]>, ScanError> {
 /// As [`field_one`].
 pub fn account_of(message: &[u8]) -> Result<Option<&str>, ScanError> {
     Ok(field_one(message)?.and_then(|b| std::str::from_utf8(b).ok()))
+}
+
+/// The longest a forwarded call waits for an owner that can be reached, when the
+/// caller set no `grpc-timeout`.
+pub const FORWARD_WAIT: Duration = Duration::from_secs(10);
+
+/// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`), if any.
+pub(crate) fn grpc_timeout(headers: &axum::http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether the call failed before reaching the owner: nothing listens at its address
+/// (it died; the next owner is not known yet). Only then is a forward tried again: a
+/// call that may have reached the owner is never sent twice.
+pub(crate) fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -8,11 +8,10 @@
 //! link's finished tasks (forwarded to that server as Ack/Nack) and the shutdown token.
 //! When the stream ends or fails the link sleeps an exponential backoff with jitter
 //! (`reconnect_min` .. `reconnect_max`, reset once a session was established) and opens
-//! a new one. A standby node holds the stream open without jobs and ends it when it
-//! takes partitions over, so the connector is back at once (the stream was
+//! a new one. A node ends its streams when its partitions change (it restarts its
+//! server over the new set), so the connector is back at once (the stream was
 //! established). A server that answers Connect itself with a status worth retrying
-//! (UNAVAILABLE: not ready to hand out jobs, or a standby of a build that declined
-//! streams) is asked again within [`DECLINED_RETRY`], however long it declined, rather
+//! (UNAVAILABLE: not ready to hand out jobs) is asked again within [`DECLINED_RETRY`], however long it declined, rather
 //! than after the long backoff of a server that cannot be reached. Links are
 //! independent: a server that is down only keeps its own link in backoff while the
 //! others deliver.
@@ -311,8 +310,8 @@ enum Reached {
     Nothing,
     /// The server answered Connect with a status worth retrying (up, but no jobs
     /// yet): the backoff, but never longer than [`DECLINED_RETRY`], and it goes on
-    /// from there (a node that then rebinds its port, as a standby taking over does,
-    /// refuses a connection for a moment: that waits about a second, not the long
+    /// from there (a node that then rebinds its port refuses a connection for a
+    /// moment: that waits about a second, not the long
     /// backoff of a dead server).
     Declined,
     /// The stream was open (Hello accepted) before it was lost: the backoff restarts.

@@ -208,7 +208,7 @@ impl PgLeases {
         let (node, ttl) = (node.to_owned(), ms(ttl));
         self.with(|c| {
             Box::pin(async move {
-                // A look without locks first: a standby looks often, and the row locks
+                // A look without locks first: a node looks often, and the row locks
                 // of a take would make the owner's commits (their fence) and renewals
                 // wait for it.
                 let held_now: i64 = c
@@ -458,36 +458,6 @@ impl PgLeases {
         .await
     }
 
-    /// The address of the node whose lease on `partition` is live, unless it is
-    /// `except` (one statement: what a standby forwards to).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn owner_address(
-        &self,
-        partition: u32,
-        except: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let (p, except) = (
-            i32::try_from(partition).unwrap_or(i32::MAX),
-            except.to_owned(),
-        );
-        self.with(|c| {
-            Box::pin(async move {
-                let row = c
-                    .query_opt(
-                        "SELECT n.address FROM partition_leases l \
-                         JOIN nodes n ON n.node_id = l.owner \
-                         WHERE l.partition = $1 AND l.expires_at > now() AND l.owner <> $2",
-                        &[&p, &except],
-                    )
-                    .await?;
-                Ok(row.map(|r| r.get(0)))
-            })
-        })
-        .await
-    }
-
     /// Every node seen lately and every partition's lease.
     ///
     /// # Errors
@@ -599,12 +569,14 @@ mod tests {
             a.renew("n1", "a:1", &held, TTL).await.unwrap(),
             vec![0, 1, 2, 3]
         );
-        // What a standby forwards to: n1 (renewing registered it), never itself.
+        // Where calls for its accounts are forwarded: n1 (renewing registered it),
+        // never the looking node itself.
+        let look = b.look("n2", "b:1", TTL).await.unwrap();
         assert_eq!(
-            b.owner_address(0, "n2").await.unwrap().as_deref(),
+            look.owners_except("n2").get(&0).map(String::as_str),
             Some("a:1")
         );
-        assert_eq!(a.owner_address(0, "n1").await.unwrap(), None);
+        assert!(look.owners_except("n1").is_empty());
         // A planned stop: n2 takes them at once, each at the next epoch, and the grant
         // is logged with its predecessor.
         a.release("n1", &held).await.unwrap();
