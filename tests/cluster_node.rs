@@ -474,8 +474,9 @@ async fn a_take_grants_only_free_rows_once_and_a_handover_releases_only_those_gi
     let a = PgLeases::connect(&url).await.unwrap();
     a.init(8).await.unwrap();
     let b = PgLeases::connect(&url).await.unwrap();
+    b.look("b", "b:1", ttl).await.unwrap();
     let look = a.look("a", "a:1", ttl).await.unwrap();
-    assert_eq!(look.registered, ["a"]);
+    assert_eq!(look.registered, ["a", "b"], "a look registers the node");
     assert_eq!(look.rows.len(), 8);
     assert!(look.rows.iter().all(|r| r.owner.is_none() && !r.live));
     // Both want 0-5 at once: each row is granted to one of them only.
