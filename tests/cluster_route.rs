@@ -782,3 +782,111 @@ async fn a_stopping_node_cuts_a_call_out_at_an_owner_that_does_not_answer_instea
     holder.abort();
     stop_all(nodes).await;
 }
+
+/// The channels `node` holds paused for every account, as its `GetDispatchControls`
+/// for `*` answers.
+async fn every_account_paused(node: &Node) -> Vec<i32> {
+    node.t
+        .client
+        .clone()
+        .get_dispatch_controls(pb::GetDispatchControlsRequest {
+            account_id: "*".into(),
+        })
+        .await
+        .expect("the controls of every account")
+        .into_inner()
+        .paused_channels
+}
+
+/// Waits (bounded) until `node` holds `want` paused for every account.
+async fn until_every_account_paused(node: &Node, want: Vec<i32>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = every_account_paused(node).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node still holds {got:?} paused for every account, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pause_of_every_account_sent_to_its_owner_holds_another_nodes_due_items_until_a_resume() {
+    let nodes = cluster(&[&[0], &[1, 2, 3]]).await;
+    let star = partition_of("*", PARTITIONS);
+    let (owner, other) = if nodes[0].owns.contains(&star) {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+    let mine = account_in(other.owns[0], 0);
+    let mut conn = TestConnector::connect(&other.t.url(), &[pb::Channel::Email], 10).await;
+    let item = other
+        .t
+        .schedule(email_reply(&mine, "T1", T0 + 60_000))
+        .await;
+
+    let email = vec![pb::Channel::Email as i32];
+    let paused = owner
+        .t
+        .client
+        .clone()
+        .pause_dispatch(pb::DispatchControlRequest {
+            account_id: "*".into(),
+            channel: pb::Channel::Email as i32,
+        })
+        .await
+        .expect("paused at the owner of *")
+        .into_inner();
+    assert_eq!(paused.paused_channels, email);
+    // The other node learns of it from the store.
+    until_every_account_paused(other, email).await;
+
+    other.t.advance(Duration::from_secs(61));
+    other.t.settle().await;
+    let m = other.t.running().engine().metrics();
+    assert_eq!(
+        m.dispatches.get(),
+        0,
+        "no job was handed out on the other node"
+    );
+    assert_eq!(
+        other
+            .t
+            .running()
+            .dispatch_stats()
+            .held_paused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the due item is held by the pause"
+    );
+    let held = other
+        .t
+        .client
+        .clone()
+        .get_item(item_ref(&mine, &item.item_id))
+        .await
+        .expect("the item")
+        .into_inner();
+    assert_eq!(held.state, pb::State::Pending as i32);
+
+    owner
+        .t
+        .client
+        .clone()
+        .resume_dispatch(pb::DispatchControlRequest {
+            account_id: "*".into(),
+            channel: pb::Channel::Email as i32,
+        })
+        .await
+        .expect("resumed at the owner of *");
+    // The resume reaches the other node and wakes its line: the item goes out there.
+    let job = conn.next_job().await;
+    assert_eq!(job_item(&job), item.item_id);
+    assert!(every_account_paused(other).await.is_empty());
+    stop_all(nodes).await;
+}
