@@ -389,6 +389,15 @@ pub async fn start_on(
         None => None,
     };
     engine.spawn_event_pruner(config.event_retention_ms, streams.clone());
+    // A node among several: a change to every account's controls (`*`) is written by
+    // `*`'s owner; the others follow it from the store.
+    if config
+        .ownership
+        .as_ref()
+        .is_some_and(|o| o.placement.is_some())
+    {
+        engine.spawn_every_account_follower(streams.clone());
+    }
     // Re-resolutions of business hours a stop interrupted go on.
     engine
         .resume_rewindows()

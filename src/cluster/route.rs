@@ -19,6 +19,8 @@
 //!   again the same way. Both mean the call did not run; any other failure may have run
 //!   it and is answered at once (never sent twice). The waits end at the caller's
 //!   deadline (`grpc-timeout`, [`FORWARD_WAIT`] without one): UNAVAILABLE, between owners;
+//! - `GetDispatchControls` for every account (`*`): the local service, whose controls
+//!   follow those `*`'s owner writes (within about a second, `engine::controls`);
 //! - a `ScheduleBatch` whose accounts are owned by several nodes is refused
 //!   (FAILED_PRECONDITION naming two entries): a batch is committed all or nothing
 //!   (API.md), which one node's commit can promise and a split over nodes cannot.
@@ -190,6 +192,11 @@ fn decide(router: &Router, method: &str, message: &[u8]) -> Decision {
         return decide_batch(router, &accounts);
     }
     match account_of(message) {
+        // Every node holds the controls of every account (it follows `*`'s owner, see
+        // `engine::controls`): it answers what it has in force.
+        Ok(Some(crate::engine::EVERY_ACCOUNT)) if method == "GetDispatchControls" => {
+            Decision::Local
+        }
         Ok(Some(account)) if !account.is_empty() => {
             let p = router.partition(account);
             if router.owns(p) {
@@ -942,6 +949,31 @@ mod tests {
             }
             other => panic!("a batch over two nodes was not refused: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_controls_of_every_account_are_read_here_and_changed_at_their_owner() {
+        let star = super::super::partition_of(crate::engine::EVERY_ACCOUNT, 8);
+        let r = router(&[(star + 1) % 8]);
+        let read = pb::GetDispatchControlsRequest {
+            account_id: crate::engine::EVERY_ACCOUNT.into(),
+        }
+        .encode_to_vec();
+        assert_eq!(decide(&r, "GetDispatchControls", &read), Decision::Local);
+        let change = pb::DispatchControlRequest {
+            account_id: crate::engine::EVERY_ACCOUNT.into(),
+            channel: pb::Channel::Email as i32,
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decide(&r, "PauseDispatch", &change),
+            Decision::Forward(vec![star])
+        );
+        assert_eq!(
+            decide(&r, "GetItem", &read),
+            Decision::Forward(vec![star]),
+            "other calls naming * go to its owner"
+        );
     }
 
     #[test]

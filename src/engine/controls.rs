@@ -5,6 +5,16 @@
 //!
 //! Readers (the dispatcher, once per round) take an `Arc` of the current snapshot: no
 //! lock is held while they use it.
+//!
+//! Several nodes on one PostgreSQL database: a change to `*` is written by the owner of
+//! `*`'s partition only. Every other node re-reads the stored `*` rows about once a
+//! second ([`Engine::spawn_every_account_follower`]) and applies a change the way a
+//! local one is applied (the dispatcher is signalled: a pause holds items at once, a
+//! resume wakes the line). So a pause or rate limit for every account reaches every
+//! node within about a second; until then a node goes on with what it knew (and its
+//! `GetDispatchControls` for `*` answers that).
+//!
+//! [`Engine::spawn_every_account_follower`]: super::Engine::spawn_every_account_follower
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,7 +33,7 @@ pub type Paused = (String, Channel);
 pub type Limited = (String, Channel, u32);
 
 /// One immutable view of the controls.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ControlsSnapshot {
     paused: HashSet<(String, Channel)>,
     limits: HashMap<(String, Channel), u32>,
@@ -71,6 +81,17 @@ impl ControlsSnapshot {
         }
     }
 
+    /// Adds one stored row (a pause and/or a rate limit).
+    fn insert(&mut self, r: &ControlRow) {
+        let key = (r.account_id.clone(), r.channel);
+        if r.paused {
+            self.paused.insert(key.clone());
+        }
+        if r.per_minute > 0 {
+            self.limits.insert(key, r.per_minute);
+        }
+    }
+
     /// Whether nothing is paused or limited (the common case: dispatch skips the checks).
     pub fn is_empty(&self) -> bool {
         self.paused.is_empty() && self.limits.is_empty()
@@ -96,7 +117,8 @@ impl ControlsSnapshot {
 /// The controls and a signal for the dispatcher when they change.
 #[derive(Default)]
 pub struct Controls {
-    current: Mutex<Arc<ControlsSnapshot>>,
+    /// The snapshot in force and how many times it was replaced.
+    current: Mutex<(Arc<ControlsSnapshot>, u64)>,
     /// Signalled after every change (one stored permit).
     pub changed: Notify,
 }
@@ -107,7 +129,40 @@ impl Controls {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .clone()
+    }
+
+    /// A number that changes at every replacement: taken before a read of the store,
+    /// it tells [`Controls::follow_every_account`] whether a newer read was applied
+    /// meanwhile.
+    pub fn version(&self) -> u64 {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Puts the stored controls of every account (`*`, all of them: `rows` of other
+    /// accounts are ignored) in place of those in force, unless the controls were
+    /// replaced since `read_at` (from [`Controls::version`] before the store was read:
+    /// that newer read wins). Signals the dispatcher when anything changed; returns
+    /// whether it did.
+    pub fn follow_every_account(&self, rows: &[ControlRow], read_at: u64) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.1 != read_at {
+            return false;
+        }
+        let mut next = ControlsSnapshot::clone(&current.0);
+        next.paused.retain(|(a, _)| a != EVERY_ACCOUNT);
+        next.limits.retain(|(a, _), _| a != EVERY_ACCOUNT);
+        for r in rows.iter().filter(|r| r.account_id == EVERY_ACCOUNT) {
+            next.insert(r);
+        }
+        if next == *current.0 {
+            return false;
+        }
+        *current = (Arc::new(next), current.1 + 1);
+        drop(current);
+        self.changed.notify_one();
+        true
     }
 
     /// Replaces the controls with every stored row (at start-up, and after each change
@@ -115,15 +170,12 @@ impl Controls {
     pub fn replace(&self, rows: &[ControlRow]) {
         let mut next = ControlsSnapshot::default();
         for r in rows {
-            let key = (r.account_id.clone(), r.channel);
-            if r.paused {
-                next.paused.insert(key.clone());
-            }
-            if r.per_minute > 0 {
-                next.limits.insert(key, r.per_minute);
-            }
+            next.insert(r);
         }
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            *current = (Arc::new(next), current.1 + 1);
+        }
         self.changed.notify_one();
     }
 }
@@ -151,6 +203,43 @@ mod tests {
         c.replace(&[row("*", Channel::Email, false, 0)]);
         assert!(!c.snapshot().is_paused("acme", Channel::Email));
         assert!(c.snapshot().is_empty());
+    }
+
+    #[test]
+    fn following_every_account_replaces_only_its_rows_signals_a_change_and_yields_to_a_newer_read()
+    {
+        let c = Controls::default();
+        c.replace(&[row("acme", Channel::Chat, true, 60)]);
+        let seen = c.version();
+        // A stored permit from the replacement above, then one from this change.
+        let _ = futures_util::FutureExt::now_or_never(c.changed.notified());
+        assert!(c.follow_every_account(&[row("*", Channel::Email, true, 0)], seen));
+        assert!(futures_util::FutureExt::now_or_never(c.changed.notified()).is_some());
+        let s = c.snapshot();
+        assert!(s.is_paused("globex", Channel::Email));
+        assert!(
+            s.is_paused("acme", Channel::Chat),
+            "the account's own pause stays"
+        );
+        assert_eq!(s.limit("acme", Channel::Chat), Some(60));
+        // The same rows again: nothing changes, nothing is signalled.
+        let seen = c.version();
+        assert!(!c.follow_every_account(&[row("*", Channel::Email, true, 0)], seen));
+        assert_eq!(c.version(), seen);
+        assert!(futures_util::FutureExt::now_or_never(c.changed.notified()).is_none());
+        // A read taken before a local replacement is stale: it is not applied.
+        c.replace(&[row("*", Channel::Chat, true, 0)]);
+        assert!(!c.follow_every_account(&[], seen));
+        assert!(c.snapshot().is_paused("acme", Channel::Chat));
+        // A resume of every account: the `*` rows are gone, the others stay.
+        c.replace(&[
+            row("*", Channel::Email, true, 0),
+            row("acme", Channel::Chat, true, 0),
+        ]);
+        assert!(c.follow_every_account(&[], c.version()));
+        let s = c.snapshot();
+        assert!(!s.is_paused("globex", Channel::Email));
+        assert!(s.is_paused("acme", Channel::Chat));
     }
 
     #[test]

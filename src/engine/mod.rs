@@ -87,6 +87,10 @@ impl LiveCounts {
     }
 }
 
+/// How often a node among several re-reads the controls of every account (`*`): a
+/// pause or rate limit set on `*`'s owner is in force on the others within about this.
+pub const FOLLOW_EVERY_ACCOUNT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The engine handle; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -290,6 +294,53 @@ impl Engine {
                 return Ok(total);
             }
         }
+    }
+
+    /// Follows the dispatch controls of every account (`*`) that another node writes:
+    /// re-reads their rows every [`FOLLOW_EVERY_ACCOUNT`] (real time) and applies a
+    /// change as a local one is applied (see `controls`), until `stop` is cancelled. For
+    /// a server owning some partitions among several nodes; one owning every partition
+    /// writes `*` itself and needs none.
+    pub fn spawn_every_account_follower(&self, stop: tokio_util::sync::CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FOLLOW_EVERY_ACCOUNT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let read_at = me.inner.controls.version();
+                match me.inner.store.every_account_controls().await {
+                    Ok(rows) => {
+                        if failing {
+                            failing = false;
+                            tracing::info!("the controls of every account can be read again");
+                        }
+                        if me.inner.controls.follow_every_account(&rows, read_at) {
+                            let (paused, limits) = me
+                                .inner
+                                .controls
+                                .snapshot()
+                                .of_account(controls::EVERY_ACCOUNT);
+                            tracing::info!(
+                                account = controls::EVERY_ACCOUNT,
+                                paused = ?paused,
+                                rate_limits = ?limits,
+                                "the controls of every account changed on another node"
+                            );
+                        }
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "cannot read the controls of every account; keeping those known");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
     }
 
     /// Prunes old events now and then (every tenth of the retention, at most hourly),

@@ -547,6 +547,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> domain::Result<Vec<(u64, EventType, ItemId, String)>>;
     /// The account's business hours, if set.
     async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>>;
+    /// The dispatch controls in force for every account (`*`), as stored now: what a
+    /// node among several re-reads to follow the changes `*`'s owner writes.
+    async fn every_account_controls(&self) -> domain::Result<Vec<ControlRow>>;
     /// Accounts whose re-resolution of business-hours items is under way.
     async fn rewindows_under_way(&self) -> domain::Result<Vec<String>>;
     /// What dispatch needs of the items whose timers fired (a hint).
@@ -847,6 +850,14 @@ impl Store {
     /// Storage errors.
     pub async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>> {
         self.backend.business_hours(account).await
+    }
+
+    /// See [`Backend::every_account_controls`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn every_account_controls(&self) -> domain::Result<Vec<ControlRow>> {
+        self.backend.every_account_controls().await
     }
 
     /// See [`Backend::rewindows_under_way`].

@@ -1162,8 +1162,28 @@ pub async fn all_controls(c: &impl Conn) -> Result<Vec<ControlRow>, StoreError> 
         &[],
     )
     .await?;
+    control_rows(&rows)
+}
+
+/// The dispatch controls in force for every account (`*`): one lookup on the primary
+/// key's first column, for nodes that follow changes `*`'s owner writes.
+///
+/// # Errors
+/// PostgreSQL errors; a stored channel that is not one.
+pub async fn every_account_controls(c: &impl Conn) -> Result<Vec<ControlRow>, StoreError> {
+    let rows = query(
+        c,
+        "SELECT account_id, channel, paused, per_minute FROM dispatch_controls \
+         WHERE account_id = $1 AND (paused OR per_minute <> 0)",
+        &[&crate::engine::EVERY_ACCOUNT],
+    )
+    .await?;
+    control_rows(&rows)
+}
+
+fn control_rows(rows: &[Row]) -> Result<Vec<ControlRow>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
+    for r in rows {
         let channel: i16 = r.get(1);
         let per_minute: i64 = r.get(3);
         out.push(ControlRow {

@@ -46,8 +46,8 @@ use crate::domain::{Millis, Order};
 use crate::store::tickets::LiveTickets;
 use crate::store::Fence;
 use crate::store::{
-    redact_url, Backend, CommitHook, Completion, DueRead, Effects, EventsAfter, Job, RecoveryScan,
-    Rows, StoreError, Tx, WriteTx, MAX_GROUP,
+    redact_url, Backend, CommitHook, Completion, ControlRow, DueRead, Effects, EventsAfter, Job,
+    RecoveryScan, Rows, StoreError, Tx, WriteTx, MAX_GROUP,
 };
 
 /// Queue length in front of the writer; senders wait (backpressure) when it is full.
@@ -1140,6 +1140,10 @@ impl Backend for PgStore {
     async fn business_hours(&self, account: String) -> domain::Result<Option<BusinessHours>> {
         let pg = self.reader().await?;
         self.bounded(rows::get_business_hours(&*pg, &account)).await
+    }
+    async fn every_account_controls(&self) -> domain::Result<Vec<ControlRow>> {
+        let pg = self.reader().await?;
+        self.bounded(rows::every_account_controls(&*pg)).await
     }
     async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
         let pg = self.reader().await?;

@@ -355,6 +355,19 @@ impl Store {
             .await
     }
 
+    /// The dispatch controls in force for every account (`*`).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn every_account_controls(&self) -> domain::Result<Vec<crate::store::ControlRow>> {
+        self.read_journal(|conn| {
+            let mut rows = super::rows::all_controls(conn)?;
+            rows.retain(|r| r.account_id == crate::engine::EVERY_ACCOUNT);
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Accounts whose re-resolution of business-hours items is under way.
     ///
     /// # Errors

@@ -1007,6 +1007,9 @@ impl super::Backend for Store {
     ) -> domain::Result<Option<domain::BusinessHours>> {
         Store::business_hours(self, account).await
     }
+    async fn every_account_controls(&self) -> domain::Result<Vec<super::ControlRow>> {
+        Store::every_account_controls(self).await
+    }
     async fn rewindows_under_way(&self) -> domain::Result<Vec<String>> {
         Store::rewindows_under_way(self).await
     }
