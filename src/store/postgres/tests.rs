@@ -760,7 +760,14 @@ async fn business_hours_rewindow_cursors_and_controls_as_in_sqlite() {
         l.sort_by(|a, b| (&a.account_id, a.channel).cmp(&(&b.account_id, b.channel)));
         p.sort_by(|a, b| (&a.account_id, a.channel).cmp(&(&b.account_id, b.channel)));
         same(&l, &p);
+        // Those of every account alone: the rows of `*` among all of them.
+        l.retain(|r| r.account_id == "*");
+        same(&l, &rows::every_account_controls(&b.pg()).await.unwrap());
     }
+    assert_eq!(
+        rows::every_account_controls(&b.pg()).await.unwrap().len(),
+        1
+    );
 }
 
 /// Pruning walks the sequence from its start in batches and stops at the first recent
