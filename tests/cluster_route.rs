@@ -550,11 +550,11 @@ async fn the_owner_authenticates_a_forwarded_call_with_the_callers_token() {
     stop_all(nodes).await;
 }
 
-#[tokio::test]
-async fn with_no_placement_a_server_answers_every_account_itself() {
+/// A server on SQLite owning partition 0 only, with `placement` for the others.
+async fn sqlite_owning_partition_0(placement: Option<Arc<Placement>>) -> TestServer {
     let trust = Arc::new(sendlater::cluster::trust::Trust::new());
     trust.renewed(Instant::now(), Duration::from_secs(3600));
-    let t = TestServer::start_sqlite_with(|c| {
+    TestServer::start_sqlite_with(|c| {
         let mut settings = ClusterSettings::new("n0", "127.0.0.1:0");
         settings.partitions = PARTITIONS;
         c.cluster = settings;
@@ -566,11 +566,16 @@ async fn with_no_placement_a_server_answers_every_account_itself() {
             },
             trust,
             view: None,
-            placement: None,
+            placement,
             metrics: None,
         });
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn with_no_placement_a_server_answers_every_account_itself() {
+    let t = sqlite_owning_partition_0(None).await;
     let other = account_in(1, 0);
     let item = t
         .client
@@ -686,25 +691,7 @@ fn framed(flag: u8, declared: usize, message: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_routed_server_refuses_compressed_and_oversized_requests_with_clear_codes() {
-    let trust = Arc::new(sendlater::cluster::trust::Trust::new());
-    trust.renewed(Instant::now(), Duration::from_secs(3600));
-    let t = TestServer::start_sqlite_with(|c| {
-        let mut settings = ClusterSettings::new("n0", "127.0.0.1:0");
-        settings.partitions = PARTITIONS;
-        c.cluster = settings;
-        c.ownership = Some(Ownership {
-            fence: sendlater::store::Fence {
-                node: "n0".into(),
-                held: vec![(0, 1)],
-                idle_limit: Duration::from_secs(60),
-            },
-            trust,
-            view: None,
-            placement: Some(Arc::new(Placement::new())),
-            metrics: None,
-        });
-    })
-    .await;
+    let t = sqlite_owning_partition_0(Some(Arc::new(Placement::new()))).await;
     let limit = t.config.limits.effective_message_bytes();
     let msg = prost::Message::encode_to_vec(&item_ref(&account_in(0, 0), "1"));
 

@@ -310,24 +310,16 @@ impl PgLeases {
         .await
     }
 
-    /// Ends `node`'s leases on `held` now (a planned stop): another node may take them
-    /// at once.
+    /// Ends `node`'s leases on `held` now and its registration (a planned stop):
+    /// another node may take them at once.
     ///
     /// # Errors
     /// Database errors.
     pub async fn release(&self, node: &str, held: &[Held]) -> Result<(), StoreError> {
+        self.hand_over(node, held).await?;
         let node = node.to_owned();
-        let parts: Vec<i32> = held.iter().map(|&(p, _)| p as i32).collect();
-        let epochs: Vec<i64> = held.iter().map(|&(_, e)| e).collect();
         self.with(|c| {
             Box::pin(async move {
-                c.execute(
-                    "UPDATE partition_leases l SET expires_at = now() \
-                     FROM unnest($2::int[], $3::bigint[]) AS h(p, e) \
-                     WHERE l.partition = h.p AND l.epoch = h.e AND l.owner = $1",
-                    &[&node, &parts, &epochs],
-                )
-                .await?;
                 c.execute(
                     "UPDATE nodes SET expires_at = now() WHERE node_id = $1",
                     &[&node],
