@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sendlater::cluster::placement::Placement;
-use sendlater::cluster::{partition_of, ClusterSettings, Ownership};
+use sendlater::cluster::{partition_of, ClusterSettings};
 use sendlater::pb;
 
 /// Partitions of the test databases.
@@ -96,19 +96,7 @@ async fn cluster_with(
     let mut nodes = Vec::new();
     for (i, held) in held.into_iter().enumerate() {
         let placement = Arc::new(Placement::new());
-        let trust = Arc::new(sendlater::cluster::trust::Trust::new());
-        trust.renewed(Instant::now(), Duration::from_secs(3600));
-        let ownership = Ownership {
-            fence: sendlater::store::Fence {
-                node: format!("n{i}"),
-                held: held.clone(),
-                idle_limit: Duration::from_secs(60),
-            },
-            trust,
-            view: None,
-            placement: Some(placement.clone()),
-            metrics: None,
-        };
+        let ownership = pg::owning(&format!("n{i}"), held.clone(), Some(placement.clone()));
         let url = url.clone();
         let tweak = tweak.clone();
         let t = TestServer::start_with(move |c| {
@@ -552,23 +540,11 @@ async fn the_owner_authenticates_a_forwarded_call_with_the_callers_token() {
 
 /// A server on SQLite owning partition 0 only, with `placement` for the others.
 async fn sqlite_owning_partition_0(placement: Option<Arc<Placement>>) -> TestServer {
-    let trust = Arc::new(sendlater::cluster::trust::Trust::new());
-    trust.renewed(Instant::now(), Duration::from_secs(3600));
     TestServer::start_sqlite_with(|c| {
         let mut settings = ClusterSettings::new("n0", "127.0.0.1:0");
         settings.partitions = PARTITIONS;
         c.cluster = settings;
-        c.ownership = Some(Ownership {
-            fence: sendlater::store::Fence {
-                node: "n0".into(),
-                held: vec![(0, 1)],
-                idle_limit: Duration::from_secs(60),
-            },
-            trust,
-            view: None,
-            placement,
-            metrics: None,
-        });
+        c.ownership = Some(pg::owning("n0", vec![(0, 1)], placement));
     })
     .await
 }

@@ -482,19 +482,7 @@ async fn a_store_loads_and_prunes_only_its_own_partitions_and_sees_another_parti
 /// A server owning `held` of the database at `url` as node `node` (a test server on
 /// PostgreSQL with that fence, its trust window open for an hour).
 async fn server_owning(url: &str, node: &str, held: Vec<(u32, i64)>) -> common::TestServer {
-    let trust = Arc::new(sendlater::cluster::trust::Trust::new());
-    trust.renewed(std::time::Instant::now(), Duration::from_secs(3600));
-    let ownership = sendlater::cluster::Ownership {
-        fence: Fence {
-            node: node.into(),
-            held,
-            idle_limit: Duration::from_secs(60),
-        },
-        trust,
-        view: None,
-        placement: None,
-        metrics: None,
-    };
+    let ownership = common::pg::owning(node, held, None);
     let url = url.to_owned();
     common::TestServer::start_with(move |c| {
         c.db_path = std::path::PathBuf::from(url);

@@ -100,7 +100,7 @@ impl Node {
         config.ownership = Some(Ownership {
             fence: Fence {
                 node: self.me.node_id.clone(),
-                held: held.clone(),
+                held,
                 idle_limit: self.me.lease() / 2,
             },
             trust: self.trust.clone(),
@@ -127,7 +127,6 @@ impl Node {
                 Err(e) => return Err(e),
             }
         };
-        self.metrics.partitions_owned.set(held.len() as i64);
         Ok(running)
     }
 

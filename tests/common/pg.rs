@@ -288,9 +288,7 @@ pub async fn own_everything(
     url: &str,
     settings: &sendlater::cluster::ClusterSettings,
 ) -> sendlater::cluster::Ownership {
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-    let hour = Duration::from_secs(3600);
+    let hour = std::time::Duration::from_secs(3600);
     let leases = sendlater::store::postgres::PgLeases::connect(url)
         .await
         .unwrap_or_else(|e| panic!("the lease rows of {url}: {e}"));
@@ -303,17 +301,28 @@ pub async fn own_everything(
         .await
         .expect("the leases can be read")
         .expect("no other node holds the partitions of a test's database");
-    let trust = Arc::new(sendlater::cluster::trust::Trust::new());
-    trust.renewed(Instant::now(), hour);
+    owning(&settings.node_id, held, None)
+}
+
+/// What a test server acts under as node `node` holding `held`: fenced by those grants,
+/// its trust window open for an hour, forwarding by `placement` (None: no routing).
+pub fn owning(
+    node: &str,
+    held: Vec<(u32, i64)>,
+    placement: Option<std::sync::Arc<sendlater::cluster::placement::Placement>>,
+) -> sendlater::cluster::Ownership {
+    use std::time::{Duration, Instant};
+    let trust = std::sync::Arc::new(sendlater::cluster::trust::Trust::new());
+    trust.renewed(Instant::now(), Duration::from_secs(3600));
     sendlater::cluster::Ownership {
         fence: sendlater::store::Fence {
-            node: settings.node_id.clone(),
+            node: node.to_owned(),
             held,
             idle_limit: Duration::from_secs(60),
         },
         trust,
         view: None,
-        placement: None,
+        placement,
         metrics: None,
     }
 }
